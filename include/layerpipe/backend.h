@@ -1,0 +1,45 @@
+// SPDX-License-Identifier: MIT
+// backend.h -- compute backends. The engine calls compute only through a
+// backend; a backend knows nothing of models, gRPC or sessions. This header
+// holds the opaque handle and the constructors; the function table lives in
+// src/backend/backend_i.h.
+#ifndef LAYERPIPE_BACKEND_H
+#define LAYERPIPE_BACKEND_H
+
+#include <stdbool.h>
+
+#include "layerpipe/status.h"
+
+struct lp_backend;
+
+struct lp_backend_cpu_params {
+    int n_threads; // worker threads including the caller; <= 0 means all cores
+    // Quantize activations to int8 per group before multiplying with MLX
+    // 8-bit weights (VNNI dot products). Faster; relative logit error up to
+    // about 1e-2 instead of 1e-3. Off by default.
+    bool quantize_activations;
+};
+
+LP_API struct lp_backend_cpu_params lp_backend_cpu_params_default(void);
+
+// The CPU backend: a persistent thread pool over n_threads cores and kernels
+// for every weight format. On failure *out is NULL.
+LP_API enum lp_status lp_backend_cpu_create(struct lp_backend **out,
+                                            const struct lp_backend_cpu_params *params,
+                                            struct lp_error *err);
+
+// The scalar reference backend: single-threaded, plain loops, the oracle
+// that tests compare every other backend against.
+LP_API enum lp_status lp_backend_ref_create(struct lp_backend **out, struct lp_error *err);
+
+// Stops the backend's threads and frees it. Every buffer and weight of the
+// backend must have been freed before. Accepts NULL.
+LP_API void lp_backend_destroy(struct lp_backend *backend);
+
+// Short name ("cpu", "ref", "cuda:0"); borrowed, lives as long as backend.
+LP_API const char *lp_backend_name(const struct lp_backend *backend);
+
+// Threads the backend computes with (1 for ref).
+LP_API int lp_backend_n_threads(const struct lp_backend *backend);
+
+#endif

@@ -1,0 +1,157 @@
+// SPDX-License-Identifier: MIT
+// model.h -- a Qwen3 model folder opened read-only: its configuration, its
+// generation defaults, and a table of weights that are borrowed views into
+// memory-mapped safetensors files (sharded or not). Quantized MLX weights
+// stay quantized: a matrix is described by its format and raw buffers.
+// Every value read from disk is checked before use; a malformed folder is an
+// LP_ERR_FORMAT (or LP_ERR_IO / LP_ERR_UNSUPPORTED) naming the file and field.
+#ifndef LAYERPIPE_MODEL_H
+#define LAYERPIPE_MODEL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "layerpipe/status.h"
+
+#define LP_MAX_EOS_IDS 8
+
+// Element types found in files and buffers.
+enum lp_dtype {
+    LP_DTYPE_F32,
+    LP_DTYPE_F16,
+    LP_DTYPE_BF16,
+    LP_DTYPE_U32,
+    LP_DTYPE_I32,
+    LP_DTYPE_U8,
+    LP_DTYPE_I8,
+    LP_DTYPE_I64,
+};
+
+// Bytes per element of dtype.
+LP_API size_t lp_dtype_size(enum lp_dtype dtype);
+// Canonical name ("BF16", as safetensors writes it).
+LP_API const char *lp_dtype_name(enum lp_dtype dtype);
+
+// The forward-pass hyperparameters of a Qwen3 dense model (config.json),
+// with HF defaults for optional fields.
+struct lp_model_config {
+    int vocab_size;              // rows of the embedding (151936 for Qwen3-1.7B)
+    int hidden_size;             // model width d
+    int intermediate_size;       // MLP width
+    int n_layers;                // num_hidden_layers
+    int n_heads;                 // num_attention_heads
+    int n_kv_heads;              // num_key_value_heads (GQA groups = n_heads / n_kv_heads)
+    int head_dim;                // per-head width (default hidden_size / n_heads)
+    int max_position_embeddings; // context limit
+    float rms_norm_eps;          // default 1e-6
+    float rope_theta;            // default 10000 (Qwen3 files say 1e6)
+    bool tie_word_embeddings;    // LM head reuses the embedding
+    bool attention_bias;         // q/k/v/o biases (Qwen3: false; true is unsupported)
+    int n_eos_ids;               // eos ids from config.json and generation_config.json
+    int32_t eos_ids[LP_MAX_EOS_IDS];
+    int bos_token_id;            // -1 if absent
+    // MLX affine quantization ("quantization" key); bits == 0 when absent.
+    int quant_bits;
+    int quant_group_size;
+};
+
+// Sampling defaults from generation_config.json (HF defaults when absent).
+struct lp_generation_config {
+    float temperature; // 1.0 if absent
+    int top_k;         // 50 if absent (HF default); 0 disables
+    float top_p;       // 1.0 if absent
+    float min_p;       // 0.0 if absent
+    float repetition_penalty; // 1.0 if absent
+    bool do_sample;    // HF's flag; false means greedy by default
+};
+
+// How a weight matrix is stored.
+enum lp_weight_format {
+    LP_WEIGHT_F32,
+    LP_WEIGHT_F16,
+    LP_WEIGHT_BF16,
+    LP_WEIGHT_MLX_AFFINE, // uint32-packed codes + per-group scales and biases
+};
+
+// A weight matrix [rows, cols] (PyTorch Linear layout: rows = out features,
+// cols = in features), borrowed from the model (valid until lp_model_close).
+// Float formats: data is [rows, cols] of the format's dtype.
+// MLX affine: data is uint32 [rows, cols * bits / 32], codes little-endian
+// with element 0 in the lowest bits; scales and biases are
+// [rows, cols / group_size] of scale_dtype (BF16 or F16);
+// w[r][c] = scales[r][c / g] * q[r][c] + biases[r][c / g].
+struct lp_weight {
+    enum lp_weight_format format;
+    int64_t rows;
+    int64_t cols;
+    const void *data;
+    const void *scales;         // MLX only
+    const void *biases;         // MLX only
+    enum lp_dtype scale_dtype;  // MLX only
+    int bits;                   // MLX only: 4 or 8
+    int group_size;             // MLX only: 32, 64 or 128
+};
+
+// Bytes of the weight's buffers (data + scales + biases): what one full read costs.
+LP_API size_t lp_weight_bytes(const struct lp_weight *w);
+
+// The weights of one transformer block. Norm vectors are float32 copies
+// owned by the model.
+struct lp_layer_weights {
+    float *attn_norm; // [hidden] input_layernorm
+    float *q_norm;    // [head_dim]
+    float *k_norm;    // [head_dim]
+    float *ffn_norm;  // [hidden] post_attention_layernorm
+    struct lp_weight wq; // [n_heads * head_dim, hidden]
+    struct lp_weight wk; // [n_kv_heads * head_dim, hidden]
+    struct lp_weight wv; // [n_kv_heads * head_dim, hidden]
+    struct lp_weight wo; // [hidden, n_heads * head_dim]
+    struct lp_weight w_gate; // [intermediate, hidden]
+    struct lp_weight w_up;   // [intermediate, hidden]
+    struct lp_weight w_down; // [hidden, intermediate]
+};
+
+// Which parts of a model to load: a stage needs only its own layers, and
+// the embedding / head only if it holds them.
+struct lp_model_load_params {
+    int layer_begin;  // first layer to load
+    int layer_end;    // one past the last; -1 means n_layers
+    bool load_embed;  // token embedding (and the head if tied)
+    bool load_head;   // final norm and LM head
+};
+
+// Defaults: every layer, embedding and head.
+LP_API struct lp_model_load_params lp_model_load_params_default(void);
+
+struct lp_model;
+
+// Opens the model folder `dir`: reads config.json (required),
+// generation_config.json (optional), and maps model.safetensors or the
+// shards named by model.safetensors.index.json. Tensors outside `params`'
+// range are never touched. On failure *out is NULL and nothing leaks.
+LP_API enum lp_status lp_model_open(struct lp_model **out, const char *dir,
+                                    const struct lp_model_load_params *params,
+                                    struct lp_error *err);
+
+// Unmaps and frees everything; every borrowed view dies. Accepts NULL.
+LP_API void lp_model_close(struct lp_model *model);
+
+// Borrowed, valid until lp_model_close.
+LP_API const struct lp_model_config *lp_model_config(const struct lp_model *model);
+LP_API const struct lp_generation_config *lp_model_generation_config(const struct lp_model *model);
+LP_API const struct lp_model_load_params *lp_model_loaded(const struct lp_model *model);
+
+// Layer i's weights, or NULL when layer i was not loaded.
+LP_API const struct lp_layer_weights *lp_model_layer(const struct lp_model *model, int i);
+// Token embedding [vocab, hidden], or NULL when not loaded.
+LP_API const struct lp_weight *lp_model_embedding(const struct lp_model *model);
+// LM head [vocab, hidden] (the embedding when tied), or NULL when not loaded.
+LP_API const struct lp_weight *lp_model_head(const struct lp_model *model);
+// Final norm [hidden], or NULL when the head is not loaded.
+LP_API const float *lp_model_final_norm(const struct lp_model *model);
+
+// Total bytes of the loaded weight matrices and vectors.
+LP_API size_t lp_model_weight_bytes(const struct lp_model *model);
+
+#endif

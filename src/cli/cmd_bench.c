@@ -1,0 +1,124 @@
+// SPDX-License-Identifier: MIT
+// cmd_bench.c -- `layerpipe bench`: prefill and decode speed of one process
+// on a model. Prefill runs a prompt of random ids in chunks of --batch;
+// decode runs single-token steps. decode_gb_s is the weight bytes a step
+// reads (every loaded matrix once) times steps per second.
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "cli/args.h"
+#include "cli/cli.h"
+#include "cli/session.h"
+
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+// Prefills n_prompt tokens then decodes n_gen; returns false on error.
+static bool bench_once(struct lp_cli_session *s, const int32_t *ids, int n_prompt, int n_gen,
+                       int batch, float *logits, double *t_prefill, double *t_decode) {
+    struct lp_error err = {0};
+    int seq = -1;
+    if (lp_engine_seq_open(s->engine, &seq, &err) != LP_OK) goto fail;
+    double t0 = now_s();
+    for (int i = 0; i < n_prompt; i += batch) {
+        int m = n_prompt - i < batch ? n_prompt - i : batch;
+        struct lp_engine_seg seg = {.seq = seq, .pos0 = i, .n_tokens = m, .tokens = ids + i};
+        struct lp_engine_batch b = {.n_segs = 1, .segs = &seg, .logits = logits};
+        if (lp_engine_forward(s->engine, &b, &err) != LP_OK) goto fail;
+    }
+    double t1 = now_s();
+    for (int i = 0; i < n_gen; i++) {
+        struct lp_engine_seg seg = {
+            .seq = seq, .pos0 = n_prompt + i, .n_tokens = 1, .tokens = ids + n_prompt + i};
+        struct lp_engine_batch b = {.n_segs = 1, .segs = &seg, .logits = logits};
+        if (lp_engine_forward(s->engine, &b, &err) != LP_OK) goto fail;
+    }
+    double t2 = now_s();
+    lp_engine_seq_close(s->engine, seq);
+    *t_prefill = t1 - t0;
+    *t_decode = t2 - t1;
+    return true;
+fail:
+    fprintf(stderr, "layerpipe bench: %s\n", err.msg);
+    lp_engine_seq_close(s->engine, seq);
+    return false;
+}
+
+int lp_cli_bench(int argc, char **argv) {
+    struct lp_cli_session_opts so = {.kv_dtype = "f32"};
+    int n_prompt = 128, n_gen = 32, reps = 3;
+    bool json = false;
+    struct lp_arg args[] = {
+        {"model", 'm', LP_ARG_STR, &so.model_dir, "DIR", "model folder", true},
+        {"n-prompt", 'p', LP_ARG_INT, &n_prompt, "N", "prompt tokens (default 128)", false, 1,
+         1 << 20},
+        {"n-gen", 'n', LP_ARG_INT, &n_gen, "N", "generated tokens (default 32)", false, 1,
+         1 << 20},
+        {"reps", 'r', LP_ARG_INT, &reps, "N", "repetitions, the best is reported (default 3)",
+         false, 1, 1000},
+        {"threads", 't', LP_ARG_INT, &so.threads, "N", "CPU threads (default: all cores)", false,
+         0, 1024},
+        {"batch", 'b', LP_ARG_INT, &so.batch, "N", "prompt tokens per forward pass (default 256)",
+         false, 1, 1 << 16},
+        {"kv-dtype", 0, LP_ARG_STR, &so.kv_dtype, "f32|bf16", "KV cache type (default f32)"},
+        {"fast", 0, LP_ARG_FLAG, &so.fast, NULL, "int8 activations for 8-bit MLX weights"},
+        {"json", 0, LP_ARG_FLAG, &json, NULL, "end with one JSON line of results"},
+    };
+    enum lp_args_result ar =
+        lp_args_parse("bench", "Measure prefill and decode speed of the model in this process.",
+                      args, (int)(sizeof args / sizeof args[0]), argc, argv, NULL, 0, NULL);
+    if (ar != LP_ARGS_OK) return ar == LP_ARGS_HELP ? 0 : 2;
+    so.max_seqs = 1;
+    so.ctx = n_prompt + n_gen;
+    struct lp_cli_session s;
+    if (!lp_cli_session_open(&s, &so, "bench")) return 1;
+    int rc = 0;
+    int vocab = lp_model_config(s.model)->vocab_size;
+    int batch = lp_engine_max_batch_tokens(s.engine);
+    int32_t *ids = malloc((size_t)(n_prompt + n_gen) * sizeof *ids);
+    float *logits = malloc((size_t)vocab * sizeof *logits);
+    if (!ids || !logits) {
+        fprintf(stderr, "layerpipe bench: out of memory\n");
+        rc = 1;
+        goto done;
+    }
+    uint64_t x = 12345;
+    for (int i = 0; i < n_prompt + n_gen; i++) {
+        x = x * 6364136223846793005ull + 1442695040888963407ull;
+        ids[i] = (int32_t)((x >> 33) % (uint64_t)vocab);
+    }
+    double best_p = 1e30, best_d = 1e30;
+    fprintf(stderr, "bench: %s, %d threads, prompt %d, gen %d, %d reps\n", so.model_dir,
+            lp_backend_n_threads(s.backend), n_prompt, n_gen, reps);
+    for (int r = 0; r < reps; r++) {
+        double tp, td;
+        if (!bench_once(&s, ids, n_prompt, n_gen, batch, logits, &tp, &td)) {
+            rc = 1;
+            goto done;
+        }
+        fprintf(stderr, "  rep %d: prefill %.1f tok/s, decode %.2f tok/s\n", r + 1, n_prompt / tp,
+                n_gen / td);
+        if (tp < best_p) best_p = tp;
+        if (td < best_d) best_d = td;
+    }
+    double wb = (double)lp_engine_weight_bytes(s.engine);
+    double pre = n_prompt / best_p, dec = n_gen / best_d;
+    printf("prefill: %.1f tok/s\ndecode: %.2f tok/s, %.2f GB/s of weights (%.3f GB per token)\n",
+           pre, dec, dec * wb / 1e9, wb / 1e9);
+    if (json)
+        printf("{\"model\": \"%s\", \"backend\": \"%s\", \"threads\": %d, \"fast\": %s, "
+               "\"n_prompt\": %d, \"n_gen\": %d, \"prefill_tok_s\": %.3f, \"decode_tok_s\": "
+               "%.3f, \"decode_gb_s\": %.3f, \"weight_bytes\": %.0f}\n",
+               so.model_dir, lp_backend_name(s.backend), lp_backend_n_threads(s.backend),
+               so.fast ? "true" : "false", n_prompt, n_gen, pre, dec, dec * wb / 1e9, wb);
+done:
+    free(ids);
+    free(logits);
+    lp_cli_session_close(&s);
+    return rc;
+}

@@ -1,0 +1,60 @@
+// SPDX-License-Identifier: MIT
+// internal.h -- cross-file internals of the model module: the safetensors
+// reader (one memory-mapped file, its validated tensor directory) and the
+// config parser.
+#ifndef LP_MODEL_INTERNAL_H
+#define LP_MODEL_INTERNAL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "layerpipe/model.h"
+
+#define LP_ST_MAX_DIMS 8
+#define LP_ST_MAX_HEADER_BYTES ((uint64_t)100 << 20) // 100 MiB, as the reference implementation
+
+// One tensor of a safetensors file; data points into the mapping.
+struct lp_st_tensor {
+    char *name;                      // owned
+    enum lp_dtype dtype;
+    int n_dims;
+    int64_t shape[LP_ST_MAX_DIMS];
+    const void *data;                // borrowed from the file's mapping
+    size_t nbytes;
+};
+
+// A memory-mapped safetensors file with a validated header: every tensor's
+// offsets lie inside the data section and match dtype x shape.
+struct lp_st_file {
+    char *path;     // owned
+    void *map;      // the whole file, read-only
+    size_t map_bytes;
+    int n_tensors;
+    struct lp_st_tensor *tensors; // [n_tensors], sorted by name
+};
+
+// Maps and validates `path`. On failure *out is NULL; the message names the file.
+enum lp_status lp_st_open(struct lp_st_file **out, const char *path, struct lp_error *err);
+// Parses and validates a header+data image already in memory (used by
+// lp_st_open and the tests; `data` must outlive the result).
+enum lp_status lp_st_parse(struct lp_st_file *f, const void *data, size_t n_bytes,
+                           struct lp_error *err);
+void lp_st_close(struct lp_st_file *f); // accepts NULL
+// The tensor called name, or NULL.
+const struct lp_st_tensor *lp_st_find(const struct lp_st_file *f, const char *name);
+
+// Parses config.json text (file_name is for messages).
+enum lp_status lp_config_parse(struct lp_model_config *cfg, const char *json_text,
+                               const char *file_name, struct lp_error *err);
+// Parses generation_config.json text and merges its eos ids into cfg.
+enum lp_status lp_generation_config_parse(struct lp_generation_config *gen,
+                                          struct lp_model_config *cfg, const char *json_text,
+                                          const char *file_name, struct lp_error *err);
+// HF GenerationConfig defaults.
+void lp_generation_config_default(struct lp_generation_config *gen);
+
+// Reads a whole file into a NUL-terminated heap string (max_bytes cap).
+enum lp_status lp_read_file(const char *path, size_t max_bytes, char **out, size_t *out_bytes,
+                            struct lp_error *err);
+
+#endif

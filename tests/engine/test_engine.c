@@ -1,0 +1,287 @@
+// SPDX-License-Identifier: MIT
+// test_engine.c -- properties of the forward pass that hold whatever the
+// weights: a prompt as a matrix equals the same prompt token by token;
+// several sequences decoded in one batch equal each decoded alone; a model
+// split into two engines (layers [0,k) with the embedding, [k,L) with the
+// head) passing hidden rows gives the same logits as one engine; rewinding
+// recomputes the same logits; bad batches are errors that change nothing;
+// the CPU backend agrees with the scalar reference backend.
+#include <string.h>
+
+#include "layerpipe/engine.h"
+#include "lp_test.h"
+#include "model_fixture.h"
+
+#define SHAPE "--layers 3 --hidden 64 --heads 4 --kv-heads 2 --head-dim 16 --intermediate 128 "
+
+struct rig {
+    struct lp_model *model;
+    struct lp_backend *backend;
+    struct lp_engine *engine;
+    int vocab, hidden;
+};
+
+static int rig_open(struct rig *r, const char *dir, bool ref, int begin, int end, bool embed,
+                    bool head, enum lp_dtype kv_dtype, int n_blocks) {
+    memset(r, 0, sizeof *r);
+    struct lp_error err = {0};
+    struct lp_model_load_params lp = {begin, end, embed, head};
+    struct lp_engine_params ep = lp_engine_params_default();
+    ep.max_batch_tokens = 64;
+    ep.max_logit_rows = 64;
+    ep.max_seqs = 4;
+    ep.kv_block_size = 8;
+    ep.kv_dtype = kv_dtype;
+    ep.max_context = 128;
+    ep.n_kv_blocks = n_blocks;
+    struct lp_backend_cpu_params bp = lp_backend_cpu_params_default();
+    bp.n_threads = 2;
+    CHECK_OK(lp_model_open(&r->model, dir, &lp, &err), &err);
+    if (!r->model) return -1;
+    if (ref)
+        CHECK_OK(lp_backend_ref_create(&r->backend, &err), &err);
+    else
+        CHECK_OK(lp_backend_cpu_create(&r->backend, &bp, &err), &err);
+    if (!r->backend) return -1;
+    CHECK_OK(lp_engine_create(&r->engine, r->model, r->backend, &ep, &err), &err);
+    r->vocab = lp_model_config(r->model)->vocab_size;
+    r->hidden = lp_model_config(r->model)->hidden_size;
+    return r->engine ? 0 : -1;
+}
+
+static void rig_close(struct rig *r) {
+    lp_engine_destroy(r->engine);
+    lp_backend_destroy(r->backend);
+    lp_model_close(r->model);
+}
+
+// Runs one segment; returns the status.
+static enum lp_status fwd(struct rig *r, int seq, int pos0, const int32_t *ids, int n, bool all,
+                          float *logits, struct lp_error *err) {
+    struct lp_engine_seg s = {seq, pos0, n, ids, all};
+    struct lp_engine_batch b = {1, &s, NULL, NULL, logits};
+    return lp_engine_forward(r->engine, &b, err);
+}
+
+static void test_matrix_vs_tokens(struct rig *r, const int32_t *ids, int n) {
+    struct lp_error err = {0};
+    size_t V = (size_t)r->vocab;
+    float *all = malloc((size_t)n * V * 4), *one = malloc(V * 4);
+    int s1, s2;
+    CHECK_OK(lp_engine_seq_open(r->engine, &s1, &err), &err);
+    CHECK_OK(lp_engine_seq_open(r->engine, &s2, &err), &err);
+    CHECK_OK(fwd(r, s1, -1, ids, n, true, all, &err), &err);
+    CHECK(lp_engine_seq_len(r->engine, s1) == n);
+    double worst = 0;
+    for (int i = 0; i < n; i++) {
+        CHECK_OK(fwd(r, s2, -1, ids + i, 1, false, one, &err), &err);
+        double e = lp_rel_l2(one, all + (size_t)i * V, V);
+        if (e > worst) worst = e;
+    }
+    CHECK_MSG(worst < 1e-5, "prefill matrix vs token-by-token: rel err %g", worst);
+    // rewind s1 to position 5 and recompute the rest: same logits
+    CHECK_OK(fwd(r, s1, 5, ids + 5, n - 5, true, all, &err), &err);
+    CHECK(lp_engine_seq_len(r->engine, s1) == n);
+    CHECK_OK(fwd(r, s2, 5, ids + 5, 1, false, one, &err), &err);
+    CHECK(lp_engine_seq_len(r->engine, s2) == 6);
+    CHECK_MSG(lp_rel_l2(one, all, V) < 1e-5, "rewind");
+    lp_engine_seq_close(r->engine, s1);
+    lp_engine_seq_close(r->engine, s2);
+    free(all);
+    free(one);
+}
+
+static void test_batched_decode(struct rig *r) {
+    struct lp_error err = {0};
+    size_t V = (size_t)r->vocab;
+    const int32_t p0[] = {1, 2, 3, 4, 5}, p1[] = {9, 8}, p2[] = {100, 200, 50, 7, 7, 7, 7};
+    const int32_t *prompts[3] = {p0, p1, p2};
+    int lens[3] = {5, 2, 7};
+    int seq[3];
+    float *alone = malloc(3 * 4 * V * 4), *batched = malloc(3 * V * 4), *tmp = malloc(V * 4);
+    // alone: each sequence prefilled then decoded 4 tokens (fixed ids)
+    for (int k = 0; k < 3; k++) {
+        CHECK_OK(lp_engine_seq_open(r->engine, &seq[k], &err), &err);
+        CHECK_OK(fwd(r, seq[k], -1, prompts[k], lens[k], false, tmp, &err), &err);
+        for (int t = 0; t < 4; t++) {
+            int32_t id = (int32_t)(10 * k + t);
+            CHECK_OK(fwd(r, seq[k], -1, &id, 1, false, alone + ((size_t)k * 4 + t) * V, &err),
+                     &err);
+        }
+        lp_engine_seq_close(r->engine, seq[k]);
+    }
+    // together: prefill all three in one batch, then decode the three at once
+    struct lp_engine_seg segs[3];
+    for (int k = 0; k < 3; k++) {
+        CHECK_OK(lp_engine_seq_open(r->engine, &seq[k], &err), &err);
+        segs[k] = (struct lp_engine_seg){seq[k], -1, lens[k], prompts[k], false};
+    }
+    struct lp_engine_batch b = {3, segs, NULL, NULL, batched};
+    CHECK_OK(lp_engine_forward(r->engine, &b, &err), &err);
+    double worst = 0;
+    for (int t = 0; t < 4; t++) {
+        int32_t ids[3];
+        for (int k = 0; k < 3; k++) {
+            ids[k] = (int32_t)(10 * k + t);
+            segs[k] = (struct lp_engine_seg){seq[k], -1, 1, &ids[k], false};
+        }
+        CHECK_OK(lp_engine_forward(r->engine, &b, &err), &err);
+        for (int k = 0; k < 3; k++) {
+            double e = lp_rel_l2(batched + (size_t)k * V, alone + ((size_t)k * 4 + t) * V, V);
+            if (e > worst) worst = e;
+        }
+    }
+    CHECK_MSG(worst < 1e-5, "batched decode vs alone: rel err %g", worst);
+    for (int k = 0; k < 3; k++) lp_engine_seq_close(r->engine, seq[k]);
+    free(alone);
+    free(batched);
+    free(tmp);
+}
+
+static void test_bad_batches(struct rig *r, const int32_t *ids) {
+    struct lp_error err = {0};
+    float *logits = malloc((size_t)r->vocab * 64 * 4), *again = malloc((size_t)r->vocab * 4);
+    int s;
+    CHECK_OK(lp_engine_seq_open(r->engine, &s, &err), &err);
+    CHECK_OK(fwd(r, s, -1, ids, 4, false, logits, &err), &err);
+    CHECK(fwd(r, s, 6, ids, 1, false, logits, &err) == LP_ERR_INVALID_ARG); // gap
+    CHECK(strstr(err.msg, "gap") != NULL);
+    CHECK(fwd(r, 3, -1, ids, 1, false, logits, &err) == LP_ERR_INVALID_ARG); // not open
+    int32_t bad = r->vocab;
+    CHECK(fwd(r, s, -1, &bad, 1, false, logits, &err) == LP_ERR_INVALID_ARG);
+    CHECK(strstr(err.msg, "vocabulary") != NULL);
+    int32_t many[65] = {0};
+    CHECK(fwd(r, s, -1, many, 65, false, logits, &err) == LP_ERR_INVALID_ARG); // > batch
+    CHECK(fwd(r, s, 127, ids, 2, false, logits, &err) == LP_ERR_INVALID_ARG);  // gap first
+    CHECK(fwd(r, s, -1, ids, 0, false, logits, &err) == LP_ERR_INVALID_ARG);
+    struct lp_engine_seg twice[2] = {{s, -1, 1, ids, false}, {s, -1, 1, ids, false}};
+    struct lp_engine_batch b = {2, twice, NULL, NULL, logits};
+    CHECK(lp_engine_forward(r->engine, &b, &err) == LP_ERR_INVALID_ARG);
+    CHECK(lp_engine_seq_len(r->engine, s) == 4);
+    // the sequence still works and gives the same next logits as a fresh one
+    CHECK_OK(fwd(r, s, -1, ids + 4, 1, false, logits, &err), &err);
+    int s2;
+    CHECK_OK(lp_engine_seq_open(r->engine, &s2, &err), &err);
+    CHECK_OK(fwd(r, s2, -1, ids, 5, false, again, &err), &err);
+    CHECK(lp_rel_l2(logits, again, (size_t)r->vocab) < 1e-5);
+    lp_engine_seq_close(r->engine, s);
+    lp_engine_seq_close(r->engine, s2);
+    free(logits);
+    free(again);
+}
+
+static void test_context_and_pool(const char *dir) {
+    struct rig r;
+    struct lp_error err = {0};
+    // 4 blocks of 8 positions: 32 positions in the whole pool
+    if (rig_open(&r, dir, false, 0, -1, true, true, LP_DTYPE_F32, 4) != 0) return;
+    float *logits = malloc((size_t)r.vocab * 64 * 4);
+    int32_t ids[64] = {0};
+    int a, b;
+    CHECK_OK(lp_engine_seq_open(r.engine, &a, &err), &err);
+    CHECK_OK(lp_engine_seq_open(r.engine, &b, &err), &err);
+    CHECK_OK(fwd(&r, a, -1, ids, 20, false, logits, &err), &err); // 3 blocks
+    CHECK(fwd(&r, b, -1, ids, 10, false, logits, &err) == LP_ERR_BUSY); // needs 2, 1 free
+    CHECK(lp_engine_seq_len(r.engine, b) == 0);
+    CHECK_OK(fwd(&r, b, -1, ids, 8, false, logits, &err), &err); // fits in the last block
+    lp_engine_seq_close(r.engine, a);
+    CHECK_OK(fwd(&r, b, -1, ids, 20, false, logits, &err), &err); // blocks came back
+    CHECK(lp_engine_seq_len(r.engine, b) == 28);
+    free(logits);
+    rig_close(&r);
+}
+
+static void test_split(const char *dir, const int32_t *ids, int n) {
+    struct rig whole, front, back;
+    struct lp_error err = {0};
+    if (rig_open(&whole, dir, false, 0, -1, true, true, LP_DTYPE_F32, 0) != 0) return;
+    if (rig_open(&front, dir, false, 0, 1, true, false, LP_DTYPE_F32, 0) != 0) return;
+    if (rig_open(&back, dir, false, 1, -1, false, true, LP_DTYPE_F32, 0) != 0) return;
+    CHECK(lp_model_head(front.model) == NULL && lp_model_embedding(back.model) == NULL);
+    CHECK(lp_model_layer(front.model, 1) == NULL && lp_model_layer(back.model, 0) == NULL);
+    size_t V = (size_t)whole.vocab, H = (size_t)whole.hidden;
+    float *a = malloc((size_t)n * V * 4), *b = malloc((size_t)n * V * 4);
+    float *hidden = malloc((size_t)n * H * 4);
+    int s0, s1, s2;
+    CHECK_OK(lp_engine_seq_open(whole.engine, &s0, &err), &err);
+    CHECK_OK(lp_engine_seq_open(front.engine, &s1, &err), &err);
+    CHECK_OK(lp_engine_seq_open(back.engine, &s2, &err), &err);
+    // prefill in two chunks, then three decode steps
+    int cuts[] = {0, n / 2, n - 3, n - 2, n - 1, n};
+    for (int c = 0; c + 1 < 6; c++) {
+        int p = cuts[c], m = cuts[c + 1] - cuts[c];
+        struct lp_engine_seg sw = {s0, p, m, ids + p, true};
+        struct lp_engine_batch bw = {1, &sw, NULL, NULL, a + (size_t)p * V};
+        CHECK_OK(lp_engine_forward(whole.engine, &bw, &err), &err);
+        struct lp_engine_seg sf = {s1, p, m, ids + p, true};
+        struct lp_engine_batch bf = {1, &sf, NULL, hidden, NULL};
+        CHECK_OK(lp_engine_forward(front.engine, &bf, &err), &err);
+        struct lp_engine_seg sb = {s2, p, m, NULL, true};
+        struct lp_engine_batch bb = {1, &sb, hidden, NULL, b + (size_t)p * V};
+        CHECK_OK(lp_engine_forward(back.engine, &bb, &err), &err);
+    }
+    CHECK_MSG(memcmp(a, b, (size_t)n * V * 4) == 0, "split logits are not bit-identical");
+    free(a);
+    free(b);
+    free(hidden);
+    rig_close(&whole);
+    rig_close(&front);
+    rig_close(&back);
+}
+
+static void test_backends_agree(const char *dir, const int32_t *ids, int n, double tol,
+                                enum lp_dtype kv_dtype) {
+    struct rig cpu, ref;
+    struct lp_error err = {0};
+    if (rig_open(&cpu, dir, false, 0, -1, true, true, kv_dtype, 0) != 0) return;
+    if (rig_open(&ref, dir, true, 0, -1, true, true, LP_DTYPE_F32, 0) != 0) return;
+    size_t V = (size_t)cpu.vocab;
+    float *a = malloc((size_t)n * V * 4), *b = malloc((size_t)n * V * 4);
+    int sa, sb;
+    CHECK_OK(lp_engine_seq_open(cpu.engine, &sa, &err), &err);
+    CHECK_OK(lp_engine_seq_open(ref.engine, &sb, &err), &err);
+    CHECK_OK(fwd(&cpu, sa, -1, ids, n, true, a, &err), &err);
+    CHECK_OK(fwd(&ref, sb, -1, ids, n, true, b, &err), &err);
+    double worst = 0;
+    for (int i = 0; i < n; i++) {
+        double e = lp_rel_l2(a + (size_t)i * V, b + (size_t)i * V, V);
+        if (e > worst) worst = e;
+    }
+    CHECK_MSG(worst < tol, "%s: cpu (kv %s) vs ref: rel err %g > %g", dir,
+              lp_dtype_name(kv_dtype), worst, tol);
+    free(a);
+    free(b);
+    rig_close(&cpu);
+    rig_close(&ref);
+}
+
+int main(void) {
+    char bf16[1024], q8[1024], q4[1024];
+    if (lp_fixture_model("eng_bf16", "--seed 11 --format hf-bf16 " SHAPE "--vocab 300 --tied 1",
+                         bf16, sizeof bf16) != 0 ||
+        lp_fixture_model("eng_q8", "--seed 12 --format mlx8 --group 32 " SHAPE
+                                   "--vocab 300 --tied 0",
+                         q8, sizeof q8) != 0 ||
+        lp_fixture_model("eng_q4", "--seed 13 --format mlx4 --group 64 " SHAPE
+                                   "--vocab 300 --tied 1",
+                         q4, sizeof q4) != 0) {
+        CHECK(!"could not generate the test models");
+        return lp_test_finish("engine");
+    }
+    int32_t ids[40];
+    for (int i = 0; i < 40; i++) ids[i] = (int32_t)((i * 37 + 11) % 300);
+    const char *dirs[] = {bf16, q8, q4};
+    for (int k = 0; k < 3; k++) {
+        struct rig r;
+        if (rig_open(&r, dirs[k], false, 0, -1, true, true, LP_DTYPE_F32, 0) != 0) continue;
+        test_matrix_vs_tokens(&r, ids, 40);
+        test_batched_decode(&r);
+        test_bad_batches(&r, ids);
+        rig_close(&r);
+        test_split(dirs[k], ids, 40);
+        test_backends_agree(dirs[k], ids, 40, 1e-4, LP_DTYPE_F32);
+    }
+    test_backends_agree(bf16, ids, 40, 1e-2, LP_DTYPE_BF16);
+    test_context_and_pool(bf16);
+    return lp_test_finish("engine");
+}
