@@ -66,7 +66,9 @@ int lp_cli_bench(int argc, char **argv) {
         {"batch", 'b', LP_ARG_INT, &so.batch, "N", "prompt tokens per forward pass (default 256)",
          false, 1, 1 << 16},
         {"kv-dtype", 0, LP_ARG_STR, &so.kv_dtype, "f32|bf16", "KV cache type (default f32)"},
-        {"fast", 0, LP_ARG_FLAG, &so.fast, NULL, "int8 activations for 8-bit MLX weights"},
+        {"fast", 0, LP_ARG_FLAG, &so.fast, NULL,
+         "measure int8 activations for 8-bit MLX weights (experimental: not accurate enough "
+         "for run/logits)"},
         {"json", 0, LP_ARG_FLAG, &json, NULL, "end with one JSON line of results"},
     };
     enum lp_args_result ar =

@@ -23,7 +23,6 @@ int lp_cli_logits(int argc, char **argv) {
         {"batch", 'b', LP_ARG_INT, &so.batch, "N", "tokens per forward pass (default 64)", false,
          1, 4096},
         {"kv-dtype", 0, LP_ARG_STR, &so.kv_dtype, "f32|bf16", "KV cache type (default f32)"},
-        {"fast", 0, LP_ARG_FLAG, &so.fast, NULL, "int8 activations for 8-bit MLX weights"},
     };
     enum lp_args_result ar = lp_args_parse(
         "logits", "Write the logits of every position of a token sequence to a file.", args,

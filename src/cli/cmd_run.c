@@ -64,8 +64,6 @@ int lp_cli_run(int argc, char **argv) {
         {"batch", 'b', LP_ARG_INT, &so.batch, "N", "prompt tokens per forward pass (default 256)",
          false, 1, 1 << 16},
         {"kv-dtype", 0, LP_ARG_STR, &so.kv_dtype, "f32|bf16", "KV cache type (default f32)"},
-        {"fast", 0, LP_ARG_FLAG, &so.fast, NULL,
-         "int8 activations for 8-bit MLX weights (faster, ~1e-2 logit error)"},
         {"ignore-eos", 0, LP_ARG_FLAG, &ignore_eos, NULL, "do not stop at end-of-sequence tokens"},
         {"print-ids", 0, LP_ARG_FLAG, &print_ids, NULL,
          "print the generated ids on one line at the end"},
