@@ -6,7 +6,8 @@
 // validated and touched, so a pipeline stage never pages in the rest.
 // Each matrix is float (F32/F16/BF16) or MLX affine-quantized (the .weight
 // of uint32 codes plus .scales and .biases); bits and group size are
-// derived from the shapes and checked against the config.
+// derived from each tensor's shapes (MLX allows per-layer overrides of the
+// config's "quantization"), and must be 4/8 and 32/64/128.
 #include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -204,7 +205,7 @@ static enum lp_status model_matrix(struct lp_model *m, const char *prefix, int64
         return lp_error_set(err, LP_ERR_FORMAT, "%s: tensor '%s': dtype %s, MLX codes must be U32",
                             m->dir, name, lp_dtype_name(t->dtype));
     if (t->n_dims != 2 || t->shape[0] != rows || t->shape[1] <= 0 ||
-        (cols * 32) % t->shape[1] != 0)
+        (t->shape[1] * 32) % cols != 0)
         return lp_error_set(err, LP_ERR_FORMAT,
                             "%s: tensor '%s': shape must be [%lld, %lld * bits / 32]", m->dir,
                             name, (long long)rows, (long long)cols);
@@ -305,7 +306,7 @@ enum lp_status lp_model_open(struct lp_model **out, const char *dir,
     if ((st = model_read_configs(m, err)) != LP_OK) goto fail;
     const struct lp_model_config *c = &m->config;
     m->loaded = params ? *params : lp_model_load_params_default();
-    if (m->loaded.layer_end < 0) m->loaded.layer_end = c->n_layers;
+    if (m->loaded.layer_end == -1) m->loaded.layer_end = c->n_layers;
     if (m->loaded.layer_begin < 0 || m->loaded.layer_begin > m->loaded.layer_end ||
         m->loaded.layer_end > c->n_layers) {
         st = lp_error_set(err, LP_ERR_INVALID_ARG,
