@@ -26,6 +26,12 @@ struct lp_engine_params {
     size_t kv_max_bytes;  // cap for the automatic pool size, default 2 GiB
     enum lp_dtype kv_dtype; // LP_DTYPE_F32 (default) or LP_DTYPE_BF16
     int max_context;      // 0: the model's max_position_embeddings
+    // What of the loaded model this engine runs (a coordinator runs its
+    // layers with the embedding in one engine, and the head in another):
+    int layer_begin;      // -1: the first loaded layer
+    int layer_end;        // -1: one past the last loaded layer
+    bool no_embed;        // leave out the embedding even if loaded (input is hidden rows)
+    bool no_head;         // leave out the head even if loaded (output is hidden rows)
 };
 
 LP_API struct lp_engine_params lp_engine_params_default(void);
@@ -85,6 +91,32 @@ LP_API int lp_engine_max_logit_rows(const struct lp_engine *engine);
 LP_API int lp_engine_max_context(const struct lp_engine *engine);
 // Weight bytes a decode step reads (all loaded matrices once).
 LP_API size_t lp_engine_weight_bytes(const struct lp_engine *engine);
+
+// ---- runners: what generation drives ----
+
+// A runner computes logits for tokens of a sequence: one engine holding the
+// whole model, or a pipeline of stages. Calls come from one thread.
+struct lp_runner_i {
+    enum lp_status (*seq_open)(void *ctx, int *seq, struct lp_error *err);
+    void (*seq_close)(void *ctx, int seq);
+    // Runs tokens[0..n) of seq at positions pos0.. (pos0 <= the cached
+    // length; less rewinds) and writes the logits of the last token, or of
+    // all n when all_logits, into logits ([1 or n][vocab]). n may exceed the
+    // per-call batch limit: the runner chunks.
+    enum lp_status (*step)(void *ctx, int seq, int pos0, const int32_t *tokens, int n,
+                           bool all_logits, float *logits, struct lp_error *err);
+    int (*max_context)(void *ctx);
+    int (*vocab_size)(void *ctx);
+};
+
+struct lp_runner {
+    struct lp_runner_i iface;
+    void *ctx;
+};
+
+// The engine as a runner (borrowed; valid while the engine lives). The
+// engine must hold every layer, the embedding and the head.
+LP_API struct lp_runner lp_engine_runner(struct lp_engine *engine);
 
 // ---- sampling ----
 
@@ -146,12 +178,12 @@ struct lp_generate_result {
     double decode_seconds; // from the first to the last generated token
 };
 
-// Prefills prompt[n_prompt] in chunks of max_batch_tokens, then samples
-// and decodes one token at a time until EOS (any of the model's eos ids),
-// max_new_tokens, the context limit or the callback. The engine must hold
-// every layer, the embedding and the head. Uses one sequence of the engine,
-// closed on return.
-LP_API enum lp_status lp_generate(struct lp_engine *engine, const struct lp_model *model,
+// Prefills prompt[n_prompt] through the runner, then samples and decodes
+// one token at a time until EOS (any of the model config's eos ids),
+// max_new_tokens, the context limit or the callback. Uses one sequence of
+// the runner, closed on return.
+LP_API enum lp_status lp_generate(const struct lp_runner *runner,
+                                  const struct lp_model_config *config,
                                   const int32_t *prompt, int n_prompt,
                                   const struct lp_generate_params *params, lp_token_fn on_token,
                                   void *user, struct lp_generate_result *result,

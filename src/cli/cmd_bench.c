@@ -20,32 +20,27 @@ static double now_s(void) {
 
 // Prefills n_prompt tokens then decodes n_gen; returns false on error.
 static bool bench_once(struct lp_cli_session *s, const int32_t *ids, int n_prompt, int n_gen,
-                       int batch, float *logits, double *t_prefill, double *t_decode) {
+                       float *logits, double *t_prefill, double *t_decode) {
     struct lp_error err = {0};
+    const struct lp_runner *r = &s->runner;
     int seq = -1;
-    if (lp_engine_seq_open(s->engine, &seq, &err) != LP_OK) goto fail;
+    if (r->iface.seq_open(r->ctx, &seq, &err) != LP_OK) goto fail;
     double t0 = now_s();
-    for (int i = 0; i < n_prompt; i += batch) {
-        int m = n_prompt - i < batch ? n_prompt - i : batch;
-        struct lp_engine_seg seg = {.seq = seq, .pos0 = i, .n_tokens = m, .tokens = ids + i};
-        struct lp_engine_batch b = {.n_segs = 1, .segs = &seg, .logits = logits};
-        if (lp_engine_forward(s->engine, &b, &err) != LP_OK) goto fail;
-    }
+    if (r->iface.step(r->ctx, seq, 0, ids, n_prompt, false, logits, &err) != LP_OK) goto fail;
     double t1 = now_s();
     for (int i = 0; i < n_gen; i++) {
-        struct lp_engine_seg seg = {
-            .seq = seq, .pos0 = n_prompt + i, .n_tokens = 1, .tokens = ids + n_prompt + i};
-        struct lp_engine_batch b = {.n_segs = 1, .segs = &seg, .logits = logits};
-        if (lp_engine_forward(s->engine, &b, &err) != LP_OK) goto fail;
+        const int32_t *tok = ids + n_prompt + i;
+        if (r->iface.step(r->ctx, seq, n_prompt + i, tok, 1, false, logits, &err) != LP_OK)
+            goto fail;
     }
     double t2 = now_s();
-    lp_engine_seq_close(s->engine, seq);
+    r->iface.seq_close(r->ctx, seq);
     *t_prefill = t1 - t0;
     *t_decode = t2 - t1;
     return true;
 fail:
     fprintf(stderr, "layerpipe bench: %s\n", err.msg);
-    lp_engine_seq_close(s->engine, seq);
+    if (seq >= 0) r->iface.seq_close(r->ctx, seq);
     return false;
 }
 
@@ -81,7 +76,6 @@ int lp_cli_bench(int argc, char **argv) {
     if (!lp_cli_session_open(&s, &so, "bench")) return 1;
     int rc = 0;
     int vocab = lp_model_config(s.model)->vocab_size;
-    int batch = lp_engine_max_batch_tokens(s.engine);
     int32_t *ids = malloc((size_t)(n_prompt + n_gen) * sizeof *ids);
     float *logits = malloc((size_t)vocab * sizeof *logits);
     if (!ids || !logits) {
@@ -99,7 +93,7 @@ int lp_cli_bench(int argc, char **argv) {
             lp_backend_n_threads(s.backend), n_prompt, n_gen, reps);
     for (int r = 0; r < reps; r++) {
         double tp, td;
-        if (!bench_once(&s, ids, n_prompt, n_gen, batch, logits, &tp, &td)) {
+        if (!bench_once(&s, ids, n_prompt, n_gen, logits, &tp, &td)) {
             rc = 1;
             goto done;
         }

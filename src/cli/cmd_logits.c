@@ -49,9 +49,10 @@ int lp_cli_logits(int argc, char **argv) {
         rc = 1;
         goto done;
     }
-    if (n > lp_engine_max_context(s.engine)) {
+    const struct lp_runner *r = &s.runner;
+    if (n > r->iface.max_context(r->ctx)) {
         fprintf(stderr, "layerpipe logits: %d tokens exceed the context limit of %d\n", n,
-                lp_engine_max_context(s.engine));
+                r->iface.max_context(r->ctx));
         rc = 2;
         goto done;
     }
@@ -61,13 +62,10 @@ int lp_cli_logits(int argc, char **argv) {
         rc = 1;
         goto done;
     }
-    if (lp_engine_seq_open(s.engine, &seq, &err) != LP_OK) goto fail;
+    if (r->iface.seq_open(r->ctx, &seq, &err) != LP_OK) goto fail;
     for (int i = 0; i < n; i += so.batch) {
         int m = n - i < so.batch ? n - i : so.batch;
-        struct lp_engine_seg seg = {
-            .seq = seq, .pos0 = i, .n_tokens = m, .tokens = ids + i, .all_logits = true};
-        struct lp_engine_batch b = {.n_segs = 1, .segs = &seg, .logits = logits};
-        if (lp_engine_forward(s.engine, &b, &err) != LP_OK) goto fail;
+        if (r->iface.step(r->ctx, seq, i, ids + i, m, true, logits, &err) != LP_OK) goto fail;
         if (fwrite(logits, sizeof(float) * (size_t)vocab, (size_t)m, fp) != (size_t)m) {
             fprintf(stderr, "layerpipe logits: %s: write failed\n", out_path);
             rc = 1;
@@ -83,7 +81,7 @@ done:
         fprintf(stderr, "layerpipe logits: %s: close failed\n", out_path);
         rc = 1;
     }
-    lp_engine_seq_close(s.engine, seq);
+    if (seq >= 0) r->iface.seq_close(r->ctx, seq);
     free(logits);
     free(ids);
     lp_cli_session_close(&s);

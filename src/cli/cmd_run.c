@@ -110,8 +110,8 @@ int lp_cli_run(int argc, char **argv) {
         rc = 1;
         goto done;
     }
-    if (lp_generate(s.engine, s.model, prompt, n_prompt, &gp, on_token, &out, &res, &err) !=
-        LP_OK) {
+    if (lp_generate(&s.runner, lp_model_config(s.model), prompt, n_prompt, &gp, on_token, &out,
+                    &res, &err) != LP_OK) {
         fprintf(stderr, "\nlayerpipe run: %s\n", err.msg);
         rc = 1;
         goto done;
@@ -133,7 +133,7 @@ int lp_cli_run(int argc, char **argv) {
             lp_stop_reason_str(res.stop));
     if (res.stop == LP_STOP_CONTEXT)
         fprintf(stderr, "layerpipe run: stopped at the context limit of %d tokens (raise --ctx)\n",
-                lp_engine_max_context(s.engine));
+                s.runner.iface.max_context(s.runner.ctx));
 done:
     free(out.ids);
     free(prompt);

@@ -108,7 +108,8 @@ int lp_cli_template(int argc, char **argv) {
             fprintf(stderr, "layerpipe template: %s\n", err.msg);
             goto done;
         }
-        for (size_t i = 0; i < list.n_ids; i++) printf(i ? " %d" : "%d", list.ids[i]);
+        for (size_t i = 0; i < list.n_ids; i++)
+            printf(i ? " %d" : "%d", list.ids[i]);
         putchar('\n');
     } else {
         fwrite(prompt, 1, n_prompt, stdout);

@@ -82,7 +82,8 @@ int lp_cli_tokenize(int argc, char **argv) {
         } else if (!text) {
             text = a;
         } else {
-            fprintf(stderr, "layerpipe tokenize: more than one TEXT argument\n\n%s", tokenize_usage);
+            fprintf(stderr, "layerpipe tokenize: more than one TEXT argument\n\n%s",
+                    tokenize_usage);
             return 2;
         }
     }

@@ -30,6 +30,7 @@ bool lp_cli_session_open(struct lp_cli_session *s, const struct lp_cli_session_o
         lp_cli_session_close(s);
         return false;
     }
+    s->runner = lp_engine_runner(s->engine);
     return true;
 }
 

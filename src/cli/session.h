@@ -26,6 +26,7 @@ struct lp_cli_session {
     struct lp_model *model;
     struct lp_backend *backend;
     struct lp_engine *engine;
+    struct lp_runner runner; // what run, logits and bench drive
 };
 
 // Opens everything; on failure prints the error to stderr and returns false

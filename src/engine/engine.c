@@ -68,6 +68,10 @@ struct lp_engine_params lp_engine_params_default(void) {
         .kv_max_bytes = (size_t)2 << 30,
         .kv_dtype = LP_DTYPE_F32,
         .max_context = 0,
+        .layer_begin = -1,
+        .layer_end = -1,
+        .no_embed = false,
+        .no_head = false,
     };
     return p;
 }
@@ -146,11 +150,18 @@ enum lp_status lp_engine_create(struct lp_engine **out, const struct lp_model *m
     e->cfg = *lp_model_config(model);
     e->params = params ? *params : lp_engine_params_default();
     const struct lp_model_load_params *ld = lp_model_loaded(model);
-    e->layer_begin = ld->layer_begin;
-    e->layer_end = ld->layer_end;
-    e->has_embed = lp_model_embedding(model) != NULL;
-    e->has_head = lp_model_head(model) != NULL;
     struct lp_engine_params *p = &e->params;
+    e->layer_begin = p->layer_begin < 0 ? ld->layer_begin : p->layer_begin;
+    e->layer_end = p->layer_end < 0 ? ld->layer_end : p->layer_end;
+    e->has_embed = lp_model_embedding(model) != NULL && !p->no_embed;
+    e->has_head = lp_model_head(model) != NULL && !p->no_head;
+    if (e->layer_begin < ld->layer_begin || e->layer_end > ld->layer_end ||
+        e->layer_begin > e->layer_end) {
+        st = lp_error_set(err, LP_ERR_INVALID_ARG,
+                          "engine: layers [%d, %d) are not within the loaded [%d, %d)",
+                          e->layer_begin, e->layer_end, ld->layer_begin, ld->layer_end);
+        goto fail;
+    }
     const struct lp_model_config *c = &e->cfg;
     if (p->max_context <= 0 || p->max_context > c->max_position_embeddings)
         p->max_context = c->max_position_embeddings;
@@ -448,4 +459,43 @@ fail:
     // The reserved blocks stay with their sequences; lengths are unchanged,
     // so the next call overwrites the same slots.
     return st;
+}
+
+// ---- the engine as a runner ----
+
+static enum lp_status runner_seq_open(void *ctx, int *seq, struct lp_error *err) {
+    return lp_engine_seq_open(ctx, seq, err);
+}
+
+static void runner_seq_close(void *ctx, int seq) { lp_engine_seq_close(ctx, seq); }
+
+static enum lp_status runner_step(void *ctx, int seq, int pos0, const int32_t *tokens, int n,
+                                  bool all_logits, float *logits, struct lp_error *err) {
+    struct lp_engine *e = ctx;
+    int chunk = e->params.max_batch_tokens;
+    if (all_logits && chunk > e->params.max_logit_rows) chunk = e->params.max_logit_rows;
+    size_t V = (size_t)e->cfg.vocab_size;
+    for (int i = 0; i < n; i += chunk) {
+        int m = n - i < chunk ? n - i : chunk;
+        struct lp_engine_seg seg = {.seq = seq, .pos0 = pos0 + i, .n_tokens = m,
+                                    .tokens = tokens + i, .all_logits = all_logits};
+        struct lp_engine_batch b = {.n_segs = 1, .segs = &seg,
+                                    .logits = all_logits ? logits + (size_t)i * V : logits};
+        enum lp_status st = lp_engine_forward(e, &b, err);
+        if (st != LP_OK) return st;
+    }
+    return LP_OK;
+}
+
+static int runner_max_context(void *ctx) { return lp_engine_max_context(ctx); }
+static int runner_vocab_size(void *ctx) { return lp_engine_vocab_size(ctx); }
+
+struct lp_runner lp_engine_runner(struct lp_engine *engine) {
+    struct lp_runner r = {.iface = {.seq_open = runner_seq_open,
+                                    .seq_close = runner_seq_close,
+                                    .step = runner_step,
+                                    .max_context = runner_max_context,
+                                    .vocab_size = runner_vocab_size},
+                          .ctx = engine};
+    return r;
 }

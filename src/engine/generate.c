@@ -1,8 +1,8 @@
 // SPDX-License-Identifier: MIT
-// generate.c -- the autoregressive loop on one engine that holds the whole
-// model: prefill the prompt in chunks (each a matrix), then sample and
-// decode one token at a time, stopping at an EOS id, the token limit, the
-// context limit or when the caller says so.
+// generate.c -- the autoregressive loop over a runner (one engine, or a
+// pipeline of stages): prefill the prompt, then sample and decode one token
+// at a time, stopping at an EOS id, the token limit, the context limit or
+// when the caller says so.
 #include <stdlib.h>
 #include <time.h>
 
@@ -31,13 +31,13 @@ static bool is_eos(const struct lp_model_config *c, int32_t id) {
     return false;
 }
 
-enum lp_status lp_generate(struct lp_engine *engine, const struct lp_model *model,
+enum lp_status lp_generate(const struct lp_runner *runner, const struct lp_model_config *c,
                            const int32_t *prompt, int n_prompt,
                            const struct lp_generate_params *params, lp_token_fn on_token,
                            void *user, struct lp_generate_result *result, struct lp_error *err) {
     *result = (struct lp_generate_result){.stop = LP_STOP_NONE, .n_prompt = n_prompt};
-    const struct lp_model_config *c = lp_model_config(model);
-    int ctx = lp_engine_max_context(engine);
+    const struct lp_runner_i *r = &runner->iface;
+    int ctx = r->max_context(runner->ctx);
     if (n_prompt <= 0) return lp_error_set(err, LP_ERR_INVALID_ARG, "generate: empty prompt");
     if (n_prompt >= ctx)
         return lp_error_set(err, LP_ERR_INVALID_ARG,
@@ -47,7 +47,7 @@ enum lp_status lp_generate(struct lp_engine *engine, const struct lp_model *mode
     if (params->max_new_tokens < 0)
         return lp_error_set(err, LP_ERR_INVALID_ARG, "generate: max_new_tokens %d < 0",
                             params->max_new_tokens);
-    int V = c->vocab_size;
+    int V = r->vocab_size(runner->ctx);
     int n_total = n_prompt + params->max_new_tokens;
     if (n_total > ctx) n_total = ctx;
     int32_t *tokens = malloc((size_t)(n_total + 1) * sizeof *tokens);
@@ -61,15 +61,10 @@ enum lp_status lp_generate(struct lp_engine *engine, const struct lp_model *mode
     }
     for (int i = 0; i < n_prompt; i++) tokens[i] = prompt[i];
     if ((st = lp_sampler_create(&sampler, &params->sampling, V, err)) != LP_OK) goto done;
-    if ((st = lp_engine_seq_open(engine, &seq, err)) != LP_OK) goto done;
+    if ((st = r->seq_open(runner->ctx, &seq, err)) != LP_OK) goto done;
     double t0 = now_seconds();
-    int chunk = lp_engine_max_batch_tokens(engine);
-    for (int i = 0; i < n_prompt; i += chunk) {
-        int n = n_prompt - i < chunk ? n_prompt - i : chunk;
-        struct lp_engine_seg seg = {.seq = seq, .pos0 = i, .n_tokens = n, .tokens = prompt + i};
-        struct lp_engine_batch b = {.n_segs = 1, .segs = &seg, .logits = logits};
-        if ((st = lp_engine_forward(engine, &b, err)) != LP_OK) goto done;
-    }
+    if ((st = r->step(runner->ctx, seq, 0, prompt, n_prompt, false, logits, err)) != LP_OK)
+        goto done;
     double t1 = now_seconds();
     result->prefill_seconds = t1 - t0;
     int n = n_prompt;
@@ -97,14 +92,12 @@ enum lp_status lp_generate(struct lp_engine *engine, const struct lp_model *mode
             result->stop = LP_STOP_CONTEXT;
             break;
         }
-        struct lp_engine_seg seg = {.seq = seq, .pos0 = n - 1, .n_tokens = 1,
-                                    .tokens = &tokens[n - 1]};
-        struct lp_engine_batch b = {.n_segs = 1, .segs = &seg, .logits = logits};
-        if ((st = lp_engine_forward(engine, &b, err)) != LP_OK) goto done;
+        st = r->step(runner->ctx, seq, n - 1, &tokens[n - 1], 1, false, logits, err);
+        if (st != LP_OK) goto done;
     }
     result->decode_seconds = now_seconds() - t1;
 done:
-    lp_engine_seq_close(engine, seq);
+    if (seq >= 0) r->seq_close(runner->ctx, seq);
     lp_sampler_destroy(sampler);
     free(tokens);
     free(logits);
