@@ -2,7 +2,7 @@
 # missing (Debian packages), configures, builds and runs the test suite in a
 # release build and again under AddressSanitizer + UndefinedBehaviorSanitizer.
 JOBS ?= $(shell nproc)
-APT_PACKAGES := cmake pkg-config gcc make libjansson-dev libpcre2-dev libutf8proc-dev
+APT_PACKAGES := cmake pkg-config gcc make libjansson-dev libpcre2-dev libutf8proc-dev libgrpc-dev libprotobuf-c-dev protobuf-c-compiler
 
 .PHONY: all deps build build-asan test test-release test-asan clean
 

@@ -151,6 +151,11 @@ LP_API const struct lp_weight *lp_model_head(const struct lp_model *model);
 // Final norm [hidden], or NULL when the head is not loaded.
 LP_API const float *lp_model_final_norm(const struct lp_model *model);
 
+// A 64-bit fingerprint of the model folder (config.json, every tensor's
+// name, dtype and shape, and sampled bytes of each), the same whatever
+// range was loaded: stages compare it to refuse a different model.
+LP_API uint64_t lp_model_fingerprint(const struct lp_model *model);
+
 // Total bytes of the loaded weight matrices and vectors.
 LP_API size_t lp_model_weight_bytes(const struct lp_model *model);
 

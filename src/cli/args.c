@@ -67,6 +67,16 @@ static bool set_value(const char *cmd, struct lp_arg *a, const char *v) {
         return true;
     }
     case LP_ARG_FLAG: *(bool *)a->dst = true; return true;
+    case LP_ARG_LIST: {
+        struct lp_arg_list *l = a->dst;
+        if (l->n == LP_ARG_LIST_MAX) {
+            fprintf(stderr, "layerpipe %s: --%s given more than %d times\n", cmd, a->name,
+                    LP_ARG_LIST_MAX);
+            return false;
+        }
+        l->items[l->n++] = v;
+        return true;
+    }
     }
     return false;
 }

@@ -8,13 +8,21 @@
 #include <stdbool.h>
 #include <stdint.h>
 
-enum lp_arg_type { LP_ARG_STR, LP_ARG_INT, LP_ARG_FLOAT, LP_ARG_U64, LP_ARG_FLAG };
+enum lp_arg_type { LP_ARG_STR, LP_ARG_INT, LP_ARG_FLOAT, LP_ARG_U64, LP_ARG_FLAG, LP_ARG_LIST };
+
+#define LP_ARG_LIST_MAX 16
+
+// A repeatable string option (--stop A --stop B).
+struct lp_arg_list {
+    const char *items[LP_ARG_LIST_MAX];
+    int n;
+};
 
 struct lp_arg {
     const char *name;    // long name without dashes ("prompt-ids")
     char short_name;     // 'm', or 0
     enum lp_arg_type type;
-    void *dst;           // char **, int *, float *, uint64_t *, bool *
+    void *dst;           // char **, int *, float *, uint64_t *, bool *, struct lp_arg_list *
     const char *metavar; // "DIR"
     const char *help;
     bool required;

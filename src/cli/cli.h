@@ -11,5 +11,7 @@ int lp_cli_logits(int argc, char **argv);
 int lp_cli_bench(int argc, char **argv);
 int lp_cli_tokenize(int argc, char **argv);
 int lp_cli_template(int argc, char **argv);
+int lp_cli_worker(int argc, char **argv);
+int lp_cli_cluster(int argc, char **argv);
 
 #endif

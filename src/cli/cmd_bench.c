@@ -56,15 +56,11 @@ int lp_cli_bench(int argc, char **argv) {
          1 << 20},
         {"reps", 'r', LP_ARG_INT, &reps, "N", "repetitions, the best is reported (default 3)",
          false, 1, 1000},
-        {"threads", 't', LP_ARG_INT, &so.threads, "N", "CPU threads (default: all cores)", false,
-         0, 1024},
-        {"batch", 'b', LP_ARG_INT, &so.batch, "N", "prompt tokens per forward pass (default 256)",
-         false, 1, 1 << 16},
-        {"kv-dtype", 0, LP_ARG_STR, &so.kv_dtype, "f32|bf16", "KV cache type (default f32)"},
         {"fast", 0, LP_ARG_FLAG, &so.fast, NULL,
          "measure int8 activations for 8-bit MLX weights (experimental: not accurate enough "
          "for run/logits)"},
         {"json", 0, LP_ARG_FLAG, &json, NULL, "end with one JSON line of results"},
+        LP_CLI_COMMON_ARGS(so),
     };
     enum lp_args_result ar =
         lp_args_parse("bench", "Measure prefill and decode speed of the model in this process.",
@@ -89,8 +85,8 @@ int lp_cli_bench(int argc, char **argv) {
         ids[i] = (int32_t)((x >> 33) % (uint64_t)vocab);
     }
     double best_p = 1e30, best_d = 1e30;
-    fprintf(stderr, "bench: %s, %d threads, prompt %d, gen %d, %d reps\n", so.model_dir,
-            lp_backend_n_threads(s.backend), n_prompt, n_gen, reps);
+    fprintf(stderr, "bench: %s, %s, prompt %d, gen %d, %d reps\n", so.model_dir, s.device,
+            n_prompt, n_gen, reps);
     for (int r = 0; r < reps; r++) {
         double tp, td;
         if (!bench_once(&s, ids, n_prompt, n_gen, logits, &tp, &td)) {
@@ -102,16 +98,16 @@ int lp_cli_bench(int argc, char **argv) {
         if (tp < best_p) best_p = tp;
         if (td < best_d) best_d = td;
     }
-    double wb = (double)lp_engine_weight_bytes(s.engine);
+    double wb = (double)s.weight_bytes;
     double pre = n_prompt / best_p, dec = n_gen / best_d;
     printf("prefill: %.1f tok/s\ndecode: %.2f tok/s, %.2f GB/s of weights (%.3f GB per token)\n",
            pre, dec, dec * wb / 1e9, wb / 1e9);
     if (json)
-        printf("{\"model\": \"%s\", \"backend\": \"%s\", \"threads\": %d, \"fast\": %s, "
+        printf("{\"model\": \"%s\", \"device\": \"%s\", \"fast\": %s, "
                "\"n_prompt\": %d, \"n_gen\": %d, \"prefill_tok_s\": %.3f, \"decode_tok_s\": "
                "%.3f, \"decode_gb_s\": %.3f, \"weight_bytes\": %.0f}\n",
-               so.model_dir, lp_backend_name(s.backend), lp_backend_n_threads(s.backend),
-               so.fast ? "true" : "false", n_prompt, n_gen, pre, dec, dec * wb / 1e9, wb);
+               so.model_dir, s.device, so.fast ? "true" : "false", n_prompt, n_gen, pre, dec, dec * wb / 1e9, wb);
+    if (so.stats) lp_cli_session_print_stats(&s, stderr);
 done:
     free(ids);
     free(logits);

@@ -18,11 +18,7 @@ int lp_cli_logits(int argc, char **argv) {
         {"tokens", 0, LP_ARG_STR, &tokens, "\"ID ID ...\"", "token ids", true},
         {"output", 'o', LP_ARG_STR, &out_path, "FILE",
          "output file: float32 little-endian [n_tokens][vocab]", true},
-        {"threads", 't', LP_ARG_INT, &so.threads, "N", "CPU threads (default: all cores)", false,
-         0, 1024},
-        {"batch", 'b', LP_ARG_INT, &so.batch, "N", "tokens per forward pass (default 64)", false,
-         1, 4096},
-        {"kv-dtype", 0, LP_ARG_STR, &so.kv_dtype, "f32|bf16", "KV cache type (default f32)"},
+        LP_CLI_COMMON_ARGS(so),
     };
     enum lp_args_result ar = lp_args_parse(
         "logits", "Write the logits of every position of a token sequence to a file.", args,

@@ -15,6 +15,10 @@ static const struct lp_command commands[] = {
     {"run", lp_cli_run, "generate from a prompt"},
     {"logits", lp_cli_logits, "write the logits of every position of a token list"},
     {"bench", lp_cli_bench, "measure prefill and decode speed"},
+    {"tokenize", lp_cli_tokenize, "turn text into token ids (and pieces)"},
+    {"template", lp_cli_template, "print the chat prompt a messages array renders to"},
+    {"worker", lp_cli_worker, "serve one stage (a layer range) of a pipeline"},
+    {"cluster", lp_cli_cluster, "run a command through a local pipeline of N stages"},
 };
 
 static void usage(FILE *fp) {

@@ -1,13 +1,16 @@
 // SPDX-License-Identifier: MIT
-// session.h -- what run, logits and bench share: open a model folder, a CPU
-// backend and an engine from the common command-line options, and close
-// them again in order.
+// session.h -- what run, logits and bench share: open a model folder and a
+// runner from the common command-line options: one process (a CPU backend
+// and an engine), or with --workers / --cluster a pipeline of stages whose
+// coordinator is this process. Close them again in order.
 #ifndef LP_CLI_SESSION_H
 #define LP_CLI_SESSION_H
 
 #include <stdbool.h>
+#include <stdio.h>
 
 #include "layerpipe/backend.h"
+#include "layerpipe/cluster.h"
 #include "layerpipe/engine.h"
 #include "layerpipe/model.h"
 
@@ -20,19 +23,57 @@ struct lp_cli_session_opts {
     const char *kv_dtype; // "f32" or "bf16"
     bool fast;            // int8 activations for 8-bit MLX weights
     int max_seqs;
+    // the pipeline (any of these makes this process a coordinator)
+    const char *workers;    // "HOST:PORT,HOST:PORT,..."
+    const char *plan;       // "10,9,9" or "auto"
+    const char *cluster;    // cluster file (JSON)
+    const char *wire_dtype; // "f32" or "bf16"
+    const char *sink;       // where the coordinator's Sink listens
+    int timeout_ms;         // per step
+    bool stats;             // print the per-stage table at the end
 };
 
+// The option-table entries every model command takes (args.h).
+#define LP_CLI_COMMON_ARGS(so)                                                                     \
+    {"threads", 't', LP_ARG_INT, &(so).threads, "N", "CPU threads (default: all cores)", false,    \
+     0, 1024},                                                                                     \
+        {"ctx", 'c', LP_ARG_INT, &(so).ctx, "N", "context limit (default: the model's)", false,    \
+         0, 1 << 24},                                                                              \
+        {"batch", 'b', LP_ARG_INT, &(so).batch, "N", "prompt tokens per forward pass (default "    \
+         "64)", false, 1, 1 << 16},                                                                \
+        {"kv-dtype", 0, LP_ARG_STR, &(so).kv_dtype, "f32|bf16", "KV cache type (default f32)"},    \
+        {"workers", 'w', LP_ARG_STR, &(so).workers, "H:P,H:P",                                     \
+         "run as the coordinator of these stage workers, in pipeline order"},                      \
+        {"plan", 0, LP_ARG_STR, &(so).plan, "PLAN",                                                \
+         "layers per stage, coordinator first (10,9,9), or auto (default: even split)"},           \
+        {"cluster", 0, LP_ARG_STR, &(so).cluster, "FILE",                                          \
+         "cluster file (JSON) with the stages instead of --workers/--plan"},                       \
+        {"wire-dtype", 0, LP_ARG_STR, &(so).wire_dtype, "f32|bf16",                                \
+         "activation dtype between stages (default f32: exact)"},                                  \
+        {"sink", 0, LP_ARG_STR, &(so).sink, "H:P",                                                 \
+         "where the coordinator listens for the last stage (default 127.0.0.1:0)"},               \
+        {"timeout", 0, LP_ARG_INT, &(so).timeout_ms, "MS",                                         \
+         "fail a step not answered in time (default 30000)", false, 1, 86400000},                  \
+        {"stats", 0, LP_ARG_FLAG, &(so).stats, NULL, "print per-stage utilization at the end"}
+
 struct lp_cli_session {
-    struct lp_model *model;
-    struct lp_backend *backend;
-    struct lp_engine *engine;
-    struct lp_runner runner; // what run, logits and bench drive
+    struct lp_model *model;       // the whole model (one process) or its headers (pipeline)
+    struct lp_backend *backend;   // one process only
+    struct lp_engine *engine;     // one process only
+    struct lp_pipeline *pipeline; // pipeline only
+    struct lp_runner runner;      // what run, logits and bench drive
+    size_t weight_bytes;          // every stage's weights together (what a decode step reads)
+    char device[96];              // e.g. "cpu (2 threads)" or "pipeline of 3 stages"
+    double opened_at;
 };
 
 // Opens everything; on failure prints the error to stderr and returns false
 // with the session closed.
 bool lp_cli_session_open(struct lp_cli_session *s, const struct lp_cli_session_opts *o,
                          const char *cmd);
+// Prints the per-stage table (layers, device, busy %, tokens/s, hop latency,
+// bytes moved) to fp.
+void lp_cli_session_print_stats(struct lp_cli_session *s, FILE *fp);
 void lp_cli_session_close(struct lp_cli_session *s);
 
 #endif

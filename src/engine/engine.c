@@ -419,7 +419,8 @@ enum lp_status lp_engine_forward(struct lp_engine *e, const struct lp_engine_bat
             e->h_pos[row + t] = pos0 + t;
             e->h_slot[row + t] = lp_kv_slot(&e->kv, s->seq, pos0 + t);
             if (e->has_embed) e->h_ids[row + t] = s->tokens[t];
-            if (s->all_logits || t == s->n_tokens - 1) e->h_rows[i_row++] = row + t;
+            if (e->has_head && (s->all_logits || t == s->n_tokens - 1))
+                e->h_rows[i_row++] = row + t;
         }
         e->h_segs[i] = (struct lp_attn_seg){.n_tokens = s->n_tokens,
                                             .pos0 = pos0,

@@ -57,4 +57,7 @@ void lp_generation_config_default(struct lp_generation_config *gen);
 enum lp_status lp_read_file(const char *path, size_t max_bytes, char **out, size_t *out_bytes,
                             struct lp_error *err);
 
+// FNV-1a 64-bit over n bytes, continuing from h (start: 0xcbf29ce484222325).
+uint64_t lp_fnv1a64(uint64_t h, const void *data, size_t n);
+
 #endif

@@ -1,0 +1,67 @@
+// SPDX-License-Identifier: MIT
+// internal.h -- cross-file internals of the cluster module: method names,
+// activation (de)serialization with validation, latency samples, and the
+// one table mapping a stage's lp_status to what the coordinator reports.
+#ifndef LP_CLUSTER_INTERNAL_H
+#define LP_CLUSTER_INTERNAL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "health.pb-c.h"
+#include "layerpipe.pb-c.h"
+#include "layerpipe/status.h"
+
+#define LP_M_HELLO "/layerpipe.v1.Stage/Hello"
+#define LP_M_CONFIGURE "/layerpipe.v1.Stage/Configure"
+#define LP_M_FORWARD "/layerpipe.v1.Stage/Forward"
+#define LP_M_RELEASE "/layerpipe.v1.Stage/Release"
+#define LP_M_STATS "/layerpipe.v1.Stage/Stats"
+#define LP_M_SINK "/layerpipe.v1.Sink/Forward"
+#define LP_M_HEALTH "/grpc.health.v1.Health/Check"
+
+// Largest gRPC message a process accepts: a prefill chunk of 4096 rows of
+// hidden 8192 in f32 is 128 MiB.
+#define LP_MAX_MESSAGE_BYTES ((size_t)160 << 20)
+
+#define LP_VERSION_STRING "0.1.0"
+
+// Seconds on a monotonic clock.
+double lp_now_seconds(void);
+
+// Packs a protobuf-c message into a malloc'd buffer.
+enum lp_status lp_pb_pack(const ProtobufCMessage *msg, uint8_t **out, size_t *n,
+                          struct lp_error *err);
+
+// Payload of an Activations message from float rows (f32 or bf16 on the wire).
+// buf must hold n_rows * hidden * 4 bytes.
+void lp_wire_encode_rows(const float *rows, size_t n_elems, Layerpipe__V1__DType dtype,
+                         uint8_t *buf, size_t *n_bytes);
+// Checks an Activations message against the receiver's expectations
+// (hidden width, rows limit, data length for its dtype, segments that cover
+// the rows) and converts its payload to float rows [n_rows][hidden].
+// LP_ERR_INVALID_ARG with a message naming the field on any mismatch.
+enum lp_status lp_wire_decode_rows(const Layerpipe__V1__Activations *a, int hidden, int max_rows,
+                                   int max_segments, bool rows_are_tokens, float *rows,
+                                   struct lp_error *err);
+
+// A ring of latency samples (milliseconds); percentiles over what it holds.
+#define LP_LAT_SAMPLES 1024
+struct lp_latency {
+    double ms[LP_LAT_SAMPLES];
+    uint64_t n; // samples added (the ring holds the last LP_LAT_SAMPLES)
+};
+void lp_latency_add(struct lp_latency *l, double ms);
+// The q-quantile (0..1) of the held samples; 0 when empty.
+double lp_latency_quantile(const struct lp_latency *l, double q);
+
+// Free memory (MemAvailable) in bytes, 0 if unknown.
+uint64_t lp_mem_available(void);
+// Resident set size of this process in bytes, 0 if unknown.
+uint64_t lp_rss_bytes(void);
+// Measures streaming read speed (GB/s) over a 64 MiB buffer: a stage's
+// decode speed is bounded by it, so plans weigh stages by it.
+double lp_measure_read_gb_s(void);
+
+#endif

@@ -1,0 +1,166 @@
+// SPDX-License-Identifier: MIT
+// wire.c -- what travels between stages: activation rows as f32 or bf16
+// payloads in layerpipe.v1.Activations, checked field by field on receipt
+// (nothing from the network is trusted: widths, row counts, payload length
+// for the dtype, segments covering exactly the rows). Also small shared
+// helpers: packing, a monotonic clock, latency percentiles, memory probes.
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "backend/convert.h"
+#include "cluster/internal.h"
+
+double lp_now_seconds(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+enum lp_status lp_pb_pack(const ProtobufCMessage *msg, uint8_t **out, size_t *n,
+                          struct lp_error *err) {
+    size_t size = protobuf_c_message_get_packed_size(msg);
+    uint8_t *buf = malloc(size ? size : 1);
+    if (!buf) return lp_error_set(err, LP_ERR_NOMEM, "out of memory packing a %zu-byte message",
+                                  size);
+    protobuf_c_message_pack(msg, buf);
+    *out = buf;
+    *n = size;
+    return LP_OK;
+}
+
+void lp_wire_encode_rows(const float *rows, size_t n_elems, Layerpipe__V1__DType dtype,
+                         uint8_t *buf, size_t *n_bytes) {
+    if (dtype == LAYERPIPE__V1__DTYPE__DTYPE_BF16) {
+        for (size_t i = 0; i < n_elems; i++) {
+            uint16_t h = lp_f32_to_bf16(rows[i]);
+            memcpy(buf + 2 * i, &h, 2);
+        }
+        *n_bytes = n_elems * 2;
+    } else {
+        memcpy(buf, rows, n_elems * 4);
+        *n_bytes = n_elems * 4;
+    }
+}
+
+enum lp_status lp_wire_decode_rows(const Layerpipe__V1__Activations *a, int hidden, int max_rows,
+                                   int max_segments, bool rows_are_tokens, float *rows,
+                                   struct lp_error *err) {
+    if (a->hidden != (uint32_t)hidden)
+        return lp_error_set(err, LP_ERR_INVALID_ARG,
+                            "activations step %llu: hidden %u, this model's is %d",
+                            (unsigned long long)a->step, a->hidden, hidden);
+    if (a->n_rows == 0 || a->n_rows > (uint32_t)max_rows)
+        return lp_error_set(err, LP_ERR_INVALID_ARG,
+                            "activations step %llu: %u rows, expected 1..%d",
+                            (unsigned long long)a->step, a->n_rows, max_rows);
+    if (a->n_segments == 0 || a->n_segments > (size_t)max_segments)
+        return lp_error_set(err, LP_ERR_INVALID_ARG,
+                            "activations step %llu: %zu segments, expected 1..%d",
+                            (unsigned long long)a->step, a->n_segments, max_segments);
+    size_t elem = a->dtype == LAYERPIPE__V1__DTYPE__DTYPE_BF16 ? 2
+                  : a->dtype == LAYERPIPE__V1__DTYPE__DTYPE_F32 ? 4
+                                                                 : 0;
+    if (elem == 0)
+        return lp_error_set(err, LP_ERR_INVALID_ARG, "activations step %llu: unknown dtype %d",
+                            (unsigned long long)a->step, (int)a->dtype);
+    size_t n_elems = (size_t)a->n_rows * (size_t)hidden;
+    if (a->data.len != n_elems * elem)
+        return lp_error_set(err, LP_ERR_INVALID_ARG,
+                            "activations step %llu: %zu payload bytes, %u rows x %d x %zu bytes "
+                            "needs %zu",
+                            (unsigned long long)a->step, a->data.len, a->n_rows, hidden, elem,
+                            n_elems * elem);
+    uint64_t covered = 0;
+    for (size_t i = 0; i < a->n_segments; i++) {
+        const Layerpipe__V1__Segment *s = a->segments[i];
+        if (s->n_tokens == 0 || s->n_tokens > (uint32_t)max_rows)
+            return lp_error_set(err, LP_ERR_INVALID_ARG,
+                                "activations step %llu: segment %zu has %u tokens",
+                                (unsigned long long)a->step, i, s->n_tokens);
+        covered += rows_are_tokens ? s->n_tokens : (s->all_logits ? s->n_tokens : 1);
+    }
+    if (covered != a->n_rows)
+        return lp_error_set(err, LP_ERR_INVALID_ARG,
+                            "activations step %llu: segments cover %llu rows, the message has %u",
+                            (unsigned long long)a->step, (unsigned long long)covered, a->n_rows);
+    if (elem == 2) {
+        for (size_t i = 0; i < n_elems; i++) {
+            uint16_t h;
+            memcpy(&h, a->data.data + 2 * i, 2);
+            rows[i] = lp_bf16_to_f32(h);
+        }
+    } else {
+        memcpy(rows, a->data.data, n_elems * 4);
+    }
+    return LP_OK;
+}
+
+void lp_latency_add(struct lp_latency *l, double ms) {
+    l->ms[l->n % LP_LAT_SAMPLES] = ms;
+    l->n++;
+}
+
+static int dbl_cmp(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+double lp_latency_quantile(const struct lp_latency *l, double q) {
+    size_t n = l->n < LP_LAT_SAMPLES ? (size_t)l->n : LP_LAT_SAMPLES;
+    if (n == 0) return 0.0;
+    double *v = malloc(n * sizeof *v);
+    if (!v) return 0.0;
+    memcpy(v, l->ms, n * sizeof *v);
+    qsort(v, n, sizeof *v, dbl_cmp);
+    size_t i = (size_t)(q * (double)(n - 1) + 0.5);
+    double r = v[i < n ? i : n - 1];
+    free(v);
+    return r;
+}
+
+static uint64_t meminfo_kb(const char *path, const char *key) {
+    FILE *fp = fopen(path, "r");
+    if (!fp) return 0;
+    char line[256];
+    uint64_t v = 0;
+    size_t k = strlen(key);
+    while (fgets(line, sizeof line, fp))
+        if (strncmp(line, key, k) == 0) {
+            v = strtoull(line + k, NULL, 10);
+            break;
+        }
+    fclose(fp);
+    return v;
+}
+
+uint64_t lp_mem_available(void) { return meminfo_kb("/proc/meminfo", "MemAvailable:") * 1024; }
+
+uint64_t lp_rss_bytes(void) { return meminfo_kb("/proc/self/status", "VmRSS:") * 1024; }
+
+double lp_measure_read_gb_s(void) {
+    size_t n = (size_t)64 << 20;
+    uint64_t *buf = malloc(n);
+    if (!buf) return 0.0;
+    size_t words = n / 8;
+    for (size_t i = 0; i < words; i++) buf[i] = i;
+    double best = 0.0;
+    volatile uint64_t sink = 0;
+    for (int rep = 0; rep < 3; rep++) {
+        double t0 = lp_now_seconds();
+        uint64_t s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+        for (size_t i = 0; i + 4 <= words; i += 4) {
+            s0 += buf[i];
+            s1 += buf[i + 1];
+            s2 += buf[i + 2];
+            s3 += buf[i + 3];
+        }
+        sink += s0 + s1 + s2 + s3;
+        double dt = lp_now_seconds() - t0;
+        if (dt > 0 && (double)n / dt / 1e9 > best) best = (double)n / dt / 1e9;
+    }
+    (void)sink;
+    free(buf);
+    return best;
+}
