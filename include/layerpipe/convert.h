@@ -143,4 +143,23 @@ LP_API enum lp_status lp_safetensors_writer_put(struct lp_safetensors_writer *w,
 LP_API enum lp_status lp_safetensors_writer_finish(struct lp_safetensors_writer *w,
                                                    struct lp_error *err);
 
+// ---------------------------------------------------------------------------
+// Whole-folder conversion.
+
+// Progress of a long conversion: done of total bytes of source tensors.
+typedef void (*lp_progress_fn)(void *user, uint64_t done, uint64_t total);
+
+// Converts the HF folder src_dir (bf16, f16 or f32 safetensors, single or
+// sharded) into an MLX affine-quantized folder dst_dir (created; must not
+// hold a model already), as mlx_lm.convert does: every 2-D ".weight"
+// (Linear and Embedding) whose input size is a multiple of group_size
+// becomes uint32 codes + scales + biases (bf16, or f16 for an f16 model);
+// everything else is copied as is. config.json gains "quantization" and
+// "quantization_config"; the other small files (generation config,
+// tokenizer) are copied. Writes one model.safetensors. bits 4 or 8, group
+// 32, 64 or 128. Reports progress if on_progress is not NULL.
+LP_API enum lp_status lp_model_quantize(const char *src_dir, const char *dst_dir, int bits,
+                                        int group_size, lp_progress_fn on_progress, void *user,
+                                        struct lp_error *err);
+
 #endif

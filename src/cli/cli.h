@@ -13,5 +13,7 @@ int lp_cli_tokenize(int argc, char **argv);
 int lp_cli_template(int argc, char **argv);
 int lp_cli_worker(int argc, char **argv);
 int lp_cli_cluster(int argc, char **argv);
+int lp_cli_quantize(int argc, char **argv);
+int lp_cli_perplexity(int argc, char **argv);
 
 #endif

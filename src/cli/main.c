@@ -19,6 +19,8 @@ static const struct lp_command commands[] = {
     {"template", lp_cli_template, "print the chat prompt a messages array renders to"},
     {"worker", lp_cli_worker, "serve one stage (a layer range) of a pipeline"},
     {"cluster", lp_cli_cluster, "run a command through a local pipeline of N stages"},
+    {"quantize", lp_cli_quantize, "convert an HF folder to MLX 8-bit or 4-bit"},
+    {"perplexity", lp_cli_perplexity, "perplexity of the model over a text file"},
 };
 
 static void usage(FILE *fp) {

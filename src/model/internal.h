@@ -57,6 +57,12 @@ void lp_generation_config_default(struct lp_generation_config *gen);
 enum lp_status lp_read_file(const char *path, size_t max_bytes, char **out, size_t *out_bytes,
                             struct lp_error *err);
 
+// The safetensors files of an opened model (all of them, whatever range
+// was loaded), borrowed until lp_model_close.
+struct lp_st_file *const *lp_model_files(const struct lp_model *m, int *n_files);
+// The model folder path, borrowed.
+const char *lp_model_dir(const struct lp_model *m);
+
 // FNV-1a 64-bit over n bytes, continuing from h (start: 0xcbf29ce484222325).
 uint64_t lp_fnv1a64(uint64_t h, const void *data, size_t n);
 

@@ -444,3 +444,10 @@ uint64_t lp_model_fingerprint(const struct lp_model *m) {
     free(all);
     return h;
 }
+
+struct lp_st_file *const *lp_model_files(const struct lp_model *m, int *n_files) {
+    *n_files = m->n_files;
+    return m->files;
+}
+
+const char *lp_model_dir(const struct lp_model *m) { return m->dir; }

@@ -1,0 +1,164 @@
+// SPDX-License-Identifier: MIT
+// cmd_perplexity.c -- `layerpipe perplexity`: perplexity of a model over a
+// text file with sliding windows. The file is encoded whole; window k
+// covers tokens [k*S, k*S + ctx) (S = stride, default ctx/2); every token
+// from position 1 on is predicted exactly once, by the first window that
+// holds it together with at least one token before it (window 0 scores
+// positions 1..ctx-1, every later window its last S positions, the final
+// window what is left). ppl = exp(mean negative log-likelihood).
+// tools/perplexity_reference.py computes the same in PyTorch.
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "cli/args.h"
+#include "cli/cli.h"
+#include "cli/session.h"
+#include "layerpipe/tokenizer.h"
+
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+// -log softmax(row)[target], in double.
+static double nll(const float *row, int vocab, int32_t target) {
+    float mx = row[0];
+    for (int i = 1; i < vocab; i++)
+        if (row[i] > mx) mx = row[i];
+    double sum = 0.0;
+    for (int i = 0; i < vocab; i++) sum += exp((double)row[i] - mx);
+    return log(sum) + mx - (double)row[target];
+}
+
+int lp_cli_perplexity(int argc, char **argv) {
+    struct lp_cli_session_opts so = {.kv_dtype = "f32"};
+    char *file = NULL;
+    int ctx = 512, stride = 0, max_tokens = 0;
+    bool json = false;
+    struct lp_arg args[] = {
+        {"model", 'm', LP_ARG_STR, &so.model_dir, "DIR", "model folder (with tokenizer.json)",
+         true},
+        {"file", 'f', LP_ARG_STR, &file, "TEXT_FILE", "the text to score", true},
+        {"window", 0, LP_ARG_INT, &ctx, "N", "tokens per window (default 512)", false, 2,
+         1 << 20},
+        {"stride", 0, LP_ARG_INT, &stride, "S", "window step (default window/2)", false, 1,
+         1 << 20},
+        {"max-tokens", 0, LP_ARG_INT, &max_tokens, "N", "score only the first N tokens", false,
+         0, 1 << 30},
+        {"json", 0, LP_ARG_FLAG, &json, NULL, "end with one JSON line of results"},
+        LP_CLI_COMMON_ARGS(so),
+    };
+    enum lp_args_result ar = lp_args_parse(
+        "perplexity", "Perplexity of the model over a text file, with sliding windows.", args,
+        (int)(sizeof args / sizeof args[0]), argc, argv, NULL, 0, NULL);
+    if (ar != LP_ARGS_OK) return ar == LP_ARGS_HELP ? 0 : 2;
+    if (stride == 0) stride = ctx / 2 > 0 ? ctx / 2 : 1;
+    if (stride > ctx - 1) stride = ctx - 1 > 0 ? ctx - 1 : 1;
+    int rc = 1;
+    struct lp_error err = {0};
+    struct lp_tokenizer *tok = NULL;
+    struct lp_token_list ids;
+    lp_token_list_init(&ids);
+    char *text = NULL;
+    float *logits = NULL;
+    struct lp_cli_session s = {0};
+    FILE *fp = fopen(file, "rb");
+    if (!fp) {
+        perror(file);
+        return 1;
+    }
+    fseek(fp, 0, SEEK_END);
+    long n_text = ftell(fp);
+    fseek(fp, 0, SEEK_SET);
+    text = malloc((size_t)(n_text > 0 ? n_text : 0) + 1);
+    if (!text || fread(text, 1, (size_t)n_text, fp) != (size_t)n_text) {
+        fprintf(stderr, "layerpipe perplexity: %s: read failed\n", file);
+        fclose(fp);
+        goto done;
+    }
+    fclose(fp);
+    if (lp_tokenizer_load(&tok, so.model_dir, &err) != LP_OK ||
+        lp_tokenizer_encode(tok, text, (size_t)n_text, LP_ENCODE_SPLIT_SPECIAL, &ids, &err) !=
+            LP_OK) {
+        fprintf(stderr, "layerpipe perplexity: %s\n", err.msg);
+        goto done;
+    }
+    int n = (int)ids.n_ids;
+    if (max_tokens > 0 && n > max_tokens) n = max_tokens;
+    if (n < 2) {
+        fprintf(stderr, "layerpipe perplexity: %s has %d tokens, need at least 2\n", file, n);
+        goto done;
+    }
+    if (ctx > n) ctx = n;
+    so.max_seqs = 1;
+    so.logit_rows = so.batch > 0 ? so.batch : 64; // whole chunks of logits per step
+    if (so.ctx == 0) so.ctx = ctx;
+    if (!lp_cli_session_open(&s, &so, "perplexity")) goto done;
+    int vocab = s.runner.iface.vocab_size(s.runner.ctx);
+    int chunk = so.batch > 0 ? so.batch : 64;
+    if (ctx > s.runner.iface.max_context(s.runner.ctx)) {
+        fprintf(stderr, "layerpipe perplexity: --window %d exceeds the context limit %d\n", ctx,
+                s.runner.iface.max_context(s.runner.ctx));
+        goto done;
+    }
+    logits = malloc((size_t)chunk * (size_t)vocab * sizeof(float));
+    if (!logits) {
+        fprintf(stderr, "layerpipe perplexity: out of memory\n");
+        goto done;
+    }
+    int n_windows = 1 + (n > ctx ? (n - ctx + stride - 1) / stride : 0);
+    fprintf(stderr, "perplexity: %s: %d tokens, %d windows of %d (stride %d)\n", file, n,
+            n_windows, ctx, stride);
+    double total_nll = 0.0, t0 = now_s();
+    long scored = 0;
+    int last = 0; // highest position scored so far
+    for (int w = 0; w < n_windows; w++) {
+        int b = w * stride, e = b + ctx < n ? b + ctx : n;
+        int seq = -1;
+        if (s.runner.iface.seq_open(s.runner.ctx, &seq, &err) != LP_OK) goto fail;
+        for (int c = b; c < e; c += chunk) {
+            int m = e - c < chunk ? e - c : chunk;
+            if (s.runner.iface.step(s.runner.ctx, seq, c - b, ids.ids + c, m, true, logits,
+                                    &err) != LP_OK) {
+                s.runner.iface.seq_close(s.runner.ctx, seq);
+                goto fail;
+            }
+            // row r predicts position c + r + 1
+            for (int r = 0; r < m; r++) {
+                int p = c + r + 1;
+                if (p >= e || p <= last) continue;
+                total_nll += nll(logits + (size_t)r * (size_t)vocab, vocab, ids.ids[p]);
+                scored++;
+            }
+        }
+        s.runner.iface.seq_close(s.runner.ctx, seq);
+        last = e - 1;
+        double dt = now_s() - t0;
+        fprintf(stderr, "\rperplexity: window %d/%d, %ld tokens scored, ppl %.4f, %.0f tok/s   ",
+                w + 1, n_windows, scored, exp(total_nll / (double)scored),
+                dt > 0 ? (double)(e) / dt : 0.0);
+    }
+    fprintf(stderr, "\n");
+    double ppl = exp(total_nll / (double)scored);
+    printf("perplexity: %.4f (mean NLL %.6f over %ld tokens; window %d, stride %d)\n", ppl,
+           total_nll / (double)scored, scored, ctx, stride);
+    if (json)
+        printf("{\"perplexity\": %.6f, \"mean_nll\": %.8f, \"tokens_scored\": %ld, \"window\": %d, "
+               "\"stride\": %d, \"tokens\": %d}\n",
+               ppl, total_nll / (double)scored, scored, ctx, stride, n);
+    rc = 0;
+    goto done;
+fail:
+    fprintf(stderr, "\nlayerpipe perplexity: %s\n", err.msg);
+done:
+    free(logits);
+    lp_cli_session_close(&s);
+    lp_token_list_deinit(&ids);
+    lp_tokenizer_destroy(tok);
+    free(text);
+    return rc;
+}
