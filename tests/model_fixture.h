@@ -6,6 +6,7 @@
 #ifndef LP_MODEL_FIXTURE_H
 #define LP_MODEL_FIXTURE_H
 
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>

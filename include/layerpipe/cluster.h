@@ -66,7 +66,8 @@ struct lp_pipeline_params {
     const char *const *workers;  // [n_workers] "HOST:PORT", in pipeline order
     int n_workers;
     const char *plan;            // "10,9,9", "auto", or NULL for an even split
-    bool wire_bf16;              // activations as bf16 (default f32)
+    enum lp_dtype wire_dtype;    // activations between stages: F32 (default, exact), BF16
+                                 // or F16 (half the bytes; F16 is 8x more precise)
     int n_threads;               // coordinator CPU threads
     int max_batch_tokens;        // prefill chunk (default 64)
     int max_sessions;            // default 4

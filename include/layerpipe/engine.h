@@ -89,6 +89,8 @@ LP_API int lp_engine_vocab_size(const struct lp_engine *engine);
 LP_API int lp_engine_max_batch_tokens(const struct lp_engine *engine);
 LP_API int lp_engine_max_logit_rows(const struct lp_engine *engine);
 LP_API int lp_engine_max_context(const struct lp_engine *engine);
+// Bytes of the KV pool (K and V of every layer of the engine).
+LP_API size_t lp_engine_kv_bytes(const struct lp_engine *engine);
 // Weight bytes a decode step reads (all loaded matrices once).
 LP_API size_t lp_engine_weight_bytes(const struct lp_engine *engine);
 

@@ -16,6 +16,20 @@ static double now_s(void) {
 
 #define MAX_WORKERS (LP_MAX_STAGES - 1)
 
+// "HOST:PORT" with a non-empty host and a decimal port 1..65535 (gRPC would
+// otherwise wrap 99999 to 34463, read "x" as 0 and default a missing port to 443).
+static bool valid_address(const char *a, size_t len) {
+    size_t colon = len;
+    while (colon > 0 && a[colon - 1] != ':') colon--;
+    if (colon < 2 || colon == len || len - colon > 5) return false;
+    long port = 0;
+    for (size_t i = colon; i < len; i++) {
+        if (a[i] < '0' || a[i] > '9') return false;
+        port = port * 10 + (a[i] - '0');
+    }
+    return port >= 1 && port <= 65535;
+}
+
 // What a cluster file or the flags say about the stages.
 struct stage_list {
     char *addrs[MAX_WORKERS];
@@ -57,6 +71,11 @@ static bool read_cluster_file(const char *path, struct stage_list *l, const char
                     i == 0 ? "no address (it is this coordinator)" : "an 'address' (\"host:port\")");
             goto done;
         }
+        if (i > 0 && addr && !valid_address(addr, strlen(addr))) {
+            fprintf(stderr, "layerpipe %s: %s: stage %zu: address '%s' is not host:port (port "
+                            "1..65535)\n", cmd, path, i, addr);
+            goto done;
+        }
         if (i == 0) {
             const char *sink = json_string_value(json_object_get(st, "sink"));
             if (sink) snprintf(l->sink, sizeof l->sink, "%s", sink);
@@ -86,11 +105,17 @@ done:
 }
 
 static bool split_workers(const char *text, struct stage_list *l, const char *cmd) {
+    size_t n_text = strlen(text);
+    if (n_text == 0 || text[n_text - 1] == ',') { // empty, or an empty last address
+        fprintf(stderr, "layerpipe %s: --workers '%s': expected HOST:PORT,HOST:PORT,... (at "
+                        "most %d)\n", cmd, text, MAX_WORKERS);
+        return false;
+    }
     const char *p = text;
     while (*p) {
         const char *comma = strchr(p, ',');
         size_t len = comma ? (size_t)(comma - p) : strlen(p);
-        if (len == 0 || len > 120 || l->n == MAX_WORKERS || !memchr(p, ':', len)) {
+        if (len == 0 || len > 120 || l->n == MAX_WORKERS || !valid_address(p, len)) {
             fprintf(stderr, "layerpipe %s: --workers '%s': expected HOST:PORT,HOST:PORT,... (at "
                             "most %d)\n", cmd, text, MAX_WORKERS);
             return false;
@@ -110,8 +135,9 @@ bool lp_cli_session_open(struct lp_cli_session *s, const struct lp_cli_session_o
         fprintf(stderr, "layerpipe %s: --kv-dtype '%s': expected f32 or bf16\n", cmd, o->kv_dtype);
         return false;
     }
-    if (o->wire_dtype && strcmp(o->wire_dtype, "f32") != 0 && strcmp(o->wire_dtype, "bf16") != 0) {
-        fprintf(stderr, "layerpipe %s: --wire-dtype '%s': expected f32 or bf16\n", cmd,
+    if (o->wire_dtype && strcmp(o->wire_dtype, "f32") != 0 && strcmp(o->wire_dtype, "bf16") != 0 &&
+        strcmp(o->wire_dtype, "f16") != 0) {
+        fprintf(stderr, "layerpipe %s: --wire-dtype '%s': expected f32, bf16 or f16\n", cmd,
                 o->wire_dtype);
         return false;
     }
@@ -136,7 +162,10 @@ bool lp_cli_session_open(struct lp_cli_session *s, const struct lp_cli_session_o
         pp.workers = (const char *const *)l.addrs;
         pp.n_workers = l.n;
         pp.plan = l.plan[0] ? l.plan : NULL;
-        pp.wire_bf16 = o->wire_dtype && strcmp(o->wire_dtype, "bf16") == 0;
+        pp.wire_dtype = !o->wire_dtype                     ? LP_DTYPE_F32
+                        : strcmp(o->wire_dtype, "bf16") == 0 ? LP_DTYPE_BF16
+                        : strcmp(o->wire_dtype, "f16") == 0  ? LP_DTYPE_F16
+                                                              : LP_DTYPE_F32;
         pp.n_threads = o->threads;
         pp.max_batch_tokens = o->logit_rows > batch ? o->logit_rows : batch;
         pp.max_sessions = o->max_seqs > 0 ? o->max_seqs : 1;
@@ -166,7 +195,7 @@ bool lp_cli_session_open(struct lp_cli_session *s, const struct lp_cli_session_o
         fprintf(stderr, "layerpipe %s: pipeline of %d stages, layers", cmd, plan->n_stages);
         for (int i = 0; i < plan->n_stages; i++)
             fprintf(stderr, "%s%d", i ? "-" : " ", plan->layers[i]);
-        fprintf(stderr, " (coordinator first), %s wire\n", pp.wire_bf16 ? "bf16" : "f32");
+        fprintf(stderr, " (coordinator first), %s wire\n", o->wire_dtype ? o->wire_dtype : "f32");
         return true;
     }
     struct lp_engine_params ep = lp_engine_params_default();

@@ -48,8 +48,8 @@ struct lp_cli_session_opts {
          "layers per stage, coordinator first (10,9,9), or auto (default: even split)"},           \
         {"cluster", 0, LP_ARG_STR, &(so).cluster, "FILE",                                          \
          "cluster file (JSON) with the stages instead of --workers/--plan"},                       \
-        {"wire-dtype", 0, LP_ARG_STR, &(so).wire_dtype, "f32|bf16",                                \
-         "activation dtype between stages (default f32: exact)"},                                  \
+        {"wire-dtype", 0, LP_ARG_STR, &(so).wire_dtype, "f32|bf16|f16",                            \
+         "activations between stages (default f32: exact; bf16/f16 half the bytes)"},             \
         {"sink", 0, LP_ARG_STR, &(so).sink, "H:P",                                                 \
          "where the coordinator listens for the last stage (default 127.0.0.1:0)"},               \
         {"timeout", 0, LP_ARG_INT, &(so).timeout_ms, "MS",                                         \

@@ -34,10 +34,14 @@ double lp_now_seconds(void);
 enum lp_status lp_pb_pack(const ProtobufCMessage *msg, uint8_t **out, size_t *n,
                           struct lp_error *err);
 
-// Payload of an Activations message from float rows (f32 or bf16 on the wire).
-// buf must hold n_rows * hidden * 4 bytes.
-void lp_wire_encode_rows(const float *rows, size_t n_elems, Layerpipe__V1__DType dtype,
-                         uint8_t *buf, size_t *n_bytes);
+// Payload of an Activations message from float rows in the wanted wire
+// dtype (f32, bf16, f16); returns the dtype used: f16 falls back to f32
+// when a value would overflow it. buf must hold n_elems * 4 bytes.
+Layerpipe__V1__DType lp_wire_encode_rows(const float *rows, size_t n_elems,
+                                         Layerpipe__V1__DType want, uint8_t *buf,
+                                         size_t *n_bytes);
+// The wire dtype's name ("f32", "bf16", "f16").
+const char *lp_wire_dtype_name(Layerpipe__V1__DType dtype);
 // Checks an Activations message against the receiver's expectations
 // (hidden width, rows limit, data length for its dtype, segments that cover
 // the rows) and converts its payload to float rows [n_rows][hidden].

@@ -79,7 +79,7 @@ struct lp_pipeline_params lp_pipeline_params_default(void) {
                                    .workers = NULL,
                                    .n_workers = 0,
                                    .plan = NULL,
-                                   .wire_bf16 = false,
+                                   .wire_dtype = LP_DTYPE_F32,
                                    .n_threads = 0,
                                    .max_batch_tokens = 64,
                                    .max_sessions = 4,
@@ -271,6 +271,12 @@ static enum lp_status pl_choose_plan(struct lp_pipeline *p, size_t layer_bytes,
     return lp_plan_auto(&p->plan, n_stages, L, weight, cap, err);
 }
 
+static Layerpipe__V1__DType pl_wire(const struct lp_pipeline *p) {
+    return p->params.wire_dtype == LP_DTYPE_BF16  ? LAYERPIPE__V1__DTYPE__DTYPE_BF16
+           : p->params.wire_dtype == LP_DTYPE_F16 ? LAYERPIPE__V1__DTYPE__DTYPE_F16
+                                                  : LAYERPIPE__V1__DTYPE__DTYPE_F32;
+}
+
 static enum lp_status pl_configure(struct lp_pipeline *p, int i, struct lp_error *err) {
     struct pl_stage *s = &p->stages[i];
     Layerpipe__V1__ConfigureRequest c = LAYERPIPE__V1__CONFIGURE_REQUEST__INIT;
@@ -281,8 +287,7 @@ static enum lp_status pl_configure(struct lp_pipeline *p, int i, struct lp_error
     c.successor_is_sink = i + 1 == p->n_workers;
     c.max_sessions = (uint32_t)p->max_sessions;
     c.max_context = (uint32_t)lp_engine_max_context(p->front);
-    c.wire_dtype = p->params.wire_bf16 ? LAYERPIPE__V1__DTYPE__DTYPE_BF16
-                                       : LAYERPIPE__V1__DTYPE__DTYPE_F32;
+    c.wire_dtype = pl_wire(p);
     c.kv_dtype = p->params.kv_bf16 ? LAYERPIPE__V1__DTYPE__DTYPE_BF16
                                    : LAYERPIPE__V1__DTYPE__DTYPE_F32;
     c.max_batch_tokens = (uint32_t)p->max_rows;
@@ -542,11 +547,10 @@ static enum lp_status pl_step(void *ctx, int seq, int pos0, const int32_t *token
         a.step = p->next_step++;
         a.n_segments = 1;
         a.segments = &sgp;
-        a.dtype = p->params.wire_bf16 ? LAYERPIPE__V1__DTYPE__DTYPE_BF16
-                                      : LAYERPIPE__V1__DTYPE__DTYPE_F32;
+
         a.n_rows = (uint32_t)m;
         a.hidden = (uint32_t)H;
-        lp_wire_encode_rows(p->rows, (size_t)m * H, a.dtype, p->payload, &a.data.len);
+        a.dtype = lp_wire_encode_rows(p->rows, (size_t)m * H, pl_wire(p), p->payload, &a.data.len);
         a.data.data = p->payload;
         a.sent_at = lp_now_seconds();
         uint8_t *buf;

@@ -32,6 +32,8 @@ enum lp_status lp_plan_parse(struct lp_plan *plan, const char *text, int n_worke
                                 LP_MAX_STAGES);
         plan->layers[n++] = (int)v;
         sum += (int)v;
+        if (*end == ',' && end[1] == '\0')
+            return lp_error_set(err, LP_ERR_INVALID_ARG, "plan '%s': ends with a comma", text);
         p = *end ? end + 1 : end;
     }
     if (n != n_workers + 1)
@@ -57,48 +59,82 @@ enum lp_status lp_plan_auto(struct lp_plan *plan, int n_stages, int n_layers, co
                             const int *cap_layers, struct lp_error *err) {
     memset(plan, 0, sizeof *plan);
     if (n_stages < 1 || n_stages > LP_MAX_STAGES || n_layers < n_stages - 1)
-        return lp_error_set(err, LP_ERR_INVALID_ARG, "plan auto: %d stages for %d layers",
+        return lp_error_set(err, LP_ERR_INVALID_ARG,
+                            "plan auto: %d stages for %d layers (every worker needs a layer)",
                             n_stages, n_layers);
-    double total = 0;
-    for (int i = 0; i < n_stages; i++) total += weight[i] > 0 ? weight[i] : 0;
-    if (total <= 0) total = n_stages;
-    // largest-remainder apportionment, every worker at least one layer
+    double w[LP_MAX_STAGES], share[LP_MAX_STAGES];
+    bool fixed[LP_MAX_STAGES] = {false};
+    bool any = false;
+    int capacity = 0;
+    for (int i = 0; i < n_stages; i++) {
+        w[i] = weight[i] > 0 ? weight[i] : 0;
+        any |= w[i] > 0;
+        int cap = cap_layers && cap_layers[i] >= 0 ? cap_layers[i] : n_layers;
+        if (i > 0 && cap < 1)
+            return lp_error_set(err, LP_ERR_INVALID_ARG,
+                                "plan auto: worker %d's memory holds no layer", i);
+        capacity += cap < n_layers ? cap : n_layers;
+    }
+    if (capacity < n_layers)
+        return lp_error_set(err, LP_ERR_INVALID_ARG,
+                            "plan auto: the stages' memory holds %d of the model's %d layers",
+                            capacity, n_layers);
+    if (!any)
+        for (int i = 0; i < n_stages; i++) w[i] = 1.0; // nothing measured: even split
+    // Water-filling: shares proportional to the weights; a stage whose share
+    // passes its cap is fixed at the cap, a worker whose share is below one
+    // layer is fixed at one; repeat with the rest.
+    for (;;) {
+        double rest = n_layers, wsum = 0;
+        int n_free = 0;
+        for (int i = 0; i < n_stages; i++) {
+            if (fixed[i]) rest -= plan->layers[i];
+            else wsum += w[i], n_free++;
+        }
+        if (n_free == 0) break;
+        bool changed = false;
+        for (int i = 0; i < n_stages && !changed; i++) {
+            if (fixed[i]) continue;
+            share[i] = wsum > 0 ? rest * w[i] / wsum : rest / n_free;
+            int cap = cap_layers && cap_layers[i] >= 0 ? cap_layers[i] : n_layers;
+            if (share[i] > cap) {
+                plan->layers[i] = cap;
+                fixed[i] = changed = true;
+            } else if (i > 0 && share[i] < 1.0) {
+                plan->layers[i] = 1;
+                fixed[i] = changed = true;
+            }
+        }
+        if (!changed) break;
+    }
+    // integer layers: floors, then the largest remainders
     int assigned = 0;
     double rem[LP_MAX_STAGES];
     for (int i = 0; i < n_stages; i++) {
-        double w = total == n_stages && weight[i] <= 0 ? 1.0 : (weight[i] > 0 ? weight[i] : 0);
-        double share = (double)n_layers * w / total;
-        plan->layers[i] = (int)floor(share);
-        rem[i] = share - plan->layers[i];
-        if (i > 0 && plan->layers[i] < 1) {
-            plan->layers[i] = 1;
-            rem[i] = 0;
+        if (!fixed[i]) {
+            plan->layers[i] = (int)floor(share[i]);
+            rem[i] = share[i] - plan->layers[i];
+        } else {
+            rem[i] = -1.0;
         }
-        if (cap_layers && cap_layers[i] >= 0 && plan->layers[i] > cap_layers[i])
-            plan->layers[i] = cap_layers[i];
         assigned += plan->layers[i];
     }
-    while (assigned != n_layers) {
+    while (assigned < n_layers) {
         int best = -1;
         for (int i = 0; i < n_stages; i++) {
-            bool room = !cap_layers || cap_layers[i] < 0 || plan->layers[i] < cap_layers[i];
-            if (assigned < n_layers ? room : plan->layers[i] > (i > 0 ? 1 : 0))
-                if (best < 0 || (assigned < n_layers ? rem[i] > rem[best] : rem[i] < rem[best]))
-                    best = i;
+            int cap = cap_layers && cap_layers[i] >= 0 ? cap_layers[i] : n_layers;
+            if (!fixed[i] && plan->layers[i] < cap && (best < 0 || rem[i] > rem[best])) best = i;
         }
-        if (best < 0)
-            return lp_error_set(err, LP_ERR_INVALID_ARG,
-                                "plan auto: the stages' memory holds fewer than the model's %d "
-                                "layers",
-                                n_layers);
-        plan->layers[best] += assigned < n_layers ? 1 : -1;
-        assigned += assigned < n_layers ? 1 : -1;
-        rem[best] = assigned < n_layers ? -1.0 : 2.0;
+        if (best < 0) break;
+        plan->layers[best]++;
+        rem[best] = -1.0;
+        assigned++;
     }
-    for (int i = 1; i < n_stages; i++)
-        if (plan->layers[i] < 1)
-            return lp_error_set(err, LP_ERR_INVALID_ARG,
-                                "plan auto: worker %d's memory holds no layer", i);
+    if (assigned != n_layers)
+        return lp_error_set(err, LP_ERR_INVALID_ARG,
+                            "plan auto: cannot place %d layers on %d stages within their memory "
+                            "(placed %d)",
+                            n_layers, n_stages, assigned);
     plan->n_stages = n_stages;
     return LP_OK;
 }

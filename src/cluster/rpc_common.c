@@ -92,6 +92,13 @@ const grpc_channel_args *lp_rpc_args_fill(struct lp_rpc_args *st, int is_server,
     rpc_arg_int(&st->args[n++], GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 5000);
     rpc_arg_int(&st->args[n++], GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
     rpc_arg_int(&st->args[n++], GRPC_ARG_HTTP2_MAX_PINGS_WITHOUT_DATA, 0);
+    // Throughput of prefill chunks (MBs per message): big HTTP/2 windows and
+    // frames and big socket reads, so a chunk is not cut into 16 KiB pieces
+    // that wait for window updates.
+    rpc_arg_int(&st->args[n++], GRPC_ARG_HTTP2_STREAM_LOOKAHEAD_BYTES, 64 << 20);
+    rpc_arg_int(&st->args[n++], GRPC_ARG_HTTP2_MAX_FRAME_SIZE, (16 << 20) - 1);
+    rpc_arg_int(&st->args[n++], GRPC_ARG_TCP_READ_CHUNK_SIZE, 1 << 20);
+    rpc_arg_int(&st->args[n++], GRPC_ARG_TCP_MAX_READ_CHUNK_SIZE, 16 << 20);
     if (is_server) {
         // Accept the clients' 10 s keepalive pings (the default policy allows
         // one per 5 min and answers more with GOAWAY "too_many_pings").

@@ -34,7 +34,7 @@ const char *lp_rpc_grpc_code_name(grpc_status_code code); // "UNAVAILABLE"
 // Channel arguments for a server (is_server = 1) or a client channel. The
 // returned struct points into *storage, which the caller keeps alive.
 struct lp_rpc_args {
-    grpc_arg args[12];
+    grpc_arg args[20];
     grpc_channel_args list;
 };
 const grpc_channel_args *lp_rpc_args_fill(struct lp_rpc_args *storage, int is_server,

@@ -242,12 +242,17 @@ static void stream_pump_locked(struct lp_rpc_stream *st) {
     if (st->finishing) {
         st->status_started = 1;
         st->status_details = grpc_slice_from_copied_string(st->final_msg);
-        grpc_op op;
-        op_init(&op, GRPC_OP_SEND_STATUS_FROM_SERVER);
-        op.data.send_status_from_server.status = lp_rpc_status_to_grpc(st->final_st);
-        op.data.send_status_from_server.status_details = &st->status_details;
+        grpc_op ops[2];
+        size_t n_ops = 0;
+        if (!st->opened) { // refused at open: a trailers-only response needs metadata too
+            op_init(&ops[n_ops++], GRPC_OP_SEND_INITIAL_METADATA);
+        }
+        op_init(&ops[n_ops], GRPC_OP_SEND_STATUS_FROM_SERVER);
+        ops[n_ops].data.send_status_from_server.status = lp_rpc_status_to_grpc(st->final_st);
+        ops[n_ops].data.send_status_from_server.status_details = &st->status_details;
+        n_ops++;
         st->n_pending++;
-        if (grpc_call_start_batch(st->call, &op, 1, &st->status_tag, NULL) != GRPC_CALL_OK)
+        if (grpc_call_start_batch(st->call, ops, n_ops, &st->status_tag, NULL) != GRPC_CALL_OK)
             st->n_pending--; // cannot happen; the close (cancel) still ends the call
     }
 }

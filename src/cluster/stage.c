@@ -49,6 +49,7 @@ struct lp_worker {
     float *rows_in, *rows_out, *rows_sel; // [max_rows, hidden]
     uint8_t *payload;                     // [max_rows * hidden * 4]
     struct lp_engine_seg *segs;           // [max_sessions]
+    int *opened_now;                      // [max_sessions] sessions opened by this step
     struct lp_rpc_channel *succ_ch;
     struct lp_rpc_client_stream *succ;
     // counters (server thread)
@@ -139,6 +140,8 @@ static void stage_unconfigure(struct lp_worker *w) {
     free(w->rows_sel);
     free(w->payload);
     free(w->segs);
+    free(w->opened_now);
+    w->opened_now = NULL;
     w->sessions = NULL;
     w->rows_in = w->rows_out = w->rows_sel = NULL;
     w->payload = NULL;
@@ -174,7 +177,8 @@ static enum lp_status stage_configure(struct lp_worker *w, const Layerpipe__V1__
     if (!r->successor || !r->successor[0] || strlen(r->successor) >= sizeof w->successor)
         return lp_error_set(err, LP_ERR_INVALID_ARG, "stage %s: no successor address", w->listen);
     if (r->wire_dtype != LAYERPIPE__V1__DTYPE__DTYPE_F32 &&
-        r->wire_dtype != LAYERPIPE__V1__DTYPE__DTYPE_BF16)
+        r->wire_dtype != LAYERPIPE__V1__DTYPE__DTYPE_BF16 &&
+        r->wire_dtype != LAYERPIPE__V1__DTYPE__DTYPE_F16)
         return lp_error_set(err, LP_ERR_INVALID_ARG, "stage %s: unknown wire dtype %d", w->listen,
                             (int)r->wire_dtype);
     stage_unconfigure(w);
@@ -197,11 +201,12 @@ static enum lp_status stage_configure(struct lp_worker *w, const Layerpipe__V1__
     size_t row_bytes = (size_t)w->max_rows * (size_t)w->hidden * sizeof(float);
     w->sessions = malloc((size_t)w->max_sessions * sizeof *w->sessions);
     w->segs = malloc((size_t)w->max_sessions * sizeof *w->segs);
+    w->opened_now = malloc((size_t)w->max_sessions * sizeof *w->opened_now);
     w->rows_in = malloc(row_bytes);
     w->rows_out = malloc(row_bytes);
     w->rows_sel = malloc(row_bytes);
     w->payload = malloc(row_bytes);
-    if (!w->sessions || !w->segs || !w->rows_in || !w->rows_out || !w->rows_sel || !w->payload) {
+    if (!w->sessions || !w->segs || !w->opened_now || !w->rows_in || !w->rows_out || !w->rows_sel || !w->payload) {
         st = lp_error_set(err, LP_ERR_NOMEM, "stage %s: out of memory", w->listen);
         goto fail;
     }
@@ -234,11 +239,11 @@ static enum lp_status stage_configure(struct lp_worker *w, const Layerpipe__V1__
     w->configured = true;
     w->last_done = lp_now_seconds();
     reply->weight_bytes = lp_model_weight_bytes(w->model);
-    reply->kv_bytes = 0;
+    reply->kv_bytes = lp_engine_kv_bytes(w->engine);
     fprintf(stderr, "layerpipe worker %s: stage %d, layers [%d, %d), successor %s%s, %s wire\n",
             w->listen, w->stage_index, w->layer_begin, w->layer_end, w->successor,
             w->to_sink ? " (sink)" : "",
-            w->wire == LAYERPIPE__V1__DTYPE__DTYPE_BF16 ? "bf16" : "f32");
+            lp_wire_dtype_name(w->wire));
     return LP_OK;
 fail:
     stage_unconfigure(w);
@@ -363,9 +368,63 @@ static void fwd_close(void *user, void *stream_user, enum lp_status st, const ch
     (void)w;
 }
 
-// Finds the session's engine sequence, opening one for a new id at pos0 0.
+// The session slot of an id, or -1.
+static int stage_find(const struct lp_worker *w, uint64_t id) {
+    for (int i = 0; i < w->max_sessions; i++)
+        if (w->sessions[i].seq >= 0 && w->sessions[i].id == id) return i;
+    return -1;
+}
+
+// Frees the slot holding engine sequence seq.
+static void stage_close_seq(struct lp_worker *w, int seq) {
+    for (int i = 0; i < w->max_sessions; i++)
+        if (w->sessions[i].seq == seq) {
+            lp_engine_seq_close(w->engine, seq);
+            w->sessions[i].seq = -1;
+        }
+}
+
+// Checks positions and room for every segment of a message, changing nothing.
+static enum lp_status stage_check_segments(struct lp_worker *w,
+                                           const Layerpipe__V1__Activations *a,
+                                           struct lp_error *err) {
+    int n_new = 0, n_free = 0;
+    for (int i = 0; i < w->max_sessions; i++) n_free += w->sessions[i].seq < 0;
+    for (size_t i = 0; i < a->n_segments; i++) {
+        const Layerpipe__V1__Segment *g = a->segments[i];
+        for (size_t j = 0; j < i; j++)
+            if (a->segments[j]->session == g->session)
+                return lp_error_set(err, LP_ERR_INVALID_ARG,
+                                    "stage %d: session %llu appears twice in step %llu",
+                                    w->stage_index, (unsigned long long)g->session,
+                                    (unsigned long long)a->step);
+        int slot = stage_find(w, g->session);
+        if (slot < 0) {
+            if (g->pos0 != 0)
+                return lp_error_set(err, LP_ERR_INVALID_ARG,
+                                    "stage %d: unknown session %llu at position %u (a new "
+                                    "session starts at 0; released or timed out?)",
+                                    w->stage_index, (unsigned long long)g->session, g->pos0);
+            n_new++;
+            continue;
+        }
+        int len = lp_engine_seq_len(w->engine, w->sessions[slot].seq);
+        if (g->pos0 > (uint32_t)len)
+            return lp_error_set(err, LP_ERR_INVALID_ARG,
+                                "stage %d: session %llu: position %u leaves a gap after its %d "
+                                "cached positions",
+                                w->stage_index, (unsigned long long)g->session, g->pos0, len);
+    }
+    if (n_new > n_free)
+        return lp_error_set(err, LP_ERR_BUSY, "stage %d: all %d sessions are in use",
+                            w->stage_index, w->max_sessions);
+    return LP_OK;
+}
+
+// Finds the session's engine sequence, opening one for a new id at pos0 0
+// (*opened tells which).
 static enum lp_status stage_session(struct lp_worker *w, const Layerpipe__V1__Segment *seg,
-                                    int *seq, struct lp_error *err) {
+                                    int *seq, bool *opened, struct lp_error *err) {
     double now = lp_now_seconds();
     int free_slot = -1;
     for (int i = 0; i < w->max_sessions; i++) {
@@ -374,11 +433,6 @@ static enum lp_status stage_session(struct lp_worker *w, const Layerpipe__V1__Se
             s->last_used = now;
             *seq = s->seq;
             return LP_OK;
-        }
-        if (s->seq >= 0 && w->params.idle_timeout_s > 0 &&
-            now - s->last_used > w->params.idle_timeout_s) { // idle: free it
-            lp_engine_seq_close(w->engine, s->seq);
-            s->seq = -1;
         }
         if (s->seq < 0 && free_slot < 0) free_slot = i;
     }
@@ -393,6 +447,7 @@ static enum lp_status stage_session(struct lp_worker *w, const Layerpipe__V1__Se
     enum lp_status st = lp_engine_seq_open(w->engine, seq, err);
     if (st != LP_OK) return st;
     w->sessions[free_slot] = (struct stage_session){seg->session, *seq, now};
+    *opened = true;
     return LP_OK;
 }
 
@@ -409,24 +464,37 @@ static enum lp_status stage_forward(struct lp_worker *w, struct lp_rpc_stream *s
     enum lp_status st = lp_wire_decode_rows(a, w->hidden, w->max_rows, w->max_sessions, true,
                                             w->rows_in, err);
     if (st != LP_OK) return lp_error_prefix(err, "stage %d: ", w->stage_index);
+    // free sessions idle past the timeout, then check every segment, so a
+    // refused batch opens no session
+    double now = lp_now_seconds();
+    for (int i = 0; i < w->max_sessions; i++) {
+        struct stage_session *x = &w->sessions[i];
+        if (x->seq >= 0 && w->params.idle_timeout_s > 0 &&
+            now - x->last_used > w->params.idle_timeout_s) {
+            lp_engine_seq_close(w->engine, x->seq);
+            x->seq = -1;
+        }
+    }
+    if ((st = stage_check_segments(w, a, err)) != LP_OK) return st;
+    int n_opened = 0;
     for (size_t i = 0; i < a->n_segments; i++) {
         const Layerpipe__V1__Segment *g = a->segments[i];
         int seq;
-        if ((st = stage_session(w, g, &seq, err)) != LP_OK) return st;
-        int len = lp_engine_seq_len(w->engine, seq);
-        if (g->pos0 > (uint32_t)len)
-            return lp_error_set(err, LP_ERR_INVALID_ARG,
-                                "stage %d: session %llu: position %u leaves a gap after its %d "
-                                "cached positions",
-                                w->stage_index, (unsigned long long)g->session, g->pos0, len);
+        bool opened = false;
+        if ((st = stage_session(w, g, &seq, &opened, err)) != LP_OK) break;
+        if (opened) w->opened_now[n_opened++] = seq;
         w->segs[i] = (struct lp_engine_seg){.seq = seq, .pos0 = (int)g->pos0,
                                             .n_tokens = (int)g->n_tokens,
                                             .all_logits = g->all_logits};
     }
     struct lp_engine_batch b = {.n_segs = (int)a->n_segments, .segs = w->segs,
                                 .hidden_in = w->rows_in, .hidden_out = w->rows_out};
-    if ((st = lp_engine_forward(w->engine, &b, err)) != LP_OK)
-        return lp_error_prefix(err, "stage %d: ", w->stage_index);
+    if (st == LP_OK && (st = lp_engine_forward(w->engine, &b, err)) != LP_OK)
+        lp_error_prefix(err, "stage %d: ", w->stage_index);
+    if (st != LP_OK) { // a failed step leaves no new session behind
+        for (int k = 0; k < n_opened; k++) stage_close_seq(w, w->opened_now[k]);
+        return st;
+    }
     // what goes on: every row to a stage; the rows needing logits to the Sink
     const float *send = w->rows_out;
     uint32_t n_send = a->n_rows;
@@ -451,7 +519,7 @@ static enum lp_status stage_forward(struct lp_worker *w, struct lp_rpc_stream *s
     out.dtype = w->wire;
     out.n_rows = n_send;
     out.hidden = (uint32_t)H;
-    lp_wire_encode_rows(send, (size_t)n_send * H, w->wire, w->payload, &out.data.len);
+    out.dtype = lp_wire_encode_rows(send, (size_t)n_send * H, w->wire, w->payload, &out.data.len);
     out.data.data = w->payload;
     uint8_t *buf;
     size_t n;
@@ -519,6 +587,10 @@ enum lp_status lp_worker_create(struct lp_worker **out, const struct lp_worker_p
     w->fingerprint = lp_model_fingerprint(w->headers);
     w->n_layers = lp_model_config(w->headers)->n_layers;
     w->hidden = lp_model_config(w->headers)->hidden_size;
+    // unmap: the fingerprint's samples (and read-around) must not stay
+    // resident in a worker that serves only some layers
+    lp_model_close(w->headers);
+    w->headers = NULL;
     struct lp_backend_cpu_params bp = lp_backend_cpu_params_default();
     bp.n_threads = p->n_threads;
     if ((st = lp_backend_cpu_create(&w->backend, &bp, err)) != LP_OK) goto fail;

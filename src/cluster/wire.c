@@ -4,6 +4,7 @@
 // (nothing from the network is trusted: widths, row counts, payload length
 // for the dtype, segments covering exactly the rows). Also small shared
 // helpers: packing, a monotonic clock, latency percentiles, memory probes.
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -30,18 +31,37 @@ enum lp_status lp_pb_pack(const ProtobufCMessage *msg, uint8_t **out, size_t *n,
     return LP_OK;
 }
 
-void lp_wire_encode_rows(const float *rows, size_t n_elems, Layerpipe__V1__DType dtype,
-                         uint8_t *buf, size_t *n_bytes) {
-    if (dtype == LAYERPIPE__V1__DTYPE__DTYPE_BF16) {
+const char *lp_wire_dtype_name(Layerpipe__V1__DType dtype) {
+    switch (dtype) {
+    case LAYERPIPE__V1__DTYPE__DTYPE_BF16: return "bf16";
+    case LAYERPIPE__V1__DTYPE__DTYPE_F16: return "f16";
+    default: return "f32";
+    }
+}
+
+Layerpipe__V1__DType lp_wire_encode_rows(const float *rows, size_t n_elems,
+                                         Layerpipe__V1__DType want, uint8_t *buf,
+                                         size_t *n_bytes) {
+    if (want == LAYERPIPE__V1__DTYPE__DTYPE_F16) {
+        float big = 0.0f;
         for (size_t i = 0; i < n_elems; i++) {
-            uint16_t h = lp_f32_to_bf16(rows[i]);
+            float a = fabsf(rows[i]);
+            if (!(a <= big)) big = a; // NaN too
+        }
+        if (!(big < 65000.0f)) want = LAYERPIPE__V1__DTYPE__DTYPE_F32; // would overflow
+    }
+    if (want == LAYERPIPE__V1__DTYPE__DTYPE_BF16 || want == LAYERPIPE__V1__DTYPE__DTYPE_F16) {
+        bool bf = want == LAYERPIPE__V1__DTYPE__DTYPE_BF16;
+        for (size_t i = 0; i < n_elems; i++) {
+            uint16_t h = bf ? lp_f32_to_bf16(rows[i]) : lp_f32_to_f16(rows[i]);
             memcpy(buf + 2 * i, &h, 2);
         }
         *n_bytes = n_elems * 2;
-    } else {
-        memcpy(buf, rows, n_elems * 4);
-        *n_bytes = n_elems * 4;
+        return want;
     }
+    memcpy(buf, rows, n_elems * 4);
+    *n_bytes = n_elems * 4;
+    return LAYERPIPE__V1__DTYPE__DTYPE_F32;
 }
 
 enum lp_status lp_wire_decode_rows(const Layerpipe__V1__Activations *a, int hidden, int max_rows,
@@ -59,7 +79,8 @@ enum lp_status lp_wire_decode_rows(const Layerpipe__V1__Activations *a, int hidd
         return lp_error_set(err, LP_ERR_INVALID_ARG,
                             "activations step %llu: %zu segments, expected 1..%d",
                             (unsigned long long)a->step, a->n_segments, max_segments);
-    size_t elem = a->dtype == LAYERPIPE__V1__DTYPE__DTYPE_BF16 ? 2
+    size_t elem = a->dtype == LAYERPIPE__V1__DTYPE__DTYPE_BF16  ? 2
+                  : a->dtype == LAYERPIPE__V1__DTYPE__DTYPE_F16 ? 2
                   : a->dtype == LAYERPIPE__V1__DTYPE__DTYPE_F32 ? 4
                                                                  : 0;
     if (elem == 0)
@@ -86,10 +107,11 @@ enum lp_status lp_wire_decode_rows(const Layerpipe__V1__Activations *a, int hidd
                             "activations step %llu: segments cover %llu rows, the message has %u",
                             (unsigned long long)a->step, (unsigned long long)covered, a->n_rows);
     if (elem == 2) {
+        bool bf = a->dtype == LAYERPIPE__V1__DTYPE__DTYPE_BF16;
         for (size_t i = 0; i < n_elems; i++) {
             uint16_t h;
             memcpy(&h, a->data.data + 2 * i, 2);
-            rows[i] = lp_bf16_to_f32(h);
+            rows[i] = bf ? lp_bf16_to_f32(h) : lp_f16_to_f32(h);
         }
     } else {
         memcpy(rows, a->data.data, n_elems * 4);

@@ -296,6 +296,13 @@ int lp_engine_max_logit_rows(const struct lp_engine *e) { return e->params.max_l
 int lp_engine_max_context(const struct lp_engine *e) { return e->params.max_context; }
 size_t lp_engine_weight_bytes(const struct lp_engine *e) { return e->weight_bytes; }
 
+size_t lp_engine_kv_bytes(const struct lp_engine *e) {
+    const struct lp_kv_geom *g = &e->kv_geom;
+    return 2 * (size_t)(e->layer_end - e->layer_begin) * (size_t)g->n_blocks *
+           (size_t)g->block_size * (size_t)g->n_kv_heads * (size_t)g->head_dim *
+           lp_dtype_size(g->dtype);
+}
+
 // Checks the whole batch and the KV room it needs before anything changes.
 static enum lp_status engine_check_batch(struct lp_engine *e, const struct lp_engine_batch *b,
                                          int *n_tokens, int *n_rows, struct lp_error *err) {
