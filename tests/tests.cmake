@@ -20,7 +20,13 @@ foreach(src ${LP_TEST_SOURCES})
   # tests build paths with snprintf into fixed buffers on purpose
   target_compile_options(${target} PRIVATE -Wno-format-truncation)
   add_test(NAME ${module}/${name} COMMAND ${target})
+  # test_*_slow.c: long-running (whole-file perplexity); left out of the
+  # sanitizer run, which repeats everything else
+  set(labels ${module})
+  if(name MATCHES "_slow$")
+    list(APPEND labels slow)
+  endif()
   set_tests_properties(${module}/${name} PROPERTIES ENVIRONMENT "${LP_TEST_ENV}"
-                       LABELS ${module} TIMEOUT 900)
+                       LABELS "${labels}" TIMEOUT 900)
 endforeach()
 file(MAKE_DIRECTORY ${CMAKE_BINARY_DIR}/testdata)

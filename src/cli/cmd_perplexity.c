@@ -5,13 +5,16 @@
 // from position 1 on is predicted exactly once, by the first window that
 // holds it together with at least one token before it (window 0 scores
 // positions 1..ctx-1, every later window its last S positions, the final
-// window what is left). ppl = exp(mean negative log-likelihood).
+// window what is left). ppl = exp(mean negative log-likelihood). Special
+// tokens written in the text (<|endoftext|> between documents) count as
+// the special tokens, as HF tokenizers encode them.
 // tools/perplexity_reference.py computes the same in PyTorch.
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "cli/args.h"
 #include "cli/cli.h"
@@ -82,7 +85,7 @@ int lp_cli_perplexity(int argc, char **argv) {
     }
     fclose(fp);
     if (lp_tokenizer_load(&tok, so.model_dir, &err) != LP_OK ||
-        lp_tokenizer_encode(tok, text, (size_t)n_text, LP_ENCODE_SPLIT_SPECIAL, &ids, &err) !=
+        lp_tokenizer_encode(tok, text, (size_t)n_text, 0, &ids, &err) !=
             LP_OK) {
         fprintf(stderr, "layerpipe perplexity: %s\n", err.msg);
         goto done;
@@ -138,11 +141,14 @@ int lp_cli_perplexity(int argc, char **argv) {
         s.runner.iface.seq_close(s.runner.ctx, seq);
         last = e - 1;
         double dt = now_s() - t0;
-        fprintf(stderr, "\rperplexity: window %d/%d, %ld tokens scored, ppl %.4f, %.0f tok/s   ",
-                w + 1, n_windows, scored, exp(total_nll / (double)scored),
-                dt > 0 ? (double)(e) / dt : 0.0);
+        // progress: redrawn in place on a terminal, every 10% in a log
+        bool tty = isatty(2);
+        if (tty || (w + 1) * 10 / n_windows != w * 10 / n_windows || w + 1 == n_windows)
+            fprintf(stderr, "%sperplexity: window %d/%d, %ld tokens scored, ppl %.4f, %.0f tok/s%s",
+                    tty ? "\r" : "", w + 1, n_windows, scored, exp(total_nll / (double)scored),
+                    dt > 0 ? (double)(e) / dt : 0.0, tty ? "   " : "\n");
     }
-    fprintf(stderr, "\n");
+    if (isatty(2)) fprintf(stderr, "\n");
     double ppl = exp(total_nll / (double)scored);
     printf("perplexity: %.4f (mean NLL %.6f over %ld tokens; window %d, stride %d)\n", ppl,
            total_nll / (double)scored, scored, ctx, stride);

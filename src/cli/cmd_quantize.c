@@ -3,14 +3,15 @@
 // or f32) into an MLX affine-quantized folder that layerpipe and mlx-lm load.
 #include <stdio.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "cli/args.h"
 #include "cli/cli.h"
 #include "layerpipe/convert.h"
 
 struct progress {
-    int last_pct;
-    bool tty;
+    int last_pct, last_logged;
+    bool tty; // stderr is a terminal: redraw one line
 };
 
 static void on_progress(void *user, uint64_t done, uint64_t total) {
@@ -18,8 +19,14 @@ static void on_progress(void *user, uint64_t done, uint64_t total) {
     int pct = total ? (int)(100.0 * (double)done / (double)total) : 100;
     if (pct / 5 == p->last_pct / 5 && pct != 100) return;
     p->last_pct = pct;
-    fprintf(stderr, "\rquantize: %3d%% (%.0f of %.0f MB)%s", pct, (double)done / 1e6,
-            (double)total / 1e6, pct == 100 ? "\n" : "");
+    if (p->tty)
+        fprintf(stderr, "\rquantize: %3d%% (%.0f of %.0f MB)%s", pct, (double)done / 1e6,
+                (double)total / 1e6, pct == 100 ? "\n" : "");
+    else if (pct / 25 != p->last_logged / 25 || pct == 100) { // a few lines in a log
+        p->last_logged = pct;
+        fprintf(stderr, "quantize: %3d%% (%.0f of %.0f MB)\n", pct, (double)done / 1e6,
+                (double)total / 1e6);
+    }
 }
 
 int lp_cli_quantize(int argc, char **argv) {
@@ -41,7 +48,7 @@ int lp_cli_quantize(int argc, char **argv) {
         fprintf(stderr, "layerpipe quantize: --bits must be 4 or 8 and --group 32, 64 or 128\n");
         return 2;
     }
-    struct progress p = {-100, false};
+    struct progress p = {-100, -100, isatty(2)};
     struct lp_error err = {0};
     struct timespec t0, t1;
     clock_gettime(CLOCK_MONOTONIC, &t0);

@@ -240,9 +240,9 @@ void lp_cli_session_print_stats(struct lp_cli_session *s, FILE *fp) {
         return;
     }
     int n = lp_pipeline_stats(s->pipeline, st, LP_MAX_STAGES);
-    fprintf(fp, "\n%-3s %-12s %-21s %-8s %-18s %6s %8s %9s %17s %10s %10s\n", "#", "role",
-            "address", "layers", "device", "busy%", "tokens", "tok/s", "hop p50/p99 ms",
-            "bytes in", "bytes out");
+    fprintf(fp, "\n%-3s %-12s %-21s %-8s %6s %8s %9s %17s %10s %10s  %s\n", "#", "role",
+            "address", "layers", "busy%", "tokens", "tok/s", "hop p50/p99 ms", "bytes in",
+            "bytes out", "device");
     for (int i = 0; i < n; i++) {
         const struct lp_stage_stats *x = &st[i];
         char layers[24], in[24], out[24], hop[32];
@@ -260,11 +260,11 @@ void lp_cli_session_print_stats(struct lp_cli_session *s, FILE *fp) {
         snprintf(hop, sizeof hop, i == 0 && n == 1 ? "-" : "%.2f / %.2f", x->hop_p50_ms,
                  x->hop_p99_ms);
         if (last && x->hop_p50_ms == 0) snprintf(hop, sizeof hop, "-");
-        fprintf(fp, "%-3d %-12s %-21s %-8s %-18.18s %6.1f %8llu %9.1f %17s %10s %10s\n", i,
-                x->role, x->address, layers, x->device,
-                total > 0 ? 100.0 * x->busy_seconds / total : 0.0,
+        fprintf(fp, "%-3d %-12s %-21s %-8s %6.1f %8llu %9.1f %17s %10s %10s  %s\n", i, x->role,
+                x->address, layers, total > 0 ? 100.0 * x->busy_seconds / total : 0.0,
                 (unsigned long long)x->tokens,
-                x->busy_seconds > 0 ? (double)x->tokens / x->busy_seconds : 0.0, hop, in, out);
+                x->busy_seconds > 0 ? (double)x->tokens / x->busy_seconds : 0.0, hop, in, out,
+                x->device);
     }
     fprintf(fp, "(busy%%: share of the stage's time spent computing; tok/s: rows per busy "
                 "second; hop: round trip to the successor minus its compute)\n");

@@ -167,7 +167,13 @@ enum lp_status lp_config_parse(struct lp_model_config *cfg, const char *json_tex
     CFG_TRY(cfg_int(root, "max_position_embeddings", false, 32768, 1, big * 8,
                     &cfg->max_position_embeddings, file, err));
     CFG_TRY(cfg_float(root, "rms_norm_eps", 1e-6f, 0.0f, 1.0f, &cfg->rms_norm_eps, file, err));
-    CFG_TRY(cfg_float(root, "rope_theta", 10000.0f, 1.0f, 1e12f, &cfg->rope_theta, file, err));
+    // newer transformers nest it: "rope_parameters": {"rope_theta": ...}
+    const json_t *rope_params = json_object_get(root, "rope_parameters");
+    float theta_default = 10000.0f;
+    if (json_is_object(rope_params) && json_is_number(json_object_get(rope_params, "rope_theta")))
+        theta_default = (float)json_number_value(json_object_get(rope_params, "rope_theta"));
+    CFG_TRY(cfg_float(root, "rope_theta", theta_default, 1.0f, 1e12f, &cfg->rope_theta, file,
+                      err));
     CFG_TRY(cfg_bool(root, "tie_word_embeddings", false, &cfg->tie_word_embeddings, file, err));
     CFG_TRY(cfg_bool(root, "attention_bias", false, &cfg->attention_bias, file, err));
     CFG_TRY(cfg_int(root, "bos_token_id", false, -1, -1, INT32_MAX, &cfg->bos_token_id, file,

@@ -351,27 +351,21 @@ static void check_launcher(const struct ref *ref) {
 // BUSY% TOKENS ..." (DEVICE is 18 columns wide and may hold spaces).
 static int parse_stats(const char *err, char roles[][16], char layers[][24],
                        unsigned long long *tokens, int max) {
+    // rows: "# role address layers busy% tokens tok/s hop... bytes... device"
     const char *h = strstr(err, "bytes out");
     if (!h) return -1;
-    const char *head = h;
-    while (head > err && head[-1] != '\n') head--;
-    const char *dev_h = strstr(head, "device");
-    if (!dev_h || dev_h > h) return -1;
-    size_t dev_col = (size_t)(dev_h - head); // rows use the header's column widths
     const char *line = strchr(h, '\n');
     int n = 0;
     while (line && *++line && n < max) {
         int idx;
         char addr[128];
+        double busy;
+        const char *eol = strchr(line, '\n');
         if (sscanf(line, "%d %15s %127s %23s", &idx, roles[n], addr, layers[n]) != 4 || idx != n)
             break;
-        const char *eol = strchr(line, '\n');
-        size_t len = eol ? (size_t)(eol - line) : strlen(line);
-        double busy;
         if (strstr(line, "no answer") && (!eol || strstr(line, "no answer") < eol))
             tokens[n++] = 0;
-        else if (len > dev_col + 18 &&
-                 sscanf(line + dev_col + 18, "%lf %llu", &busy, &tokens[n]) == 2)
+        else if (sscanf(line, "%*d %*s %*s %*s %lf %llu", &busy, &tokens[n]) == 2)
             n++;
         else
             break;
