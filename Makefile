@@ -31,7 +31,7 @@ build-asan: deps
 demo: build
 	@echo "== layerpipe demo: 3 stages on loopback (coordinator + 2 workers), $(DEMO_MODEL)"
 	build/layerpipe cluster -m $(DEMO_MODEL) --stages 3 -- \
-		run -p "$(DEMO_PROMPT)" -n $(DEMO_TOKENS) --seed 1 --stats
+		run -p "$(DEMO_PROMPT)" -n $(DEMO_TOKENS) --seed 1 --ignore-eos --stats
 
 test-release: build
 	cd build && ctest --output-on-failure -j $(JOBS)

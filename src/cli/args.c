@@ -184,3 +184,36 @@ bool lp_args_parse_ids(const char *text, const char *what, int32_t **ids, int *n
     *n = (int)count;
     return true;
 }
+
+char *lp_cli_read_file(const char *cmd, const char *path, size_t *n_bytes) {
+    FILE *f = strcmp(path, "-") == 0 ? stdin : fopen(path, "rb");
+    if (!f) {
+        fprintf(stderr, "layerpipe %s: %s: %s\n", cmd, path, strerror(errno));
+        return NULL;
+    }
+    size_t cap = 1 << 16, n = 0, r;
+    char *buf = malloc(cap + 1);
+    bool nomem = !buf;
+    while (buf && (r = fread(buf + n, 1, cap - n, f)) > 0) {
+        n += r;
+        if (n == cap) {
+            char *p = realloc(buf, cap * 2 + 1);
+            if (!p) {
+                nomem = true;
+                break;
+            }
+            buf = p;
+            cap *= 2;
+        }
+    }
+    bool bad = nomem || ferror(f);
+    if (f != stdin) fclose(f);
+    if (bad) {
+        free(buf);
+        fprintf(stderr, "layerpipe %s: %s: %s\n", cmd, path, nomem ? "out of memory" : "read error");
+        return NULL;
+    }
+    buf[n] = '\0';
+    *n_bytes = n;
+    return buf;
+}

@@ -6,6 +6,7 @@
 #define LP_CLI_ARGS_H
 
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 enum lp_arg_type { LP_ARG_STR, LP_ARG_INT, LP_ARG_FLOAT, LP_ARG_U64, LP_ARG_FLAG, LP_ARG_LIST };
@@ -43,5 +44,9 @@ enum lp_args_result lp_args_parse(const char *cmd, const char *summary, struct l
 // Parses "1 2 3" / "1,2,3" into a new int32 array; returns false (with a
 // message on stderr naming `what`) on a bad id.
 bool lp_args_parse_ids(const char *text, const char *what, int32_t **ids, int *n);
+
+// Reads a whole file (stdin for "-") into a malloc'ed, NUL-terminated
+// buffer; on failure prints "layerpipe CMD: PATH: why" and returns NULL.
+char *lp_cli_read_file(const char *cmd, const char *path, size_t *n_bytes);
 
 #endif

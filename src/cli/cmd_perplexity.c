@@ -69,23 +69,10 @@ int lp_cli_perplexity(int argc, char **argv) {
     char *text = NULL;
     float *logits = NULL;
     struct lp_cli_session s = {0};
-    FILE *fp = fopen(file, "rb");
-    if (!fp) {
-        perror(file);
-        return 1;
-    }
-    fseek(fp, 0, SEEK_END);
-    long n_text = ftell(fp);
-    fseek(fp, 0, SEEK_SET);
-    text = malloc((size_t)(n_text > 0 ? n_text : 0) + 1);
-    if (!text || fread(text, 1, (size_t)n_text, fp) != (size_t)n_text) {
-        fprintf(stderr, "layerpipe perplexity: %s: read failed\n", file);
-        fclose(fp);
-        goto done;
-    }
-    fclose(fp);
+    size_t n_text = 0;
+    if (!(text = lp_cli_read_file("perplexity", file, &n_text))) goto done;
     if (lp_tokenizer_load(&tok, so.model_dir, &err) != LP_OK ||
-        lp_tokenizer_encode(tok, text, (size_t)n_text, 0, &ids, &err) !=
+        lp_tokenizer_encode(tok, text, n_text, 0, &ids, &err) !=
             LP_OK) {
         fprintf(stderr, "layerpipe perplexity: %s\n", err.msg);
         goto done;

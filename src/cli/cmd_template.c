@@ -2,11 +2,11 @@
 // cmd_template.c -- `layerpipe template`: prints exactly the prompt text the
 // Qwen3 chat template renders for an OpenAI-style messages file, so users
 // can see what the model is given.
-#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "cli/args.h"
 #include "cli/cli.h"
 #include "layerpipe/tokenizer.h"
 
@@ -23,37 +23,6 @@ static const char template_usage[] =
     "  --ids                    print the prompt's token ids instead of its text\n"
     "  -h, --help               show this help\n";
 
-static char *read_all(const char *path, size_t *n_bytes) {
-    FILE *f = strcmp(path, "-") == 0 ? stdin : fopen(path, "rb");
-    if (!f) {
-        fprintf(stderr, "layerpipe template: %s: %s\n", path, strerror(errno));
-        return NULL;
-    }
-    size_t cap = 1 << 14, n = 0, r;
-    char *buf = malloc(cap);
-    while (buf && (r = fread(buf + n, 1, cap - n, f)) > 0) {
-        n += r;
-        if (n == cap) {
-            char *p = realloc(buf, cap * 2);
-            if (!p) {
-                free(buf);
-                buf = NULL;
-                break;
-            }
-            buf = p;
-            cap *= 2;
-        }
-    }
-    bool bad = !buf || ferror(f);
-    if (f != stdin) fclose(f);
-    if (bad) {
-        free(buf);
-        fprintf(stderr, "layerpipe template: %s: %s\n", path, buf ? "read error" : "out of memory");
-        return NULL;
-    }
-    *n_bytes = n;
-    return buf;
-}
 
 int lp_cli_template(int argc, char **argv) {
     const char *model = NULL, *messages = NULL;
@@ -93,7 +62,7 @@ int lp_cli_template(int argc, char **argv) {
     char *prompt = NULL;
     size_t n_json = 0, n_prompt = 0;
     int rc = 1;
-    char *json = read_all(messages, &n_json);
+    char *json = lp_cli_read_file("template", messages, &n_json);
     if (!json) goto done;
     if (model && lp_tokenizer_load(&tok, model, &err)) {
         fprintf(stderr, "layerpipe template: %s\n", err.msg);

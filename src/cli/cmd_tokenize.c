@@ -2,11 +2,11 @@
 // cmd_tokenize.c -- `layerpipe tokenize`: shows the token ids (and pieces)
 // the model's tokenizer gives for a text or a file, so users can check what
 // the model will see.
-#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "cli/args.h"
 #include "cli/cli.h"
 #include "layerpipe/tokenizer.h"
 
@@ -22,39 +22,6 @@ static const char tokenize_usage[] =
     "Without --ids, prints one line per token: the id, a tab, and the token as\n"
     "tokenizer.json spells it (byte-level form: 'Ġ' is a space, 'Ċ' a newline).\n";
 
-// Reads a whole file (or stdin for "-") into a malloc'ed buffer.
-static int read_all(const char *path, char **data, size_t *n_bytes) {
-    FILE *f = strcmp(path, "-") == 0 ? stdin : fopen(path, "rb");
-    if (!f) {
-        fprintf(stderr, "layerpipe tokenize: %s: %s\n", path, strerror(errno));
-        return 1;
-    }
-    size_t cap = 1 << 16, n = 0, r;
-    char *buf = malloc(cap);
-    while (buf && (r = fread(buf + n, 1, cap - n, f)) > 0) {
-        n += r;
-        if (n == cap) {
-            char *p = realloc(buf, cap * 2);
-            if (!p) {
-                free(buf);
-                buf = NULL;
-                break;
-            }
-            buf = p;
-            cap *= 2;
-        }
-    }
-    bool bad = !buf || ferror(f);
-    if (f != stdin) fclose(f);
-    if (bad) {
-        free(buf);
-        fprintf(stderr, "layerpipe tokenize: %s: %s\n", path, buf ? "read error" : "out of memory");
-        return 1;
-    }
-    *data = buf;
-    *n_bytes = n;
-    return 0;
-}
 
 int lp_cli_tokenize(int argc, char **argv) {
     const char *model = NULL, *file = NULL, *text = NULL;
@@ -101,7 +68,7 @@ int lp_cli_tokenize(int argc, char **argv) {
     size_t n_data = 0;
     int rc = 1;
     if (file) {
-        if (read_all(file, &data, &n_data)) goto done;
+        if (!(data = lp_cli_read_file("tokenize", file, &n_data))) goto done;
     } else {
         n_data = strlen(text);
     }
