@@ -198,7 +198,7 @@ static uint64_t proc_status_kb(pid_t pid, const char *key) {
 }
 
 // Resident kB of the process's mappings of files whose path ends in `suffix`.
-static uint64_t smaps_rss_kb(pid_t pid, const char *suffix) {
+__attribute__((unused)) static uint64_t smaps_rss_kb(pid_t pid, const char *suffix) {
     char path[64], line[1024];
     snprintf(path, sizeof path, "/proc/%d/smaps", (int)pid);
     FILE *fp = fopen(path, "r");
@@ -220,7 +220,7 @@ static uint64_t smaps_rss_kb(pid_t pid, const char *suffix) {
     return kb;
 }
 
-static void rss_case(void) {
+__attribute__((unused)) static void rss_case(void) {
     double t_case = ff_now();
     char dir[1024];
     if (lp_fixture_model("faults_rss", RSS_GEN, dir, sizeof dir) != 0) {
@@ -294,6 +294,12 @@ int main(void) {
     fault_case(0, false);
     fault_case(1, false);
     fault_case(0, true);
+#if defined(__SANITIZE_ADDRESS__)
+    // AddressSanitizer's shadow memory and quarantine inflate every RSS
+    // figure; the memory bound is checked in the release run.
+    printf("rss: not measured under AddressSanitizer (checked in the release build)\n");
+#else
     rss_case();
+#endif
     return lp_test_finish("cluster/test_faults");
 }
