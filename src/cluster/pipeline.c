@@ -252,6 +252,8 @@ static enum lp_status pl_hello(struct lp_pipeline *p, int i, struct lp_error *er
     return st;
 }
 
+static int pl_cap(uint64_t layers) { return layers > INT32_MAX ? INT32_MAX : (int)layers; }
+
 static enum lp_status pl_choose_plan(struct lp_pipeline *p, size_t layer_bytes,
                                      struct lp_error *err) {
     int n_stages = p->n_workers + 1, L = p->cfg.n_layers;
@@ -261,12 +263,11 @@ static enum lp_status pl_choose_plan(struct lp_pipeline *p, size_t layer_bytes,
     int cap[LP_MAX_STAGES];
     bool by_speed = text != NULL; // "auto": speed and memory; NULL: even split
     weight[0] = by_speed ? lp_measure_read_gb_s() : 1.0;
-    cap[0] = by_speed && layer_bytes ? (int)(lp_mem_available() / 2 / layer_bytes) : -1;
+    cap[0] = by_speed && layer_bytes ? pl_cap(lp_mem_available() / 2 / layer_bytes) : -1;
     for (int i = 0; i < p->n_workers; i++) {
         weight[i + 1] = by_speed ? p->stages[i].gb_s : 1.0;
-        cap[i + 1] = by_speed && layer_bytes
-                         ? (int)(p->stages[i].free_bytes * 9 / 10 / layer_bytes)
-                         : -1;
+        cap[i + 1] = by_speed && layer_bytes ? pl_cap(p->stages[i].free_bytes / 10 * 9 / layer_bytes)
+                                             : -1;
     }
     return lp_plan_auto(&p->plan, n_stages, L, weight, cap, err);
 }
@@ -512,6 +513,25 @@ static enum lp_status pl_collect(struct lp_pipeline *p, uint64_t step, struct pl
     return st;
 }
 
+// After a step failed locally with chunks [from, to) already streamed:
+// collects and drops their results, so the next step starts in order, and
+// returns st. If even that fails the pipeline is marked down.
+static enum lp_status pl_drain(struct lp_pipeline *p, uint64_t first_step, int from, int to,
+                               enum lp_status st) {
+    for (int c = from; c < to && p->n_workers > 0; c++) {
+        struct pl_result r = {0};
+        struct lp_error e = {0};
+        if (pl_collect(p, first_step + (uint64_t)c, &r, &e) != LP_OK) {
+            p->broken = true;
+            snprintf(p->broken_msg, sizeof p->broken_msg, "%s", e.msg);
+            lp_rpc_client_stream_cancel(p->to_first);
+            break;
+        }
+        free(r.rows);
+    }
+    return st;
+}
+
 static enum lp_status pl_step(void *ctx, int seq, int pos0, const int32_t *tokens, int n,
                               bool all_logits, float *logits, struct lp_error *err) {
     struct lp_pipeline *p = ctx;
@@ -527,7 +547,8 @@ static enum lp_status pl_step(void *ctx, int seq, int pos0, const int32_t *token
         struct lp_engine_seg seg = {.seq = seq, .pos0 = pos0 + i, .n_tokens = m,
                                     .tokens = tokens + i, .all_logits = all_logits};
         struct lp_engine_batch b = {.n_segs = 1, .segs = &seg, .hidden_out = p->rows};
-        if ((st = lp_engine_forward(p->front, &b, err)) != LP_OK) return st;
+        if ((st = lp_engine_forward(p->front, &b, err)) != LP_OK)
+            return pl_drain(p, first_step, 0, n_chunks, st);
         p->tokens += (uint64_t)m;
         p->steps++;
         if (p->n_workers == 0) { // the coordinator is the whole pipeline
@@ -555,7 +576,8 @@ static enum lp_status pl_step(void *ctx, int seq, int pos0, const int32_t *token
         a.sent_at = lp_now_seconds();
         uint8_t *buf;
         size_t nb;
-        if ((st = lp_pb_pack(&a.base, &buf, &nb, err)) != LP_OK) return st;
+        if ((st = lp_pb_pack(&a.base, &buf, &nb, err)) != LP_OK)
+            return pl_drain(p, first_step, 0, n_chunks, st);
         pthread_mutex_lock(&p->mu);
         p->sent_at[a.step % PL_INFLIGHT] = a.sent_at;
         p->sent_step[a.step % PL_INFLIGHT] = a.step;
@@ -589,7 +611,7 @@ static enum lp_status pl_step(void *ctx, int seq, int pos0, const int32_t *token
         }
         free(r.rows);
         p->busy_s += lp_now_seconds() - w1;
-        if (st != LP_OK) return st;
+        if (st != LP_OK) return pl_drain(p, first_step, c + 1, n_chunks, st);
     }
     return LP_OK;
 broken:

@@ -67,7 +67,8 @@ enum lp_status lp_plan_auto(struct lp_plan *plan, int n_stages, int n_layers, co
     bool any = false;
     int capacity = 0;
     for (int i = 0; i < n_stages; i++) {
-        w[i] = weight[i] > 0 ? weight[i] : 0;
+        // a weight from the network may be anything: finite, positive, bounded
+        w[i] = isfinite(weight[i]) && weight[i] > 0 ? fmin(weight[i], 1e6) : 0;
         any |= w[i] > 0;
         int cap = cap_layers && cap_layers[i] >= 0 ? cap_layers[i] : n_layers;
         if (i > 0 && cap < 1)

@@ -73,6 +73,8 @@ struct lp_worker_params lp_worker_params_default(void) {
 
 // ---- successor callbacks (successor channel thread) ----
 
+static void stage_report_upstream(struct lp_worker *w, const char *error);
+
 static void succ_on_reply(void *user, const uint8_t *msg, size_t bytes) {
     struct lp_worker *w = user;
     Layerpipe__V1__Ack *ack = layerpipe__v1__ack__unpack(NULL, bytes, msg);
@@ -85,9 +87,10 @@ static void succ_on_reply(void *user, const uint8_t *msg, size_t bytes) {
         lp_latency_add(&w->hop, ms > 0 ? ms : 0);
         w->sent_at[k] = 0;
     }
-    if (!ack->ok && !w->succ_failed) {
+    if (!ack->ok && !w->succ_failed) { // pass a failure further down the line on to ours
         w->succ_failed = true;
         snprintf(w->succ_error, sizeof w->succ_error, "%s", ack->error);
+        stage_report_upstream(w, w->succ_error);
     }
     pthread_mutex_unlock(&w->mu);
     layerpipe__v1__ack__free_unpacked(ack, NULL);
@@ -147,6 +150,7 @@ static void stage_unconfigure(struct lp_worker *w) {
     w->payload = NULL;
     w->segs = NULL;
     w->configured = false;
+    w->max_rows = w->max_sessions = 0;
     pthread_mutex_lock(&w->mu);
     w->succ_failed = false;
     w->succ_error[0] = '\0';
@@ -174,6 +178,11 @@ static enum lp_status stage_configure(struct lp_worker *w, const Layerpipe__V1__
         return lp_error_set(err, LP_ERR_INVALID_ARG,
                             "stage %s: sessions %u, batch %u, context %u out of range", w->listen,
                             r->max_sessions, r->max_batch_tokens, r->max_context);
+    uint64_t max_blocks = (uint64_t)r->max_sessions * ((r->max_context + 31) / 32 + 1);
+    if (r->kv_blocks > max_blocks)
+        return lp_error_set(err, LP_ERR_INVALID_ARG,
+                            "stage %s: %u KV blocks, more than %llu sessions x context need",
+                            w->listen, r->kv_blocks, (unsigned long long)max_blocks);
     if (!r->successor || !r->successor[0] || strlen(r->successor) >= sizeof w->successor)
         return lp_error_set(err, LP_ERR_INVALID_ARG, "stage %s: no successor address", w->listen);
     if (r->wire_dtype != LAYERPIPE__V1__DTYPE__DTYPE_F32 &&
@@ -453,6 +462,12 @@ static enum lp_status stage_session(struct lp_worker *w, const Layerpipe__V1__Se
 
 static enum lp_status stage_forward(struct lp_worker *w, struct lp_rpc_stream *s,
                                     const Layerpipe__V1__Activations *a, struct lp_error *err) {
+    // a stream opened before a later Configure failed still delivers here
+    if (!w->configured)
+        return lp_error_set(err, LP_ERR_INVALID_ARG,
+                            "stage %s: Forward while not configured (a Configure failed or is in "
+                            "progress)",
+                            w->listen);
     double t0 = lp_now_seconds();
     if (t0 > w->last_done) w->idle_s += t0 - w->last_done;
     pthread_mutex_lock(&w->mu);

@@ -414,12 +414,18 @@ enum lp_status lp_engine_forward(struct lp_engine *e, const struct lp_engine_bat
     const struct lp_model_config *c = &e->cfg;
     // Place every token: rewind, reserve blocks (room was checked), and
     // fill positions, KV slots, ids, attention segments and logit rows.
-    int row = 0, i_row = 0;
+    // Rewinds first (they give blocks back), then reservations: the room
+    // check counted both, so no reservation can fail.
     for (int i = 0; i < b->n_segs; i++) {
         const struct lp_engine_seg *s = &b->segs[i];
         int len = e->kv.seqs[s->seq].len;
-        int pos0 = s->pos0 < 0 ? len : s->pos0;
-        lp_kv_seq_truncate(&e->kv, s->seq, pos0);
+        e->h_segs[i].pos0 = s->pos0 < 0 ? len : s->pos0;
+        lp_kv_seq_truncate(&e->kv, s->seq, e->h_segs[i].pos0);
+    }
+    int row = 0, i_row = 0;
+    for (int i = 0; i < b->n_segs; i++) {
+        const struct lp_engine_seg *s = &b->segs[i];
+        int pos0 = e->h_segs[i].pos0;
         st = lp_kv_seq_reserve(&e->kv, s->seq, pos0 + s->n_tokens, err);
         if (st != LP_OK) return st; // not reached: room was checked
         for (int t = 0; t < s->n_tokens; t++) {
@@ -464,8 +470,9 @@ enum lp_status lp_engine_forward(struct lp_engine *e, const struct lp_engine_bat
     }
     return LP_OK;
 fail:
-    // The reserved blocks stay with their sequences; lengths are unchanged,
-    // so the next call overwrites the same slots.
+    // (a backend error) The reserved blocks stay with their sequences and
+    // lengths are as the rewinds left them, so a retry overwrites the same
+    // slots.
     return st;
 }
 

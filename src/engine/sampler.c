@@ -45,10 +45,10 @@ struct lp_sampler_params lp_sampler_params_from_model(const struct lp_model *mod
     if (g->do_sample) {
         p.temperature = g->temperature;
         p.top_k = g->top_k;
-        p.top_p = g->top_p;
+        p.top_p = g->top_p > 0.0f ? g->top_p : 1.0f; // HF treats 0 as "no filter" too
         p.min_p = g->min_p;
     }
-    p.repetition_penalty = g->repetition_penalty;
+    if (g->repetition_penalty > 0.0f) p.repetition_penalty = g->repetition_penalty;
     return p;
 }
 

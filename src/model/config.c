@@ -170,8 +170,16 @@ enum lp_status lp_config_parse(struct lp_model_config *cfg, const char *json_tex
     // newer transformers nest it: "rope_parameters": {"rope_theta": ...}
     const json_t *rope_params = json_object_get(root, "rope_parameters");
     float theta_default = 10000.0f;
-    if (json_is_object(rope_params) && json_is_number(json_object_get(rope_params, "rope_theta")))
-        theta_default = (float)json_number_value(json_object_get(rope_params, "rope_theta"));
+    if (json_is_object(rope_params) && json_is_number(json_object_get(rope_params, "rope_theta"))) {
+        double t = json_number_value(json_object_get(rope_params, "rope_theta"));
+        if (!(t >= 1.0 && t <= 1e12)) {
+            st = lp_error_set(err, LP_ERR_FORMAT,
+                              "%s: field 'rope_parameters.rope_theta' is %g, expected 1..1e12", file,
+                              t);
+            goto done;
+        }
+        theta_default = (float)t;
+    }
     CFG_TRY(cfg_float(root, "rope_theta", theta_default, 1.0f, 1e12f, &cfg->rope_theta, file,
                       err));
     CFG_TRY(cfg_bool(root, "tie_word_embeddings", false, &cfg->tie_word_embeddings, file, err));

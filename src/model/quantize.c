@@ -123,6 +123,14 @@ enum lp_status lp_model_quantize(const char *src_dir, const char *dst_dir, int b
                           src_dir, lp_model_config(m)->quant_bits);
         goto done;
     }
+    struct stat src_sb, dst_sb;
+    if (stat(src_dir, &src_sb) == 0 && stat(dst_dir, &dst_sb) == 0 &&
+        src_sb.st_dev == dst_sb.st_dev && src_sb.st_ino == dst_sb.st_ino) {
+        st = lp_error_set(err, LP_ERR_INVALID_ARG,
+                          "quantize: the output folder is the input folder (%s): choose another",
+                          dst_dir);
+        goto done;
+    }
     snprintf(path, sizeof path, "%s/model.safetensors", dst_dir);
     struct stat sb;
     if (stat(path, &sb) == 0) {

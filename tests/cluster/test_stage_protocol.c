@@ -493,6 +493,42 @@ int main(void) {
         expect_rejected("released session at pos 5", m, len, "unknown session");
     }
 
+    // A Configure that fails (unreachable successor) leaves the worker
+    // unconfigured; a Forward stream opened before it must then get an
+    // error status, not crash the worker.
+    {
+        memset(&e, 0, sizeof e);
+        CHECK_OK(configure(fp, 4, 8, sink_addr, NULL, &e), &e);
+        struct fwd f;
+        memset(&f, 0, sizeof f);
+        pthread_mutex_init(&f.mu, NULL);
+        struct lp_rpc_client_stream *cs = NULL;
+        CHECK_OK(lp_rpc_stream_open(ch, LP_M_FORWARD, fwd_reply, fwd_end, &f, &cs, &err), &err);
+        struct seg_spec a1 = {77, 0, 3, false}, a2 = {77, 3, 1, false};
+        m = make_acts(50, &a1, 1, 3, HIDDEN, 0, 3 * HIDDEN * 4, &len);
+        if (cs) lp_rpc_client_stream_write(cs, m, len, NULL);
+        free(m);
+        for (int t = 0; t < 100; t++) { // until the first step is acked
+            pthread_mutex_lock(&f.mu);
+            int acks = f.n_ok;
+            pthread_mutex_unlock(&f.mu);
+            if (acks) break;
+            usleep(20000);
+        }
+        CHECK_MSG(f.n_ok == 1, "first step on the stream: %d acks", f.n_ok);
+        memset(&e, 0, sizeof e);
+        CHECK(configure(fp, 4, 8, "127.0.0.1:1", NULL, &e) != LP_OK);
+        m = make_acts(51, &a2, 1, 1, HIDDEN, 0, 1 * HIDDEN * 4, &len);
+        if (cs) lp_rpc_client_stream_write(cs, m, len, NULL);
+        free(m);
+        lp_rpc_client_stream_close(cs, 5000);
+        CHECK_MSG(f.ended && f.st != LP_OK && strstr(f.msg, "not configured"),
+                  "Forward after a failed Configure: %s: %s", lp_status_str(f.st), f.msg);
+        CHECK(ff_alive(worker.pid));
+        worker_still_fine("after a failed Configure");
+        pthread_mutex_destroy(&f.mu);
+    }
+
     ff_stop(worker.pid);
     lp_rpc_channel_destroy(ch);
     lp_rpc_server_destroy(srv);

@@ -187,6 +187,15 @@ static void test_context_and_pool(const char *dir) {
     lp_engine_seq_close(r.engine, a);
     CHECK_OK(fwd(&r, b, -1, ids, 20, false, logits, &err), &err); // blocks came back
     CHECK(lp_engine_seq_len(r.engine, b) == 28);
+    // pool full (a: 0 positions, b: 28 in 4 blocks): one batch that grows a
+    // and rewinds b to 0 fits, because b's rewind gives its blocks back
+    // before a takes one, whatever the segment order
+    int c;
+    CHECK_OK(lp_engine_seq_open(r.engine, &c, &err), &err);
+    struct lp_engine_seg both[2] = {{c, -1, 8, ids, false}, {b, 0, 1, ids, false}};
+    struct lp_engine_batch bb = {2, both, NULL, NULL, logits};
+    CHECK_OK(lp_engine_forward(r.engine, &bb, &err), &err);
+    CHECK(lp_engine_seq_len(r.engine, c) == 8 && lp_engine_seq_len(r.engine, b) == 1);
     free(logits);
     rig_close(&r);
 }

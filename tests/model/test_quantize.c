@@ -101,6 +101,13 @@ int main(void) {
              hf_untied, out);
     CHECK(sh(cmd) == 0);
     compare_folders(out, g8u);
+    // the output folder may not be the input folder (it would truncate the
+    // files it copies)
+    snprintf(cmd, sizeof cmd, "'%s' quantize -m '%s' -o '%s/.' 2>&1 | grep -q 'is the input folder'",
+             bin, hf, hf);
+    CHECK(sh(cmd) == 0);
+    snprintf(cmd, sizeof cmd, "test -s '%s/generation_config.json'", hf);
+    CHECK(sh(cmd) == 0);
     // bad arguments
     snprintf(cmd, sizeof cmd, "'%s' quantize -m '%s' -o '%s/y' --bits 5 2>/dev/null", bin, hf, out);
     CHECK(sh(cmd) == 2);
