@@ -58,6 +58,20 @@ static int lp_test_checks;
         }                                                                                          \
     } while (0)
 
+// Relative L2 error ||a - b|| / ||b|| of n floats (0 when both are zero,
+// infinity when only a is off zero or a NaN appears on one side only).
+static inline double lp_rel_l2(const float *a, const float *b, size_t n) {
+    double num = 0.0, den = 0.0;
+    for (size_t i = 0; i < n; i++) {
+        if (isnan(a[i]) != isnan(b[i])) return INFINITY;
+        double d = (double)a[i] - (double)b[i];
+        num += d * d;
+        den += (double)b[i] * (double)b[i];
+    }
+    if (den == 0.0) return num == 0.0 ? 0.0 : INFINITY;
+    return sqrt(num / den);
+}
+
 // Prints the closing line and returns the process exit status.
 static inline int lp_test_finish(const char *name) {
     printf("%s: %d passed, %d failed\n", name, lp_test_checks - lp_test_failures,

@@ -46,15 +46,5 @@ static inline int lp_fixture_model(const char *name, const char *gen_args, char 
     return stat(probe, &sb) == 0 ? 0 : -1;
 }
 
-// Relative L2 error of a against b (n floats): |a - b| / |b|.
-static inline double lp_rel_l2(const float *a, const float *b, size_t n) {
-    double num = 0, den = 0;
-    for (size_t i = 0; i < n; i++) {
-        double d = (double)a[i] - (double)b[i];
-        num += d * d;
-        den += (double)b[i] * (double)b[i];
-    }
-    return den > 0 ? sqrt(num / den) : sqrt(num);
-}
 
 #endif

@@ -52,17 +52,9 @@ static inline void tu_read(struct lp_backend *be, const struct lp_buf *b, void *
 
 static inline void tu_free(struct lp_backend *be, struct lp_buf *b) { be->iface.buf_free(be->ctx, b); }
 
-// ||a - b|| / ||b||  (0 when both are zero)
+// ||a - b|| / ||b||  (lp_test.h's lp_rel_l2)
 static inline double tu_rel_l2(const float *a, const float *b, int64_t n) {
-    double num = 0.0, den = 0.0;
-    for (int64_t i = 0; i < n; i++) {
-        double d = (double)a[i] - (double)b[i];
-        num += d * d;
-        den += (double)b[i] * (double)b[i];
-        if (isnan(a[i]) != isnan(b[i])) return INFINITY;
-    }
-    if (den == 0.0) return num == 0.0 ? 0.0 : INFINITY;
-    return sqrt(num / den);
+    return lp_rel_l2(a, b, (size_t)n);
 }
 
 // A random weight whose buffers the test owns (free with tu_weight_free).
