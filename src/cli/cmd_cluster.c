@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: MIT
 // cmd_cluster.c -- `layerpipe cluster`: a whole pipeline on this machine
 // for demos and tests. Starts N-1 `layerpipe worker` processes on free
-// loopback ports, runs the run/logits/bench command as their coordinator,
+// loopback ports, runs the run/logits/bench/perplexity command as their coordinator,
 // then stops them. Workers are started before this process touches gRPC
 // (forking after gRPC has started threads is unsafe).
 #include <errno.h>
@@ -53,8 +53,10 @@ int lp_cli_cluster(int argc, char **argv) {
     if (ar != LP_ARGS_OK) return ar == LP_ARGS_HELP ? 0 : 2;
     if (split + 1 >= argc || (strcmp(argv[split + 1], "run") != 0 &&
                               strcmp(argv[split + 1], "logits") != 0 &&
-                              strcmp(argv[split + 1], "bench") != 0)) {
-        fprintf(stderr, "layerpipe cluster: give the command after --: -- run|logits|bench ARGS\n");
+                              strcmp(argv[split + 1], "bench") != 0 &&
+                              strcmp(argv[split + 1], "perplexity") != 0)) {
+        fprintf(stderr, "layerpipe cluster: give the command after --: -- "
+                        "run|logits|bench|perplexity ARGS\n");
         return 2;
     }
     for (int i = split + 2; i < argc; i++)
@@ -147,9 +149,10 @@ int lp_cli_cluster(int argc, char **argv) {
         cargv[k++] = "--plan";
         cargv[k++] = plan ? plan : "auto";
     }
-    int rc = strcmp(cargv[0], "run") == 0      ? lp_cli_run(k, cargv)
-             : strcmp(cargv[0], "logits") == 0 ? lp_cli_logits(k, cargv)
-                                               : lp_cli_bench(k, cargv);
+    int rc = strcmp(cargv[0], "run") == 0          ? lp_cli_run(k, cargv)
+             : strcmp(cargv[0], "logits") == 0     ? lp_cli_logits(k, cargv)
+             : strcmp(cargv[0], "perplexity") == 0 ? lp_cli_perplexity(k, cargv)
+                                                   : lp_cli_bench(k, cargv);
     free(cargv);
     stop_workers(pids, n_workers);
     return rc;

@@ -46,8 +46,8 @@ int lp_cli_perplexity(int argc, char **argv) {
         {"model", 'm', LP_ARG_STR, &so.model_dir, "DIR", "model folder (with tokenizer.json)",
          true},
         {"file", 'f', LP_ARG_STR, &file, "TEXT_FILE", "the text to score", true},
-        {"window", 0, LP_ARG_INT, &ctx, "N", "tokens per window (default 512)", false, 2,
-         1 << 20},
+        {"window", 0, LP_ARG_INT, &ctx, "N", "tokens per window (default 512; --ctx N too)",
+         false, 2, 1 << 20},
         {"stride", 0, LP_ARG_INT, &stride, "S", "window step (default window/2)", false, 1,
          1 << 20},
         {"max-tokens", 0, LP_ARG_INT, &max_tokens, "N", "score only the first N tokens", false,
@@ -56,9 +56,17 @@ int lp_cli_perplexity(int argc, char **argv) {
         LP_CLI_COMMON_ARGS(so),
     };
     enum lp_args_result ar = lp_args_parse(
-        "perplexity", "Perplexity of the model over a text file, with sliding windows.", args,
+        "perplexity",
+        "Perplexity of the model over a text file, with sliding windows of --ctx (or --window)\n"
+        "tokens moved by --stride; every token is scored once.",
+        args,
         (int)(sizeof args / sizeof args[0]), argc, argv, NULL, 0, NULL);
     if (ar != LP_ARGS_OK) return ar == LP_ARGS_HELP ? 0 : 2;
+    if (so.ctx > 0) ctx = so.ctx; // `perplexity --ctx N`: the window is the context
+    if (ctx < 2) {
+        fprintf(stderr, "layerpipe perplexity: the window must hold at least 2 tokens\n");
+        return 2;
+    }
     if (stride == 0) stride = ctx / 2 > 0 ? ctx / 2 : 1;
     if (stride > ctx - 1) stride = ctx - 1 > 0 ? ctx - 1 : 1;
     int rc = 1;

@@ -94,5 +94,24 @@ int main(void) {
     }
     free(out);
     free(err);
+    // perplexity through the 3-stage pipeline equals one process's, digit
+    // for digit (the f32 wire is exact), on a prefix of the held-out text
+    char ppl[2][256] = {"", ""};
+    for (int k = 0; k < 2; k++) { // one process, then 3 stages
+        snprintf(cmd, sizeof cmd,
+                 "'%s' %s -m '%s' %s -f '%s/tests/golden/perplexity/valid.txt' --ctx 96 "
+                 "--max-tokens 400 2>/dev/null | grep '^perplexity:'",
+                 bin, k ? "cluster" : "perplexity", model, k ? "--stages 3 -- perplexity" : "",
+                 src);
+        size_t m = 0;
+        char *line = slurp(cmd, &m);
+        if (line) snprintf(ppl[k], sizeof ppl[k], "%s", line);
+        free(line);
+    }
+    printf("one process: %s3 stages:    %s", ppl[0], ppl[1]);
+    CHECK_MSG(strstr(ppl[0], "perplexity: ") && strstr(ppl[0], "over 399 tokens; window 96"),
+              "perplexity output: %s", ppl[0]);
+    CHECK_MSG(strcmp(ppl[0], ppl[1]) == 0, "pipeline perplexity differs: %s vs %s", ppl[0],
+              ppl[1]);
     return lp_test_finish("bundled_model");
 }

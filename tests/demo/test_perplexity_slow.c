@@ -23,7 +23,7 @@ int main(void) {
     CHECK(json_is_true(json_object_get(ref, "layerpipe_ids_equal")));
     snprintf(cmd, sizeof cmd,
              "'%s' perplexity -m '%s/models/layerpipe-tiny-8bit' -f "
-             "'%s/tests/golden/perplexity/valid.txt' --window 512 --json 2>/dev/null | tail -1",
+             "'%s/tests/golden/perplexity/valid.txt' --ctx 512 --json 2>/dev/null | tail -1",
              bin, src, src);
     FILE *p = popen(cmd, "r");
     char line[1024] = "";
