@@ -2,7 +2,8 @@
 // bench_matmul.c -- speed of the CPU backend's MLX 8-bit matmul (group 64,
 // bf16 scales) on a [6144, 2048] weight (Qwen3-1.7B's gate/up shape):
 // decode (n = 1) as GB/s of weight bytes streamed, with float and with int8
-// activations, and prefill (n = 64) as microseconds per token. Decode cycles
+// activations, and prefill (n = 64) as microseconds per token and weight
+// multiply-adds per second. Decode cycles
 // through BM_COPIES copies of the weight (~100 MB) so that it streams from
 // DRAM, not from the last-level cache.
 // Usage: bench_matmul [n_threads]   (default: all cores)
@@ -78,8 +79,10 @@ int main(int argc, char **argv) {
         printf("mlx q8 g64 [%lld x %lld], %d threads, %s activations:\n", (long long)rows,
                (long long)cols, lp_backend_n_threads(be), quant ? "int8" : "float");
         printf("  decode  n=1:  %8.1f us  %6.1f GB/s\n", t1 * 1e6, wbytes / t1 / 1e9);
-        printf("  prefill n=%lld: %8.1f us/token (%.1fx faster per token than decode)\n",
-               (long long)n_pre, tp / (double)n_pre * 1e6, t1 / (tp / (double)n_pre));
+        printf("  prefill n=%lld: %8.1f us/token  %6.1f GMAC/s (%.1fx faster per token than "
+               "decode)\n",
+               (long long)n_pre, tp / (double)n_pre * 1e6, (double)(rows * cols * n_pre) / tp / 1e9,
+               t1 / (tp / (double)n_pre));
         be->iface.buf_free(be->ctx, xb);
         be->iface.buf_free(be->ctx, ob);
         for (int c = 0; c < BM_COPIES; c++) be->iface.weight_free(be->ctx, bw[c]);

@@ -2,8 +2,10 @@
 // test_cpu.c -- every CPU kernel against the ref backend on random data
 // (fixed seed), for the AVX-512 kernels (1, 2 and 3 threads) and the portable
 // ones (forced, 2 threads): every weight format, MLX bits 4/8, groups
-// 32/64/128, bf16 and f16 scales (half of them negative), n = 1, 3, 17 tokens,
-// row counts that are not multiples of the 4-row tile or the row chunk, and
+// 32/64/128, bf16 and f16 scales (half of them negative), n = 1, 3, 17, 96,
+// 100, 129 tokens (n >= 32 takes the AVX-512 prefill path: full and partial
+// 64-token tiles of 4, 2, 3 and 1 vectors), row counts that are not multiples of the
+// 4-row tile, the 6-row prefill tile or the row chunk, and
 // float-format column counts that are not multiples of 16.
 // Tolerances (relative L2 error ||cpu - ref|| / ||ref||):
 //   float paths (matmul, embed, norms, rope, attention):   <= 1e-5
@@ -67,8 +69,8 @@ static void run_matmul(struct lp_backend *be, const struct lp_weight *w, const f
 }
 
 static void check_matmul(struct lp_weight w, const char *what) {
-    static const int ns[3] = {1, 3, 17};
-    for (int in = 0; in < 3; in++) {
+    static const int ns[6] = {1, 3, 17, 96, 100, 129};
+    for (int in = 0; in < 6; in++) {
         int n = ns[in];
         float *x = tu_randv((int64_t)n * w.cols, 1.0f);
         size_t out_n = (size_t)n * w.rows + 3 * (size_t)w.cols;

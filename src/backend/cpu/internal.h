@@ -40,12 +40,12 @@ struct lp_cpu_ctx {
     enum lp_cpu_isa isa;
     bool vnni;                 // AVX512-VNNI present (and isa is AVX512)
     bool quantize_activations; // int8 activations for MLX 8-bit weights
-    // Shared per-call scratch of matmul (x group sums, int8 x, x scales),
-    // written in phase 1 of a matmul and read in phase 2.
+    // Shared per-call scratch of matmul (x group sums, int8 x, x scales, or
+    // packed x for prefill), written in phase 1 of a matmul, read in phase 2.
     void *scratch;
     size_t scratch_bytes;
-    // Per-thread scratch: one dequantized weight row (generic path) and
-    // attention accumulators; thread i owns [i * thread_bytes, +thread_bytes).
+    // Per-thread scratch: dequantized weight rows (one for the generic path,
+    // LP_MM_PF_MR for prefill) and attention accumulators; thread i owns [i * thread_bytes, +thread_bytes).
     void *thread_scratch;
     size_t thread_bytes;
 };

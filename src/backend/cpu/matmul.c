@@ -6,17 +6,22 @@
 // Paths (chosen per call from ctx->isa and the weight):
 //  - generic:   dequantize one weight row into per-thread scratch, dot it with
 //               every token row (portable C).
-//  - avx512 tile (float formats, and MLX with n > 1): 4 weight rows x 4 tokens
-//               per pass, weights loaded/dequantized once and reused against
-//               the 4 tokens (prefill reuse).
+//  - avx512 prefill (every format, n >= LP_MM_PF_MIN, float activations): x
+//               packed token-major per call into ctx->scratch; 6 weight rows
+//               at a time dequantized to f32 once into thread scratch; a
+//               6 rows x 64 tokens register tile of broadcast FMAs.
+//  - avx512 tile (float formats, and MLX with 1 < n < LP_MM_PF_MIN): 4 weight
+//               rows x 4 tokens per pass, weights loaded/dequantized once and
+//               reused against the 4 tokens.
 //  - avx512 decode (MLX, n == 1): codes streamed once; per group
 //               acc = sum(x * q), row += scale * acc, plus sum_g bias_g * xsum_g
 //               with xsum_g (per-group sums of x) computed once per call.
 //  - vnni (MLX 8-bit with quantize_activations): x quantized per group to
 //               int8 (symmetric, scale max|x|/127), u8 x s8 dot products
 //               (vpdpbusd): dot = sum_g sw_g * sx_g * sum(q * xq) + bw_g * xsum_g.
-// Nothing here allocates: phase-1 results (xsum, int8 x, x scales) go into
-// ctx->scratch, sized in weight_upload; tokens are processed in chunks that fit.
+// Nothing here allocates: phase-1 results (xsum, int8 x, x scales) and packed
+// x go into ctx->scratch, sized in weight_upload; tokens are processed in
+// chunks that fit.
 #include <math.h>
 #include <stdatomic.h>
 #include <stdint.h>
@@ -33,6 +38,11 @@
 
 #define LP_MM_ROWS_MIN 16 // smallest row chunk handed to a thread
 #define LP_MM_TILE_T 4    // tokens per pass of the tile kernels
+#define LP_MM_PF_MIN 32   // fewest tokens that take the prefill path (16-31: the
+                          // 4 x 4 tile measured faster)
+#define LP_MM_PF_MR 6     // weight rows per prefill register tile
+#define LP_MM_PF_NT 64    // tokens per prefill register tile (four vectors; the
+                          // 6 x 4 accumulators measured best of 12x32, 8x48, 4x64)
 
 // One matmul call (or one token chunk of it), shared by all threads.
 struct mm_task {
@@ -47,6 +57,7 @@ struct mm_task {
     const float *xsum;   // [n, n_groups] per-group sums of x
     const float *xscale; // [n, n_groups] int8 scale of x per group
     const int8_t *xq;    // [n, cols] int8 x
+    const float *xp;     // [ceil(n / NT), cols, NT] packed x (prefill path)
     struct lp_cpu_ctx *ctx;
     void (*kernel)(const struct mm_task *tk, int64_t r0, int64_t r1, int i_thread);
 };
@@ -387,6 +398,100 @@ static LP_VNNI void mm_kernel_vnni_q8(const struct mm_task *tk, int64_t r0, int6
     }
 }
 
+// ---- AVX-512 prefill (n >= LP_MM_PF_MIN, float activations) ---------------
+// x is packed once per call into ctx->scratch as token blocks of
+// LP_MM_PF_NT tokens, column-major: xp[blk][c][j] = x[blk * NT + j, c] (lanes
+// past n are zero). Each thread dequantizes LP_MM_PF_MR weight rows at a time
+// to f32 in its thread scratch (MLX: w = s * q + b, once per token tile), then an
+// MR rows x NT tokens register tile runs over all columns:
+// acc[r][tokens] += broadcast(w[r, c]) * xp[blk][c][tokens]. Each output is
+// one sequential sum over c, so results do not depend on thread count,
+// chunking or where a token sits in the batch.
+
+// Dequantizes columns [c0, c1) of row r of w into dst[c1 - c0] (f32), 16
+// columns per step; c0 is a multiple of 16 and (MLX) of the group size.
+LP_INLINE LP_AVX512 void mm_pf_dequant(int fmt, const struct lp_weight *w, int64_t r, int64_t c0,
+                                       int64_t c1, float *dst) {
+    const uint8_t *row = (const uint8_t *)w->data + r * mm_row_bytes(w);
+    if (fmt == FMT_Q4 || fmt == FMT_Q8) {
+        int gs = w->group_size;
+        int64_t ng = w->cols / gs;
+        for (int64_t g = c0 / gs; g < c1 / gs; g++) {
+            __m512 s = _mm512_set1_ps(lp_host_half(w->scale_dtype, w->scales, r * ng + g));
+            __m512 b = _mm512_set1_ps(lp_host_half(w->scale_dtype, w->biases, r * ng + g));
+            for (int64_t c = g * gs; c < (g + 1) * gs; c += 16)
+                _mm512_storeu_ps(dst + c - c0, _mm512_fmadd_ps(mm_ld16(fmt, row, c, 0xffff), s, b));
+        }
+    } else {
+        for (int64_t c = c0; c < c1; c += 16) {
+            __mmask16 m = c1 - c >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (c1 - c)) - 1u);
+            _mm512_mask_storeu_ps(dst + c - c0, m, mm_ld16(fmt, row, c, m));
+        }
+    }
+}
+
+// MR dequantized rows wd[r * ld + c] x NV * 16 packed tokens xp[c * NT + j]:
+// tmp[r][j] = sum_c wd[r, c] * xp[c, j].
+LP_INLINE LP_AVX512 void mm_pf_micro(int NV, const float *wd, int64_t ld, const float *xp,
+                                     int64_t cols, float tmp[LP_MM_PF_MR][LP_MM_PF_NT]) {
+    __m512 acc[LP_MM_PF_MR][LP_MM_PF_NT / 16];
+    for (int r = 0; r < LP_MM_PF_MR; r++)
+        for (int v = 0; v < NV; v++) acc[r][v] = _mm512_setzero_ps();
+    for (int64_t c = 0; c < cols; c++) {
+        __m512 xv[LP_MM_PF_NT / 16];
+        for (int v = 0; v < NV; v++) xv[v] = _mm512_load_ps(xp + c * LP_MM_PF_NT + 16 * v);
+        for (int r = 0; r < LP_MM_PF_MR; r++) {
+            __m512 wb = _mm512_set1_ps(wd[r * ld + c]);
+            for (int v = 0; v < NV; v++) acc[r][v] = _mm512_fmadd_ps(wb, xv[v], acc[r][v]);
+        }
+    }
+    for (int r = 0; r < LP_MM_PF_MR; r++)
+        for (int v = 0; v < NV; v++) _mm512_storeu_ps(&tmp[r][16 * v], acc[r][v]);
+}
+
+// Row chunk [r0, r1) against every token: per token tile (its packed x,
+// NT * cols floats, is then the only large stream and stays in L2 for
+// 2048-column weights), per LP_MM_PF_MR rows: dequantize the rows (once per
+// 64 tokens) and run the register tile. (Blocking the columns too, with
+// partial sums added into out, measured slower here: ~10% at 6144 columns.)
+LP_INLINE LP_AVX512 void mm_pf_rows(int fmt, const struct mm_task *tk, int64_t r0, int64_t r1,
+                                    int i_thread) {
+    const struct lp_weight *w = tk->w;
+    int64_t cols = w->cols, rows = w->rows, ld = (cols + 15) / 16 * 16;
+    float *wd = (float *)((char *)tk->ctx->thread_scratch +
+                          (size_t)i_thread * tk->ctx->thread_bytes);
+    float tmp[LP_MM_PF_MR][LP_MM_PF_NT];
+    for (int t0 = 0; t0 < tk->n; t0 += LP_MM_PF_NT) {
+        int nt = tk->n - t0 < LP_MM_PF_NT ? tk->n - t0 : LP_MM_PF_NT;
+        const float *xp = tk->xp + (int64_t)t0 * cols;
+        for (int64_t rb = r0; rb < r1; rb += LP_MM_PF_MR) {
+            int nr = r1 - rb < LP_MM_PF_MR ? (int)(r1 - rb) : LP_MM_PF_MR;
+            for (int r = 0; r < nr; r++) mm_pf_dequant(fmt, w, rb + r, 0, cols, wd + r * ld);
+            for (int r = nr; r < LP_MM_PF_MR; r++)
+                memset(wd + r * ld, 0, (size_t)cols * sizeof(float));
+            switch ((nt + 15) / 16) {
+            case 4: mm_pf_micro(4, wd, ld, xp, cols, tmp); break;
+            case 3: mm_pf_micro(3, wd, ld, xp, cols, tmp); break;
+            case 2: mm_pf_micro(2, wd, ld, xp, cols, tmp); break;
+            default: mm_pf_micro(1, wd, ld, xp, cols, tmp); break;
+            }
+            for (int t = 0; t < nt; t++)
+                for (int r = 0; r < nr; r++) tk->out[(int64_t)(t0 + t) * rows + rb + r] = tmp[r][t];
+        }
+    }
+}
+
+#define MM_DEFINE_PF_KERNEL(NAME, FMT)                                                             \
+    static LP_AVX512 void NAME(const struct mm_task *tk, int64_t r0, int64_t r1, int i_thread) {   \
+        mm_pf_rows(FMT, tk, r0, r1, i_thread);                                                     \
+    }
+
+MM_DEFINE_PF_KERNEL(mm_kernel_pf_f32, FMT_F32)
+MM_DEFINE_PF_KERNEL(mm_kernel_pf_f16, FMT_F16)
+MM_DEFINE_PF_KERNEL(mm_kernel_pf_bf16, FMT_BF16)
+MM_DEFINE_PF_KERNEL(mm_kernel_pf_q4, FMT_Q4)
+MM_DEFINE_PF_KERNEL(mm_kernel_pf_q8, FMT_Q8)
+
 #endif // LP_HAVE_X86
 
 // ---- phase 1: per-group sums (and int8 quantization) of x -----------------
@@ -423,6 +528,27 @@ static void mm_prep_fn(void *arg, int i_thread, int n_threads) {
     }
 }
 
+// Packs x [n, cols] into xp [ceil(n / NT), cols, NT] (see the prefill path),
+// zero past n; each thread takes a slice of the columns.
+struct mm_pack {
+    const float *x; // [n, cols]
+    int n;
+    int64_t cols;
+    float *xp;
+};
+
+static void mm_pack_fn(void *arg, int i_thread, int n_threads) {
+    const struct mm_pack *p = arg;
+    int64_t c0 = p->cols * i_thread / n_threads, c1 = p->cols * (i_thread + 1) / n_threads;
+    for (int t0 = 0; t0 < p->n; t0 += LP_MM_PF_NT) {
+        float *blk = p->xp + (int64_t)t0 * p->cols;
+        for (int64_t c = c0; c < c1; c++)
+            for (int j = 0; j < LP_MM_PF_NT; j++)
+                blk[c * LP_MM_PF_NT + j] =
+                    t0 + j < p->n ? p->x[(int64_t)(t0 + j) * p->cols + c] : 0.0f;
+    }
+}
+
 // Scratch bytes one token needs in phase 1 for a weight of `cols` columns
 // (group size >= 32): int8 x, then x sums and x scales.
 static size_t mm_token_scratch(int64_t cols) {
@@ -431,8 +557,11 @@ static size_t mm_token_scratch(int64_t cols) {
 }
 
 enum lp_status lp_cpu_scratch_reserve(struct lp_cpu_ctx *ctx, int64_t cols, struct lp_error *err) {
-    // Shared: room for LP_MM_TILE_T tokens at least. Per thread: one float row.
+    // Shared: room for LP_MM_TILE_T tokens at least (phase 1), and for one
+    // packed token block of the prefill path.
     size_t shared = mm_token_scratch(cols) * LP_MM_TILE_T;
+    size_t packed = (size_t)cols * LP_MM_PF_NT * sizeof(float);
+    if (packed > shared) shared = packed;
     if (shared > ctx->scratch_bytes) {
         void *p = aligned_alloc(LP_HOST_ALIGN, (shared + LP_HOST_ALIGN - 1) / LP_HOST_ALIGN *
                                                    LP_HOST_ALIGN);
@@ -441,8 +570,9 @@ enum lp_status lp_cpu_scratch_reserve(struct lp_cpu_ctx *ctx, int64_t cols, stru
         ctx->scratch = p;
         ctx->scratch_bytes = shared;
     }
-    size_t per_thread = ((size_t)cols * sizeof(float) + LP_HOST_ALIGN - 1) / LP_HOST_ALIGN *
-                        LP_HOST_ALIGN;
+    // Per thread: LP_MM_PF_MR dequantized rows (row stride cols rounded to 16).
+    size_t per_thread = ((size_t)(cols + 15) / 16 * 16 * LP_MM_PF_MR * sizeof(float) +
+                         LP_HOST_ALIGN - 1) / LP_HOST_ALIGN * LP_HOST_ALIGN;
     if (per_thread > ctx->thread_bytes) {
         void *p = aligned_alloc(LP_HOST_ALIGN, per_thread * (size_t)ctx->n_threads);
         if (!p)
@@ -473,12 +603,22 @@ void lp_cpu_matmul(struct lp_cpu_ctx *ctx, float *out, const float *x, const str
     if (n <= 0) return;
     bool mlx = w->format == LP_WEIGHT_MLX_AFFINE;
     void (*kernel)(const struct mm_task *, int64_t, int64_t, int) = mm_kernel_generic;
-    bool need_sums = false, quantize = false;
+    bool need_sums = false, quantize = false, pack = false;
 #if LP_HAVE_X86
     if (ctx->isa == LP_CPU_ISA_AVX512) {
         if (mlx && w->bits == 8 && ctx->quantize_activations && ctx->vnni) {
             kernel = mm_kernel_vnni_q8;
             need_sums = quantize = true;
+        } else if (n >= LP_MM_PF_MIN) {
+            pack = true;
+            switch (w->format) {
+            case LP_WEIGHT_F32: kernel = mm_kernel_pf_f32; break;
+            case LP_WEIGHT_F16: kernel = mm_kernel_pf_f16; break;
+            case LP_WEIGHT_BF16: kernel = mm_kernel_pf_bf16; break;
+            case LP_WEIGHT_MLX_AFFINE:
+                kernel = w->bits == 8 ? mm_kernel_pf_q8 : mm_kernel_pf_q4;
+                break;
+            }
         } else if (mlx && n == 1) {
             kernel = w->bits == 8 ? mm_kernel_decode_q8 : mm_kernel_decode_q4;
             need_sums = true;
@@ -498,6 +638,7 @@ void lp_cpu_matmul(struct lp_cpu_ctx *ctx, float *out, const float *x, const str
     int64_t rpc = w->rows / ((int64_t)nth * 8);
     rpc = (rpc + 3) / 4 * 4;
     if (rpc < LP_MM_ROWS_MIN) rpc = LP_MM_ROWS_MIN;
+    if (pack) rpc = (rpc + LP_MM_PF_MR - 1) / LP_MM_PF_MR * LP_MM_PF_MR; // whole register tiles
 
     // Tokens per pass: all of them unless phase 1 needs scratch.
     int chunk = n;
@@ -505,6 +646,11 @@ void lp_cpu_matmul(struct lp_cpu_ctx *ctx, float *out, const float *x, const str
         size_t per = mm_token_scratch(w->cols);
         size_t fit = ctx->scratch_bytes / per;
         if (fit < (size_t)chunk) chunk = (int)fit; // >= LP_MM_TILE_T (weight_upload reserved it)
+    }
+    if (pack) {
+        size_t per = (size_t)w->cols * LP_MM_PF_NT * sizeof(float);
+        size_t fit = ctx->scratch_bytes / per * LP_MM_PF_NT; // >= NT (weight_upload reserved it)
+        if (fit < (size_t)chunk) chunk = (int)fit;
     }
     for (int t0 = 0; t0 < n; t0 += chunk) {
         int m = n - t0 < chunk ? n - t0 : chunk;
@@ -535,6 +681,12 @@ void lp_cpu_matmul(struct lp_cpu_ctx *ctx, float *out, const float *x, const str
             tk.xsum = xsum;
             tk.xscale = xscale;
             tk.xq = xq;
+        }
+        if (pack) {
+            struct mm_pack pk = {.x = tk.x, .n = m, .cols = w->cols, .xp = ctx->scratch};
+            if (nth == 1) mm_pack_fn(&pk, 0, 1);
+            else lp_cpu_pool_run(ctx->pool, mm_pack_fn, &pk);
+            tk.xp = ctx->scratch;
         }
         if (tk.n_chunks == 1) kernel(&tk, 0, w->rows, 0);
         else lp_cpu_pool_run(ctx->pool, mm_task_fn, &tk);
