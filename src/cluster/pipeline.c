@@ -582,8 +582,7 @@ static enum lp_status pl_step(void *ctx, int seq, int pos0, const int32_t *token
         p->sent_at[a.step % PL_INFLIGHT] = a.sent_at;
         p->sent_step[a.step % PL_INFLIGHT] = a.step;
         pthread_mutex_unlock(&p->mu);
-        st = lp_rpc_client_stream_write(p->to_first, buf, nb, err);
-        free(buf);
+        st = lp_rpc_client_stream_write_take(p->to_first, buf, nb, err); // no copy
         p->bytes_out += a.data.len;
         if (st != LP_OK) goto broken;
     }

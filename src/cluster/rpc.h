@@ -147,6 +147,11 @@ enum lp_status lp_rpc_stream_open(struct lp_rpc_channel *c, const char *method,
 enum lp_status lp_rpc_client_stream_write(struct lp_rpc_client_stream *s, const uint8_t *msg,
                                           size_t bytes, struct lp_error *err);
 
+// As lp_rpc_client_stream_write, but takes ownership of msg (a malloc'd
+// block, freed by the stream; also on failure): no copy of the payload.
+enum lp_status lp_rpc_client_stream_write_take(struct lp_rpc_client_stream *s, uint8_t *msg,
+                                               size_t bytes, struct lp_error *err);
+
 // Bytes queued on this stream and not yet handed to gRPC. Any thread.
 size_t lp_rpc_client_stream_queued_bytes(struct lp_rpc_client_stream *s);
 

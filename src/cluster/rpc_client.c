@@ -405,15 +405,9 @@ enum lp_status lp_rpc_stream_open(struct lp_rpc_channel *c, const char *method,
     return LP_OK;
 }
 
-enum lp_status lp_rpc_client_stream_write(struct lp_rpc_client_stream *s, const uint8_t *msg,
-                                          size_t bytes, struct lp_error *err) {
-    if (!s || (!msg && bytes))
-        return lp_error_set(err, LP_ERR_INVALID_ARG, "lp_rpc_client_stream_write: NULL argument");
-    if (bytes > s->chan->max_message_bytes)
-        return lp_error_set(err, LP_ERR_INVALID_ARG, "%s %s: message of %zu bytes, max %zu",
-                            s->chan->target, s->method, bytes, s->chan->max_message_bytes);
-    struct lp_rpc_msg *m = lp_rpc_msg_create(msg, bytes);
-    if (!m) return lp_error_set(err, LP_ERR_NOMEM, "%s %s: queue entry", s->chan->target, s->method);
+// Queues an entry already made (copied or taken); frees it on failure.
+static enum lp_status cstream_write_msg(struct lp_rpc_client_stream *s, struct lp_rpc_msg *m,
+                                        size_t bytes, struct lp_error *err) {
     pthread_mutex_lock(&s->mu);
     if (s->ended || s->half_close_wanted) {
         enum lp_status st;
@@ -433,6 +427,43 @@ enum lp_status lp_rpc_client_stream_write(struct lp_rpc_client_stream *s, const 
     cstream_pump_locked(s);
     pthread_mutex_unlock(&s->mu);
     return LP_OK;
+}
+
+enum lp_status lp_rpc_client_stream_write(struct lp_rpc_client_stream *s, const uint8_t *msg,
+                                          size_t bytes, struct lp_error *err) {
+    if (!s || (!msg && bytes))
+        return lp_error_set(err, LP_ERR_INVALID_ARG, "lp_rpc_client_stream_write: NULL argument");
+    if (bytes > s->chan->max_message_bytes)
+        return lp_error_set(err, LP_ERR_INVALID_ARG, "%s %s: message of %zu bytes, max %zu",
+                            s->chan->target, s->method, bytes, s->chan->max_message_bytes);
+    struct lp_rpc_msg *m = lp_rpc_msg_create(msg, bytes);
+    if (!m) return lp_error_set(err, LP_ERR_NOMEM, "%s %s: queue entry", s->chan->target, s->method);
+    return cstream_write_msg(s, m, bytes, err);
+}
+
+enum lp_status lp_rpc_client_stream_write_take(struct lp_rpc_client_stream *s, uint8_t *msg,
+                                               size_t bytes, struct lp_error *err) {
+    if (!s || (!msg && bytes)) {
+        free(msg);
+        return lp_error_set(err, LP_ERR_INVALID_ARG,
+                            "lp_rpc_client_stream_write_take: NULL argument");
+    }
+    if (bytes > s->chan->max_message_bytes) {
+        free(msg);
+        return lp_error_set(err, LP_ERR_INVALID_ARG, "%s %s: message of %zu bytes, max %zu",
+                            s->chan->target, s->method, bytes, s->chan->max_message_bytes);
+    }
+    struct lp_rpc_msg *m = malloc(sizeof *m);
+    grpc_byte_buffer *bb = m ? lp_rpc_bb_take(msg, bytes) : NULL; // owns msg from here
+    if (!m || !bb) {
+        if (!m) free(msg);
+        free(m);
+        return lp_error_set(err, LP_ERR_NOMEM, "%s %s: queue entry", s->chan->target, s->method);
+    }
+    m->next = NULL;
+    m->bytes = bytes;
+    m->bb = bb;
+    return cstream_write_msg(s, m, bytes, err);
 }
 
 size_t lp_rpc_client_stream_queued_bytes(struct lp_rpc_client_stream *s) {

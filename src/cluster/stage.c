@@ -545,8 +545,7 @@ static enum lp_status stage_forward(struct lp_worker *w, struct lp_rpc_stream *s
     w->sent_at[a->step % STAGE_INFLIGHT] = t1;
     w->sent_step[a->step % STAGE_INFLIGHT] = a->step;
     pthread_mutex_unlock(&w->mu);
-    st = lp_rpc_client_stream_write(w->succ, buf, n, err);
-    free(buf);
+    st = lp_rpc_client_stream_write_take(w->succ, buf, n, err); // no copy
     if (st != LP_OK)
         return lp_error_prefix(err, "stage %d (%s): successor %s: ", w->stage_index, w->listen,
                                w->successor);
