@@ -1,4 +1,5 @@
 #!/usr/bin/env python3
+# SPDX-License-Identifier: MIT
 """Build the training text for layerpipe's bundled tiny model.
 
 Sources (public-domain / freely redistributable English text from Debian):
