@@ -127,6 +127,65 @@ static void test_matmul(void) {
     CHECK(worst_quant > 0.0); // the quantized path really ran
 }
 
+// Decode (n = 1) of MLX 8-bit weights with awkward activations: on AVX512-VNNI
+// this runs the exact-digit kernel (x split into three int8 digits per group),
+// which must stay within the float tolerance and give the same bits for any
+// thread count. Cases: a group with one huge element among tiny ones, an
+// all-zero group, groups of tiny (1e-30) values, and scales differing by 1e20
+// between groups.
+static void test_decode_digits(void) {
+    static const int gss[3] = {32, 64, 128};
+    double worst = 0.0;
+    for (int ig = 0; ig < 3; ig++) {
+        for (int sd = 0; sd < 2; sd++) {
+            int64_t rows = 41, cols = 512;
+            int gs = gss[ig];
+            enum lp_dtype sdt = sd ? LP_DTYPE_F16 : LP_DTYPE_BF16;
+            struct lp_weight w = tu_weight(LP_WEIGHT_MLX_AFFINE, rows, cols, 8, gs, sdt);
+            size_t out_n = (size_t)rows + 3 * (size_t)cols;
+            float *x = malloc((size_t)cols * 4), *want = malloc(out_n * 4);
+            float *got[3] = {malloc(out_n * 4), malloc(out_n * 4), malloc(out_n * 4)};
+            for (int kase = 0; kase < 4; kase++) {
+                for (int64_t c = 0; c < cols; c++) {
+                    int64_t g = c / gs;
+                    float v = tu_f();
+                    switch (kase) {
+                    case 0: // wide range inside groups, a zero group, a tiny group
+                        x[c] = g == 0   ? 0.0f
+                               : g == 1 ? 1e-30f * v
+                                        : (c % gs == 5 ? 1000.0f : 1e-3f * v);
+                        break;
+                    case 1: x[c] = 1e-30f * v; break;                  // only tiny values
+                    case 2: x[c] = (g % 2 ? 1e-10f : 1e10f) * v; break; // scales 1e20 apart
+                    default: x[c] = v; break;
+                    }
+                }
+                run_matmul(ref, &w, x, 1, want);
+                for (int v = 0; v < 3; v++) { // the avx512 t1, t2, t3 variants
+                    run_matmul(variants[v].be, &w, x, 1, got[v]);
+                    double e = tu_rel_l2(got[v], want, rows);
+                    if (e > worst) worst = e;
+                    CHECK_MSG(e <= TOL_FLOAT, "decode digits g%d %s case %d on %s: rel L2 %.3g", gs,
+                              sd ? "f16" : "bf16", kase, variants[v].name, e);
+                    CHECK_MSG(memcmp(got[v], got[0], (size_t)rows * 4) == 0,
+                              "decode digits g%d case %d: %s differs from %s", gs, kase,
+                              variants[v].name, variants[0].name);
+                }
+            }
+            // An all-zero x gives exactly zero.
+            memset(x, 0, (size_t)cols * 4);
+            run_matmul(variants[1].be, &w, x, 1, got[1]);
+            for (int64_t r = 0; r < rows; r++)
+                CHECK_MSG(got[1][r] == 0.0f, "decode digits g%d: zero x gives %g", gs, got[1][r]);
+            free(x);
+            free(want);
+            for (int v = 0; v < 3; v++) free(got[v]);
+            tu_weight_free(&w);
+        }
+    }
+    printf("decode (n=1) MLX q8, awkward activations: worst relative L2 error %.3g\n", worst);
+}
+
 // Applies the same row-wise ops on ref and each variant and compares.
 static void test_rowwise(void) {
     int n = 9, dim = 320, n_heads = 5, hd = 64;
@@ -280,6 +339,7 @@ int main(void) {
     if (c0->isa != LP_CPU_ISA_AVX512) printf("note: no AVX-512 here; all variants run portable C\n");
     if (!c0->vnni) printf("note: no AVX512-VNNI here; quantize_activations is a no-op\n");
     test_matmul();
+    test_decode_digits();
     test_rowwise();
     test_attention(LP_DTYPE_F32, 64);
     test_attention(LP_DTYPE_BF16, 64);
