@@ -63,7 +63,7 @@ int lp_cli_bench(int argc, char **argv) {
         LP_CLI_COMMON_ARGS(so),
     };
     enum lp_args_result ar =
-        lp_args_parse("bench", "Measure prefill and decode speed of the model in this process.",
+        lp_args_parse("bench", "Measure prefill and decode speed, in this process or through a pipeline (--workers).",
                       args, (int)(sizeof args / sizeof args[0]), argc, argv, NULL, 0, NULL);
     if (ar != LP_ARGS_OK) return ar == LP_ARGS_HELP ? 0 : 2;
     so.max_seqs = 1;

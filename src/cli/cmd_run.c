@@ -133,7 +133,8 @@ int lp_cli_run(int argc, char **argv) {
         LP_CLI_COMMON_ARGS(so),
     };
     enum lp_args_result ar =
-        lp_args_parse("run", "Generate text from a prompt with the whole model in this process.",
+        lp_args_parse("run", "Generate text from a prompt, in this process or as the coordinator of a pipeline\n"
+        "of stage workers (--workers / --cluster).",
                       args, (int)(sizeof args / sizeof args[0]), argc, argv, NULL, 0, NULL);
     if (ar != LP_ARGS_OK) return ar == LP_ARGS_HELP ? 0 : 2;
     if ((prompt_ids != NULL) + (prompt != NULL) + (chat != NULL) != 1) {
