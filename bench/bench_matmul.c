@@ -1,8 +1,8 @@
 // SPDX-License-Identifier: MIT
-// bench_matmul.c -- speed of the CPU backend's MLX 8-bit matmul (group 64,
-// bf16 scales) on a [6144, 2048] weight (Qwen3-1.7B's gate/up shape):
+// bench_matmul.c -- speed of the CPU backend's MLX 8-bit (and 4-bit) matmul
+// (group 64, bf16 scales) on a [6144, 2048] weight (Qwen3-1.7B's gate/up shape):
 // decode (n = 1) as GB/s of weight bytes streamed, with float and with int8
-// activations, and prefill (n = 64) as microseconds per token and weight
+// activations (4-bit: float), and prefill (n = 64) as microseconds per token and weight
 // multiply-adds per second. Decode cycles
 // through BM_COPIES copies of the weight (~100 MB) so that it streams from
 // DRAM, not from the last-level cache.
@@ -52,8 +52,11 @@ int main(int argc, char **argv) {
     struct lp_weight w = {.format = LP_WEIGHT_MLX_AFFINE, .rows = rows, .cols = cols,
                           .data = codes, .scales = scales, .biases = biases,
                           .scale_dtype = LP_DTYPE_BF16, .bits = 8, .group_size = (int)gs};
-    double wbytes = (double)(rows * cols) + 2.0 * 2.0 * (double)(rows * cols / gs);
-    for (int quant = 0; quant <= 1; quant++) {
+    for (int cfg = 0; cfg < 3; cfg++) { // q8 float, q8 int8, q4 float activations
+        int quant = cfg == 1;
+        w.bits = cfg == 2 ? 4 : 8;
+        int64_t wrow = cols * w.bits / 8; // code bytes per row
+        double wbytes = (double)(rows * wrow) + 2.0 * 2.0 * (double)(rows * cols / gs);
         struct lp_backend_cpu_params p = lp_backend_cpu_params_default();
         p.n_threads = n_threads;
         p.quantize_activations = quant;
@@ -71,12 +74,12 @@ int main(int argc, char **argv) {
         }
         for (int c = 1; c < BM_COPIES; c++) {
             struct lp_weight wc = w;
-            wc.data = (const uint8_t *)codes + (size_t)c * (size_t)(rows * cols);
+            wc.data = (const uint8_t *)codes + (size_t)c * (size_t)(rows * wrow);
             if (be->iface.weight_upload(be->ctx, &wc, &bw[c], &err) != LP_OK) return 1;
         }
         double t1 = bm_time(be, ob, xb, bw, 1, 200);
         double tp = bm_time(be, ob, xb, bw, (int)n_pre, 8);
-        printf("mlx q8 g64 [%lld x %lld], %d threads, %s activations:\n", (long long)rows,
+        printf("mlx q%d g64 [%lld x %lld], %d threads, %s activations:\n", w.bits, (long long)rows,
                (long long)cols, lp_backend_n_threads(be), quant ? "int8" : "float");
         printf("  decode  n=1:  %8.1f us  %6.1f GB/s\n", t1 * 1e6, wbytes / t1 / 1e9);
         printf("  prefill n=%lld: %8.1f us/token  %6.1f GMAC/s (%.1fx faster per token than "

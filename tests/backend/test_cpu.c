@@ -133,15 +133,17 @@ static void test_matmul(void) {
 // thread count. Cases: a group with one huge element among tiny ones, an
 // all-zero group, groups of tiny (1e-30) values, and scales differing by 1e20
 // between groups.
-static void test_decode_digits(void) {
+// bits 8 and 4; 4-bit with cols % 128 == 64 for groups 32/64 (a half-full last
+// 128-column block).
+static void test_decode_digits(int bits) {
     static const int gss[3] = {32, 64, 128};
     double worst = 0.0;
     for (int ig = 0; ig < 3; ig++) {
         for (int sd = 0; sd < 2; sd++) {
-            int64_t rows = 41, cols = 512;
             int gs = gss[ig];
+            int64_t rows = 41, cols = bits == 8 ? 512 : (gs == 128 ? 640 : 576);
             enum lp_dtype sdt = sd ? LP_DTYPE_F16 : LP_DTYPE_BF16;
-            struct lp_weight w = tu_weight(LP_WEIGHT_MLX_AFFINE, rows, cols, 8, gs, sdt);
+            struct lp_weight w = tu_weight(LP_WEIGHT_MLX_AFFINE, rows, cols, bits, gs, sdt);
             size_t out_n = (size_t)rows + 3 * (size_t)cols;
             float *x = malloc((size_t)cols * 4), *want = malloc(out_n * 4);
             float *got[3] = {malloc(out_n * 4), malloc(out_n * 4), malloc(out_n * 4)};
@@ -165,10 +167,10 @@ static void test_decode_digits(void) {
                     run_matmul(variants[v].be, &w, x, 1, got[v]);
                     double e = tu_rel_l2(got[v], want, rows);
                     if (e > worst) worst = e;
-                    CHECK_MSG(e <= TOL_FLOAT, "decode digits g%d %s case %d on %s: rel L2 %.3g", gs,
-                              sd ? "f16" : "bf16", kase, variants[v].name, e);
+                    CHECK_MSG(e <= TOL_FLOAT, "decode digits q%d g%d %s case %d on %s: rel L2 %.3g",
+                              bits, gs, sd ? "f16" : "bf16", kase, variants[v].name, e);
                     CHECK_MSG(memcmp(got[v], got[0], (size_t)rows * 4) == 0,
-                              "decode digits g%d case %d: %s differs from %s", gs, kase,
+                              "decode digits q%d g%d case %d: %s differs from %s", bits, gs, kase,
                               variants[v].name, variants[0].name);
                 }
             }
@@ -176,14 +178,16 @@ static void test_decode_digits(void) {
             memset(x, 0, (size_t)cols * 4);
             run_matmul(variants[1].be, &w, x, 1, got[1]);
             for (int64_t r = 0; r < rows; r++)
-                CHECK_MSG(got[1][r] == 0.0f, "decode digits g%d: zero x gives %g", gs, got[1][r]);
+                CHECK_MSG(got[1][r] == 0.0f, "decode digits q%d g%d: zero x gives %g", bits, gs,
+                          got[1][r]);
             free(x);
             free(want);
             for (int v = 0; v < 3; v++) free(got[v]);
             tu_weight_free(&w);
         }
     }
-    printf("decode (n=1) MLX q8, awkward activations: worst relative L2 error %.3g\n", worst);
+    printf("decode (n=1) MLX q%d, awkward activations: worst relative L2 error %.3g\n", bits,
+           worst);
 }
 
 // Applies the same row-wise ops on ref and each variant and compares.
@@ -339,7 +343,8 @@ int main(void) {
     if (c0->isa != LP_CPU_ISA_AVX512) printf("note: no AVX-512 here; all variants run portable C\n");
     if (!c0->vnni) printf("note: no AVX512-VNNI here; quantize_activations is a no-op\n");
     test_matmul();
-    test_decode_digits();
+    test_decode_digits(8);
+    test_decode_digits(4);
     test_rowwise();
     test_attention(LP_DTYPE_F32, 64);
     test_attention(LP_DTYPE_BF16, 64);

@@ -19,8 +19,8 @@
 //  - vnni (MLX 8-bit with quantize_activations): x quantized per group to
 //               int8 (symmetric, scale max|x|/127), u8 x s8 dot products
 //               (vpdpbusd): dot = sum_g sw_g * sx_g * sum(q * xq) + bw_g * xsum_g.
-//  - vnni exact decode (MLX 8-bit, n == 1, float activations, group size a
-//               multiple of 64): x split per call into three int8 digits per
+//  - vnni exact decode (MLX 8-bit and 4-bit, n == 1, float activations, group
+//               size a multiple of 64): x split per call into three int8 digits per
 //               element (error ~2^-22 of the group's max |x|), u8 x s8 dot
 //               products combined in int32, then one float FMA per 64 codes.
 // Nothing here allocates: phase-1 results (xsum, int8 x or digits, x scales) and packed
@@ -417,11 +417,27 @@ static LP_VNNI void mm_kernel_vnni_q8(const struct mm_task *tk, int64_t r0, int6
 // decode (the power of two last keeps sw * sx normal for tiny x).
 // Every row is one fixed sequence of operations: same bits for any thread count.
 #define LP_MM_DG_BLK 64 // columns per digit block: xd[blk][3][64]
+#define LP_MM_Q4_BLK 128 // 4-bit: columns per digit block: xd[blk][3][even 64, odd 64]
+
+// The three digits of u (16 lanes, x / sx) as int8 into o, o + stride, o + 2 * stride.
+#define MM_DIGITS16(u, o, stride)                                                                  \
+    do {                                                                                           \
+        __m512 d0_ = _mm512_roundscale_ps(u, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);       \
+        __m512 r1_ = _mm512_mul_ps(_mm512_sub_ps(u, d0_), k128); /* exact */                       \
+        __m512 d1_ = _mm512_roundscale_ps(r1_, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);     \
+        __m512 r2_ = _mm512_mul_ps(_mm512_sub_ps(r1_, d1_), k128); /* exact */                     \
+        __m512 d2_ = _mm512_roundscale_ps(r2_, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);     \
+        _mm_storeu_si128((__m128i *)(o), _mm512_cvtsepi32_epi8(_mm512_cvttps_epi32(d0_)));         \
+        _mm_storeu_si128((__m128i *)((o) + (stride)),                                             \
+                         _mm512_cvtsepi32_epi8(_mm512_cvttps_epi32(d1_)));                         \
+        _mm_storeu_si128((__m128i *)((o) + 2 * (stride)),                                         \
+                         _mm512_cvtsepi32_epi8(_mm512_cvttps_epi32(d2_)));                         \
+    } while (0)
 
 // Digits of x [cols] into xd [cols / 64][3][64], per-group sums into xsum and
 // sx_g into xs [ng]. gs is a multiple of 64.
-static LP_VNNI void mm_digits_prep(const float *x, int64_t cols, int gs, int8_t *xd, float *xsum,
-                                   float *xs) {
+static LP_VNNI void mm_digits_prep(const float *x, int64_t cols, int gs, int q4, int8_t *xd,
+                                   float *xsum, float *xs) {
     int64_t ng = cols / gs;
     const __m512 sgn = _mm512_castsi512_ps(_mm512_set1_epi32(0x7fffffff));
     const __m512 k128 = _mm512_set1_ps(128.0f);
@@ -440,22 +456,38 @@ static LP_VNNI void mm_digits_prep(const float *x, int64_t cols, int gs, int8_t 
         if (!(sx > 0.0f) || !isfinite(sx)) sx = 0.0f; // zero group (or inf/NaN: xsum carries it)
         xs[g] = sx;
         __m512 vsx = _mm512_set1_ps(sx > 0.0f ? sx : 1.0f);
+        if (q4) { // 32 columns per step, split into even and odd elements
+            const __m512i ev = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6,
+                                                4, 2, 0);
+            const __m512i od = _mm512_set_epi32(31, 29, 27, 25, 23, 21, 19, 17, 15, 13, 11, 9, 7,
+                                                5, 3, 1);
+            for (int i = 0; i < gs; i += 32) {
+                int64_t c = g * gs + i;
+                int8_t *blk = xd + (c / LP_MM_Q4_BLK) * 3 * LP_MM_Q4_BLK + c % LP_MM_Q4_BLK / 2;
+                __m512 a = _mm512_loadu_ps(xg + i), b = _mm512_loadu_ps(xg + i + 16);
+                for (int h = 0; h < 2; h++) { // h = 0: even elements, h = 1: odd
+                    __m512 u = sx > 0.0f
+                                   ? _mm512_div_ps(_mm512_permutex2var_ps(a, h ? od : ev, b), vsx)
+                                   : _mm512_setzero_ps();
+                    int8_t *o = blk + h * (LP_MM_Q4_BLK / 2);
+                    MM_DIGITS16(u, o, LP_MM_Q4_BLK);
+                }
+            }
+            continue;
+        }
         for (int i = 0; i < gs; i += 16) {
             int64_t c = g * gs + i;
             int8_t *blk = xd + (c / LP_MM_DG_BLK) * 3 * LP_MM_DG_BLK + c % LP_MM_DG_BLK;
             __m512 u = sx > 0.0f ? _mm512_div_ps(_mm512_loadu_ps(xg + i), vsx)
                                  : _mm512_setzero_ps();
-            __m512 d0 = _mm512_roundscale_ps(u, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-            __m512 r1 = _mm512_mul_ps(_mm512_sub_ps(u, d0), k128); // exact
-            __m512 d1 = _mm512_roundscale_ps(r1, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-            __m512 r2 = _mm512_mul_ps(_mm512_sub_ps(r1, d1), k128); // exact
-            __m512 d2 = _mm512_roundscale_ps(r2, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-            _mm_storeu_si128((__m128i *)blk, _mm512_cvtsepi32_epi8(_mm512_cvttps_epi32(d0)));
-            _mm_storeu_si128((__m128i *)(blk + LP_MM_DG_BLK),
-                             _mm512_cvtsepi32_epi8(_mm512_cvttps_epi32(d1)));
-            _mm_storeu_si128((__m128i *)(blk + 2 * LP_MM_DG_BLK),
-                             _mm512_cvtsepi32_epi8(_mm512_cvttps_epi32(d2)));
+            MM_DIGITS16(u, blk, LP_MM_DG_BLK);
         }
+    }
+    // 4-bit with cols % 128 == 64: the last block is half full; zero its unused
+    // digits (the weight side loads zeros there).
+    if (q4 && cols % LP_MM_Q4_BLK) {
+        int8_t *blk = xd + cols / LP_MM_Q4_BLK * 3 * LP_MM_Q4_BLK;
+        for (int k = 0; k < 6; k++) memset(blk + k * 64 + 32, 0, 32);
     }
 }
 
@@ -521,6 +553,85 @@ static LP_VNNI void mm_kernel_vnni_exact_q8(const struct mm_task *tk, int64_t r0
     for (; r + 4 <= r1; r += 4)
         mm_vnni_exact_rows(4, tk->w, r, tk->xq, tk->xscale, tk->xsum, tk->out);
     for (; r < r1; r++) mm_vnni_exact_rows(1, tk->w, r, tk->xq, tk->xscale, tk->xsum, tk->out);
+}
+
+// RB rows of MLX 4-bit weights against the digits of one token, 128 codes
+// (one 64-byte line per row) per step: lo = v & 15 holds the even elements,
+// hi = (v >> 4) & 15 the odd ones, against the even / odd digits of
+// mm_digits_prep. Lanes 0-7 cover the first 64 columns, lanes 8-15 the next 64,
+// so each lane stays inside one group; lo and hi share one accumulator
+// (|a| <= 8 * 15 * (127 * 16384 + 64 * 128 + 64) < 2^28), and the float
+// multiplier is sw * sx of each half's group.
+LP_INLINE LP_VNNI void mm_vnni_exact_rows_q4(int RB, const struct lp_weight *w, int64_t r0,
+                                             const int8_t *xd, const float *xs, const float *xsum,
+                                             float *out) {
+    int64_t cols = w->cols, rb = mm_row_bytes(w);
+    int gs = w->group_size;
+    int64_t ng = cols / gs;
+    enum { GC = 16 }; // groups per scale chunk (16 * gs is a multiple of 128)
+    const uint8_t *rowp[4];
+    __m512 tot[4];
+    for (int r = 0; r < RB; r++) {
+        rowp[r] = (const uint8_t *)w->data + (r0 + r) * rb;
+        tot[r] = _mm512_setzero_ps();
+    }
+    int hfmt = w->scale_dtype == LP_DTYPE_BF16 ? FMT_BF16 : FMT_F16;
+    const uint16_t *scales = w->scales;
+    const __m512i k15 = _mm512_set1_epi8(0x0f);
+    for (int64_t g0 = 0; g0 < ng; g0 += GC) {
+        int nb = ng - g0 < GC ? (int)(ng - g0) : GC;
+        __mmask16 m = (__mmask16)((1u << nb) - 1u);
+        __m512 xsv = _mm512_maskz_loadu_ps(m, xs + g0);
+        __m512 mul[4]; // lane i: sw * sx of group g0 + i
+        for (int r = 0; r < RB; r++) {
+            const uint8_t *sw = (const uint8_t *)(scales + (r0 + r) * ng + g0);
+            mul[r] = _mm512_mul_ps(mm_ld16(hfmt, sw, 0, m), xsv);
+        }
+        int64_t c0 = g0 * gs, c1 = (g0 + nb) * gs;
+        for (int64_t c = c0; c < c1; c += LP_MM_Q4_BLK) {
+            const int8_t *blk = xd + c * 3;
+            int glo = (int)((c - c0) / gs);
+            bool full = c + LP_MM_Q4_BLK <= c1;
+            int ghi = full ? (int)((c + 64 - c0) / gs) : glo;
+            __m512i gi = _mm512_mask_blend_epi32(0xff00, _mm512_set1_epi32(glo),
+                                                 _mm512_set1_epi32(ghi));
+            __m512i d0l = _mm512_loadu_si512(blk), d0h = _mm512_loadu_si512(blk + 64);
+            __m512i d1l = _mm512_loadu_si512(blk + 128), d1h = _mm512_loadu_si512(blk + 192);
+            __m512i d2l = _mm512_loadu_si512(blk + 256), d2h = _mm512_loadu_si512(blk + 320);
+            for (int r = 0; r < RB; r++) {
+                const uint8_t *p = rowp[r] + c / 2;
+                _mm_prefetch((const char *)p + RB * rb, _MM_HINT_T1); // as in mm_vnni_exact_rows
+                __m512i v = full ? _mm512_loadu_si512(p)
+                                 : _mm512_maskz_loadu_epi8(0xffffffffull, p);
+                __m512i lo = _mm512_and_si512(v, k15);
+                __m512i hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), k15);
+                __m512i a = _mm512_dpbusd_epi32(_mm512_setzero_si512(), lo, d0l);
+                a = _mm512_dpbusd_epi32(a, hi, d0h);
+                a = _mm512_slli_epi32(a, 7);
+                a = _mm512_dpbusd_epi32(a, lo, d1l);
+                a = _mm512_dpbusd_epi32(a, hi, d1h);
+                a = _mm512_slli_epi32(a, 7);
+                a = _mm512_dpbusd_epi32(a, lo, d2l);
+                a = _mm512_dpbusd_epi32(a, hi, d2h);
+                tot[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(a),
+                                         _mm512_permutexvar_ps(gi, mul[r]), tot[r]);
+            }
+        }
+    }
+    const uint16_t *biases = w->biases;
+    for (int r = 0; r < RB; r++)
+        out[r0 + r] = _mm512_reduce_add_ps(tot[r]) * (1.0f / 16384.0f) +
+                      mm_half_dot(w->scale_dtype, biases + (r0 + r) * ng, xsum, ng);
+}
+
+static LP_VNNI void mm_kernel_vnni_exact_q4(const struct mm_task *tk, int64_t r0, int64_t r1,
+                                            int i_thread) {
+    (void)i_thread;
+    int64_t r = r0;
+    for (; r + 4 <= r1; r += 4)
+        mm_vnni_exact_rows_q4(4, tk->w, r, tk->xq, tk->xscale, tk->xsum, tk->out);
+    for (; r < r1; r++)
+        mm_vnni_exact_rows_q4(1, tk->w, r, tk->xq, tk->xscale, tk->xsum, tk->out);
 }
 
 // ---- AVX-512 prefill (n >= LP_MM_PF_MIN, float activations) ---------------
@@ -735,9 +846,9 @@ void lp_cpu_matmul(struct lp_cpu_ctx *ctx, float *out, const float *x, const str
         if (mlx && w->bits == 8 && ctx->quantize_activations && ctx->vnni) {
             kernel = mm_kernel_vnni_q8;
             need_sums = quantize = true;
-        } else if (mlx && w->bits == 8 && n == 1 && ctx->vnni &&
+        } else if (mlx && n == 1 && ctx->vnni && !ctx->quantize_activations &&
                    w->group_size % LP_MM_DG_BLK == 0) {
-            kernel = mm_kernel_vnni_exact_q8;
+            kernel = w->bits == 8 ? mm_kernel_vnni_exact_q8 : mm_kernel_vnni_exact_q4;
             digits = true;
         } else if (n >= LP_MM_PF_MIN) {
             pack = true;
@@ -813,14 +924,16 @@ void lp_cpu_matmul(struct lp_cpu_ctx *ctx, float *out, const float *x, const str
             tk.xq = xq;
         }
 #if LP_HAVE_X86
-        if (digits) { // n == 1: digits [cols / 64][3][64], then xsum [ng], sx [ng];
-                      // fits the LP_MM_TILE_T tokens of phase 1 that weight_upload reserved
+        if (digits) { // n == 1: digits [cols / 64][3][64] (4-bit: [cols / 128, rounded
+                      // up][3][128]), then xsum [ng], sx [ng]: at most 3 * (cols + 64) +
+                      // 64 + 8 * ng bytes, within the LP_MM_TILE_T tokens of phase 1
+                      // (mm_token_scratch) that weight_upload reserved
             int64_t ng = w->cols / w->group_size;
             char *s = ctx->scratch;
             int8_t *xd = (int8_t *)s;
-            float *xsum = (float *)(s + ((size_t)w->cols * 3 + 63) / 64 * 64);
+            float *xsum = (float *)(s + ((size_t)(w->cols + 64) * 3 + 63) / 64 * 64);
             float *xs = xsum + ng;
-            mm_digits_prep(tk.x, w->cols, w->group_size, xd, xsum, xs);
+            mm_digits_prep(tk.x, w->cols, w->group_size, w->bits == 4, xd, xsum, xs);
             tk.xsum = xsum;
             tk.xscale = xs;
             tk.xq = xd;
