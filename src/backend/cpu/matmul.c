@@ -31,14 +31,8 @@
 #include <stdint.h>
 #include <string.h>
 
-#if defined(__x86_64__)
-#include <immintrin.h>
-#define LP_HAVE_X86 1
-#else
-#define LP_HAVE_X86 0
-#endif
+#include "backend/cpu/matmul_i.h"
 
-#include "backend/cpu/internal.h"
 
 #define LP_MM_ROWS_MIN 16 // smallest row chunk handed to a thread
 #define LP_MM_TILE_T 4    // tokens per pass of the tile kernels
@@ -48,36 +42,7 @@
 #define LP_MM_PF_NT 64    // tokens per prefill register tile (four vectors; the
                           // 6 x 4 accumulators measured best of 12x32, 8x48, 4x64)
 
-// One matmul call (or one token chunk of it), shared by all threads.
-struct mm_task {
-    const struct lp_weight *w;
-    const float *x; // [n, cols]
-    float *out;     // [n, rows]
-    int n;
-    int64_t rows_per_chunk;
-    int64_t n_chunks;
-    _Atomic int64_t next; // next row chunk to take
-    // phase-1 results for this token chunk (NULL when the path needs none)
-    const float *xsum;   // [n, n_groups] per-group sums of x
-    const float *xscale; // [n, n_groups] int8 scale of x per group
-    const int8_t *xq;    // [n, cols] int8 x
-    const float *xp;     // [ceil(n / NT), cols, NT] packed x (prefill path)
-    struct lp_cpu_ctx *ctx;
-    void (*kernel)(const struct mm_task *tk, int64_t r0, int64_t r1, int i_thread);
-};
 
-static int64_t mm_row_bytes(const struct lp_weight *w) {
-    switch (w->format) {
-    case LP_WEIGHT_F32:
-        return w->cols * 4;
-    case LP_WEIGHT_F16:
-    case LP_WEIGHT_BF16:
-        return w->cols * 2;
-    case LP_WEIGHT_MLX_AFFINE:
-        return w->cols * w->bits / 8;
-    }
-    return 0;
-}
 
 // ---- portable path -----------------------------------------------------
 
@@ -148,63 +113,7 @@ static void mm_kernel_generic(const struct mm_task *tk, int64_t r0, int64_t r1, 
 // ---- AVX-512 paths -------------------------------------------------------
 #if LP_HAVE_X86
 
-#define LP_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,fma,avx2,f16c")))
-#define LP_VNNI                                                                                    \
-    __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,fma,avx2,f16c")))
-#define LP_INLINE static inline __attribute__((always_inline))
 
-enum { FMT_F32, FMT_F16, FMT_BF16, FMT_Q4, FMT_Q8 };
-
-// 16 weights of one row starting at column c, as float (MLX: the raw codes).
-LP_INLINE LP_AVX512 __m512 mm_ld16(int fmt, const uint8_t *row, int64_t c, __mmask16 m) {
-    switch (fmt) {
-    case FMT_F32:
-        return _mm512_maskz_loadu_ps(m, (const float *)row + c);
-    case FMT_F16:
-        return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, (const uint16_t *)row + c));
-    case FMT_BF16: {
-        __m256i h = _mm256_maskz_loadu_epi16(m, (const uint16_t *)row + c);
-        return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
-    }
-    case FMT_Q8:
-        return _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(row + c))));
-    default: { // FMT_Q4: byte j holds element 2j (low nibble) and 2j+1 (high)
-        __m128i b = _mm_loadl_epi64((const __m128i *)(row + c / 2));
-        __m128i mask = _mm_set1_epi8(0x0f);
-        __m128i lo = _mm_and_si128(b, mask);
-        __m128i hi = _mm_and_si128(_mm_srli_epi16(b, 4), mask);
-        return _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_unpacklo_epi8(lo, hi)));
-    }
-    }
-}
-
-// Byte offset of column c within a row of format fmt.
-LP_INLINE int64_t mm_col_off(int fmt, int64_t c) {
-    return fmt == FMT_F32 ? c * 4 : fmt == FMT_F16 || fmt == FMT_BF16 ? c * 2 : fmt == FMT_Q8 ? c : c / 2;
-}
-
-// Software prefetch of the next row block (RB rows further on, which is
-// where this thread goes next): the rows of a block are short interleaved
-// streams that the hardware prefetchers ramp up on too late. One per line,
-// into L2 (T1): into L1 (T0) the decode of a 1.9 GB model read 22 GB/s, into
-// L2 29-30 GB/s on this machine (Zen 5 class EPYC, 2 threads).
-#define MM_PREFETCH(fmt, rowp, r, c, ahead)                                                        \
-    do {                                                                                           \
-        if ((mm_col_off(fmt, c) & 63) == 0)                                                        \
-            _mm_prefetch((const char *)(rowp)[r] + mm_col_off(fmt, c) + (ahead), _MM_HINT_T1);     \
-    } while (0)
-
-// sum_i h[i] * x[i] for n 16-bit floats h (scales/biases) of dtype dt.
-LP_INLINE LP_AVX512 float mm_half_dot(enum lp_dtype dt, const uint16_t *h, const float *x,
-                                      int64_t n) {
-    __m512 acc = _mm512_setzero_ps();
-    for (int64_t i = 0; i < n; i += 16) {
-        __mmask16 m = n - i >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (n - i)) - 1u);
-        __m512 hv = mm_ld16(dt == LP_DTYPE_BF16 ? FMT_BF16 : FMT_F16, (const uint8_t *)(h + i), 0, m);
-        acc = _mm512_fmadd_ps(hv, _mm512_maskz_loadu_ps(m, x + i), acc);
-    }
-    return _mm512_reduce_add_ps(acc);
-}
 
 // RB weight rows from r0 x NT tokens: out[t, r0 + r] = x[t, :] . w[r0 + r, :].
 // Weights are loaded (MLX: dequantized as s * q + b) once per 16 columns and
@@ -402,236 +311,6 @@ static LP_VNNI void mm_kernel_vnni_q8(const struct mm_task *tk, int64_t r0, int6
         else if (nt == 2) MM_VNNI_ROWS(2);
         else MM_VNNI_ROWS(1);
     }
-}
-
-// ---- vnni exact decode (MLX 8-bit, n == 1, float activations) --------------
-// x is split once per call (mm_digits_prep) per group into three int8
-// digits against sx_g = max|x_g| / 127:
-//   x ~= sx_g * (d0 + d1 / 128 + d2 / 16384),  |d0| <= 127, |d1|, |d2| <= 64,
-// error <= sx_g * 2^-15 (~2^-22 of the group's max |x|, about f32 level).
-// Per 64 codes (one zmm; groups are whole multiples of 64) and row, Horner in
-// int32: a = ((q.d0) * 128 + q.d1) * 128 + q.d2 (three vpdpbusd, two shifts;
-// a lane sums 4 codes: |a| <= 4 * 255 * (127 * 16384 + 64 * 128 + 64)
-// = 2130804480 < 2^31), then tot += float(a) * (sw_g * sx_g).
-// out[r] = sum(tot) / 16384 + sum_g bw_g * xsum_g, xsum from the exact x as in
-// decode (the power of two last keeps sw * sx normal for tiny x).
-// Every row is one fixed sequence of operations: same bits for any thread count.
-#define LP_MM_DG_BLK 64 // columns per digit block: xd[blk][3][64]
-#define LP_MM_Q4_BLK 128 // 4-bit: columns per digit block: xd[blk][3][even 64, odd 64]
-
-// The three digits of u (16 lanes, x / sx) as int8 into o, o + stride, o + 2 * stride.
-#define MM_DIGITS16(u, o, stride)                                                                  \
-    do {                                                                                           \
-        __m512 d0_ = _mm512_roundscale_ps(u, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);       \
-        __m512 r1_ = _mm512_mul_ps(_mm512_sub_ps(u, d0_), k128); /* exact */                       \
-        __m512 d1_ = _mm512_roundscale_ps(r1_, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);     \
-        __m512 r2_ = _mm512_mul_ps(_mm512_sub_ps(r1_, d1_), k128); /* exact */                     \
-        __m512 d2_ = _mm512_roundscale_ps(r2_, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);     \
-        _mm_storeu_si128((__m128i *)(o), _mm512_cvtsepi32_epi8(_mm512_cvttps_epi32(d0_)));         \
-        _mm_storeu_si128((__m128i *)((o) + (stride)),                                             \
-                         _mm512_cvtsepi32_epi8(_mm512_cvttps_epi32(d1_)));                         \
-        _mm_storeu_si128((__m128i *)((o) + 2 * (stride)),                                         \
-                         _mm512_cvtsepi32_epi8(_mm512_cvttps_epi32(d2_)));                         \
-    } while (0)
-
-// Digits of x [cols] into xd [cols / 64][3][64], per-group sums into xsum and
-// sx_g into xs [ng]. gs is a multiple of 64.
-static LP_VNNI void mm_digits_prep(const float *x, int64_t cols, int gs, int q4, int8_t *xd,
-                                   float *xsum, float *xs) {
-    int64_t ng = cols / gs;
-    const __m512 sgn = _mm512_castsi512_ps(_mm512_set1_epi32(0x7fffffff));
-    const __m512 k128 = _mm512_set1_ps(128.0f);
-    for (int64_t g = 0; g < ng; g++) {
-        const float *xg = x + g * gs;
-        __m512 vm = _mm512_setzero_ps();
-        for (int i = 0; i < gs; i += 16)
-            vm = _mm512_max_ps(vm, _mm512_and_ps(_mm512_loadu_ps(xg + i), sgn));
-        // The sum in the same order as mm_prep_fn (sequential), so xsum (and
-        // the bias term) match the float decode path bit for bit.
-        float sum = 0.0f;
-        for (int i = 0; i < gs; i++) sum += xg[i];
-        xsum[g] = sum;
-        float amax = _mm512_reduce_max_ps(vm);
-        float sx = amax / 127.0f;
-        if (!(sx > 0.0f) || !isfinite(sx)) sx = 0.0f; // zero group (or inf/NaN: xsum carries it)
-        xs[g] = sx;
-        __m512 vsx = _mm512_set1_ps(sx > 0.0f ? sx : 1.0f);
-        if (q4) { // 32 columns per step, split into even and odd elements
-            const __m512i ev = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6,
-                                                4, 2, 0);
-            const __m512i od = _mm512_set_epi32(31, 29, 27, 25, 23, 21, 19, 17, 15, 13, 11, 9, 7,
-                                                5, 3, 1);
-            for (int i = 0; i < gs; i += 32) {
-                int64_t c = g * gs + i;
-                int8_t *blk = xd + (c / LP_MM_Q4_BLK) * 3 * LP_MM_Q4_BLK + c % LP_MM_Q4_BLK / 2;
-                __m512 a = _mm512_loadu_ps(xg + i), b = _mm512_loadu_ps(xg + i + 16);
-                for (int h = 0; h < 2; h++) { // h = 0: even elements, h = 1: odd
-                    __m512 u = sx > 0.0f
-                                   ? _mm512_div_ps(_mm512_permutex2var_ps(a, h ? od : ev, b), vsx)
-                                   : _mm512_setzero_ps();
-                    int8_t *o = blk + h * (LP_MM_Q4_BLK / 2);
-                    MM_DIGITS16(u, o, LP_MM_Q4_BLK);
-                }
-            }
-            continue;
-        }
-        for (int i = 0; i < gs; i += 16) {
-            int64_t c = g * gs + i;
-            int8_t *blk = xd + (c / LP_MM_DG_BLK) * 3 * LP_MM_DG_BLK + c % LP_MM_DG_BLK;
-            __m512 u = sx > 0.0f ? _mm512_div_ps(_mm512_loadu_ps(xg + i), vsx)
-                                 : _mm512_setzero_ps();
-            MM_DIGITS16(u, blk, LP_MM_DG_BLK);
-        }
-    }
-    // 4-bit with cols % 128 == 64: the last block is half full; zero its unused
-    // digits (the weight side loads zeros there).
-    if (q4 && cols % LP_MM_Q4_BLK) {
-        int8_t *blk = xd + cols / LP_MM_Q4_BLK * 3 * LP_MM_Q4_BLK;
-        for (int k = 0; k < 6; k++) memset(blk + k * 64 + 32, 0, 32);
-    }
-}
-
-// RB rows of MLX 8-bit weights against the digits of one token.
-LP_INLINE LP_VNNI void mm_vnni_exact_rows(int RB, const struct lp_weight *w, int64_t r0,
-                                          const int8_t *xd, const float *xs, const float *xsum,
-                                          float *out) {
-    int64_t cols = w->cols;
-    int gs = w->group_size;
-    int64_t ng = cols / gs;
-    int bpg = gs / LP_MM_DG_BLK; // digit blocks per group
-    enum { GC = 16 };            // groups per scale chunk
-    const uint8_t *rowp[4];
-    __m512 tot[4];
-    for (int r = 0; r < RB; r++) {
-        rowp[r] = (const uint8_t *)w->data + (r0 + r) * cols;
-        tot[r] = _mm512_setzero_ps();
-    }
-    int hfmt = w->scale_dtype == LP_DTYPE_BF16 ? FMT_BF16 : FMT_F16;
-    const uint16_t *scales = w->scales;
-    float mul[4][GC];
-    for (int64_t g0 = 0; g0 < ng; g0 += GC) {
-        int nb = ng - g0 < GC ? (int)(ng - g0) : GC;
-        __mmask16 m = (__mmask16)((1u << nb) - 1u);
-        __m512 xsv = _mm512_maskz_loadu_ps(m, xs + g0);
-        for (int r = 0; r < RB; r++) { // mul[r][i] = sw * sx of group g0 + i
-            const uint8_t *sw = (const uint8_t *)(scales + (r0 + r) * ng + g0);
-            _mm512_storeu_ps(mul[r], _mm512_mul_ps(mm_ld16(hfmt, sw, 0, m), xsv));
-        }
-        for (int gi = 0; gi < nb; gi++) {
-            int64_t cg = (g0 + gi) * gs;
-            for (int b = 0; b < bpg; b++) {
-                int64_t c = cg + (int64_t)b * LP_MM_DG_BLK;
-                const int8_t *blk = xd + c * 3;
-                __m512i d0 = _mm512_loadu_si512(blk);
-                __m512i d1 = _mm512_loadu_si512(blk + LP_MM_DG_BLK);
-                __m512i d2 = _mm512_loadu_si512(blk + 2 * LP_MM_DG_BLK);
-                for (int r = 0; r < RB; r++) {
-                    // Next row block, into L2 (T1): measured 22-25 GB/s from
-                    // DRAM on one thread against 11 GB/s with T0 (L1), whose
-                    // fills stall the loads; T2 about the same, NTA as T0.
-                    _mm_prefetch((const char *)rowp[r] + c + RB * cols, _MM_HINT_T1);
-                    __m512i q = _mm512_loadu_si512(rowp[r] + c);
-                    __m512i a = _mm512_dpbusd_epi32(_mm512_setzero_si512(), q, d0);
-                    a = _mm512_dpbusd_epi32(_mm512_slli_epi32(a, 7), q, d1);
-                    a = _mm512_dpbusd_epi32(_mm512_slli_epi32(a, 7), q, d2);
-                    tot[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(a), _mm512_set1_ps(mul[r][gi]),
-                                             tot[r]);
-                }
-            }
-        }
-    }
-    const uint16_t *biases = w->biases;
-    for (int r = 0; r < RB; r++)
-        out[r0 + r] = _mm512_reduce_add_ps(tot[r]) * (1.0f / 16384.0f) +
-                      mm_half_dot(w->scale_dtype, biases + (r0 + r) * ng, xsum, ng);
-}
-
-static LP_VNNI void mm_kernel_vnni_exact_q8(const struct mm_task *tk, int64_t r0, int64_t r1,
-                                            int i_thread) {
-    (void)i_thread;
-    int64_t r = r0;
-    for (; r + 4 <= r1; r += 4)
-        mm_vnni_exact_rows(4, tk->w, r, tk->xq, tk->xscale, tk->xsum, tk->out);
-    for (; r < r1; r++) mm_vnni_exact_rows(1, tk->w, r, tk->xq, tk->xscale, tk->xsum, tk->out);
-}
-
-// RB rows of MLX 4-bit weights against the digits of one token, 128 codes
-// (one 64-byte line per row) per step: lo = v & 15 holds the even elements,
-// hi = (v >> 4) & 15 the odd ones, against the even / odd digits of
-// mm_digits_prep. Lanes 0-7 cover the first 64 columns, lanes 8-15 the next 64,
-// so each lane stays inside one group; lo and hi share one accumulator
-// (|a| <= 8 * 15 * (127 * 16384 + 64 * 128 + 64) < 2^28), and the float
-// multiplier is sw * sx of each half's group.
-LP_INLINE LP_VNNI void mm_vnni_exact_rows_q4(int RB, const struct lp_weight *w, int64_t r0,
-                                             const int8_t *xd, const float *xs, const float *xsum,
-                                             float *out) {
-    int64_t cols = w->cols, rb = mm_row_bytes(w);
-    int gs = w->group_size;
-    int64_t ng = cols / gs;
-    enum { GC = 16 }; // groups per scale chunk (16 * gs is a multiple of 128)
-    const uint8_t *rowp[4];
-    __m512 tot[4];
-    for (int r = 0; r < RB; r++) {
-        rowp[r] = (const uint8_t *)w->data + (r0 + r) * rb;
-        tot[r] = _mm512_setzero_ps();
-    }
-    int hfmt = w->scale_dtype == LP_DTYPE_BF16 ? FMT_BF16 : FMT_F16;
-    const uint16_t *scales = w->scales;
-    const __m512i k15 = _mm512_set1_epi8(0x0f);
-    for (int64_t g0 = 0; g0 < ng; g0 += GC) {
-        int nb = ng - g0 < GC ? (int)(ng - g0) : GC;
-        __mmask16 m = (__mmask16)((1u << nb) - 1u);
-        __m512 xsv = _mm512_maskz_loadu_ps(m, xs + g0);
-        __m512 mul[4]; // lane i: sw * sx of group g0 + i
-        for (int r = 0; r < RB; r++) {
-            const uint8_t *sw = (const uint8_t *)(scales + (r0 + r) * ng + g0);
-            mul[r] = _mm512_mul_ps(mm_ld16(hfmt, sw, 0, m), xsv);
-        }
-        int64_t c0 = g0 * gs, c1 = (g0 + nb) * gs;
-        for (int64_t c = c0; c < c1; c += LP_MM_Q4_BLK) {
-            const int8_t *blk = xd + c * 3;
-            int glo = (int)((c - c0) / gs);
-            bool full = c + LP_MM_Q4_BLK <= c1;
-            int ghi = full ? (int)((c + 64 - c0) / gs) : glo;
-            __m512i gi = _mm512_mask_blend_epi32(0xff00, _mm512_set1_epi32(glo),
-                                                 _mm512_set1_epi32(ghi));
-            __m512i d0l = _mm512_loadu_si512(blk), d0h = _mm512_loadu_si512(blk + 64);
-            __m512i d1l = _mm512_loadu_si512(blk + 128), d1h = _mm512_loadu_si512(blk + 192);
-            __m512i d2l = _mm512_loadu_si512(blk + 256), d2h = _mm512_loadu_si512(blk + 320);
-            for (int r = 0; r < RB; r++) {
-                const uint8_t *p = rowp[r] + c / 2;
-                _mm_prefetch((const char *)p + RB * rb, _MM_HINT_T1); // as in mm_vnni_exact_rows
-                __m512i v = full ? _mm512_loadu_si512(p)
-                                 : _mm512_maskz_loadu_epi8(0xffffffffull, p);
-                __m512i lo = _mm512_and_si512(v, k15);
-                __m512i hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), k15);
-                __m512i a = _mm512_dpbusd_epi32(_mm512_setzero_si512(), lo, d0l);
-                a = _mm512_dpbusd_epi32(a, hi, d0h);
-                a = _mm512_slli_epi32(a, 7);
-                a = _mm512_dpbusd_epi32(a, lo, d1l);
-                a = _mm512_dpbusd_epi32(a, hi, d1h);
-                a = _mm512_slli_epi32(a, 7);
-                a = _mm512_dpbusd_epi32(a, lo, d2l);
-                a = _mm512_dpbusd_epi32(a, hi, d2h);
-                tot[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(a),
-                                         _mm512_permutexvar_ps(gi, mul[r]), tot[r]);
-            }
-        }
-    }
-    const uint16_t *biases = w->biases;
-    for (int r = 0; r < RB; r++)
-        out[r0 + r] = _mm512_reduce_add_ps(tot[r]) * (1.0f / 16384.0f) +
-                      mm_half_dot(w->scale_dtype, biases + (r0 + r) * ng, xsum, ng);
-}
-
-static LP_VNNI void mm_kernel_vnni_exact_q4(const struct mm_task *tk, int64_t r0, int64_t r1,
-                                            int i_thread) {
-    (void)i_thread;
-    int64_t r = r0;
-    for (; r + 4 <= r1; r += 4)
-        mm_vnni_exact_rows_q4(4, tk->w, r, tk->xq, tk->xscale, tk->xsum, tk->out);
-    for (; r < r1; r++)
-        mm_vnni_exact_rows_q4(1, tk->w, r, tk->xq, tk->xscale, tk->xsum, tk->out);
 }
 
 // ---- AVX-512 prefill (n >= LP_MM_PF_MIN, float activations) ---------------
@@ -848,7 +527,7 @@ void lp_cpu_matmul(struct lp_cpu_ctx *ctx, float *out, const float *x, const str
             need_sums = quantize = true;
         } else if (mlx && n == 1 && ctx->vnni && !ctx->quantize_activations &&
                    w->group_size % LP_MM_DG_BLK == 0) {
-            kernel = w->bits == 8 ? mm_kernel_vnni_exact_q8 : mm_kernel_vnni_exact_q4;
+            kernel = w->bits == 8 ? lp_mm_kernel_vnni_exact_q8 : lp_mm_kernel_vnni_exact_q4;
             digits = true;
         } else if (n >= LP_MM_PF_MIN) {
             pack = true;
@@ -933,7 +612,7 @@ void lp_cpu_matmul(struct lp_cpu_ctx *ctx, float *out, const float *x, const str
             int8_t *xd = (int8_t *)s;
             float *xsum = (float *)(s + ((size_t)(w->cols + 64) * 3 + 63) / 64 * 64);
             float *xs = xsum + ng;
-            mm_digits_prep(tk.x, w->cols, w->group_size, w->bits == 4, xd, xsum, xs);
+            lp_mm_digits_prep(tk.x, w->cols, w->group_size, w->bits == 4, xd, xsum, xs);
             tk.xsum = xsum;
             tk.xscale = xs;
             tk.xq = xd;
