@@ -141,6 +141,23 @@ static float ref_cache_at(const struct lp_buf *cache, enum lp_dtype dt, int64_t 
                                : ((const float *)cache->data)[i];
 }
 
+// Element offset of position p's row for kv head kvh in a K or V cache.
+static int64_t ref_kv_base(const struct lp_kv_geom *g, const struct lp_attn_seg *seg, int p,
+                           int kvh) {
+    int bs = g->block_size;
+    return ((int64_t)seg->block_table[p / bs] * bs + p % bs) * g->n_kv_heads * g->head_dim +
+           (int64_t)kvh * g->head_dim;
+}
+
+// q_h . k_p (unscaled), in float, in order.
+static float ref_score(const float *qh, const struct lp_buf *k_cache, const struct lp_kv_geom *g,
+                       const struct lp_attn_seg *seg, int p, int kvh) {
+    int64_t base = ref_kv_base(g, seg, p, kvh);
+    float dot = 0.0f;
+    for (int d = 0; d < g->head_dim; d++) dot += qh[d] * ref_cache_at(k_cache, g->dtype, base + d);
+    return dot;
+}
+
 // Two passes per (token, head): the max score, then exp-weighted sum of v.
 static void ref_attention(void *ctx, struct lp_buf *out, const struct lp_buf *q,
                           const struct lp_buf *k_cache, const struct lp_buf *v_cache,
@@ -148,7 +165,6 @@ static void ref_attention(void *ctx, struct lp_buf *out, const struct lp_buf *q,
                           const struct lp_attn_seg *segs, int n_segs) {
     int hd = geom->head_dim, bs = geom->block_size;
     int group = n_heads / geom->n_kv_heads;
-    int64_t kv_row = (int64_t)geom->n_kv_heads * hd;
     float scale = 1.0f / sqrtf((float)hd);
     const float *qp = q->data;
     float *o = out->data;
@@ -161,26 +177,17 @@ static void ref_attention(void *ctx, struct lp_buf *out, const struct lp_buf *q,
                 int kvh = h / group;
                 const float *qh = qp + (t * n_heads + h) * hd;
                 float *oh = o + (t * n_heads + h) * hd;
+                if (n_ctx > seg->n_blocks * bs) n_ctx = seg->n_blocks * bs; // table's end
                 float max = -INFINITY;
                 for (int p = 0; p < n_ctx; p++) {
-                    if (p / bs >= seg->n_blocks) break;
-                    int64_t base = ((int64_t)seg->block_table[p / bs] * bs + p % bs) * kv_row +
-                                   (int64_t)kvh * hd;
-                    float dot = 0.0f;
-                    for (int d = 0; d < hd; d++)
-                        dot += qh[d] * ref_cache_at(k_cache, geom->dtype, base + d);
-                    if (dot * scale > max) max = dot * scale;
+                    float sc = ref_score(qh, k_cache, geom, seg, p, kvh) * scale;
+                    if (sc > max) max = sc;
                 }
                 for (int d = 0; d < hd; d++) oh[d] = 0.0f;
                 float sum = 0.0f;
                 for (int p = 0; p < n_ctx; p++) {
-                    if (p / bs >= seg->n_blocks) break;
-                    int64_t base = ((int64_t)seg->block_table[p / bs] * bs + p % bs) * kv_row +
-                                   (int64_t)kvh * hd;
-                    float dot = 0.0f;
-                    for (int d = 0; d < hd; d++)
-                        dot += qh[d] * ref_cache_at(k_cache, geom->dtype, base + d);
-                    float e = expf(dot * scale - max);
+                    int64_t base = ref_kv_base(geom, seg, p, kvh);
+                    float e = expf(ref_score(qh, k_cache, geom, seg, p, kvh) * scale - max);
                     sum += e;
                     for (int d = 0; d < hd; d++)
                         oh[d] += e * ref_cache_at(v_cache, geom->dtype, base + d);
