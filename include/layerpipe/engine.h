@@ -5,7 +5,8 @@
 // pool sized at creation. A forward call takes a batch of segments (one
 // sequence's consecutive tokens each): a prompt chunk is one segment of
 // many tokens (processed as a matrix), a decode step is many one-token
-// segments. Also the sampler and the generation loop.
+// segments. Also the sampler and the stop reasons generation reports (the
+// generation loop itself is the scheduler's, in cluster.h).
 #ifndef LAYERPIPE_ENGINE_H
 #define LAYERPIPE_ENGINE_H
 
@@ -89,36 +90,15 @@ LP_API int lp_engine_vocab_size(const struct lp_engine *engine);
 LP_API int lp_engine_max_batch_tokens(const struct lp_engine *engine);
 LP_API int lp_engine_max_logit_rows(const struct lp_engine *engine);
 LP_API int lp_engine_max_context(const struct lp_engine *engine);
+// The KV pool: blocks in it, blocks held by open sequences, positions per block.
+LP_API int lp_engine_kv_blocks_total(const struct lp_engine *engine);
+LP_API int lp_engine_kv_blocks_used(const struct lp_engine *engine);
+LP_API int lp_engine_kv_block_size(const struct lp_engine *engine);
+LP_API int lp_engine_max_seqs(const struct lp_engine *engine);
 // Bytes of the KV pool (K and V of every layer of the engine).
 LP_API size_t lp_engine_kv_bytes(const struct lp_engine *engine);
 // Weight bytes a decode step reads (all loaded matrices once).
 LP_API size_t lp_engine_weight_bytes(const struct lp_engine *engine);
-
-// ---- runners: what generation drives ----
-
-// A runner computes logits for tokens of a sequence: one engine holding the
-// whole model, or a pipeline of stages. Calls come from one thread.
-struct lp_runner_i {
-    enum lp_status (*seq_open)(void *ctx, int *seq, struct lp_error *err);
-    void (*seq_close)(void *ctx, int seq);
-    // Runs tokens[0..n) of seq at positions pos0.. (pos0 <= the cached
-    // length; less rewinds) and writes the logits of the last token, or of
-    // all n when all_logits, into logits ([1 or n][vocab]). n may exceed the
-    // per-call batch limit: the runner chunks.
-    enum lp_status (*step)(void *ctx, int seq, int pos0, const int32_t *tokens, int n,
-                           bool all_logits, float *logits, struct lp_error *err);
-    int (*max_context)(void *ctx);
-    int (*vocab_size)(void *ctx);
-};
-
-struct lp_runner {
-    struct lp_runner_i iface;
-    void *ctx;
-};
-
-// The engine as a runner (borrowed; valid while the engine lives). The
-// engine must hold every layer, the embedding and the head.
-LP_API struct lp_runner lp_engine_runner(struct lp_engine *engine);
 
 // ---- sampling ----
 
@@ -158,37 +138,12 @@ enum lp_stop_reason {
     LP_STOP_EOS,      // an end-of-sequence token was sampled (not emitted)
     LP_STOP_LENGTH,   // max_new_tokens reached
     LP_STOP_CONTEXT,  // the context limit was reached
-    LP_STOP_CALLBACK, // the token callback asked to stop
+    LP_STOP_CALLBACK, // the caller asked to stop (a stop string, a client that left)
 };
 
 LP_API const char *lp_stop_reason_str(enum lp_stop_reason reason);
 
-// Called with each generated token (EOS excluded); return true to stop.
-typedef bool (*lp_token_fn)(void *user, int32_t token);
-
-struct lp_generate_params {
-    int max_new_tokens;       // default 128
-    bool ignore_eos;          // keep going past EOS (benchmarks)
-    struct lp_sampler_params sampling;
-};
-
-struct lp_generate_result {
-    enum lp_stop_reason stop;
-    int n_prompt;
-    int n_generated;
-    double prefill_seconds;
-    double decode_seconds; // from the first to the last generated token
-};
-
-// Prefills prompt[n_prompt] through the runner, then samples and decodes
-// one token at a time until EOS (any of the model config's eos ids),
-// max_new_tokens, the context limit or the callback. Uses one sequence of
-// the runner, closed on return.
-LP_API enum lp_status lp_generate(const struct lp_runner *runner,
-                                  const struct lp_model_config *config,
-                                  const int32_t *prompt, int n_prompt,
-                                  const struct lp_generate_params *params, lp_token_fn on_token,
-                                  void *user, struct lp_generate_result *result,
-                                  struct lp_error *err);
+// True when id is one of the model's end-of-sequence ids.
+LP_API bool lp_model_config_is_eos(const struct lp_model_config *config, int32_t id);
 
 #endif

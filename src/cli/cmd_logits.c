@@ -10,6 +10,25 @@
 #include "cli/cli.h"
 #include "cli/session.h"
 
+struct logits_out {
+    const char *path;
+    FILE *fp;
+    bool failed; // a write failed (reported)
+};
+
+// Prompt rows arrive in order, chunk by chunk: append them to the file.
+static bool on_event(void *user, const struct lp_sched_event *ev) {
+    struct logits_out *o = user;
+    if (ev->kind != LP_SCHED_EV_PROMPT_LOGITS) return false;
+    size_t n = (size_t)ev->n_rows;
+    if (fwrite(ev->logits, sizeof(float) * (size_t)ev->vocab, n, o->fp) != n) {
+        fprintf(stderr, "layerpipe logits: %s: write failed\n", o->path);
+        o->failed = true;
+        return true;
+    }
+    return false;
+}
+
 int lp_cli_logits(int argc, char **argv) {
     struct lp_cli_session_opts so = {.kv_dtype = "f32", .batch = 64};
     char *tokens = NULL, *out_path = NULL;
@@ -28,57 +47,40 @@ int lp_cli_logits(int argc, char **argv) {
     int n = 0;
     if (!lp_args_parse_ids(tokens, "--tokens", &ids, &n)) return 2;
     so.max_seqs = 1;
-    so.logit_rows = so.batch;
     struct lp_cli_session s;
     if (!lp_cli_session_open(&s, &so, "logits")) {
         free(ids);
         return 1;
     }
     int rc = 0;
-    FILE *fp = NULL;
-    int vocab = lp_model_config(s.model)->vocab_size;
-    float *logits = malloc((size_t)so.batch * (size_t)vocab * sizeof(float));
+    struct logits_out out = {.path = out_path};
     struct lp_error err = {0};
-    int seq = -1;
-    if (!logits) {
-        fprintf(stderr, "layerpipe logits: out of memory\n");
-        rc = 1;
-        goto done;
-    }
-    const struct lp_runner *r = &s.runner;
-    if (n > r->iface.max_context(r->ctx)) {
+    if (n > lp_pipeline_max_context(s.pipeline)) {
         fprintf(stderr, "layerpipe logits: %d tokens exceed the context limit of %d\n", n,
-                r->iface.max_context(r->ctx));
+                lp_pipeline_max_context(s.pipeline));
         rc = 2;
         goto done;
     }
-    fp = fopen(out_path, "wb");
-    if (!fp) {
+    out.fp = fopen(out_path, "wb");
+    if (!out.fp) {
         perror(out_path);
         rc = 1;
         goto done;
     }
-    if (r->iface.seq_open(r->ctx, &seq, &err) != LP_OK) goto fail;
-    for (int i = 0; i < n; i += so.batch) {
-        int m = n - i < so.batch ? n - i : so.batch;
-        if (r->iface.step(r->ctx, seq, i, ids + i, m, true, logits, &err) != LP_OK) goto fail;
-        if (fwrite(logits, sizeof(float) * (size_t)vocab, (size_t)m, fp) != (size_t)m) {
-            fprintf(stderr, "layerpipe logits: %s: write failed\n", out_path);
-            rc = 1;
-            goto done;
-        }
+    struct lp_sched_request rq = {.prompt = ids, .n_prompt = n, .max_new_tokens = 0,
+                                  .sampling = lp_sampler_params_default(), .prompt_logits = true,
+                                  .on_event = on_event, .user = &out};
+    if (lp_sched_run(s.sched, &rq, NULL, &err) != LP_OK) {
+        fprintf(stderr, "layerpipe logits: %s\n", err.msg);
+        rc = 1;
+    } else if (out.failed) {
+        rc = 1;
     }
-    goto done;
-fail:
-    fprintf(stderr, "layerpipe logits: %s\n", err.msg);
-    rc = 1;
 done:
-    if (fp && fclose(fp) != 0 && rc == 0) {
+    if (out.fp && fclose(out.fp) != 0 && rc == 0) {
         fprintf(stderr, "layerpipe logits: %s: close failed\n", out_path);
         rc = 1;
     }
-    if (seq >= 0) r->iface.seq_close(r->ctx, seq);
-    free(logits);
     free(ids);
     lp_cli_session_close(&s);
     return rc;

@@ -37,6 +37,26 @@ static double nll(const float *row, int vocab, int32_t target) {
     return log(sum) + mx - (double)row[target];
 }
 
+// One window's scoring: row r of the prompt logits predicts position b + r + 1.
+struct ppl_window {
+    const int32_t *ids;
+    int b, e, last;   // window [b, e); positions <= last are already scored
+    double nll;
+    long scored;
+};
+
+static bool on_event(void *user, const struct lp_sched_event *ev) {
+    struct ppl_window *w = user;
+    if (ev->kind != LP_SCHED_EV_PROMPT_LOGITS) return false;
+    for (int r = 0; r < ev->n_rows; r++) {
+        int p = w->b + ev->pos0 + r + 1;
+        if (p >= w->e || p <= w->last) continue;
+        w->nll += nll(ev->logits + (size_t)r * (size_t)ev->vocab, ev->vocab, w->ids[p]);
+        w->scored++;
+    }
+    return false;
+}
+
 int lp_cli_perplexity(int argc, char **argv) {
     struct lp_cli_session_opts so = {.kv_dtype = "f32"};
     char *file = NULL;
@@ -75,7 +95,6 @@ int lp_cli_perplexity(int argc, char **argv) {
     struct lp_token_list ids;
     lp_token_list_init(&ids);
     char *text = NULL;
-    float *logits = NULL;
     struct lp_cli_session s = {0};
     size_t n_text = 0;
     if (!(text = lp_cli_read_file("perplexity", file, &n_text))) goto done;
@@ -93,19 +112,11 @@ int lp_cli_perplexity(int argc, char **argv) {
     }
     if (ctx > n) ctx = n;
     so.max_seqs = 1;
-    so.logit_rows = so.batch > 0 ? so.batch : 64; // whole chunks of logits per step
     if (so.ctx == 0) so.ctx = ctx;
     if (!lp_cli_session_open(&s, &so, "perplexity")) goto done;
-    int vocab = s.runner.iface.vocab_size(s.runner.ctx);
-    int chunk = so.batch > 0 ? so.batch : 64;
-    if (ctx > s.runner.iface.max_context(s.runner.ctx)) {
+    if (ctx > lp_pipeline_max_context(s.pipeline)) {
         fprintf(stderr, "layerpipe perplexity: --window %d exceeds the context limit %d\n", ctx,
-                s.runner.iface.max_context(s.runner.ctx));
-        goto done;
-    }
-    logits = malloc((size_t)chunk * (size_t)vocab * sizeof(float));
-    if (!logits) {
-        fprintf(stderr, "layerpipe perplexity: out of memory\n");
+                lp_pipeline_max_context(s.pipeline));
         goto done;
     }
     int n_windows = 1 + (n > ctx ? (n - ctx + stride - 1) / stride : 0);
@@ -116,24 +127,14 @@ int lp_cli_perplexity(int argc, char **argv) {
     int last = 0; // highest position scored so far
     for (int w = 0; w < n_windows; w++) {
         int b = w * stride, e = b + ctx < n ? b + ctx : n;
-        int seq = -1;
-        if (s.runner.iface.seq_open(s.runner.ctx, &seq, &err) != LP_OK) goto fail;
-        for (int c = b; c < e; c += chunk) {
-            int m = e - c < chunk ? e - c : chunk;
-            if (s.runner.iface.step(s.runner.ctx, seq, c - b, ids.ids + c, m, true, logits,
-                                    &err) != LP_OK) {
-                s.runner.iface.seq_close(s.runner.ctx, seq);
-                goto fail;
-            }
-            // row r predicts position c + r + 1
-            for (int r = 0; r < m; r++) {
-                int p = c + r + 1;
-                if (p >= e || p <= last) continue;
-                total_nll += nll(logits + (size_t)r * (size_t)vocab, vocab, ids.ids[p]);
-                scored++;
-            }
-        }
-        s.runner.iface.seq_close(s.runner.ctx, seq);
+        struct ppl_window win = {.ids = ids.ids, .b = b, .e = e, .last = last};
+        struct lp_sched_request rq = {.prompt = ids.ids + b, .n_prompt = e - b,
+                                      .max_new_tokens = 0,
+                                      .sampling = lp_sampler_params_default(),
+                                      .prompt_logits = true, .on_event = on_event, .user = &win};
+        if (lp_sched_run(s.sched, &rq, NULL, &err) != LP_OK) goto fail;
+        total_nll += win.nll;
+        scored += win.scored;
         last = e - 1;
         double dt = now_s() - t0;
         // progress: redrawn in place on a terminal, every 10% in a log
@@ -156,7 +157,6 @@ int lp_cli_perplexity(int argc, char **argv) {
 fail:
     fprintf(stderr, "\nlayerpipe perplexity: %s\n", err.msg);
 done:
-    free(logits);
     lp_cli_session_close(&s);
     lp_token_list_deinit(&ids);
     lp_tokenizer_destroy(tok);

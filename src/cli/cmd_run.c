@@ -53,6 +53,10 @@ static bool on_token(void *user, int32_t token) {
     return false;
 }
 
+static bool on_event(void *user, const struct lp_sched_event *ev) {
+    return ev->kind == LP_SCHED_EV_TOKEN ? on_token(user, ev->token) : false;
+}
+
 // Renders --chat/--system with the chat template, or takes -p as is, and
 // encodes it. Returns false (message printed) on failure.
 static bool encode_prompt(const struct lp_tokenizer *tok, const char *text, const char *chat,
@@ -190,28 +194,30 @@ int lp_cli_run(int argc, char **argv) {
             goto done;
         }
     }
-    struct lp_generate_params gp = {.max_new_tokens = n_gen, .ignore_eos = ignore_eos};
-    gp.sampling = lp_sampler_params_from_model(s.model);
-    if (temp >= 0) gp.sampling.temperature = temp;
-    if (top_k >= 0) gp.sampling.top_k = top_k;
-    if (top_p >= 0) gp.sampling.top_p = top_p;
-    if (min_p >= 0) gp.sampling.min_p = min_p;
-    if (rep > 0) gp.sampling.repetition_penalty = rep;
-    gp.sampling.presence_penalty = presence;
-    gp.sampling.frequency_penalty = frequency;
-    gp.sampling.penalty_last_n = last_n;
-    gp.sampling.seed = seed;
+    struct lp_sched_request rq = {.prompt = ids, .n_prompt = n_prompt, .max_new_tokens = n_gen,
+                                  .ignore_eos = ignore_eos, .on_event = on_event, .user = &out};
+    rq.sampling = lp_sampler_params_from_model(s.model);
+    if (temp >= 0) rq.sampling.temperature = temp;
+    if (top_k >= 0) rq.sampling.top_k = top_k;
+    if (top_p >= 0) rq.sampling.top_p = top_p;
+    if (min_p >= 0) rq.sampling.min_p = min_p;
+    if (rep > 0) rq.sampling.repetition_penalty = rep;
+    rq.sampling.presence_penalty = presence;
+    rq.sampling.frequency_penalty = frequency;
+    rq.sampling.penalty_last_n = last_n;
+    rq.sampling.seed = seed;
     out.ids = malloc(((size_t)n_gen + 1) * sizeof *out.ids);
     if (!out.ids) {
         fprintf(stderr, "layerpipe run: out of memory\n");
         goto done;
     }
-    struct lp_generate_result res;
-    if (lp_generate(&s.runner, lp_model_config(s.model), ids, n_prompt, &gp, on_token, &out,
-                    &res, &err) != LP_OK) {
+    struct lp_sched_event res;
+    if (lp_sched_run(s.sched, &rq, &res, &err) != LP_OK) {
         fprintf(stderr, "\nlayerpipe run: %s\n", err.msg);
         goto done;
     }
+    double t_first = res.first_token_at > 0 ? res.first_token_at : res.time;
+    double prefill_s = t_first - res.submitted_at, decode_s = res.time - t_first;
     if (out.text && !out.stopped) { // what the decoder and the stop filter still hold
         const char *t;
         size_t n;
@@ -236,16 +242,13 @@ int lp_cli_run(int argc, char **argv) {
     fprintf(stderr,
             "prefill: %d tokens in %.3f s (%.1f tok/s); decode: %d tokens in %.3f s (%.1f tok/s); "
             "stop: %s\n",
-            res.n_prompt, res.prefill_seconds,
-            res.prefill_seconds > 0 ? res.n_prompt / res.prefill_seconds : 0.0, res.n_generated,
-            res.decode_seconds,
-            res.decode_seconds > 0 && res.n_generated > 1
-                ? (res.n_generated - 1) / res.decode_seconds
-                : 0.0,
+            res.n_prompt, prefill_s, prefill_s > 0 ? res.n_prompt / prefill_s : 0.0,
+            res.n_generated, decode_s,
+            decode_s > 0 && res.n_generated > 1 ? (res.n_generated - 1) / decode_s : 0.0,
             out.stopped ? "stop string" : lp_stop_reason_str(res.stop));
     if (res.stop == LP_STOP_CONTEXT)
         fprintf(stderr, "layerpipe run: stopped at the context limit of %d tokens (raise --ctx)\n",
-                s.runner.iface.max_context(s.runner.ctx));
+                lp_pipeline_max_context(s.pipeline));
     if (so.stats) lp_cli_session_print_stats(&s, stderr);
     rc = 0;
 done:

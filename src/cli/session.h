@@ -1,8 +1,8 @@
 // SPDX-License-Identifier: MIT
-// session.h -- what run, logits and bench share: open a model folder and a
-// runner from the common command-line options: one process (a CPU backend
-// and an engine), or with --workers / --cluster a pipeline of stages whose
-// coordinator is this process. Close them again in order.
+// session.h -- what run, serve, logits, bench and perplexity share: from
+// the common command-line options, a pipeline (one process, or with
+// --workers / --cluster the coordinator of stage workers) and the
+// scheduler that drives it. Close them again in order.
 #ifndef LP_CLI_SESSION_H
 #define LP_CLI_SESSION_H
 
@@ -18,11 +18,11 @@ struct lp_cli_session_opts {
     const char *model_dir;
     int threads;          // <= 0: all cores
     int ctx;              // 0: model limit
-    int batch;            // max tokens per forward (prefill chunk)
-    int logit_rows;       // max logit rows per forward (0: engine default)
+    int batch;            // max tokens per micro-batch (prefill chunk), default 64
     const char *kv_dtype; // "f32" or "bf16"
     bool fast;            // int8 activations for 8-bit MLX weights
-    int max_seqs;
+    int max_seqs;         // sequences at once (default 1)
+    int max_waiting;      // requests queued beyond them (default 64)
     // the pipeline (any of these makes this process a coordinator)
     const char *workers;    // "HOST:PORT,HOST:PORT,..."
     const char *plan;       // "10,9,9" or "auto"
@@ -57,11 +57,9 @@ struct lp_cli_session_opts {
         {"stats", 0, LP_ARG_FLAG, &(so).stats, NULL, "print per-stage utilization at the end"}
 
 struct lp_cli_session {
-    struct lp_model *model;       // the whole model (one process) or its headers (pipeline)
-    struct lp_backend *backend;   // one process only
-    struct lp_engine *engine;     // one process only
-    struct lp_pipeline *pipeline; // pipeline only
-    struct lp_runner runner;      // what run, logits and bench drive
+    struct lp_model *model;       // the whole model's headers: config, generation defaults
+    struct lp_pipeline *pipeline; // one stage (this process) or several
+    struct lp_sched *sched;       // what every command generates through
     size_t weight_bytes;          // every stage's weights together (what a decode step reads)
     char device[96];              // e.g. "cpu (2 threads)" or "pipeline of 3 stages"
     double opened_at;

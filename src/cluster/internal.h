@@ -33,6 +33,26 @@ double lp_now_seconds(void);
 // Packs a protobuf-c message into a malloc'd buffer.
 enum lp_status lp_pb_pack(const ProtobufCMessage *msg, uint8_t **out, size_t *n,
                           struct lp_error *err);
+// Packs into buf[cap] (no allocation); LP_ERR_INVALID_ARG when it does not fit.
+enum lp_status lp_pb_pack_into(const ProtobufCMessage *msg, uint8_t *buf, size_t cap, size_t *n,
+                               struct lp_error *err);
+
+// A bump allocator for protobuf-c unpacking on the per-step path: each
+// message is unpacked into memory set aside when the stage was configured
+// and dropped all at once (lp_pb_arena_reset), so no malloc per message.
+// An unpack that would exceed the capacity fails (the message is refused).
+// One owner thread at a time.
+struct lp_pb_arena {
+    uint8_t *buf;           // [cap], owned
+    size_t cap, used;
+    ProtobufCAllocator alloc; // hands out buf; free is a no-op
+};
+enum lp_status lp_pb_arena_init(struct lp_pb_arena *a, size_t cap, struct lp_error *err);
+void lp_pb_arena_deinit(struct lp_pb_arena *a);
+static inline void lp_pb_arena_reset(struct lp_pb_arena *a) { a->used = 0; }
+// Bytes an arena needs to unpack an Activations message of msg_bytes with
+// up to n_segments segments.
+size_t lp_pb_arena_bytes_for(size_t msg_bytes, size_t n_segments);
 
 // Payload of an Activations message from float rows in the wanted wire
 // dtype (f32, bf16, f16); returns the dtype used: f16 falls back to f32
@@ -40,12 +60,14 @@ enum lp_status lp_pb_pack(const ProtobufCMessage *msg, uint8_t **out, size_t *n,
 Layerpipe__V1__DType lp_wire_encode_rows(const float *rows, size_t n_elems,
                                          Layerpipe__V1__DType want, uint8_t *buf,
                                          size_t *n_bytes);
+// Rows of a segment that go to the Sink: all (all_logits), none (no_logits), else its last.
+uint32_t lp_wire_logit_rows(const Layerpipe__V1__Segment *s);
 // The wire dtype's name ("f32", "bf16", "f16").
 const char *lp_wire_dtype_name(Layerpipe__V1__DType dtype);
 // Checks an Activations message against the receiver's expectations
 // (hidden width, rows limit, data length for its dtype, segments that cover
 // the rows) and converts its payload to float rows [n_rows][hidden].
-// LP_ERR_INVALID_ARG with a message naming the field on any mismatch.
+// LP_ERR_PROTOCOL with a message naming the field on any mismatch.
 enum lp_status lp_wire_decode_rows(const Layerpipe__V1__Activations *a, int hidden, int max_rows,
                                    int max_segments, bool rows_are_tokens, float *rows,
                                    struct lp_error *err);

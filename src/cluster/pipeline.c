@@ -1,13 +1,18 @@
 // SPDX-License-Identifier: MIT
-// pipeline.c -- the coordinator. It holds the embedding, its own first
-// layers and the head; the workers hold the rest, in order. A step runs
-// the coordinator's layers on each prefill chunk and streams the rows to
-// stage 1 without waiting, so stage k+1 computes chunk i while stage k
-// computes chunk i+1; the last stage streams the rows that need logits to
-// the coordinator's Sink, where they are collected in step order and put
-// through the head. With no workers the coordinator computes everything.
-// Threads: the caller's thread runs steps; the Sink server thread and the
-// stage-1 stream thread deliver results and failures under `mu`.
+// pipeline.c -- the coordinator's side of the ring. It holds the embedding,
+// its own first layers and the head; the workers hold the rest, in order.
+// lp_pipeline_submit runs the coordinator's layers on a micro-batch and
+// streams the rows to stage 1 without waiting, so with K micro-batches in
+// flight all K stages compute at once; the last stage streams the rows that
+// need logits to the coordinator's Sink, which puts them in the micro-batch's
+// slot; lp_pipeline_collect takes the oldest slot's rows through the head.
+// With no workers the coordinator computes a micro-batch whole at submit.
+// A failed step (a failure Ack, a timeout, a broken stream) fails its slot
+// only; a broken stream to stage 1 is reopened on the next submit.
+// Threads: submit, collect and release run on the caller's (scheduler)
+// thread; the Sink server thread and the stage-1 stream thread fill slots
+// under `mu`. Nothing on the per-step path allocates: slots, the packing
+// buffer and the Sink's unpacking arena are sized at create.
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -25,16 +30,28 @@ struct pl_stage {
     double gb_s;
     uint64_t free_bytes;
     int layer_begin, layer_end;
+    int kv_blocks, kv_block_size; // from its ConfigureReply
 };
 
-struct pl_result {
-    uint64_t step;
-    int n_rows;
-    float *rows; // [n_rows, hidden], owned
+// One micro-batch between submit and collect.
+struct pl_slot {
+    uint64_t step;          // 0: free
+    double sent_at;         // lp_now_seconds at submit (deadline and hop latency)
+    int n_rows;             // logit rows expected
+    bool done;              // rows arrived, or the step failed
+    bool filling;           // the Sink is writing rows (collect must not free the slot)
+    enum lp_status status;
+    char error[LP_ERROR_MSG_BYTES];
+    float *rows;            // [max_rows, hidden] the rows needing logits, owned
 };
 
-#define PL_RESULTS 1024
-#define PL_INFLIGHT 256
+// A session's sequence in the front engine.
+struct pl_session {
+    uint64_t id; // 0: free
+    int seq;
+};
+
+#define PL_MAX_SLOTS (LP_MAX_STAGES + 2)
 
 struct lp_pipeline {
     struct lp_pipeline_params params;
@@ -45,33 +62,39 @@ struct lp_pipeline {
     struct lp_engine *head;      // no layers: final norm + LM head
     struct lp_model_config cfg;
     uint64_t fingerprint;
+    size_t weight_bytes;         // the whole model's
     struct lp_plan plan;
     int n_workers;
     struct pl_stage *stages;     // [n_workers]
     struct lp_rpc_server *sink;
     char sink_addr[160];
-    struct lp_rpc_client_stream *to_first;
-    int max_rows, max_sessions, head_seq;
-    uint64_t *session_of;        // [max_sessions] session id by front seq
-    uint64_t next_session, next_step;
-    float *rows;                 // [max_rows, hidden]
-    uint8_t *payload;            // [max_rows * hidden * 4]
-    float *logit_rows;           // [max_rows, vocab] head output
-    bool broken;                 // a stage failed: every later step fails
-    char broken_msg[256];
-    // counters (caller thread)
-    double busy_s, idle_s, created_at;
-    uint64_t tokens, steps, bytes_out, bytes_in;
+    int max_rows, max_sessions, head_seq, kv_blocks, kv_block_size;
+    // scheduler thread only
+    struct lp_rpc_client_stream *to_first; // NULL until the first submit, or after it broke
+    struct pl_session *sessions; // [max_sessions]
+    struct lp_engine_seg *segs;  // [max_sessions]
+    int *opened;                 // [max_sessions] front seqs opened by the current submit
+    Layerpipe__V1__Segment *wsegs;   // [max_sessions]
+    Layerpipe__V1__Segment **wsegp;  // [max_sessions]
+    float *rows;                 // [max_rows, hidden] the front's output
+    uint8_t *payload;            // [max_rows * hidden * 4] wire payload
+    uint8_t *packed;             // [pack_cap] the packed Activations
+    size_t pack_cap;
+    float *logits;               // [max_rows, vocab] the head's output (collect)
+    uint64_t next_step;
+    int slot_head;               // oldest slot in flight
+    double created_at;
     // shared with the Sink and stream threads
     pthread_mutex_t mu;
     pthread_cond_t cv;
-    struct pl_result results[PL_RESULTS]; // ring, in arrival order
-    int r_head, r_count;
-    bool failed;
-    char fail_msg[256];
-    double sent_at[PL_INFLIGHT];
-    uint64_t sent_step[PL_INFLIGHT];
+    struct pl_slot slots[PL_MAX_SLOTS]; // ring from slot_head, n_in_flight long
+    int n_slots, n_in_flight;
+    bool stream_broken;          // to_first ended: reopen on the next submit
+    struct lp_pb_arena sink_arena; // Sink thread only
     struct lp_latency hop;
+    double busy_s;
+    uint64_t tokens, steps, bytes_out, bytes_in;
+    int kv_used;                 // the front engine's blocks in use (copied after each change)
 };
 
 struct lp_pipeline_params lp_pipeline_params_default(void) {
@@ -81,6 +104,7 @@ struct lp_pipeline_params lp_pipeline_params_default(void) {
                                    .plan = NULL,
                                    .wire_dtype = LP_DTYPE_F32,
                                    .n_threads = 0,
+                                   .fast = false,
                                    .max_batch_tokens = 64,
                                    .max_sessions = 4,
                                    .max_context = 0,
@@ -91,14 +115,29 @@ struct lp_pipeline_params lp_pipeline_params_default(void) {
     return p;
 }
 
-static void pl_fail(struct lp_pipeline *p, const char *msg) {
-    pthread_mutex_lock(&p->mu);
-    if (!p->failed) {
-        p->failed = true;
-        snprintf(p->fail_msg, sizeof p->fail_msg, "%s", msg);
+// The in-flight slot of a step, or NULL (a late or stranger's step). Under mu.
+static struct pl_slot *pl_slot_of(struct lp_pipeline *p, uint64_t step) {
+    for (int i = 0; i < p->n_in_flight; i++) {
+        struct pl_slot *s = &p->slots[(p->slot_head + i) % p->n_slots];
+        if (s->step == step) return s;
     }
+    return NULL;
+}
+
+// Fails a slot that has no result yet. Under mu.
+static void pl_slot_fail(struct lp_pipeline *p, struct pl_slot *s, enum lp_status st,
+                         const char *msg) {
+    if (s->done) return;
+    s->done = true;
+    s->status = st == LP_OK ? LP_ERR_INTERNAL : st;
+    snprintf(s->error, sizeof s->error, "%s", msg);
     pthread_cond_broadcast(&p->cv);
-    pthread_mutex_unlock(&p->mu);
+}
+
+// Fails every slot still waiting (the stream to stage 1 or the Sink broke). Under mu.
+static void pl_fail_all(struct lp_pipeline *p, enum lp_status st, const char *msg) {
+    for (int i = 0; i < p->n_in_flight; i++)
+        pl_slot_fail(p, &p->slots[(p->slot_head + i) % p->n_slots], st, msg);
 }
 
 // ---- stage 1 stream callbacks (its channel's thread) ----
@@ -107,28 +146,35 @@ static void first_on_reply(void *user, const uint8_t *msg, size_t bytes) {
     struct lp_pipeline *p = user;
     Layerpipe__V1__Ack *ack = layerpipe__v1__ack__unpack(NULL, bytes, msg);
     if (!ack) return;
-    if (!ack->ok) {
-        pl_fail(p, ack->error);
-    } else {
-        double now = lp_now_seconds();
-        pthread_mutex_lock(&p->mu);
-        size_t k = ack->step % PL_INFLIGHT;
-        if (p->sent_step[k] == ack->step && p->sent_at[k] > 0) {
-            double ms = (now - p->sent_at[k] - ack->compute_seconds) * 1e3;
+    double now = lp_now_seconds();
+    pthread_mutex_lock(&p->mu);
+    struct pl_slot *s = pl_slot_of(p, ack->step);
+    if (ack->ok) {
+        if (s) {
+            double ms = (now - s->sent_at - ack->compute_seconds) * 1e3;
             lp_latency_add(&p->hop, ms > 0 ? ms : 0);
-            p->sent_at[k] = 0;
         }
-        pthread_mutex_unlock(&p->mu);
+    } else if (s) { // this step failed somewhere down the ring; the stream goes on
+        enum lp_status st = ack->status > 0 && ack->status <= LP_ERR_INTERNAL
+                                ? (enum lp_status)ack->status
+                                : LP_ERR_INTERNAL;
+        pl_slot_fail(p, s, st, ack->error);
+    } else if (ack->step == 0) { // a failure of the stream itself
+        pl_fail_all(p, LP_ERR_PROTOCOL, ack->error);
     }
+    pthread_mutex_unlock(&p->mu);
     layerpipe__v1__ack__free_unpacked(ack, NULL);
 }
 
 static void first_on_end(void *user, enum lp_status st, const char *msg) {
     struct lp_pipeline *p = user;
-    if (st == LP_OK) return;
-    char m[256];
-    snprintf(m, sizeof m, "stage 1 (%s): %s", p->n_workers ? p->stages[0].addr : "?", msg);
-    pl_fail(p, m);
+    char m[LP_ERROR_MSG_BYTES];
+    snprintf(m, sizeof m, "stage 1 (%s): %s", p->n_workers ? p->stages[0].addr : "?",
+             st == LP_OK ? "the stream ended" : msg);
+    pthread_mutex_lock(&p->mu);
+    p->stream_broken = true;
+    pl_fail_all(p, st == LP_OK ? LP_ERR_NETWORK : st, m);
+    pthread_mutex_unlock(&p->mu);
 }
 
 // ---- the Sink (its server's thread) ----
@@ -142,58 +188,69 @@ static enum lp_status sink_open(void *user, struct lp_rpc_stream *s, void **stre
     return LP_OK;
 }
 
+static void sink_ack(struct lp_rpc_stream *s, uint64_t step) {
+    Layerpipe__V1__Ack ack = LAYERPIPE__V1__ACK__INIT;
+    ack.step = step;
+    ack.ok = true;
+    uint8_t buf[64];
+    size_t n;
+    if (lp_pb_pack_into(&ack.base, buf, sizeof buf, &n, NULL) == LP_OK)
+        lp_rpc_stream_send(s, buf, n, NULL);
+}
+
+// The rows of one step: checked against the slot's expectations, decoded
+// into the slot. A step no slot waits for (late after a timeout) is dropped.
 static enum lp_status sink_message(void *user, void *stream_user, struct lp_rpc_stream *s,
                                    const uint8_t *msg, size_t bytes, struct lp_error *err) {
     struct lp_pipeline *p = user;
     (void)stream_user;
-    Layerpipe__V1__Activations *a = layerpipe__v1__activations__unpack(NULL, bytes, msg);
+    struct lp_pb_arena *ar = &p->sink_arena;
+    lp_pb_arena_reset(ar);
+    Layerpipe__V1__Activations *a =
+        bytes <= ar->cap ? layerpipe__v1__activations__unpack(&ar->alloc, bytes, msg) : NULL;
     if (!a)
-        return lp_error_set(err, LP_ERR_INVALID_ARG, "Sink: a %zu-byte message that is not "
-                            "Activations", bytes);
-    enum lp_status st = LP_OK;
-    float *rows = malloc((size_t)p->max_rows * (size_t)p->cfg.hidden_size * sizeof(float));
-    if (!rows) {
-        st = lp_error_set(err, LP_ERR_NOMEM, "Sink: out of memory");
-        goto done;
-    }
-    st = lp_wire_decode_rows(a, p->cfg.hidden_size, p->max_rows, p->max_sessions, false, rows,
-                             err);
-    if (st != LP_OK) goto done;
+        return lp_error_set(err, LP_ERR_PROTOCOL,
+                            "Sink: a %zu-byte message that is not Activations (or is larger "
+                            "than %d rows)",
+                            bytes, p->max_rows);
     pthread_mutex_lock(&p->mu);
-    if (p->r_count == PL_RESULTS) {
+    struct pl_slot *slot = pl_slot_of(p, a->step);
+    if (!slot || slot->done) {
         pthread_mutex_unlock(&p->mu);
-        st = lp_error_set(err, LP_ERR_BUSY, "Sink: %d results pending", PL_RESULTS);
-        goto done;
+        return LP_OK; // late or unknown: nobody waits for it
     }
-    struct pl_result *r = &p->results[(p->r_head + p->r_count++) % PL_RESULTS];
-    *r = (struct pl_result){a->step, (int)a->n_rows, rows};
-    rows = NULL;
-    p->bytes_in += a->data.len;
+    slot->filling = true;
+    pthread_mutex_unlock(&p->mu);
+    struct lp_error e = {0};
+    enum lp_status st = lp_wire_decode_rows(a, p->cfg.hidden_size, p->max_rows, p->max_sessions,
+                                            false, slot->rows, &e);
+    if (st == LP_OK && (int)a->n_rows != slot->n_rows)
+        st = lp_error_set(&e, LP_ERR_PROTOCOL, "Sink: step %llu has %u rows, expected %d",
+                          (unsigned long long)a->step, a->n_rows, slot->n_rows);
+    pthread_mutex_lock(&p->mu);
+    slot->filling = false;
+    if (st == LP_OK) {
+        slot->done = true;
+        slot->status = LP_OK;
+        p->bytes_in += a->data.len;
+    } else {
+        pl_slot_fail(p, slot, st, e.msg);
+    }
     pthread_cond_broadcast(&p->cv);
     pthread_mutex_unlock(&p->mu);
-    Layerpipe__V1__Ack ack = LAYERPIPE__V1__ACK__INIT;
-    ack.step = a->step;
-    ack.ok = true;
-    uint8_t *buf;
-    size_t n;
-    if (lp_pb_pack(&ack.base, &buf, &n, NULL) == LP_OK) {
-        lp_rpc_stream_send(s, buf, n, NULL);
-        free(buf);
-    }
-done:
-    free(rows);
-    layerpipe__v1__activations__free_unpacked(a, NULL);
-    if (st != LP_OK) pl_fail(p, err->msg);
-    return st;
+    sink_ack(s, a->step);
+    return LP_OK;
 }
 
 static void sink_close(void *user, void *stream_user, enum lp_status st, const char *msg) {
     struct lp_pipeline *p = user;
     (void)stream_user;
     if (st != LP_OK && st != LP_ERR_CANCELLED) {
-        char m[256];
+        char m[LP_ERROR_MSG_BYTES];
         snprintf(m, sizeof m, "the last stage's stream to the Sink ended: %s", msg);
-        pl_fail(p, m);
+        pthread_mutex_lock(&p->mu);
+        pl_fail_all(p, st, m);
+        pthread_mutex_unlock(&p->mu);
     }
 }
 
@@ -296,9 +353,74 @@ static enum lp_status pl_configure(struct lp_pipeline *p, int i, struct lp_error
     uint8_t *resp = NULL;
     size_t n = 0;
     enum lp_status st = pl_unary(p, i, LP_M_CONFIGURE, &c.base, &resp, &n, 600000, err);
+    if (st != LP_OK) {
+        free(resp);
+        return lp_error_prefix(err, "configuring worker %d (%s): ", i + 1, s->addr);
+    }
+    Layerpipe__V1__ConfigureReply *r = layerpipe__v1__configure_reply__unpack(NULL, n, resp);
     free(resp);
-    if (st != LP_OK) lp_error_prefix(err, "configuring worker %d (%s): ", i + 1, s->addr);
+    if (!r || r->kv_blocks == 0 || r->kv_block_size == 0 || r->kv_block_size > 4096)
+        st = lp_error_set(err, LP_ERR_PROTOCOL,
+                          "worker %d (%s): Configure reply without its KV pool size (a worker "
+                          "older than this coordinator?)",
+                          i + 1, s->addr);
+    else {
+        s->kv_blocks = (int)(r->kv_blocks > INT32_MAX ? INT32_MAX : r->kv_blocks);
+        s->kv_block_size = (int)r->kv_block_size;
+    }
+    if (r) layerpipe__v1__configure_reply__free_unpacked(r, NULL);
     return st;
+}
+
+// The per-step buffers and slots, sized once.
+static enum lp_status pl_alloc(struct lp_pipeline *p, struct lp_error *err) {
+    size_t H = (size_t)p->cfg.hidden_size, R = (size_t)p->max_rows, S = (size_t)p->max_sessions;
+    p->rows = malloc(R * H * sizeof(float));
+    p->payload = malloc(R * H * sizeof(float));
+    p->logits = malloc(R * (size_t)p->cfg.vocab_size * sizeof(float));
+    p->pack_cap = lp_pb_arena_bytes_for(R * H * sizeof(float), S) + 64;
+    p->packed = malloc(p->pack_cap);
+    p->sessions = calloc(S, sizeof *p->sessions);
+    p->segs = calloc(S, sizeof *p->segs);
+    p->opened = calloc(S, sizeof *p->opened);
+    p->wsegs = calloc(S, sizeof *p->wsegs);
+    p->wsegp = calloc(S, sizeof *p->wsegp);
+    if (!p->rows || !p->payload || !p->logits || !p->packed || !p->sessions || !p->segs ||
+        !p->opened || !p->wsegs || !p->wsegp)
+        return lp_error_set(err, LP_ERR_NOMEM, "pipeline: out of memory");
+    p->n_slots = p->n_workers + 2 < PL_MAX_SLOTS ? p->n_workers + 2 : PL_MAX_SLOTS;
+    for (int i = 0; i < p->n_slots; i++)
+        if (!(p->slots[i].rows = malloc(R * H * sizeof(float))))
+            return lp_error_set(err, LP_ERR_NOMEM, "pipeline: out of memory");
+    if (p->n_workers > 0)
+        return lp_pb_arena_init(&p->sink_arena, lp_pb_arena_bytes_for(R * H * sizeof(float), S),
+                                err);
+    return LP_OK;
+}
+
+// The pipeline's KV capacity: the smallest pool of any stage that has layers.
+static void pl_kv_capacity(struct lp_pipeline *p) {
+    p->kv_block_size = lp_engine_kv_block_size(p->front);
+    long long positions = p->plan.layers[0] > 0
+                              ? (long long)lp_engine_kv_blocks_total(p->front) * p->kv_block_size
+                              : -1;
+    for (int i = 0; i < p->n_workers; i++) {
+        long long n = (long long)p->stages[i].kv_blocks * p->stages[i].kv_block_size;
+        if (positions < 0 || n < positions) positions = n;
+    }
+    if (positions < 0) positions = (long long)lp_engine_kv_blocks_total(p->front) * p->kv_block_size;
+    p->kv_blocks = (int)(positions / p->kv_block_size);
+}
+
+// (Re)opens the activation stream to stage 1.
+static enum lp_status pl_open_stream(struct lp_pipeline *p, struct lp_error *err) {
+    if (p->to_first) lp_rpc_client_stream_close(p->to_first, 0);
+    p->to_first = NULL;
+    pthread_mutex_lock(&p->mu);
+    p->stream_broken = false;
+    pthread_mutex_unlock(&p->mu);
+    return lp_rpc_stream_open(p->stages[0].ch, LP_M_FORWARD, first_on_reply, first_on_end, p,
+                              &p->to_first, err);
 }
 
 enum lp_status lp_pipeline_create(struct lp_pipeline **out, const struct lp_pipeline_params *params,
@@ -332,7 +454,8 @@ enum lp_status lp_pipeline_create(struct lp_pipeline **out, const struct lp_pipe
     if ((st = lp_model_open(&all, p->model_dir, &every, err)) != LP_OK) goto fail;
     p->cfg = *lp_model_config(all);
     p->fingerprint = lp_model_fingerprint(all);
-    size_t layer_bytes = lp_model_weight_bytes(all) / (size_t)p->cfg.n_layers;
+    p->weight_bytes = lp_model_weight_bytes(all);
+    size_t layer_bytes = p->weight_bytes / (size_t)p->cfg.n_layers;
     lp_model_close(all);
     p->stages = calloc((size_t)(p->n_workers ? p->n_workers : 1), sizeof *p->stages);
     if (!p->stages) {
@@ -355,6 +478,7 @@ enum lp_status lp_pipeline_create(struct lp_pipeline **out, const struct lp_pipe
     if ((st = lp_model_open(&p->model, p->model_dir, &mine, err)) != LP_OK) goto fail;
     struct lp_backend_cpu_params bp = lp_backend_cpu_params_default();
     bp.n_threads = params->n_threads;
+    bp.quantize_activations = params->fast;
     if ((st = lp_backend_cpu_create(&p->backend, &bp, err)) != LP_OK) goto fail;
     struct lp_engine_params ep = lp_engine_params_default();
     ep.max_batch_tokens = p->max_rows;
@@ -371,15 +495,7 @@ enum lp_status lp_pipeline_create(struct lp_pipeline **out, const struct lp_pipe
     ep.max_logit_rows = p->max_rows;
     if ((st = lp_engine_create(&p->head, p->model, p->backend, &ep, err)) != LP_OK) goto fail;
     if ((st = lp_engine_seq_open(p->head, &p->head_seq, err)) != LP_OK) goto fail;
-    size_t H = (size_t)p->cfg.hidden_size, R = (size_t)p->max_rows;
-    p->rows = malloc(R * H * sizeof(float));
-    p->payload = malloc(R * H * sizeof(float));
-    p->logit_rows = malloc(R * (size_t)p->cfg.vocab_size * sizeof(float));
-    p->session_of = calloc((size_t)p->max_sessions, sizeof *p->session_of);
-    if (!p->rows || !p->payload || !p->logit_rows || !p->session_of) {
-        st = lp_error_set(err, LP_ERR_NOMEM, "pipeline: out of memory");
-        goto fail;
-    }
+    if ((st = pl_alloc(p, err)) != LP_OK) goto fail;
     if (p->n_workers > 0) {
         // the Sink, then the stages from last to first (each checks its successor)
         if ((st = lp_rpc_server_create(&p->sink, params->sink_listen, LP_MAX_MESSAGE_BYTES,
@@ -402,10 +518,9 @@ enum lp_status lp_pipeline_create(struct lp_pipeline **out, const struct lp_pipe
         }
         for (int i = p->n_workers - 1; i >= 0; i--)
             if ((st = pl_configure(p, i, err)) != LP_OK) goto fail;
-        st = lp_rpc_stream_open(p->stages[0].ch, LP_M_FORWARD, first_on_reply, first_on_end, p,
-                                &p->to_first, err);
-        if (st != LP_OK) goto fail;
+        if ((st = pl_open_stream(p, err)) != LP_OK) goto fail;
     }
+    pl_kv_capacity(p);
     *out = p;
     return LP_OK;
 fail:
@@ -413,7 +528,273 @@ fail:
     return st;
 }
 
-static void pl_release(struct lp_pipeline *p, uint64_t session) {
+void lp_pipeline_destroy(struct lp_pipeline *p) {
+    if (!p) return;
+    for (int i = 0; p->sessions && i < p->max_sessions; i++)
+        if (p->sessions[i].id) lp_pipeline_release(p, p->sessions[i].id);
+    lp_rpc_client_stream_close(p->to_first, 2000);
+    lp_rpc_server_destroy(p->sink);
+    for (int i = 0; p->stages && i < p->n_workers; i++) lp_rpc_channel_destroy(p->stages[i].ch);
+    for (int i = 0; i < PL_MAX_SLOTS; i++) free(p->slots[i].rows);
+    lp_pb_arena_deinit(&p->sink_arena);
+    lp_engine_destroy(p->head);
+    lp_engine_destroy(p->front);
+    lp_backend_destroy(p->backend);
+    lp_model_close(p->model);
+    free(p->stages);
+    free(p->rows);
+    free(p->payload);
+    free(p->packed);
+    free(p->logits);
+    free(p->sessions);
+    free(p->segs);
+    free(p->opened);
+    free(p->wsegs);
+    free(p->wsegp);
+    free(p->model_dir);
+    pthread_cond_destroy(&p->cv);
+    pthread_mutex_destroy(&p->mu);
+    lp_rpc_shutdown();
+    free(p);
+}
+
+// ---- the batched, asynchronous interface ----
+
+static int pl_find_session(const struct lp_pipeline *p, uint64_t id) {
+    for (int i = 0; i < p->max_sessions; i++)
+        if (p->sessions[i].id == id) return i;
+    return -1;
+}
+
+// Checks the batch against the coordinator's limits and sessions, changing nothing.
+static enum lp_status pl_check(struct lp_pipeline *p, const struct lp_pipeline_seg *segs,
+                               int n_segs, struct lp_error *err) {
+    if (n_segs < 1 || n_segs > p->max_sessions)
+        return lp_error_set(err, LP_ERR_INVALID_ARG, "pipeline: %d segments, expected 1..%d",
+                            n_segs, p->max_sessions);
+    int n_tokens = 0, n_new = 0, n_free = 0;
+    for (int i = 0; i < p->max_sessions; i++) n_free += p->sessions[i].id == 0;
+    for (int i = 0; i < n_segs; i++) {
+        const struct lp_pipeline_seg *g = &segs[i];
+        if (g->session == 0 || g->n_tokens < 1 || g->n_tokens > p->max_rows || !g->tokens)
+            return lp_error_set(err, LP_ERR_INVALID_ARG,
+                                "pipeline: segment %d: session %llu, %d tokens (1..%d)", i,
+                                (unsigned long long)g->session, g->n_tokens, p->max_rows);
+        n_tokens += g->n_tokens;
+        for (int j = 0; j < i; j++)
+            if (segs[j].session == g->session)
+                return lp_error_set(err, LP_ERR_INVALID_ARG,
+                                    "pipeline: session %llu appears twice in one micro-batch",
+                                    (unsigned long long)g->session);
+        if (pl_find_session(p, g->session) < 0) {
+            if (g->pos0 != 0)
+                return lp_error_set(err, LP_ERR_INVALID_ARG,
+                                    "pipeline: unknown session %llu at position %d (a new "
+                                    "session starts at 0)",
+                                    (unsigned long long)g->session, g->pos0);
+            n_new++;
+        }
+    }
+    if (n_tokens > p->max_rows)
+        return lp_error_set(err, LP_ERR_INVALID_ARG, "pipeline: %d tokens in one micro-batch, at "
+                            "most %d", n_tokens, p->max_rows);
+    if (n_new > n_free)
+        return lp_error_set(err, LP_ERR_BUSY, "pipeline: all %d sessions are in use",
+                            p->max_sessions);
+    if (p->n_in_flight == p->n_slots)
+        return lp_error_set(err, LP_ERR_BUSY, "pipeline: %d micro-batches already in flight",
+                            p->n_slots);
+    return LP_OK;
+}
+
+// Runs the front engine on the batch into p->rows, opening new sessions'
+// sequences; on failure the new ones are closed again and nothing changed.
+static enum lp_status pl_front(struct lp_pipeline *p, const struct lp_pipeline_seg *segs,
+                               int n_segs, struct lp_error *err) {
+    int n_opened = 0;
+    enum lp_status st = LP_OK;
+    for (int i = 0; i < n_segs && st == LP_OK; i++) {
+        int k = pl_find_session(p, segs[i].session);
+        if (k < 0) {
+            k = pl_find_session(p, 0);
+            int seq;
+            if ((st = lp_engine_seq_open(p->front, &seq, err)) != LP_OK) break;
+            p->sessions[k] = (struct pl_session){segs[i].session, seq};
+            p->opened[n_opened++] = k;
+        }
+        p->segs[i] = (struct lp_engine_seg){.seq = p->sessions[k].seq, .pos0 = segs[i].pos0,
+                                            .n_tokens = segs[i].n_tokens,
+                                            .tokens = segs[i].tokens};
+    }
+    struct lp_engine_batch b = {.n_segs = n_segs, .segs = p->segs, .hidden_out = p->rows};
+    if (st == LP_OK) st = lp_engine_forward(p->front, &b, err);
+    if (st != LP_OK)
+        for (int i = 0; i < n_opened; i++) {
+            lp_engine_seq_close(p->front, p->sessions[p->opened[i]].seq);
+            p->sessions[p->opened[i]].id = 0;
+        }
+    return st;
+}
+
+// Streams the front's rows to stage 1. A failure fails the slot, not the call.
+static void pl_send(struct lp_pipeline *p, struct pl_slot *slot,
+                    const struct lp_pipeline_seg *segs, int n_segs, int n_tokens) {
+    struct lp_error e = {0};
+    enum lp_status st = LP_OK;
+    bool broken;
+    pthread_mutex_lock(&p->mu);
+    broken = p->stream_broken;
+    pthread_mutex_unlock(&p->mu);
+    if (broken || !p->to_first) st = pl_open_stream(p, &e);
+    size_t H = (size_t)p->cfg.hidden_size;
+    for (int i = 0; i < n_segs; i++) {
+        Layerpipe__V1__Segment *w = &p->wsegs[i];
+        layerpipe__v1__segment__init(w);
+        w->session = segs[i].session;
+        w->pos0 = (uint32_t)segs[i].pos0;
+        w->n_tokens = (uint32_t)segs[i].n_tokens;
+        w->all_logits = segs[i].all_logits;
+        w->no_logits = !segs[i].want_logits && !segs[i].all_logits;
+        p->wsegp[i] = w;
+    }
+    Layerpipe__V1__Activations a = LAYERPIPE__V1__ACTIVATIONS__INIT;
+    a.step = slot->step;
+    a.n_segments = (size_t)n_segs;
+    a.segments = p->wsegp;
+    a.n_rows = (uint32_t)n_tokens;
+    a.hidden = (uint32_t)H;
+    Layerpipe__V1__DType want = p->params.wire_dtype == LP_DTYPE_BF16   ? LAYERPIPE__V1__DTYPE__DTYPE_BF16
+                                : p->params.wire_dtype == LP_DTYPE_F16 ? LAYERPIPE__V1__DTYPE__DTYPE_F16
+                                                                       : LAYERPIPE__V1__DTYPE__DTYPE_F32;
+    a.dtype = lp_wire_encode_rows(p->rows, (size_t)n_tokens * H, want, p->payload, &a.data.len);
+    a.data.data = p->payload;
+    a.sent_at = lp_now_seconds();
+    size_t n = 0;
+    if (st == LP_OK) st = lp_pb_pack_into(&a.base, p->packed, p->pack_cap, &n, &e);
+    if (st == LP_OK) st = lp_rpc_client_stream_write(p->to_first, p->packed, n, &e);
+    pthread_mutex_lock(&p->mu);
+    if (st != LP_OK) {
+        lp_error_prefix(&e, "stage 1 (%s): ", p->stages[0].addr);
+        pl_slot_fail(p, slot, st, e.msg);
+    } else {
+        p->bytes_out += a.data.len;
+    }
+    pthread_mutex_unlock(&p->mu);
+}
+
+enum lp_status lp_pipeline_submit(struct lp_pipeline *p, const struct lp_pipeline_seg *segs,
+                                  int n_segs, uint64_t *step, struct lp_error *err) {
+    enum lp_status st = pl_check(p, segs, n_segs, err);
+    if (st != LP_OK) return st;
+    double t0 = lp_now_seconds();
+    if ((st = pl_front(p, segs, n_segs, err)) != LP_OK) return st;
+    int n_tokens = 0, n_rows = 0;
+    for (int i = 0; i < n_segs; i++) {
+        n_tokens += segs[i].n_tokens;
+        n_rows += segs[i].all_logits ? segs[i].n_tokens : segs[i].want_logits ? 1 : 0;
+    }
+    struct pl_slot *slot = &p->slots[(p->slot_head + p->n_in_flight) % p->n_slots];
+    pthread_mutex_lock(&p->mu);
+    *slot = (struct pl_slot){.step = ++p->next_step, .sent_at = t0, .n_rows = n_rows,
+                             .rows = slot->rows};
+    p->n_in_flight++;
+    p->kv_used = lp_engine_kv_blocks_used(p->front);
+    pthread_mutex_unlock(&p->mu);
+    *step = slot->step;
+    if (p->n_workers == 0) { // one process: the rows needing logits, now
+        size_t H = (size_t)p->cfg.hidden_size;
+        int row = 0, k = 0;
+        for (int i = 0; i < n_segs; i++) {
+            const struct lp_pipeline_seg *g = &segs[i];
+            int first = g->all_logits ? 0 : g->want_logits ? g->n_tokens - 1 : g->n_tokens;
+            for (int t = first; t < g->n_tokens; t++)
+                memcpy(slot->rows + (size_t)k++ * H, p->rows + (size_t)(row + t) * H,
+                       H * sizeof(float));
+            row += g->n_tokens;
+        }
+        pthread_mutex_lock(&p->mu);
+        slot->done = true;
+        pthread_mutex_unlock(&p->mu);
+    } else {
+        pl_send(p, slot, segs, n_segs, n_tokens);
+    }
+    pthread_mutex_lock(&p->mu);
+    p->tokens += (uint64_t)n_tokens;
+    p->steps++;
+    p->busy_s += lp_now_seconds() - t0;
+    pthread_mutex_unlock(&p->mu);
+    return LP_OK;
+}
+
+// Waits for the oldest slot's result or its deadline. Under mu.
+static void pl_wait(struct lp_pipeline *p, struct pl_slot *s) {
+    double deadline = s->sent_at + p->params.timeout_ms / 1e3;
+    while (!s->done || s->filling) {
+        double left = deadline - lp_now_seconds();
+        if (left <= 0 && !s->filling) {
+            char m[LP_ERROR_MSG_BYTES];
+            snprintf(m, sizeof m,
+                     "no result from the pipeline within %d ms (step %llu): a stage is stalled "
+                     "or dead",
+                     p->params.timeout_ms, (unsigned long long)s->step);
+            pl_slot_fail(p, s, LP_ERR_TIMEOUT, m);
+            break;
+        }
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        double ms = left > 0.05 ? 50 : (left > 0 ? left * 1e3 : 1);
+        int64_t ns = (int64_t)ts.tv_nsec + (int64_t)(ms * 1e6);
+        ts.tv_sec += (time_t)(ns / 1000000000);
+        ts.tv_nsec = (long)(ns % 1000000000);
+        pthread_cond_timedwait(&p->cv, &p->mu, &ts);
+    }
+}
+
+enum lp_status lp_pipeline_collect(struct lp_pipeline *p, struct lp_pipeline_result *r,
+                                   struct lp_error *err) {
+    if (p->n_in_flight == 0)
+        return lp_error_set(err, LP_ERR_INVALID_ARG, "pipeline: collect with nothing in flight");
+    struct pl_slot *s = &p->slots[p->slot_head];
+    pthread_mutex_lock(&p->mu);
+    pl_wait(p, s);
+    pthread_mutex_unlock(&p->mu);
+    *r = (struct lp_pipeline_result){.step = s->step, .status = s->status, .logits = p->logits};
+    if (s->status == LP_OK && s->n_rows > 0) {
+        double t0 = lp_now_seconds();
+        struct lp_engine_seg seg = {.seq = p->head_seq, .pos0 = 0, .n_tokens = s->n_rows,
+                                    .all_logits = true};
+        struct lp_engine_batch b = {.n_segs = 1, .segs = &seg, .hidden_in = s->rows,
+                                    .logits = p->logits};
+        struct lp_error e = {0};
+        if ((r->status = lp_engine_forward(p->head, &b, &e)) != LP_OK) {
+            lp_error_prefix(&e, "the head: ");
+            memcpy(s->error, e.msg, sizeof s->error);
+        }
+        pthread_mutex_lock(&p->mu);
+        p->busy_s += lp_now_seconds() - t0;
+        pthread_mutex_unlock(&p->mu);
+    }
+    r->n_rows = r->status == LP_OK ? s->n_rows : 0;
+    if (r->status != LP_OK) snprintf(r->error, sizeof r->error, "%s", s->error);
+    pthread_mutex_lock(&p->mu);
+    s->step = 0;
+    p->slot_head = (p->slot_head + 1) % p->n_slots;
+    p->n_in_flight--;
+    pthread_mutex_unlock(&p->mu);
+    return LP_OK;
+}
+
+int lp_pipeline_in_flight(const struct lp_pipeline *p) { return p->n_in_flight; }
+
+void lp_pipeline_release(struct lp_pipeline *p, uint64_t session) {
+    int k = pl_find_session(p, session);
+    if (k >= 0) {
+        lp_engine_seq_close(p->front, p->sessions[k].seq);
+        p->sessions[k].id = 0;
+        pthread_mutex_lock(&p->mu);
+        p->kv_used = lp_engine_kv_blocks_used(p->front);
+        pthread_mutex_unlock(&p->mu);
+    }
     Layerpipe__V1__ReleaseRequest r = LAYERPIPE__V1__RELEASE_REQUEST__INIT;
     r.n_sessions = 1;
     r.sessions = &session;
@@ -426,219 +807,46 @@ static void pl_release(struct lp_pipeline *p, uint64_t session) {
     }
 }
 
-void lp_pipeline_destroy(struct lp_pipeline *p) {
-    if (!p) return;
-    if (p->session_of && p->front)
-        for (int s = 0; s < p->max_sessions; s++)
-            if (lp_engine_seq_len(p->front, s) >= 0) {
-                pl_release(p, p->session_of[s]);
-                lp_engine_seq_close(p->front, s);
-            }
-    lp_rpc_client_stream_close(p->to_first, 2000);
-    lp_rpc_server_destroy(p->sink);
-    for (int i = 0; p->stages && i < p->n_workers; i++) lp_rpc_channel_destroy(p->stages[i].ch);
-    for (int i = 0; i < p->r_count; i++) free(p->results[(p->r_head + i) % PL_RESULTS].rows);
-    lp_engine_destroy(p->head);
-    lp_engine_destroy(p->front);
-    lp_backend_destroy(p->backend);
-    lp_model_close(p->model);
-    free(p->stages);
-    free(p->rows);
-    free(p->payload);
-    free(p->logit_rows);
-    free(p->session_of);
-    free(p->model_dir);
-    pthread_cond_destroy(&p->cv);
-    pthread_mutex_destroy(&p->mu);
-    lp_rpc_shutdown();
-    free(p);
-}
-
-// ---- the runner ----
-
-static enum lp_status pl_seq_open(void *ctx, int *seq, struct lp_error *err) {
-    struct lp_pipeline *p = ctx;
-    enum lp_status st = lp_engine_seq_open(p->front, seq, err);
-    if (st == LP_OK) p->session_of[*seq] = ++p->next_session;
-    return st;
-}
-
-static void pl_seq_close(void *ctx, int seq) {
-    struct lp_pipeline *p = ctx;
-    if (lp_engine_seq_len(p->front, seq) < 0) return;
-    if (!p->broken) pl_release(p, p->session_of[seq]);
-    lp_engine_seq_close(p->front, seq);
-}
-
-// Rows through the head: logits for each row ([n_rows][vocab]).
-static enum lp_status pl_head(struct lp_pipeline *p, const float *rows, int n_rows, float *logits,
-                              struct lp_error *err) {
-    struct lp_engine_seg seg = {.seq = p->head_seq, .pos0 = 0, .n_tokens = n_rows,
-                                .all_logits = true};
-    struct lp_engine_batch b = {.n_segs = 1, .segs = &seg, .hidden_in = rows, .logits = logits};
-    return lp_engine_forward(p->head, &b, err);
-}
-
-// Waits for the Sink's result of `step`; takes ownership of its rows.
-static enum lp_status pl_collect(struct lp_pipeline *p, uint64_t step, struct pl_result *out,
-                                 struct lp_error *err) {
-    struct timespec dl;
-    clock_gettime(CLOCK_REALTIME, &dl);
-    int64_t ns = (int64_t)dl.tv_nsec + (int64_t)p->params.timeout_ms * 1000000;
-    dl.tv_sec += (time_t)(ns / 1000000000);
-    dl.tv_nsec = (long)(ns % 1000000000);
-    enum lp_status st = LP_OK;
-    pthread_mutex_lock(&p->mu);
-    while (p->r_count == 0 && !p->failed)
-        if (pthread_cond_timedwait(&p->cv, &p->mu, &dl) != 0) break;
-    if (p->r_count > 0) {
-        *out = p->results[p->r_head];
-        p->r_head = (p->r_head + 1) % PL_RESULTS;
-        p->r_count--;
-        if (out->step != step) {
-            free(out->rows);
-            out->rows = NULL;
-            st = lp_error_set(err, LP_ERR_PROTOCOL, "Sink: got step %llu, expected %llu",
-                              (unsigned long long)out->step, (unsigned long long)step);
-        }
-    } else if (p->failed) {
-        st = lp_error_set(err, LP_ERR_NETWORK, "%s", p->fail_msg);
-    } else {
-        st = lp_error_set(err, LP_ERR_TIMEOUT,
-                          "no result from the pipeline within %d ms (step %llu): a stage is "
-                          "stalled or dead",
-                          p->params.timeout_ms, (unsigned long long)step);
-    }
-    pthread_mutex_unlock(&p->mu);
-    return st;
-}
-
-// After a step failed locally with chunks [from, to) already streamed:
-// collects and drops their results, so the next step starts in order, and
-// returns st. If even that fails the pipeline is marked down.
-static enum lp_status pl_drain(struct lp_pipeline *p, uint64_t first_step, int from, int to,
-                               enum lp_status st) {
-    for (int c = from; c < to && p->n_workers > 0; c++) {
-        struct pl_result r = {0};
-        struct lp_error e = {0};
-        if (pl_collect(p, first_step + (uint64_t)c, &r, &e) != LP_OK) {
-            p->broken = true;
-            snprintf(p->broken_msg, sizeof p->broken_msg, "%s", e.msg);
-            lp_rpc_client_stream_cancel(p->to_first);
-            break;
-        }
-        free(r.rows);
-    }
-    return st;
-}
-
-static enum lp_status pl_step(void *ctx, int seq, int pos0, const int32_t *tokens, int n,
-                              bool all_logits, float *logits, struct lp_error *err) {
-    struct lp_pipeline *p = ctx;
-    if (p->broken) return lp_error_set(err, LP_ERR_NETWORK, "pipeline is down: %s", p->broken_msg);
-    size_t H = (size_t)p->cfg.hidden_size, V = (size_t)p->cfg.vocab_size;
-    int chunk = p->max_rows;
-    uint64_t first_step = p->next_step;
-    int n_chunks = 0;
-    enum lp_status st = LP_OK;
-    double t0 = lp_now_seconds();
-    for (int i = 0; i < n; i += chunk, n_chunks++) {
-        int m = n - i < chunk ? n - i : chunk;
-        struct lp_engine_seg seg = {.seq = seq, .pos0 = pos0 + i, .n_tokens = m,
-                                    .tokens = tokens + i, .all_logits = all_logits};
-        struct lp_engine_batch b = {.n_segs = 1, .segs = &seg, .hidden_out = p->rows};
-        if ((st = lp_engine_forward(p->front, &b, err)) != LP_OK)
-            return pl_drain(p, first_step, 0, n_chunks, st);
-        p->tokens += (uint64_t)m;
-        p->steps++;
-        if (p->n_workers == 0) { // the coordinator is the whole pipeline
-            const float *rows = all_logits ? p->rows : p->rows + (size_t)(m - 1) * H;
-            int n_rows = all_logits ? m : 1;
-            float *dst = all_logits ? logits + (size_t)i * V : logits;
-            if ((st = pl_head(p, rows, n_rows, dst, err)) != LP_OK) return st;
-            continue;
-        }
-        Layerpipe__V1__Segment sg = LAYERPIPE__V1__SEGMENT__INIT;
-        sg.session = p->session_of[seq];
-        sg.pos0 = (uint32_t)(pos0 + i);
-        sg.n_tokens = (uint32_t)m;
-        sg.all_logits = all_logits;
-        Layerpipe__V1__Segment *sgp = &sg;
-        Layerpipe__V1__Activations a = LAYERPIPE__V1__ACTIVATIONS__INIT;
-        a.step = p->next_step++;
-        a.n_segments = 1;
-        a.segments = &sgp;
-
-        a.n_rows = (uint32_t)m;
-        a.hidden = (uint32_t)H;
-        a.dtype = lp_wire_encode_rows(p->rows, (size_t)m * H, pl_wire(p), p->payload, &a.data.len);
-        a.data.data = p->payload;
-        a.sent_at = lp_now_seconds();
-        uint8_t *buf;
-        size_t nb;
-        if ((st = lp_pb_pack(&a.base, &buf, &nb, err)) != LP_OK)
-            return pl_drain(p, first_step, 0, n_chunks, st);
-        pthread_mutex_lock(&p->mu);
-        p->sent_at[a.step % PL_INFLIGHT] = a.sent_at;
-        p->sent_step[a.step % PL_INFLIGHT] = a.step;
-        pthread_mutex_unlock(&p->mu);
-        st = lp_rpc_client_stream_write_take(p->to_first, buf, nb, err); // no copy
-        p->bytes_out += a.data.len;
-        if (st != LP_OK) goto broken;
-    }
-    double t1 = lp_now_seconds();
-    p->busy_s += t1 - t0;
-    if (p->n_workers == 0) return LP_OK;
-    // collect in order; the last stage sent each chunk's logit rows
-    for (int c = 0; c < n_chunks; c++) {
-        struct pl_result r = {0};
-        double w0 = lp_now_seconds();
-        if ((st = pl_collect(p, first_step + (uint64_t)c, &r, err)) != LP_OK) goto broken;
-        double w1 = lp_now_seconds();
-        p->idle_s += w1 - w0;
-        int m = n - c * chunk < chunk ? n - c * chunk : chunk;
-        int want = all_logits ? m : 1;
-        if (r.n_rows != want) {
-            free(r.rows);
-            st = lp_error_set(err, LP_ERR_PROTOCOL, "Sink: step %llu has %d rows, expected %d",
-                              (unsigned long long)r.step, r.n_rows, want);
-            goto broken;
-        }
-        if (all_logits || c == n_chunks - 1) {
-            float *dst = all_logits ? logits + (size_t)c * (size_t)chunk * V : logits;
-            st = pl_head(p, r.rows, r.n_rows, dst, err);
-        }
-        free(r.rows);
-        p->busy_s += lp_now_seconds() - w1;
-        if (st != LP_OK) return pl_drain(p, first_step, c + 1, n_chunks, st);
-    }
-    return LP_OK;
-broken:
-    // the pipeline cannot continue: remember why, free this session on the
-    // stages that still answer, and stop talking to stage 1
-    p->broken = true;
-    snprintf(p->broken_msg, sizeof p->broken_msg, "%s", err ? err->msg : "stage failure");
-    pl_release(p, p->session_of[seq]);
-    lp_rpc_client_stream_cancel(p->to_first);
-    return st;
-}
-
-static int pl_max_context(void *ctx) { return lp_engine_max_context(((struct lp_pipeline *)ctx)->front); }
-static int pl_vocab_size(void *ctx) { return ((struct lp_pipeline *)ctx)->cfg.vocab_size; }
-
-struct lp_runner lp_pipeline_runner(struct lp_pipeline *p) {
-    struct lp_runner r = {.iface = {.seq_open = pl_seq_open,
-                                    .seq_close = pl_seq_close,
-                                    .step = pl_step,
-                                    .max_context = pl_max_context,
-                                    .vocab_size = pl_vocab_size},
-                          .ctx = p};
-    return r;
-}
+// ---- accessors and stats ----
 
 const struct lp_plan *lp_pipeline_plan(const struct lp_pipeline *p) { return &p->plan; }
-
 const struct lp_model_config *lp_pipeline_config(const struct lp_pipeline *p) { return &p->cfg; }
+int lp_pipeline_max_context(const struct lp_pipeline *p) { return lp_engine_max_context(p->front); }
+int lp_pipeline_max_batch_tokens(const struct lp_pipeline *p) { return p->max_rows; }
+int lp_pipeline_max_sessions(const struct lp_pipeline *p) { return p->max_sessions; }
+size_t lp_pipeline_weight_bytes(const struct lp_pipeline *p) { return p->weight_bytes; }
+int lp_pipeline_kv_blocks(const struct lp_pipeline *p) { return p->kv_blocks; }
+int lp_pipeline_kv_block_size(const struct lp_pipeline *p) { return p->kv_block_size; }
+
+static void pl_worker_stats(struct lp_pipeline *p, int i, struct lp_stage_stats *s) {
+    memset(s, 0, sizeof *s);
+    snprintf(s->role, sizeof s->role, "worker");
+    snprintf(s->address, sizeof s->address, "%.63s", p->stages[i].addr);
+    snprintf(s->device, sizeof s->device, "%s", p->stages[i].device);
+    s->layer_begin = p->stages[i].layer_begin;
+    s->layer_end = p->stages[i].layer_end;
+    s->kv_blocks_total = p->stages[i].kv_blocks;
+    Layerpipe__V1__StatsRequest req = LAYERPIPE__V1__STATS_REQUEST__INIT;
+    uint8_t *resp = NULL;
+    size_t nr = 0;
+    if (pl_unary(p, i, LP_M_STATS, &req.base, &resp, &nr, 2000, NULL) != LP_OK) return;
+    Layerpipe__V1__StatsReply *r = layerpipe__v1__stats_reply__unpack(NULL, nr, resp);
+    free(resp);
+    if (!r) return;
+    s->busy_seconds = r->busy_seconds;
+    s->idle_seconds = r->idle_seconds;
+    s->tokens = r->tokens;
+    s->steps = r->steps;
+    s->bytes_in = r->bytes_in;
+    s->bytes_out = r->bytes_out;
+    s->hop_p50_ms = r->hop_p50_ms;
+    s->hop_p99_ms = r->hop_p99_ms;
+    s->sessions = (int)r->sessions;
+    s->kv_blocks_used = (int)r->kv_blocks_used;
+    s->kv_blocks_total = (int)r->kv_blocks_total;
+    s->ok = true;
+    layerpipe__v1__stats_reply__free_unpacked(r, NULL);
+}
 
 int lp_pipeline_stats(struct lp_pipeline *p, struct lp_stage_stats *stats, int max) {
     int n = 0;
@@ -651,42 +859,20 @@ int lp_pipeline_stats(struct lp_pipeline *p, struct lp_stage_stats *stats, int m
              lp_backend_n_threads(p->backend));
     c->layer_begin = 0;
     c->layer_end = p->plan.layers[0];
+    pthread_mutex_lock(&p->mu);
     c->busy_seconds = p->busy_s;
     c->idle_seconds = lp_now_seconds() - p->created_at - p->busy_s;
     c->tokens = p->tokens;
     c->steps = p->steps;
     c->bytes_out = p->bytes_out;
-    pthread_mutex_lock(&p->mu);
     c->bytes_in = p->bytes_in;
     c->hop_p50_ms = lp_latency_quantile(&p->hop, 0.5);
     c->hop_p99_ms = lp_latency_quantile(&p->hop, 0.99);
+    c->kv_blocks_used = p->kv_used;
     pthread_mutex_unlock(&p->mu);
+    c->kv_blocks_total = lp_engine_kv_blocks_total(p->front);
+    for (int i = 0; i < p->max_sessions; i++) c->sessions += p->sessions[i].id != 0;
     c->ok = true;
-    for (int i = 0; i < p->n_workers && n < max; i++) {
-        struct lp_stage_stats *s = &stats[n++];
-        memset(s, 0, sizeof *s);
-        snprintf(s->role, sizeof s->role, "worker");
-        snprintf(s->address, sizeof s->address, "%.63s", p->stages[i].addr);
-        snprintf(s->device, sizeof s->device, "%s", p->stages[i].device);
-        s->layer_begin = p->stages[i].layer_begin;
-        s->layer_end = p->stages[i].layer_end;
-        Layerpipe__V1__StatsRequest req = LAYERPIPE__V1__STATS_REQUEST__INIT;
-        uint8_t *resp = NULL;
-        size_t nr = 0;
-        if (pl_unary(p, i, LP_M_STATS, &req.base, &resp, &nr, 2000, NULL) != LP_OK) continue;
-        Layerpipe__V1__StatsReply *r = layerpipe__v1__stats_reply__unpack(NULL, nr, resp);
-        free(resp);
-        if (!r) continue;
-        s->busy_seconds = r->busy_seconds;
-        s->idle_seconds = r->idle_seconds;
-        s->tokens = r->tokens;
-        s->steps = r->steps;
-        s->bytes_in = r->bytes_in;
-        s->bytes_out = r->bytes_out;
-        s->hop_p50_ms = r->hop_p50_ms;
-        s->hop_p99_ms = r->hop_p99_ms;
-        s->ok = true;
-        layerpipe__v1__stats_reply__free_unpacked(r, NULL);
-    }
+    for (int i = 0; i < p->n_workers && n < max; i++) pl_worker_stats(p, i, &stats[n++]);
     return n;
 }

@@ -101,6 +101,14 @@ size_t lp_rpc_stream_queued_bytes(struct lp_rpc_stream *s);
 void lp_rpc_stream_ref(struct lp_rpc_stream *s);
 void lp_rpc_stream_unref(struct lp_rpc_stream *s);
 
+// A hold says replies to received messages are still owed (a worker thread
+// computes them): while any hold is taken, a client's half-close does not
+// end the stream; the last unhold then sends the final OK status. Take a
+// hold while the handle is valid (in on_message) together with a ref.
+// Any thread.
+void lp_rpc_stream_hold(struct lp_rpc_stream *s);
+void lp_rpc_stream_unhold(struct lp_rpc_stream *s);
+
 // ---------------------------------------------------------------- client ---
 
 struct lp_rpc_channel;

@@ -79,6 +79,8 @@ struct lp_rpc_stream {
     size_t queued_bytes;
     grpc_byte_buffer *send_bb; // the SEND_MESSAGE in flight, or NULL
     int finishing;             // final status decided: no more sends
+    int holds;                 // lp_rpc_stream_hold: work on received messages still owed
+    int half_closed;           // the client half-closed while holds > 0: finish at the last unhold
     int status_started;
     int closed;   // RECV_CLOSE_ON_SERVER done: no more batches
     int released; // on_close done (or owed and running)
@@ -206,6 +208,20 @@ static void stream_free(struct lp_rpc_stream *st) {
 void lp_rpc_stream_ref(struct lp_rpc_stream *st) {
     pthread_mutex_lock(&st->mu);
     st->refs++;
+    pthread_mutex_unlock(&st->mu);
+}
+
+static void stream_finish_locked(struct lp_rpc_stream *st, enum lp_status code, const char *msg);
+
+void lp_rpc_stream_hold(struct lp_rpc_stream *st) {
+    pthread_mutex_lock(&st->mu);
+    st->holds++;
+    pthread_mutex_unlock(&st->mu);
+}
+
+void lp_rpc_stream_unhold(struct lp_rpc_stream *st) {
+    pthread_mutex_lock(&st->mu);
+    if (--st->holds == 0 && st->half_closed) stream_finish_locked(st, LP_OK, "");
     pthread_mutex_unlock(&st->mu);
 }
 
@@ -343,7 +359,8 @@ static void stream_recv_done(struct lp_rpc_tag *tag, int ok) {
     } else {
         if (bb) grpc_byte_buffer_destroy(bb);
         pthread_mutex_lock(&st->mu);
-        if (ok) stream_finish_locked(st, LP_OK, ""); // client half-closed
+        if (ok && st->holds > 0) st->half_closed = 1; // finish after the owed replies
+        else if (ok) stream_finish_locked(st, LP_OK, ""); // client half-closed
         pthread_mutex_unlock(&st->mu);
         // !ok: the call failed; RECV_CLOSE_ON_SERVER reports it
     }

@@ -1,14 +1,19 @@
 // SPDX-License-Identifier: MIT
 // stage.c -- the worker: a layerpipe.v1.Stage server over one contiguous
 // layer range. At start it maps the model's headers only (config and
-// fingerprint); Configure loads just its layers and sizes the KV pool, and
-// connects to its successor. Each Forward message (a micro-batch of
-// sessions' rows) is checked, run through the engine on the server thread,
-// passed on to the successor (only the rows needing logits when the
-// successor is the coordinator's Sink), and acknowledged upstream.
-// Threads: handlers run on the server's thread; successor callbacks on the
-// successor channel's thread; `mu` guards what both touch (successor
-// failure, in-flight send times, hop latencies, the upstream stream).
+// fingerprint); Configure loads just its layers, sizes the KV pool and the
+// step queue, and connects to its successor. Forward messages are unpacked
+// on the server thread into a free queue slot's arena and handed to the
+// compute thread, which checks each step, runs it through the engine,
+// passes it on (only the rows needing logits when the successor is the
+// coordinator's Sink) and acknowledges it on the stream that sent it. A step
+// that fails gets a failure Ack of its own; the stream goes on.
+// Threads: handlers on the server thread (they never compute: Health,
+// Stats and Release answer while a step runs); steps on the compute
+// thread; successor callbacks on the successor channel's thread.
+// `engine_mu` guards the engine and sessions (compute thread, Release,
+// Configure); `mu` guards the queue, counters and what the successor
+// callbacks touch.
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -25,19 +30,36 @@ struct stage_session {
     double last_used; // lp_now_seconds
 };
 
-#define STAGE_INFLIGHT 256
+// One received step waiting for the compute thread.
+struct stage_item {
+    struct lp_rpc_stream *from;     // referenced: the stream that sent it
+    Layerpipe__V1__Activations *a;  // unpacked into arena
+    struct lp_pb_arena arena;
+};
+
+// A step passed to the successor and not yet acknowledged by it.
+struct stage_sent {
+    uint64_t step;                  // 0: free
+    double at;
+    struct lp_rpc_stream *from;     // referenced: where its failure goes
+};
+
+#define STAGE_QUEUE 8      // steps queued for compute; past it a step fails with BUSY
+#define STAGE_INFLIGHT 64  // steps sent on and not yet acknowledged that we remember
 
 struct lp_worker {
     struct lp_worker_params params;
     char *model_dir, *listen;
-    struct lp_model *headers; // config + fingerprint only (no layers)
     uint64_t fingerprint;
     int n_layers, hidden;
     double measured_gb_s;
     char device[64];
     struct lp_backend *backend;
     struct lp_rpc_server *server;
-    // configuration (server thread only)
+    pthread_t compute;
+    bool compute_started;
+    // configuration and the engine (engine_mu)
+    pthread_mutex_t engine_mu;
     bool configured;
     int stage_index, layer_begin, layer_end, max_rows, max_sessions;
     bool to_sink;
@@ -45,24 +67,30 @@ struct lp_worker {
     char successor[128];
     struct lp_model *model;
     struct lp_engine *engine;
-    struct stage_session *sessions; // [max_sessions]
+    struct stage_session *sessions;       // [max_sessions]
     float *rows_in, *rows_out, *rows_sel; // [max_rows, hidden]
     uint8_t *payload;                     // [max_rows * hidden * 4]
+    uint8_t *packed;                      // [pack_cap] the outgoing Activations
+    size_t pack_cap;
     struct lp_engine_seg *segs;           // [max_sessions]
     int *opened_now;                      // [max_sessions] sessions opened by this step
     struct lp_rpc_channel *succ_ch;
     struct lp_rpc_client_stream *succ;
-    // counters (server thread)
+    // the queue and counters (mu)
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    bool stopping;
+    struct stage_item queue[STAGE_QUEUE];
+    int q_head, q_count;
+    size_t arena_cap;                     // each queue slot's arena (0: not configured)
     double busy_s, idle_s, last_done;
     uint64_t tokens, steps, bytes_in, bytes_out;
-    // shared with the successor's thread
-    pthread_mutex_t mu;
+    // what the successor's callbacks touch (mu)
     bool succ_failed;
-    char succ_error[256];
-    double sent_at[STAGE_INFLIGHT]; // by step % STAGE_INFLIGHT
-    uint64_t sent_step[STAGE_INFLIGHT];
+    char succ_error[LP_ERROR_MSG_BYTES];
+    struct stage_sent sent[STAGE_INFLIGHT]; // by step % STAGE_INFLIGHT
     struct lp_latency hop;
-    struct lp_rpc_stream *upstream; // the current Forward stream (referenced), for async errors
+    int kv_used, kv_total, n_sessions_open;
 };
 
 struct lp_worker_params lp_worker_params_default(void) {
@@ -71,9 +99,23 @@ struct lp_worker_params lp_worker_params_default(void) {
     return p;
 }
 
-// ---- successor callbacks (successor channel thread) ----
+// Sends a failure Ack for one step (0: the stream as a whole) to a stream.
+static void stage_ack_failure(struct lp_rpc_stream *to, uint64_t step, enum lp_status st,
+                              int stage_index, const char *error) {
+    if (!to) return;
+    Layerpipe__V1__Ack ack = LAYERPIPE__V1__ACK__INIT;
+    ack.step = step;
+    ack.ok = false;
+    ack.status = (uint32_t)st;
+    ack.stage_index = (uint32_t)stage_index;
+    ack.error = (char *)error;
+    uint8_t buf[LP_ERROR_MSG_BYTES + 64];
+    size_t n;
+    if (lp_pb_pack_into(&ack.base, buf, sizeof buf, &n, NULL) == LP_OK)
+        lp_rpc_stream_send(to, buf, n, NULL);
+}
 
-static void stage_report_upstream(struct lp_worker *w, const char *error);
+// ---- successor callbacks (successor channel thread) ----
 
 static void succ_on_reply(void *user, const uint8_t *msg, size_t bytes) {
     struct lp_worker *w = user;
@@ -81,54 +123,73 @@ static void succ_on_reply(void *user, const uint8_t *msg, size_t bytes) {
     if (!ack) return;
     double now = lp_now_seconds();
     pthread_mutex_lock(&w->mu);
-    size_t k = ack->step % STAGE_INFLIGHT;
-    if (w->sent_step[k] == ack->step && w->sent_at[k] > 0) {
-        double ms = (now - w->sent_at[k] - ack->compute_seconds) * 1e3;
-        lp_latency_add(&w->hop, ms > 0 ? ms : 0);
-        w->sent_at[k] = 0;
-    }
-    if (!ack->ok && !w->succ_failed) { // pass a failure further down the line on to ours
-        w->succ_failed = true;
-        snprintf(w->succ_error, sizeof w->succ_error, "%s", ack->error);
-        stage_report_upstream(w, w->succ_error);
+    struct stage_sent *s = &w->sent[ack->step % STAGE_INFLIGHT];
+    if (s->step == ack->step && ack->step != 0) {
+        if (ack->ok) {
+            double ms = (now - s->at - ack->compute_seconds) * 1e3;
+            lp_latency_add(&w->hop, ms > 0 ? ms : 0);
+        } else { // the step failed further down the ring: tell whoever sent it
+            stage_ack_failure(s->from, s->step, (enum lp_status)ack->status,
+                              (int)ack->stage_index, ack->error);
+        }
+        lp_rpc_stream_unref(s->from);
+        *s = (struct stage_sent){0};
     }
     pthread_mutex_unlock(&w->mu);
     layerpipe__v1__ack__free_unpacked(ack, NULL);
 }
 
-// Tells the predecessor at once, through an Ack on its stream, so a
-// coordinator waiting for the Sink learns of a dead stage without waiting
-// for its deadline.
-static void stage_report_upstream(struct lp_worker *w, const char *error) {
-    struct lp_rpc_stream *up = w->upstream;
-    if (!up) return;
-    Layerpipe__V1__Ack ack = LAYERPIPE__V1__ACK__INIT;
-    ack.ok = false;
-    ack.error = (char *)error;
-    uint8_t *buf;
-    size_t n;
-    if (lp_pb_pack(&ack.base, &buf, &n, NULL) == LP_OK) {
-        lp_rpc_stream_send(up, buf, n, NULL);
-        free(buf);
+// Fails every step sent on and not acknowledged. Under mu.
+static void stage_fail_sent(struct lp_worker *w, enum lp_status st, const char *msg) {
+    for (int i = 0; i < STAGE_INFLIGHT; i++) {
+        struct stage_sent *s = &w->sent[i];
+        if (!s->step) continue;
+        stage_ack_failure(s->from, s->step, st, w->stage_index, msg);
+        lp_rpc_stream_unref(s->from);
+        *s = (struct stage_sent){0};
     }
 }
 
 static void succ_on_end(void *user, enum lp_status st, const char *msg) {
     struct lp_worker *w = user;
-    if (st == LP_OK) return;
     pthread_mutex_lock(&w->mu);
     if (!w->succ_failed) {
         w->succ_failed = true;
         snprintf(w->succ_error, sizeof w->succ_error, "stage %d (%s): successor %s failed: %s",
-                 w->stage_index, w->listen, w->successor, msg);
-        stage_report_upstream(w, w->succ_error);
+                 w->stage_index, w->listen, w->successor,
+                 st == LP_OK ? "its stream ended" : msg);
     }
+    stage_fail_sent(w, LP_ERR_NETWORK, w->succ_error);
     pthread_mutex_unlock(&w->mu);
 }
 
-// ---- configuration ----
+// ---- the step queue ----
+
+// Drops every queued step (a new configuration, shutdown). Under mu.
+static void stage_queue_clear(struct lp_worker *w) {
+    while (w->q_count > 0) {
+        struct stage_item *it = &w->queue[w->q_head];
+        lp_rpc_stream_unhold(it->from);
+        lp_rpc_stream_unref(it->from);
+        it->from = NULL;
+        it->a = NULL;
+        w->q_head = (w->q_head + 1) % STAGE_QUEUE;
+        w->q_count--;
+    }
+}
+
+static void stage_queue_free(struct lp_worker *w) {
+    for (int i = 0; i < STAGE_QUEUE; i++) lp_pb_arena_deinit(&w->queue[i].arena);
+    w->arena_cap = 0;
+}
+
+// ---- configuration (server thread, engine_mu held) ----
 
 static void stage_unconfigure(struct lp_worker *w) {
+    pthread_mutex_lock(&w->mu);
+    stage_queue_clear(w);
+    stage_queue_free(w);
+    pthread_mutex_unlock(&w->mu);
     lp_rpc_client_stream_close(w->succ, 2000);
     w->succ = NULL;
     lp_rpc_channel_destroy(w->succ_ch);
@@ -142,23 +203,48 @@ static void stage_unconfigure(struct lp_worker *w) {
     free(w->rows_out);
     free(w->rows_sel);
     free(w->payload);
+    free(w->packed);
     free(w->segs);
     free(w->opened_now);
     w->opened_now = NULL;
     w->sessions = NULL;
     w->rows_in = w->rows_out = w->rows_sel = NULL;
-    w->payload = NULL;
+    w->payload = w->packed = NULL;
     w->segs = NULL;
     w->configured = false;
     w->max_rows = w->max_sessions = 0;
     pthread_mutex_lock(&w->mu);
     w->succ_failed = false;
     w->succ_error[0] = '\0';
+    stage_fail_sent(w, LP_ERR_CANCELLED, "the stage was reconfigured");
     memset(&w->hop, 0, sizeof w->hop);
-    memset(w->sent_at, 0, sizeof w->sent_at);
-    pthread_mutex_unlock(&w->mu);
     w->busy_s = w->idle_s = 0;
     w->tokens = w->steps = w->bytes_in = w->bytes_out = 0;
+    w->kv_used = w->kv_total = w->n_sessions_open = 0;
+    pthread_mutex_unlock(&w->mu);
+}
+
+// Opens the stream to the successor (after a Health check, so a clear error
+// comes now rather than from a stream that dies later).
+static enum lp_status stage_connect(struct lp_worker *w, struct lp_error *err) {
+    if (w->succ) lp_rpc_client_stream_close(w->succ, 0);
+    w->succ = NULL;
+    Grpc__Health__V1__HealthCheckRequest hreq = GRPC__HEALTH__V1__HEALTH_CHECK_REQUEST__INIT;
+    uint8_t req[16], *resp = NULL;
+    size_t n_req = 0, n_resp = 0;
+    enum lp_status st = lp_pb_pack_into(&hreq.base, req, sizeof req, &n_req, err);
+    if (st == LP_OK)
+        st = lp_rpc_call_unary(w->succ_ch, LP_M_HEALTH, req, n_req, &resp, &n_resp, 5000, err);
+    free(resp);
+    if (st != LP_OK)
+        return lp_error_prefix(err, "stage %d (%s) cannot reach its successor: ", w->stage_index,
+                               w->listen);
+    pthread_mutex_lock(&w->mu);
+    w->succ_failed = false;
+    w->succ_error[0] = '\0';
+    pthread_mutex_unlock(&w->mu);
+    return lp_rpc_stream_open(w->succ_ch, w->to_sink ? LP_M_SINK : LP_M_FORWARD, succ_on_reply,
+                              succ_on_end, w, &w->succ, err);
 }
 
 static enum lp_status stage_configure(struct lp_worker *w, const Layerpipe__V1__ConfigureRequest *r,
@@ -190,6 +276,10 @@ static enum lp_status stage_configure(struct lp_worker *w, const Layerpipe__V1__
         r->wire_dtype != LAYERPIPE__V1__DTYPE__DTYPE_F16)
         return lp_error_set(err, LP_ERR_INVALID_ARG, "stage %s: unknown wire dtype %d", w->listen,
                             (int)r->wire_dtype);
+    if (r->kv_dtype != LAYERPIPE__V1__DTYPE__DTYPE_F32 &&
+        r->kv_dtype != LAYERPIPE__V1__DTYPE__DTYPE_BF16)
+        return lp_error_set(err, LP_ERR_INVALID_ARG, "stage %s: KV dtype %d, expected F32 or BF16",
+                            w->listen, (int)r->kv_dtype);
     stage_unconfigure(w);
     struct lp_model_load_params lp = {.layer_begin = (int)r->layer_begin,
                                       .layer_end = (int)r->layer_end,
@@ -208,6 +298,7 @@ static enum lp_status stage_configure(struct lp_worker *w, const Layerpipe__V1__
     w->max_rows = (int)r->max_batch_tokens;
     w->max_sessions = (int)r->max_sessions;
     size_t row_bytes = (size_t)w->max_rows * (size_t)w->hidden * sizeof(float);
+    size_t arena = lp_pb_arena_bytes_for(row_bytes, (size_t)w->max_sessions);
     w->sessions = malloc((size_t)w->max_sessions * sizeof *w->sessions);
     w->segs = malloc((size_t)w->max_sessions * sizeof *w->segs);
     w->opened_now = malloc((size_t)w->max_sessions * sizeof *w->opened_now);
@@ -215,10 +306,19 @@ static enum lp_status stage_configure(struct lp_worker *w, const Layerpipe__V1__
     w->rows_out = malloc(row_bytes);
     w->rows_sel = malloc(row_bytes);
     w->payload = malloc(row_bytes);
-    if (!w->sessions || !w->segs || !w->opened_now || !w->rows_in || !w->rows_out || !w->rows_sel || !w->payload) {
+    w->pack_cap = arena + 64;
+    w->packed = malloc(w->pack_cap);
+    if (!w->sessions || !w->segs || !w->opened_now || !w->rows_in || !w->rows_out ||
+        !w->rows_sel || !w->payload || !w->packed) {
         st = lp_error_set(err, LP_ERR_NOMEM, "stage %s: out of memory", w->listen);
         goto fail;
     }
+    pthread_mutex_lock(&w->mu);
+    for (int i = 0; i < STAGE_QUEUE && st == LP_OK; i++)
+        st = lp_pb_arena_init(&w->queue[i].arena, arena, err);
+    w->arena_cap = st == LP_OK ? arena : 0;
+    pthread_mutex_unlock(&w->mu);
+    if (st != LP_OK) goto fail;
     for (int i = 0; i < w->max_sessions; i++) w->sessions[i].seq = -1;
     snprintf(w->successor, sizeof w->successor, "%s", r->successor);
     w->to_sink = r->successor_is_sink;
@@ -226,40 +326,29 @@ static enum lp_status stage_configure(struct lp_worker *w, const Layerpipe__V1__
     w->stage_index = (int)r->stage_index;
     w->layer_begin = (int)r->layer_begin;
     w->layer_end = (int)r->layer_end;
-    // the successor must be up now: a clear error beats a stream that dies later
     if ((st = lp_rpc_channel_create(&w->succ_ch, w->successor, LP_MAX_MESSAGE_BYTES, err)) !=
         LP_OK)
         goto fail;
-    Grpc__Health__V1__HealthCheckRequest hreq = GRPC__HEALTH__V1__HEALTH_CHECK_REQUEST__INIT;
-    uint8_t *req = NULL, *resp = NULL;
-    size_t n_req = 0, n_resp = 0;
-    if ((st = lp_pb_pack(&hreq.base, &req, &n_req, err)) != LP_OK) goto fail;
-    st = lp_rpc_call_unary(w->succ_ch, LP_M_HEALTH, req, n_req, &resp, &n_resp, 5000, err);
-    free(req);
-    free(resp);
-    if (st != LP_OK) {
-        lp_error_prefix(err, "stage %d (%s) cannot reach its successor: ", w->stage_index,
-                        w->listen);
-        goto fail;
-    }
-    st = lp_rpc_stream_open(w->succ_ch, w->to_sink ? LP_M_SINK : LP_M_FORWARD, succ_on_reply,
-                            succ_on_end, w, &w->succ, err);
-    if (st != LP_OK) goto fail;
+    if ((st = stage_connect(w, err)) != LP_OK) goto fail;
     w->configured = true;
+    pthread_mutex_lock(&w->mu);
     w->last_done = lp_now_seconds();
+    w->kv_total = lp_engine_kv_blocks_total(w->engine);
+    pthread_mutex_unlock(&w->mu);
     reply->weight_bytes = lp_model_weight_bytes(w->model);
     reply->kv_bytes = lp_engine_kv_bytes(w->engine);
+    reply->kv_blocks = (uint32_t)lp_engine_kv_blocks_total(w->engine);
+    reply->kv_block_size = (uint32_t)lp_engine_kv_block_size(w->engine);
     fprintf(stderr, "layerpipe worker %s: stage %d, layers [%d, %d), successor %s%s, %s wire\n",
             w->listen, w->stage_index, w->layer_begin, w->layer_end, w->successor,
-            w->to_sink ? " (sink)" : "",
-            lp_wire_dtype_name(w->wire));
+            w->to_sink ? " (sink)" : "", lp_wire_dtype_name(w->wire));
     return LP_OK;
 fail:
     stage_unconfigure(w);
     return st;
 }
 
-// ---- unary handlers (server thread) ----
+// ---- unary handlers (server thread; none of them computes) ----
 
 static enum lp_status h_hello(void *user, const uint8_t *req, size_t n_req, uint8_t **resp,
                               size_t *n_resp, struct lp_error *err) {
@@ -286,10 +375,23 @@ static enum lp_status h_configure(void *user, const uint8_t *req, size_t n_req, 
         layerpipe__v1__configure_request__unpack(NULL, n_req, req);
     if (!r) return lp_error_set(err, LP_ERR_PROTOCOL, "Configure: malformed request");
     Layerpipe__V1__ConfigureReply reply = LAYERPIPE__V1__CONFIGURE_REPLY__INIT;
+    pthread_mutex_lock(&w->engine_mu); // waits for the step being computed
     enum lp_status st = stage_configure(w, r, &reply, err);
+    pthread_mutex_unlock(&w->engine_mu);
     layerpipe__v1__configure_request__free_unpacked(r, NULL);
     if (st != LP_OK) return st;
     return lp_pb_pack(&reply.base, resp, n_resp, err);
+}
+
+// Counts of the KV pool and sessions for Stats. engine_mu held.
+static void stage_note_kv(struct lp_worker *w) {
+    int open = 0;
+    for (int i = 0; i < w->max_sessions; i++) open += w->sessions[i].seq >= 0;
+    int used = w->engine ? lp_engine_kv_blocks_used(w->engine) : 0;
+    pthread_mutex_lock(&w->mu);
+    w->n_sessions_open = open;
+    w->kv_used = used;
+    pthread_mutex_unlock(&w->mu);
 }
 
 static int stage_release_session(struct lp_worker *w, uint64_t id) {
@@ -308,8 +410,11 @@ static enum lp_status h_release(void *user, const uint8_t *req, size_t n_req, ui
     Layerpipe__V1__ReleaseRequest *r = layerpipe__v1__release_request__unpack(NULL, n_req, req);
     if (!r) return lp_error_set(err, LP_ERR_PROTOCOL, "Release: malformed request");
     Layerpipe__V1__ReleaseReply reply = LAYERPIPE__V1__RELEASE_REPLY__INIT;
+    pthread_mutex_lock(&w->engine_mu);
     for (size_t i = 0; i < r->n_sessions; i++)
         reply.released += (uint32_t)stage_release_session(w, r->sessions[i]);
+    if (w->configured) stage_note_kv(w);
+    pthread_mutex_unlock(&w->engine_mu);
     layerpipe__v1__release_request__free_unpacked(r, NULL);
     return lp_pb_pack(&reply.base, resp, n_resp, err);
 }
@@ -320,22 +425,25 @@ static enum lp_status h_stats(void *user, const uint8_t *req, size_t n_req, uint
     (void)req;
     (void)n_req;
     Layerpipe__V1__StatsReply s = LAYERPIPE__V1__STATS_REPLY__INIT;
+    pthread_mutex_lock(&w->mu);
     s.stage_index = (uint32_t)w->stage_index;
     s.layer_begin = (uint32_t)w->layer_begin;
     s.layer_end = (uint32_t)w->layer_end;
     s.device = w->device;
     s.busy_seconds = w->busy_s;
-    s.idle_seconds = w->idle_s + (w->configured ? lp_now_seconds() - w->last_done : 0);
+    s.idle_seconds = w->idle_s + (w->arena_cap ? lp_now_seconds() - w->last_done : 0);
     s.tokens = w->tokens;
     s.steps = w->steps;
     s.bytes_in = w->bytes_in;
     s.bytes_out = w->bytes_out;
-    pthread_mutex_lock(&w->mu);
     s.hop_p50_ms = lp_latency_quantile(&w->hop, 0.5);
     s.hop_p99_ms = lp_latency_quantile(&w->hop, 0.99);
+    s.sessions = (uint32_t)w->n_sessions_open;
+    s.kv_blocks_used = (uint32_t)w->kv_used;
+    s.kv_blocks_total = (uint32_t)w->kv_total;
+    enum lp_status st = lp_pb_pack(&s.base, resp, n_resp, err);
     pthread_mutex_unlock(&w->mu);
-    for (int i = 0; w->sessions && i < w->max_sessions; i++) s.sessions += w->sessions[i].seq >= 0;
-    return lp_pb_pack(&s.base, resp, n_resp, err);
+    return st;
 }
 
 static enum lp_status h_health(void *user, const uint8_t *req, size_t n_req, uint8_t **resp,
@@ -350,31 +458,6 @@ static enum lp_status h_health(void *user, const uint8_t *req, size_t n_req, uin
     h.status = known ? GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVING
                      : GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVICE_UNKNOWN;
     return lp_pb_pack(&h.base, resp, n_resp, err);
-}
-
-// ---- the Forward stream (server thread) ----
-
-static enum lp_status fwd_open(void *user, struct lp_rpc_stream *s, void **stream_user,
-                               struct lp_error *err) {
-    struct lp_worker *w = user;
-    if (!w->configured)
-        return lp_error_set(err, LP_ERR_INVALID_ARG, "stage %s: Forward before Configure",
-                            w->listen);
-    pthread_mutex_lock(&w->mu);
-    if (w->upstream) lp_rpc_stream_unref(w->upstream);
-    lp_rpc_stream_ref(s);
-    w->upstream = s;
-    pthread_mutex_unlock(&w->mu);
-    *stream_user = NULL;
-    return LP_OK;
-}
-
-static void fwd_close(void *user, void *stream_user, enum lp_status st, const char *msg) {
-    struct lp_worker *w = user;
-    (void)stream_user;
-    (void)st;
-    (void)msg;
-    (void)w;
 }
 
 // The session slot of an id, or -1.
@@ -460,28 +543,8 @@ static enum lp_status stage_session(struct lp_worker *w, const Layerpipe__V1__Se
     return LP_OK;
 }
 
-static enum lp_status stage_forward(struct lp_worker *w, struct lp_rpc_stream *s,
-                                    const Layerpipe__V1__Activations *a, struct lp_error *err) {
-    // a stream opened before a later Configure failed still delivers here
-    if (!w->configured)
-        return lp_error_set(err, LP_ERR_INVALID_ARG,
-                            "stage %s: Forward while not configured (a Configure failed or is in "
-                            "progress)",
-                            w->listen);
-    double t0 = lp_now_seconds();
-    if (t0 > w->last_done) w->idle_s += t0 - w->last_done;
-    pthread_mutex_lock(&w->mu);
-    bool failed = w->succ_failed;
-    char why[256];
-    snprintf(why, sizeof why, "%s", w->succ_error);
-    pthread_mutex_unlock(&w->mu);
-    if (failed) return lp_error_set(err, LP_ERR_NETWORK, "%s", why);
-    enum lp_status st = lp_wire_decode_rows(a, w->hidden, w->max_rows, w->max_sessions, true,
-                                            w->rows_in, err);
-    if (st != LP_OK) return lp_error_prefix(err, "stage %d: ", w->stage_index);
-    // free sessions idle past the timeout, then check every segment, so a
-    // refused batch opens no session
-    double now = lp_now_seconds();
+// Frees sessions idle past the timeout. engine_mu held.
+static void stage_expire(struct lp_worker *w, double now) {
     for (int i = 0; i < w->max_sessions; i++) {
         struct stage_session *x = &w->sessions[i];
         if (x->seq >= 0 && w->params.idle_timeout_s > 0 &&
@@ -490,6 +553,16 @@ static enum lp_status stage_forward(struct lp_worker *w, struct lp_rpc_stream *s
             x->seq = -1;
         }
     }
+}
+
+// Runs the step's rows through the engine into rows_out. A refused or
+// failed step opens no session and changes none. engine_mu held.
+static enum lp_status stage_compute(struct lp_worker *w, const Layerpipe__V1__Activations *a,
+                                    struct lp_error *err) {
+    enum lp_status st = lp_wire_decode_rows(a, w->hidden, w->max_rows, w->max_sessions, true,
+                                            w->rows_in, err);
+    if (st != LP_OK) return st;
+    stage_expire(w, lp_now_seconds());
     if ((st = stage_check_segments(w, a, err)) != LP_OK) return st;
     int n_opened = 0;
     for (size_t i = 0; i < a->n_segments; i++) {
@@ -499,18 +572,21 @@ static enum lp_status stage_forward(struct lp_worker *w, struct lp_rpc_stream *s
         if ((st = stage_session(w, g, &seq, &opened, err)) != LP_OK) break;
         if (opened) w->opened_now[n_opened++] = seq;
         w->segs[i] = (struct lp_engine_seg){.seq = seq, .pos0 = (int)g->pos0,
-                                            .n_tokens = (int)g->n_tokens,
-                                            .all_logits = g->all_logits};
+                                            .n_tokens = (int)g->n_tokens};
     }
     struct lp_engine_batch b = {.n_segs = (int)a->n_segments, .segs = w->segs,
                                 .hidden_in = w->rows_in, .hidden_out = w->rows_out};
-    if (st == LP_OK && (st = lp_engine_forward(w->engine, &b, err)) != LP_OK)
-        lp_error_prefix(err, "stage %d: ", w->stage_index);
-    if (st != LP_OK) { // a failed step leaves no new session behind
+    if (st == LP_OK) st = lp_engine_forward(w->engine, &b, err);
+    if (st != LP_OK)
         for (int k = 0; k < n_opened; k++) stage_close_seq(w, w->opened_now[k]);
-        return st;
-    }
-    // what goes on: every row to a stage; the rows needing logits to the Sink
+    return st;
+}
+
+// Passes the computed step on: every row to a stage, the rows needing
+// logits to the Sink. The step is remembered so the successor's Ack (or
+// failure) finds the stream that sent it. engine_mu held.
+static enum lp_status stage_pass_on(struct lp_worker *w, const Layerpipe__V1__Activations *a,
+                                    struct lp_rpc_stream *from, struct lp_error *err) {
     const float *send = w->rows_out;
     uint32_t n_send = a->n_rows;
     size_t H = (size_t)w->hidden;
@@ -519,8 +595,8 @@ static enum lp_status stage_forward(struct lp_worker *w, struct lp_rpc_stream *s
         size_t row = 0;
         for (size_t i = 0; i < a->n_segments; i++) {
             const Layerpipe__V1__Segment *g = a->segments[i];
-            size_t first = g->all_logits ? 0 : g->n_tokens - 1;
-            for (size_t t = first; t < g->n_tokens; t++)
+            uint32_t k = lp_wire_logit_rows(g);
+            for (size_t t = g->n_tokens - k; t < g->n_tokens; t++)
                 memcpy(w->rows_sel + (size_t)n_send++ * H, w->rows_out + (row + t) * H,
                        H * sizeof(float));
             row += g->n_tokens;
@@ -531,53 +607,174 @@ static enum lp_status stage_forward(struct lp_worker *w, struct lp_rpc_stream *s
     out.step = a->step;
     out.n_segments = a->n_segments;
     out.segments = a->segments;
-    out.dtype = w->wire;
     out.n_rows = n_send;
     out.hidden = (uint32_t)H;
     out.dtype = lp_wire_encode_rows(send, (size_t)n_send * H, w->wire, w->payload, &out.data.len);
     out.data.data = w->payload;
-    uint8_t *buf;
-    size_t n;
-    double t1 = lp_now_seconds();
-    out.sent_at = t1;
-    if ((st = lp_pb_pack(&out.base, &buf, &n, err)) != LP_OK) return st;
+    out.sent_at = lp_now_seconds();
+    size_t n = 0;
+    enum lp_status st = lp_pb_pack_into(&out.base, w->packed, w->pack_cap, &n, err);
+    if (st != LP_OK) return st;
     pthread_mutex_lock(&w->mu);
-    w->sent_at[a->step % STAGE_INFLIGHT] = t1;
-    w->sent_step[a->step % STAGE_INFLIGHT] = a->step;
+    bool failed = w->succ_failed;
     pthread_mutex_unlock(&w->mu);
-    st = lp_rpc_client_stream_write_take(w->succ, buf, n, err); // no copy
+    if (failed && (st = stage_connect(w, err)) != LP_OK) return st; // reconnect once
+    pthread_mutex_lock(&w->mu);
+    struct stage_sent *s = &w->sent[a->step % STAGE_INFLIGHT];
+    lp_rpc_stream_unref(s->from); // an old step never acknowledged
+    lp_rpc_stream_ref(from);
+    *s = (struct stage_sent){a->step, out.sent_at, from};
+    w->bytes_out += out.data.len;
+    pthread_mutex_unlock(&w->mu);
+    st = lp_rpc_client_stream_write(w->succ, w->packed, n, err);
     if (st != LP_OK)
         return lp_error_prefix(err, "stage %d (%s): successor %s: ", w->stage_index, w->listen,
                                w->successor);
-    w->busy_s += t1 - t0;
-    w->tokens += a->n_rows;
-    w->steps++;
-    w->bytes_in += a->data.len;
-    w->bytes_out += out.data.len;
-    w->last_done = lp_now_seconds();
+    return LP_OK;
+}
+
+// One step on the compute thread: compute, pass on, acknowledge; or a
+// failure Ack for this step alone.
+static void stage_step(struct lp_worker *w, struct stage_item *it) {
+    struct lp_error err = {0};
+    enum lp_status st;
+    pthread_mutex_lock(&w->engine_mu);
+    pthread_mutex_lock(&w->mu);
+    bool dropped = it->a == NULL; // a Configure cleared the queue meanwhile
+    pthread_mutex_unlock(&w->mu);
+    if (dropped) {
+        pthread_mutex_unlock(&w->engine_mu);
+        return;
+    }
+    const Layerpipe__V1__Activations *a = it->a;
+    double t0 = lp_now_seconds();
+    if (!w->configured) // a stream opened before a later Configure failed
+        st = lp_error_set(&err, LP_ERR_INVALID_ARG,
+                          "stage %s: Forward while not configured (a Configure failed or is in "
+                          "progress)",
+                          w->listen);
+    else if ((st = stage_compute(w, a, &err)) == LP_OK)
+        st = stage_pass_on(w, a, it->from, &err);
+    double t1 = lp_now_seconds();
+    if (w->configured) stage_note_kv(w);
+    pthread_mutex_unlock(&w->engine_mu);
+    pthread_mutex_lock(&w->mu);
+    if (t0 > w->last_done) w->idle_s += t0 - w->last_done;
+    w->last_done = t1;
+    if (st == LP_OK) {
+        w->busy_s += t1 - t0;
+        w->tokens += a->n_rows;
+        w->steps++;
+        w->bytes_in += a->data.len;
+    }
+    pthread_mutex_unlock(&w->mu);
+    if (st != LP_OK) {
+        if (!strstr(err.msg, "stage ")) lp_error_prefix(&err, "stage %d: ", w->stage_index);
+        fprintf(stderr, "layerpipe worker %s: step %llu: %s\n", w->listen,
+                (unsigned long long)a->step, err.msg);
+        stage_ack_failure(it->from, a->step, st, w->stage_index, err.msg);
+        return;
+    }
     Layerpipe__V1__Ack ack = LAYERPIPE__V1__ACK__INIT;
     ack.step = a->step;
     ack.ok = true;
     ack.compute_seconds = t1 - t0;
-    if ((st = lp_pb_pack(&ack.base, &buf, &n, err)) != LP_OK) return st;
-    lp_rpc_stream_send(s, buf, n, NULL);
-    free(buf);
+    uint8_t buf[64];
+    size_t n;
+    if (lp_pb_pack_into(&ack.base, buf, sizeof buf, &n, NULL) == LP_OK)
+        lp_rpc_stream_send(it->from, buf, n, NULL);
+}
+
+static void *stage_compute_main(void *arg) {
+    struct lp_worker *w = arg;
+    pthread_mutex_lock(&w->mu);
+    for (;;) {
+        while (!w->stopping && w->q_count == 0) pthread_cond_wait(&w->cv, &w->mu);
+        if (w->stopping) break;
+        int k = w->q_head;
+        pthread_mutex_unlock(&w->mu);
+        stage_step(w, &w->queue[k]);
+        pthread_mutex_lock(&w->mu);
+        // a Configure may have cleared the queue meanwhile
+        if (w->q_count > 0 && w->q_head == k && w->queue[k].a) {
+            lp_rpc_stream_unhold(w->queue[k].from);
+            lp_rpc_stream_unref(w->queue[k].from);
+            w->queue[k].from = NULL;
+            w->queue[k].a = NULL;
+            w->q_head = (w->q_head + 1) % STAGE_QUEUE;
+            w->q_count--;
+        }
+    }
+    pthread_mutex_unlock(&w->mu);
+    return NULL;
+}
+
+// ---- the Forward stream (server thread: unpack and queue, never compute) ----
+
+static enum lp_status fwd_open(void *user, struct lp_rpc_stream *s, void **stream_user,
+                               struct lp_error *err) {
+    struct lp_worker *w = user;
+    (void)s;
+    pthread_mutex_lock(&w->mu);
+    bool configured = w->arena_cap > 0;
+    pthread_mutex_unlock(&w->mu);
+    if (!configured)
+        return lp_error_set(err, LP_ERR_INVALID_ARG, "stage %s: Forward before Configure",
+                            w->listen);
+    *stream_user = NULL;
     return LP_OK;
+}
+
+static void fwd_close(void *user, void *stream_user, enum lp_status st, const char *msg) {
+    (void)user;
+    (void)stream_user;
+    (void)st;
+    (void)msg;
 }
 
 static enum lp_status fwd_message(void *user, void *stream_user, struct lp_rpc_stream *s,
                                   const uint8_t *msg, size_t bytes, struct lp_error *err) {
     struct lp_worker *w = user;
     (void)stream_user;
-    Layerpipe__V1__Activations *a = layerpipe__v1__activations__unpack(NULL, bytes, msg);
+    pthread_mutex_lock(&w->mu);
+    if (w->arena_cap == 0 || w->q_count == STAGE_QUEUE) {
+        bool full = w->arena_cap > 0;
+        pthread_mutex_unlock(&w->mu);
+        // refuse this step alone (its number, if it is readable at all)
+        Layerpipe__V1__Activations *a = layerpipe__v1__activations__unpack(NULL, bytes, msg);
+        if (!a)
+            return lp_error_set(err, LP_ERR_PROTOCOL,
+                                "stage %d: Forward: a %zu-byte message that is not Activations",
+                                w->stage_index, bytes);
+        char m[LP_ERROR_MSG_BYTES];
+        snprintf(m, sizeof m,
+                 full ? "stage %d (%s): %d steps already queued" : "stage %d (%s): not configured",
+                 w->stage_index, w->listen, STAGE_QUEUE);
+        stage_ack_failure(s, a->step, full ? LP_ERR_BUSY : LP_ERR_INVALID_ARG, w->stage_index, m);
+        layerpipe__v1__activations__free_unpacked(a, NULL);
+        return LP_OK;
+    }
+    struct stage_item *it = &w->queue[(w->q_head + w->q_count) % STAGE_QUEUE];
+    pthread_mutex_unlock(&w->mu);
+    // only the server thread fills the tail slot: unpack outside the lock
+    lp_pb_arena_reset(&it->arena);
+    Layerpipe__V1__Activations *a =
+        bytes <= it->arena.cap ? layerpipe__v1__activations__unpack(&it->arena.alloc, bytes, msg)
+                               : NULL;
     if (!a)
-        return lp_error_set(err, LP_ERR_INVALID_ARG,
-                            "stage %d: Forward: a %zu-byte message that is not Activations",
-                            w->stage_index, bytes);
-    enum lp_status st = stage_forward(w, s, a, err);
-    layerpipe__v1__activations__free_unpacked(a, NULL);
-    if (st != LP_OK) fprintf(stderr, "layerpipe worker %s: %s\n", w->listen, err->msg);
-    return st;
+        return lp_error_set(err, LP_ERR_PROTOCOL,
+                            "stage %d: Forward: a %zu-byte message that is not Activations of "
+                            "at most %d rows",
+                            w->stage_index, bytes, w->max_rows);
+    lp_rpc_stream_ref(s);
+    lp_rpc_stream_hold(s);
+    pthread_mutex_lock(&w->mu);
+    it->a = a;
+    it->from = s;
+    w->q_count++;
+    pthread_cond_signal(&w->cv);
+    pthread_mutex_unlock(&w->mu);
+    return LP_OK;
 }
 
 // ---- lifecycle ----
@@ -588,6 +785,8 @@ enum lp_status lp_worker_create(struct lp_worker **out, const struct lp_worker_p
     struct lp_worker *w = calloc(1, sizeof *w);
     if (!w) return lp_error_set(err, LP_ERR_NOMEM, "worker: out of memory");
     pthread_mutex_init(&w->mu, NULL);
+    pthread_mutex_init(&w->engine_mu, NULL);
+    pthread_cond_init(&w->cv, NULL);
     w->params = *p;
     enum lp_status st;
     w->model_dir = strdup(p->model_dir ? p->model_dir : "");
@@ -596,21 +795,26 @@ enum lp_status lp_worker_create(struct lp_worker **out, const struct lp_worker_p
         st = lp_error_set(err, LP_ERR_NOMEM, "worker: out of memory");
         goto fail;
     }
+    struct lp_model *headers = NULL;
     struct lp_model_load_params none = {0, 0, false, false};
-    if ((st = lp_model_open(&w->headers, w->model_dir, &none, err)) != LP_OK) goto fail;
-    w->fingerprint = lp_model_fingerprint(w->headers);
-    w->n_layers = lp_model_config(w->headers)->n_layers;
-    w->hidden = lp_model_config(w->headers)->hidden_size;
+    if ((st = lp_model_open(&headers, w->model_dir, &none, err)) != LP_OK) goto fail;
+    w->fingerprint = lp_model_fingerprint(headers);
+    w->n_layers = lp_model_config(headers)->n_layers;
+    w->hidden = lp_model_config(headers)->hidden_size;
     // unmap: the fingerprint's samples (and read-around) must not stay
     // resident in a worker that serves only some layers
-    lp_model_close(w->headers);
-    w->headers = NULL;
+    lp_model_close(headers);
     struct lp_backend_cpu_params bp = lp_backend_cpu_params_default();
     bp.n_threads = p->n_threads;
     if ((st = lp_backend_cpu_create(&w->backend, &bp, err)) != LP_OK) goto fail;
     snprintf(w->device, sizeof w->device, "%s (%d threads)", lp_backend_name(w->backend),
              lp_backend_n_threads(w->backend));
     w->measured_gb_s = lp_measure_read_gb_s();
+    if (pthread_create(&w->compute, NULL, stage_compute_main, w) != 0) {
+        st = lp_error_set(err, LP_ERR_INTERNAL, "worker: cannot start the compute thread");
+        goto fail;
+    }
+    w->compute_started = true;
     if ((st = lp_rpc_server_create(&w->server, w->listen, LP_MAX_MESSAGE_BYTES, err)) != LP_OK)
         goto fail;
     static const struct lp_rpc_stream_handler fwd = {fwd_open, fwd_message, fwd_close};
@@ -646,10 +850,17 @@ int lp_worker_port(const struct lp_worker *w) { return lp_rpc_server_port(w->ser
 void lp_worker_destroy(struct lp_worker *w) {
     if (!w) return;
     lp_rpc_server_destroy(w->server); // no handler runs after this
+    if (w->compute_started) {
+        pthread_mutex_lock(&w->mu);
+        w->stopping = true;
+        pthread_cond_broadcast(&w->cv);
+        pthread_mutex_unlock(&w->mu);
+        pthread_join(w->compute, NULL);
+    }
     stage_unconfigure(w);
-    if (w->upstream) lp_rpc_stream_unref(w->upstream);
     lp_backend_destroy(w->backend);
-    lp_model_close(w->headers);
+    pthread_cond_destroy(&w->cv);
+    pthread_mutex_destroy(&w->engine_mu);
     pthread_mutex_destroy(&w->mu);
     free(w->model_dir);
     free(w->listen);

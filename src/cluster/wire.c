@@ -31,6 +31,57 @@ enum lp_status lp_pb_pack(const ProtobufCMessage *msg, uint8_t **out, size_t *n,
     return LP_OK;
 }
 
+enum lp_status lp_pb_pack_into(const ProtobufCMessage *msg, uint8_t *buf, size_t cap, size_t *n,
+                               struct lp_error *err) {
+    size_t size = protobuf_c_message_get_packed_size(msg);
+    if (size > cap)
+        return lp_error_set(err, LP_ERR_INVALID_ARG, "a %zu-byte message does not fit %zu bytes",
+                            size, cap);
+    *n = protobuf_c_message_pack(msg, buf);
+    return LP_OK;
+}
+
+// ---- the unpacking arena ----
+
+static void *arena_alloc(void *data, size_t size) {
+    struct lp_pb_arena *a = data;
+    size_t at = (a->used + 15) & ~(size_t)15;
+    if (at > a->cap || size > a->cap - at) return NULL;
+    a->used = at + size;
+    return a->buf + at;
+}
+
+static void arena_free(void *data, void *ptr) {
+    (void)data;
+    (void)ptr;
+}
+
+enum lp_status lp_pb_arena_init(struct lp_pb_arena *a, size_t cap, struct lp_error *err) {
+    a->buf = malloc(cap);
+    a->cap = a->buf ? cap : 0;
+    a->used = 0;
+    a->alloc = (ProtobufCAllocator){arena_alloc, arena_free, a};
+    if (!a->buf) return lp_error_set(err, LP_ERR_NOMEM, "out of memory for a %zu-byte arena", cap);
+    return LP_OK;
+}
+
+void lp_pb_arena_deinit(struct lp_pb_arena *a) {
+    free(a->buf);
+    a->buf = NULL;
+    a->cap = a->used = 0;
+}
+
+size_t lp_pb_arena_bytes_for(size_t msg_bytes, size_t n_segments) {
+    // the message struct, its bytes field (a copy of the payload), the
+    // segment pointer array and the segments, each aligned to 16
+    return msg_bytes + 16 + sizeof(Layerpipe__V1__Activations) + 16 +
+           n_segments * (sizeof(void *) + sizeof(Layerpipe__V1__Segment) + 32) + 256;
+}
+
+uint32_t lp_wire_logit_rows(const Layerpipe__V1__Segment *s) {
+    return s->all_logits ? s->n_tokens : s->no_logits ? 0 : 1;
+}
+
 const char *lp_wire_dtype_name(Layerpipe__V1__DType dtype) {
     switch (dtype) {
     case LAYERPIPE__V1__DTYPE__DTYPE_BF16: return "bf16";
@@ -68,15 +119,17 @@ enum lp_status lp_wire_decode_rows(const Layerpipe__V1__Activations *a, int hidd
                                    int max_segments, bool rows_are_tokens, float *rows,
                                    struct lp_error *err) {
     if (a->hidden != (uint32_t)hidden)
-        return lp_error_set(err, LP_ERR_INVALID_ARG,
+        return lp_error_set(err, LP_ERR_PROTOCOL,
                             "activations step %llu: hidden %u, this model's is %d",
                             (unsigned long long)a->step, a->hidden, hidden);
-    if (a->n_rows == 0 || a->n_rows > (uint32_t)max_rows)
-        return lp_error_set(err, LP_ERR_INVALID_ARG,
-                            "activations step %llu: %u rows, expected 1..%d",
-                            (unsigned long long)a->step, a->n_rows, max_rows);
+    // a stage gets every token's row; the Sink may get none (no segment wants logits)
+    if ((rows_are_tokens && a->n_rows == 0) || a->n_rows > (uint32_t)max_rows)
+        return lp_error_set(err, LP_ERR_PROTOCOL,
+                            "activations step %llu: %u rows, expected %d..%d",
+                            (unsigned long long)a->step, a->n_rows, rows_are_tokens ? 1 : 0,
+                            max_rows);
     if (a->n_segments == 0 || a->n_segments > (size_t)max_segments)
-        return lp_error_set(err, LP_ERR_INVALID_ARG,
+        return lp_error_set(err, LP_ERR_PROTOCOL,
                             "activations step %llu: %zu segments, expected 1..%d",
                             (unsigned long long)a->step, a->n_segments, max_segments);
     size_t elem = a->dtype == LAYERPIPE__V1__DTYPE__DTYPE_BF16  ? 2
@@ -84,11 +137,11 @@ enum lp_status lp_wire_decode_rows(const Layerpipe__V1__Activations *a, int hidd
                   : a->dtype == LAYERPIPE__V1__DTYPE__DTYPE_F32 ? 4
                                                                  : 0;
     if (elem == 0)
-        return lp_error_set(err, LP_ERR_INVALID_ARG, "activations step %llu: unknown dtype %d",
+        return lp_error_set(err, LP_ERR_PROTOCOL, "activations step %llu: unknown dtype %d",
                             (unsigned long long)a->step, (int)a->dtype);
     size_t n_elems = (size_t)a->n_rows * (size_t)hidden;
     if (a->data.len != n_elems * elem)
-        return lp_error_set(err, LP_ERR_INVALID_ARG,
+        return lp_error_set(err, LP_ERR_PROTOCOL,
                             "activations step %llu: %zu payload bytes, %u rows x %d x %zu bytes "
                             "needs %zu",
                             (unsigned long long)a->step, a->data.len, a->n_rows, hidden, elem,
@@ -97,13 +150,13 @@ enum lp_status lp_wire_decode_rows(const Layerpipe__V1__Activations *a, int hidd
     for (size_t i = 0; i < a->n_segments; i++) {
         const Layerpipe__V1__Segment *s = a->segments[i];
         if (s->n_tokens == 0 || s->n_tokens > (uint32_t)max_rows)
-            return lp_error_set(err, LP_ERR_INVALID_ARG,
+            return lp_error_set(err, LP_ERR_PROTOCOL,
                                 "activations step %llu: segment %zu has %u tokens",
                                 (unsigned long long)a->step, i, s->n_tokens);
-        covered += rows_are_tokens ? s->n_tokens : (s->all_logits ? s->n_tokens : 1);
+        covered += rows_are_tokens ? s->n_tokens : lp_wire_logit_rows(s);
     }
     if (covered != a->n_rows)
-        return lp_error_set(err, LP_ERR_INVALID_ARG,
+        return lp_error_set(err, LP_ERR_PROTOCOL,
                             "activations step %llu: segments cover %llu rows, the message has %u",
                             (unsigned long long)a->step, (unsigned long long)covered, a->n_rows);
     if (elem == 2) {

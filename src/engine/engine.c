@@ -476,41 +476,10 @@ fail:
     return st;
 }
 
-// ---- the engine as a runner ----
+int lp_engine_kv_blocks_total(const struct lp_engine *e) { return e->kv.n_blocks; }
 
-static enum lp_status runner_seq_open(void *ctx, int *seq, struct lp_error *err) {
-    return lp_engine_seq_open(ctx, seq, err);
-}
+int lp_engine_kv_blocks_used(const struct lp_engine *e) { return e->kv.n_blocks - e->kv.n_free; }
 
-static void runner_seq_close(void *ctx, int seq) { lp_engine_seq_close(ctx, seq); }
+int lp_engine_kv_block_size(const struct lp_engine *e) { return e->kv.block_size; }
 
-static enum lp_status runner_step(void *ctx, int seq, int pos0, const int32_t *tokens, int n,
-                                  bool all_logits, float *logits, struct lp_error *err) {
-    struct lp_engine *e = ctx;
-    int chunk = e->params.max_batch_tokens;
-    if (all_logits && chunk > e->params.max_logit_rows) chunk = e->params.max_logit_rows;
-    size_t V = (size_t)e->cfg.vocab_size;
-    for (int i = 0; i < n; i += chunk) {
-        int m = n - i < chunk ? n - i : chunk;
-        struct lp_engine_seg seg = {.seq = seq, .pos0 = pos0 + i, .n_tokens = m,
-                                    .tokens = tokens + i, .all_logits = all_logits};
-        struct lp_engine_batch b = {.n_segs = 1, .segs = &seg,
-                                    .logits = all_logits ? logits + (size_t)i * V : logits};
-        enum lp_status st = lp_engine_forward(e, &b, err);
-        if (st != LP_OK) return st;
-    }
-    return LP_OK;
-}
-
-static int runner_max_context(void *ctx) { return lp_engine_max_context(ctx); }
-static int runner_vocab_size(void *ctx) { return lp_engine_vocab_size(ctx); }
-
-struct lp_runner lp_engine_runner(struct lp_engine *engine) {
-    struct lp_runner r = {.iface = {.seq_open = runner_seq_open,
-                                    .seq_close = runner_seq_close,
-                                    .step = runner_step,
-                                    .max_context = runner_max_context,
-                                    .vocab_size = runner_vocab_size},
-                          .ctx = engine};
-    return r;
-}
+int lp_engine_max_seqs(const struct lp_engine *e) { return e->kv.max_seqs; }

@@ -102,8 +102,10 @@ static enum lp_status sink_health(void *user, const uint8_t *req, size_t n_req, 
 
 struct fwd {
     pthread_mutex_t mu;
-    int n_acks, n_ok;
-    uint64_t last_step;
+    int n_acks, n_ok, n_fail;
+    uint64_t last_step, fail_step;
+    uint32_t fail_status;   // the lp_status code in the last failure Ack
+    char fail_msg[1024];
     bool ended;
     enum lp_status st;
     char msg[1024];
@@ -115,6 +117,12 @@ static void fwd_reply(void *user, const uint8_t *msg, size_t bytes) {
     pthread_mutex_lock(&f->mu);
     f->n_acks++;
     if (a && a->ok) f->n_ok++;
+    if (a && !a->ok) {
+        f->n_fail++;
+        f->fail_step = a->step;
+        f->fail_status = a->status;
+        snprintf(f->fail_msg, sizeof f->fail_msg, "%s", a->error);
+    }
     if (a) f->last_step = a->step;
     pthread_mutex_unlock(&f->mu);
     if (a) layerpipe__v1__ack__free_unpacked(a, NULL);
@@ -204,7 +212,9 @@ static void worker_still_fine(const char *what) {
     if (h) layerpipe__v1__hello_reply__free_unpacked(h, NULL);
 }
 
-// One hostile message: its stream must end with an error naming `want`.
+// One hostile message: the step is refused with an error naming `want`:
+// a failure Ack for that step (the stream goes on and ends cleanly), or, for
+// bytes that are no Activations at all, the stream ends with an error.
 static void expect_rejected(const char *what, uint8_t *msg, size_t len, const char *want) {
     struct fwd f;
     CHECK_MSG(msg != NULL, "%s: cannot build the message", what);
@@ -213,11 +223,17 @@ static void expect_rejected(const char *what, uint8_t *msg, size_t len, const ch
     forward_one(ch, msg, len, &f);
     double dt = ff_now() - t0;
     free(msg);
-    printf("%-28s -> %.2f s, %s: %s\n", what, dt, lp_status_str(f.st), f.msg);
+    const char *why = f.n_fail ? f.fail_msg : f.msg;
+    printf("%-28s -> %.2f s, %s: %s\n", what, dt,
+           f.n_fail ? lp_status_str((enum lp_status)f.fail_status) : lp_status_str(f.st), why);
     CHECK_MSG(dt < 3.0, "%s: the error took %.2f s to arrive", what, dt);
-    CHECK_MSG(f.ended && f.st != LP_OK, "%s: stream ended %s", what, lp_status_str(f.st));
+    CHECK_MSG(f.n_fail == 1 ? f.ended && f.st == LP_OK : f.ended && f.st != LP_OK,
+              "%s: %d failure Acks, stream ended %s", what, f.n_fail, lp_status_str(f.st));
+    CHECK_MSG(f.n_fail == 0 || (f.fail_status != LP_OK && f.fail_step == f.last_step),
+              "%s: failure Ack with status %u for step %llu", what, f.fail_status,
+              (unsigned long long)f.fail_step);
     CHECK_MSG(f.n_ok == 0, "%s: got %d ok Acks", what, f.n_ok);
-    CHECK_MSG(!want || strstr(f.msg, want), "%s: error '%s' does not mention '%s'", what, f.msg,
+    CHECK_MSG(!want || strstr(why, want), "%s: error '%s' does not mention '%s'", what, why,
               want);
     worker_still_fine(what);
 }
@@ -275,7 +291,7 @@ int main(void) {
                h->protocol_version, h->version, (unsigned long long)h->model_fingerprint,
                h->n_layers, h->device, (double)h->free_memory_bytes / 1e9, h->measured_gb_s,
                h->listen_address);
-        CHECK(h->protocol_version == 1);
+        CHECK(h->protocol_version == LP_PROTOCOL_VERSION);
         CHECK(h->model_fingerprint != 0);
         CHECK(h->n_layers == 28);
         CHECK(h->device && strlen(h->device) > 0);
@@ -522,8 +538,8 @@ int main(void) {
         if (cs) lp_rpc_client_stream_write(cs, m, len, NULL);
         free(m);
         lp_rpc_client_stream_close(cs, 5000);
-        CHECK_MSG(f.ended && f.st != LP_OK && strstr(f.msg, "not configured"),
-                  "Forward after a failed Configure: %s: %s", lp_status_str(f.st), f.msg);
+        CHECK_MSG(f.n_fail == 1 && strstr(f.fail_msg, "not configured"),
+                  "Forward after a failed Configure: %d failure Acks: %s", f.n_fail, f.fail_msg);
         CHECK(ff_alive(worker.pid));
         worker_still_fine("after a failed Configure");
         pthread_mutex_destroy(&f.mu);
