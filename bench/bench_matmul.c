@@ -1,19 +1,32 @@
 // SPDX-License-Identifier: MIT
-// bench_matmul.c -- speed of the CPU backend's MLX 8-bit (and 4-bit) matmul
-// (group 64, bf16 scales) on a [6144, 2048] weight (Qwen3-1.7B's gate/up shape):
-// decode (n = 1) as GB/s of weight bytes streamed, with float and with int8
-// activations (4-bit: float), and prefill (n = 64) as microseconds per token and weight
-// multiply-adds per second. Decode cycles
-// through BM_COPIES copies of the weight (~100 MB) so that it streams from
-// DRAM, not from the last-level cache.
-// Usage: bench_matmul [n_threads]   (default: all cores)
+// bench_matmul.c -- speed of the CPU backend's matmul on the matrix shapes of
+// Qwen3-1.7B (q 2048x2048, k/v 1024x2048, o 2048x2048, gate/up 6144x2048,
+// down 2048x6144, the 151936x2048 LM head) for MLX 8-bit or 4-bit weights
+// (group 64, bf16 scales) or bf16 weights, and n = 1 .. 64 token rows per
+// call: microseconds per call, and a model step (28 layers plus the head) as
+// tokens per second of all n rows together (batched decode: each row one
+// sequence's next token). Weights cycle through copies (~100 MB per shape)
+// so that they stream from DRAM, not from the last-level cache.
+// Usage: bench_matmul [n_threads] [q8|q4|bf16|q8fast] [rounds]
+//   (defaults: all cores, q8, 5; each figure is the best of `rounds`)
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <time.h>
 
 #include "backend/backend_i.h"
 
-#define BM_COPIES 8
+#define BM_MAX_COPIES 8
+#define BM_N_SHAPES 5
+
+static const int64_t bm_shape[BM_N_SHAPES][2] = {
+    {2048, 2048}, {1024, 2048}, {6144, 2048}, {2048, 6144}, {151936, 2048}};
+static const char *bm_name[BM_N_SHAPES] = {"q/o 2048x2048", "k/v 1024x2048", "gate/up 6144x2048",
+                                           "down 2048x6144", "head 151936x2048"};
+// Uses per layer of each shape (q + o, k + v, gate + up, down); the head once.
+static const int bm_uses[BM_N_SHAPES] = {2, 2, 2, 1, 0};
+static const int bm_ns[] = {1, 2, 4, 8, 16, 32, 64};
+#define BM_N_NS (int)(sizeof bm_ns / sizeof bm_ns[0])
 
 static double bm_now(void) {
     struct timespec ts;
@@ -21,79 +34,125 @@ static double bm_now(void) {
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
-// Best seconds per call of matmul over `iters` calls, 3 rounds.
+// Best seconds per call of matmul over `iters` calls, `rounds` rounds.
 static double bm_time(struct lp_backend *be, struct lp_buf *o, struct lp_buf *x,
-                      struct lp_bweight **w, int n, int iters) {
+                      struct lp_bweight **w, int n_copies, int n, int iters, int rounds) {
     double best = 1e30;
     be->iface.matmul(be->ctx, o, x, w[0], n); // warm up
-    for (int round = 0; round < 3; round++) {
+    for (int round = 0; round < rounds; round++) {
         double t0 = bm_now();
-        for (int i = 0; i < iters; i++) be->iface.matmul(be->ctx, o, x, w[i % BM_COPIES], n);
+        for (int i = 0; i < iters; i++) be->iface.matmul(be->ctx, o, x, w[i % n_copies], n);
         double dt = (bm_now() - t0) / iters;
         if (dt < best) best = dt;
     }
     return best;
 }
 
+static uint16_t bm_bf16(float f) {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    return (uint16_t)(u >> 16);
+}
+
 int main(int argc, char **argv) {
     int n_threads = argc > 1 ? atoi(argv[1]) : 0;
-    const int64_t rows = 6144, cols = 2048, gs = 64, n_pre = 64;
-    uint32_t *codes = malloc((size_t)(rows * cols) * BM_COPIES);
-    uint16_t *scales = malloc((size_t)(rows * cols / gs) * 2), *biases = malloc((size_t)(rows * cols / gs) * 2);
-    float *x = malloc((size_t)(n_pre * cols) * 4);
-    if (!codes || !scales || !biases || !x) return 1;
-    uint32_t s = 1;
-    for (int64_t i = 0; i < rows * cols / 4 * BM_COPIES; i++) codes[i] = s = s * 1664525u + 1013904223u;
-    for (int64_t i = 0; i < rows * cols / gs; i++) {
-        scales[i] = 0x3c00 + (uint16_t)(i % 7); // bf16 ~0.0078
-        biases[i] = 0xbf00;                     // bf16 -0.5
+    const char *fmt = argc > 2 ? argv[2] : "q8";
+    int rounds = argc > 3 ? atoi(argv[3]) : 5;
+    bool bf16 = strcmp(fmt, "bf16") == 0, fast = strcmp(fmt, "q8fast") == 0;
+    int bits = strcmp(fmt, "q4") == 0 ? 4 : 8;
+    const int64_t gs = 64, n_max = 64;
+    struct lp_backend_cpu_params p = lp_backend_cpu_params_default();
+    p.n_threads = n_threads;
+    p.quantize_activations = fast;
+    struct lp_backend *be = NULL;
+    struct lp_error err = {0};
+    if (lp_backend_cpu_create(&be, &p, &err) != LP_OK) {
+        fprintf(stderr, "bench_matmul: %s\n", err.msg);
+        return 1;
     }
-    for (int64_t i = 0; i < n_pre * cols; i++) x[i] = (float)((i * 37) % 101) / 101.0f - 0.5f;
-    struct lp_weight w = {.format = LP_WEIGHT_MLX_AFFINE, .rows = rows, .cols = cols,
-                          .data = codes, .scales = scales, .biases = biases,
-                          .scale_dtype = LP_DTYPE_BF16, .bits = 8, .group_size = (int)gs};
-    for (int cfg = 0; cfg < 3; cfg++) { // q8 float, q8 int8, q4 float activations
-        int quant = cfg == 1;
-        w.bits = cfg == 2 ? 4 : 8;
-        int64_t wrow = cols * w.bits / 8; // code bytes per row
-        double wbytes = (double)(rows * wrow) + 2.0 * 2.0 * (double)(rows * cols / gs);
-        struct lp_backend_cpu_params p = lp_backend_cpu_params_default();
-        p.n_threads = n_threads;
-        p.quantize_activations = quant;
-        struct lp_backend *be = NULL;
-        struct lp_error err = {0};
-        struct lp_bweight *bw[BM_COPIES] = {0};
+    printf("%s%s, %d threads: us per call (best of %d)\n", bf16 ? "bf16" : bits == 4 ? "mlx q4 g64" : "mlx q8 g64",
+           fast ? " (int8 activations)" : "", lp_backend_n_threads(be), rounds);
+    printf("%-18s", "shape");
+    for (int in = 0; in < BM_N_NS; in++) printf(" %9s%-2d", "n=", bm_ns[in]);
+    printf("\n");
+    double step[BM_N_NS] = {0};
+    for (int is = 0; is < BM_N_SHAPES; is++) {
+        int64_t rows = bm_shape[is][0], cols = bm_shape[is][1];
+        size_t wbytes = (size_t)(rows * cols) * (bf16 ? 2 : (size_t)bits) / (bf16 ? 1 : 8);
+        int n_copies = (int)(100000000 / wbytes);
+        if (n_copies < 1) n_copies = 1;
+        if (n_copies > BM_MAX_COPIES) n_copies = BM_MAX_COPIES;
+        uint8_t *data = malloc(wbytes * (size_t)n_copies);
+        size_t ng = (size_t)(rows * cols / gs);
+        uint16_t *scales = malloc(ng * 2), *biases = malloc(ng * 2);
+        float *x = malloc((size_t)(n_max * cols) * 4);
+        if (!data || !scales || !biases || !x) return 1;
+        uint32_t s = 1;
+        if (bf16) {
+            uint16_t *d = (uint16_t *)data;
+            for (size_t i = 0; i < wbytes / 2 * (size_t)n_copies; i++) {
+                s = s * 1664525u + 1013904223u;
+                d[i] = bm_bf16((float)(s >> 8) / 16777216.0f * 0.1f - 0.05f);
+            }
+        } else {
+            for (size_t i = 0; i < wbytes * (size_t)n_copies; i++)
+                data[i] = (uint8_t)((s = s * 1664525u + 1013904223u) >> 24);
+        }
+        for (size_t i = 0; i < ng; i++) {
+            scales[i] = (uint16_t)(0x3c00 + i % 7); // bf16 ~0.0078
+            biases[i] = 0xbf00;                     // bf16 -0.5
+        }
+        for (int64_t i = 0; i < n_max * cols; i++) x[i] = (float)((i * 37) % 101) / 101.0f - 0.5f;
+        struct lp_weight w = {.format = bf16 ? LP_WEIGHT_BF16 : LP_WEIGHT_MLX_AFFINE,
+                              .rows = rows, .cols = cols, .data = data,
+                              .scales = bf16 ? NULL : scales, .biases = bf16 ? NULL : biases,
+                              .scale_dtype = LP_DTYPE_BF16, .bits = bf16 ? 0 : bits,
+                              .group_size = bf16 ? 0 : (int)gs};
+        struct lp_bweight *bw[BM_MAX_COPIES] = {0};
         struct lp_buf *xb = NULL, *ob = NULL;
-        if (lp_backend_cpu_create(&be, &p, &err) != LP_OK ||
-            be->iface.weight_upload(be->ctx, &w, &bw[0], &err) != LP_OK ||
-            be->iface.buf_alloc(be->ctx, (size_t)(n_pre * cols) * 4, &xb, &err) != LP_OK ||
-            be->iface.buf_alloc(be->ctx, (size_t)(n_pre * rows) * 4, &ob, &err) != LP_OK ||
-            be->iface.buf_write(be->ctx, xb, 0, x, (size_t)(n_pre * cols) * 4, &err) != LP_OK) {
+        if (be->iface.buf_alloc(be->ctx, (size_t)(n_max * cols) * 4, &xb, &err) != LP_OK ||
+            be->iface.buf_alloc(be->ctx, (size_t)(n_max * rows) * 4, &ob, &err) != LP_OK ||
+            be->iface.buf_write(be->ctx, xb, 0, x, (size_t)(n_max * cols) * 4, &err) != LP_OK) {
             fprintf(stderr, "bench_matmul: %s\n", err.msg);
             return 1;
         }
-        for (int c = 1; c < BM_COPIES; c++) {
+        for (int c = 0; c < n_copies; c++) {
             struct lp_weight wc = w;
-            wc.data = (const uint8_t *)codes + (size_t)c * (size_t)(rows * wrow);
-            if (be->iface.weight_upload(be->ctx, &wc, &bw[c], &err) != LP_OK) return 1;
+            wc.data = data + (size_t)c * wbytes;
+            if (be->iface.weight_upload(be->ctx, &wc, &bw[c], &err) != LP_OK) {
+                fprintf(stderr, "bench_matmul: %s\n", err.msg);
+                return 1;
+            }
         }
-        double t1 = bm_time(be, ob, xb, bw, 1, 200);
-        double tp = bm_time(be, ob, xb, bw, (int)n_pre, 8);
-        printf("mlx q%d g64 [%lld x %lld], %d threads, %s activations:\n", w.bits, (long long)rows,
-               (long long)cols, lp_backend_n_threads(be), quant ? "int8" : "float");
-        printf("  decode  n=1:  %8.1f us  %6.1f GB/s\n", t1 * 1e6, wbytes / t1 / 1e9);
-        printf("  prefill n=%lld: %8.1f us/token  %6.1f GMAC/s (%.1fx faster per token than "
-               "decode)\n",
-               (long long)n_pre, tp / (double)n_pre * 1e6, (double)(rows * cols * n_pre) / tp / 1e9,
-               t1 / (tp / (double)n_pre));
+        printf("%-18s", bm_name[is]);
+        for (int in = 0; in < BM_N_NS; in++) {
+            int n = bm_ns[in];
+            double macs = (double)(rows * cols) * n;
+            int iters = (int)(2e8 / (macs + 2e7)) + 1; // ~0.1 s per round at most
+            double t = bm_time(be, ob, xb, bw, n_copies, n, iters, rounds);
+            printf(" %11.1f", t * 1e6);
+            fflush(stdout);
+            step[in] += is == 4 ? t : 28.0 * bm_uses[is] * t;
+        }
+        printf("\n");
         be->iface.buf_free(be->ctx, xb);
         be->iface.buf_free(be->ctx, ob);
-        for (int c = 0; c < BM_COPIES; c++) be->iface.weight_free(be->ctx, bw[c]);
-        lp_backend_destroy(be);
+        for (int c = 0; c < n_copies; c++) be->iface.weight_free(be->ctx, bw[c]);
+        free(data);
+        free(scales);
+        free(biases);
+        free(x);
     }
-    free(codes);
-    free(scales);
-    free(biases);
-    free(x);
+    printf("%-18s", "model step ms");
+    for (int in = 0; in < BM_N_NS; in++) printf(" %11.1f", step[in] * 1e3);
+    printf("\n%-18s", "rows/s (tok/s)");
+    for (int in = 0; in < BM_N_NS; in++) printf(" %11.1f", bm_ns[in] / step[in]);
+    printf("\n%-18s", "x of n=1");
+    for (int in = 0; in < BM_N_NS; in++) printf(" %11.2f", bm_ns[in] / step[in] * step[0]);
+    double params = 28.0 * (2 * 2048 * 2048 + 2 * 1024 * 2048 + 3 * 6144 * 2048) + 151936.0 * 2048;
+    printf("\n%-18s", "GMAC/s");
+    for (int in = 0; in < BM_N_NS; in++) printf(" %11.1f", params * bm_ns[in] / step[in] / 1e9);
+    printf("\n");
+    lp_backend_destroy(be);
     return 0;
 }

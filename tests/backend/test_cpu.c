@@ -36,7 +36,8 @@ struct variant {
 static struct variant variants[] = {
     {"avx512 t1", 1, false, false, NULL}, {"avx512 t2", 2, false, false, NULL},
     {"avx512 t3", 3, false, false, NULL}, {"generic t2", 2, true, false, NULL},
-    {"quant t3", 3, false, true, NULL},
+    {"quant t3", 3, false, true, NULL},   {"generic t1", 1, true, false, NULL},
+    {"quant t1", 1, false, true, NULL},
 };
 #define N_VARIANTS (int)(sizeof variants / sizeof variants[0])
 
@@ -188,6 +189,93 @@ static void test_decode_digits(int bits) {
     }
     printf("decode (n=1) MLX q%d, awkward activations: worst relative L2 error %.3g\n", bits,
            worst);
+}
+
+// Batch invariance (issue 13): row i of a call on n rows is bit-identical
+// (memcmp) to the same row computed alone (n = 1), for every weight format,
+// n = 1 .. 100 and 1, 2 or 3 threads; and the whole batch stays within the
+// float tolerance of ref. Each kernel family is compared with itself: the
+// AVX-512 kernels (t1, t2, t3), the portable ones (t1, t2), and the int8
+// quantize_activations path (t1, t3), which is batch invariant too (its
+// rounding of x is per token) though not exact. Shapes: row counts that are
+// not multiples of the 4-row tile or the row chunk; float columns that are
+// not a multiple of 16; MLX groups 32/64/128, 4-bit with a half-full last
+// 128-column block; and 16384 columns, where the 100 tokens do not fit the
+// scratch in one pass (token chunks) and row blocks hold 4 rows.
+static void check_invariance(struct lp_weight w, const char *what) {
+    static const int ns[10] = {1, 2, 3, 5, 16, 31, 32, 33, 64, 100};
+    static const int fam[3][4] = {{0, 1, 2, -1}, {5, 3, -1, -1}, {6, 4, -1, -1}};
+    const int n_max = 100;
+    float *x = tu_randv((int64_t)n_max * w.cols, 1.0f);
+    size_t out_n = (size_t)n_max * w.rows + 3 * (size_t)w.cols; // run_matmul stashes embed too
+    float *alone = malloc(out_n * 4), *got = malloc(out_n * 4), *want = malloc(out_n * 4);
+    float *one = malloc(((size_t)w.rows + 3 * (size_t)w.cols) * 4);
+    bool quant_fmt = w.format == LP_WEIGHT_MLX_AFFINE && w.bits == 8;
+    for (int f = 0; f < 3; f++) {
+        if (f == 2 && !quant_fmt) continue; // quantize_activations only changes MLX 8-bit
+        struct variant *v0 = &variants[fam[f][0]];
+        for (int i = 0; i < n_max; i++) { // each row alone on the family's first variant
+            run_matmul(v0->be, &w, x + (int64_t)i * w.cols, 1, one);
+            memcpy(alone + (int64_t)i * w.rows, one, (size_t)w.rows * 4);
+        }
+        for (int in = 0; in < 10; in++) {
+            int n = ns[in];
+            if (f < 2) run_matmul(ref, &w, x, n, want);
+            for (int k = 0; k < 4 && fam[f][k] >= 0; k++) {
+                struct variant *v = &variants[fam[f][k]];
+                run_matmul(v->be, &w, x, n, got);
+                int bad = -1;
+                for (int i = 0; i < n && bad < 0; i++)
+                    if (memcmp(got + (int64_t)i * w.rows, alone + (int64_t)i * w.rows,
+                               (size_t)w.rows * 4) != 0)
+                        bad = i;
+                CHECK_MSG(bad < 0, "batch invariance %s [%lld x %lld] n=%d on %s: row %d differs "
+                                   "from the row alone on %s",
+                          what, (long long)w.rows, (long long)w.cols, n, v->name, bad, v0->name);
+                if (f == 2) continue;
+                double e = tu_rel_l2(got, want, (int64_t)n * w.rows);
+                CHECK_MSG(e <= TOL_FLOAT, "matmul %s [%lld x %lld] n=%d on %s: rel L2 %.3g > %.0e",
+                          what, (long long)w.rows, (long long)w.cols, n, v->name, e, TOL_FLOAT);
+            }
+        }
+    }
+    free(x);
+    free(alone);
+    free(got);
+    free(want);
+    free(one);
+}
+
+static void test_batch_invariance(void) {
+    char what[96];
+    static const enum lp_weight_format ff[3] = {LP_WEIGHT_F32, LP_WEIGHT_F16, LP_WEIGHT_BF16};
+    static const char *fname[3] = {"f32", "f16", "bf16"};
+    for (int f = 0; f < 3; f++) {
+        for (int shape = 0; shape < 2; shape++) {
+            struct lp_weight w = tu_weight(ff[f], shape ? 150 : 37, shape ? 256 : 100, 0, 0,
+                                           LP_DTYPE_BF16);
+            check_invariance(w, fname[f]);
+            tu_weight_free(&w);
+        }
+    }
+    static const int gss[3] = {32, 64, 128};
+    for (int bits = 4; bits <= 8; bits += 4) {
+        for (int ig = 0; ig < 3; ig++) {
+            int gs = gss[ig];
+            // 4-bit: cols % 128 == 64 where the group allows it
+            int64_t cols = bits == 8 ? 384 : (gs == 128 ? 640 : 576);
+            enum lp_dtype sdt = ig == 1 ? LP_DTYPE_F16 : LP_DTYPE_BF16;
+            struct lp_weight w = tu_weight(LP_WEIGHT_MLX_AFFINE, ig == 1 ? 150 : 37, cols, bits,
+                                           gs, sdt);
+            snprintf(what, sizeof what, "mlx q%d g%d", bits, gs);
+            check_invariance(w, what);
+            tu_weight_free(&w);
+        }
+        struct lp_weight w = tu_weight(LP_WEIGHT_MLX_AFFINE, 9, 16384, bits, 64, LP_DTYPE_BF16);
+        snprintf(what, sizeof what, "mlx q%d g64 (token chunks)", bits);
+        check_invariance(w, what);
+        tu_weight_free(&w);
+    }
 }
 
 // Applies the same row-wise ops on ref and each variant and compares.
@@ -345,6 +433,7 @@ int main(void) {
     test_matmul();
     test_decode_digits(8);
     test_decode_digits(4);
+    test_batch_invariance();
     test_rowwise();
     test_attention(LP_DTYPE_F32, 64);
     test_attention(LP_DTYPE_BF16, 64);

@@ -1,9 +1,11 @@
 // SPDX-License-Identifier: MIT
-// matmul_digits.c -- the exact VNNI decode of MLX 8-bit and 4-bit weights
-// (one token, float activations, groups a multiple of 64): activations are
-// split into three int8 digits per group so that u8 x s8 dot products
-// (vpdpbusd) compute what the float path computes, at a third of its
-// 512-bit operations per weight byte. Chosen by matmul.c.
+// matmul_digits.c -- the exact VNNI kernels of MLX 8-bit and 4-bit weights
+// (float activations, groups a multiple of 64), for every token count:
+// activations are split into three int8 digits per group so that u8 x s8 dot
+// products (vpdpbusd) compute what the float path computes, at a third of its
+// 512-bit operations per weight byte. One register tile family (RB rows x NT
+// tokens) serves decode, batched decode and prefill, and gives each output
+// the same bits whatever the batch (see the tiles). Chosen by matmul.c.
 #include <math.h>
 #include <string.h>
 
@@ -11,18 +13,12 @@
 
 #if LP_HAVE_X86
 
-// ---- vnni exact decode (MLX 8-bit, n == 1, float activations) --------------
-// x is split once per call (mm_digits_prep) per group into three int8
-// digits against sx_g = max|x_g| / 127:
+// ---- digits of x ------------------------------------------------------------
+// Each token's x is split once per call (lp_mm_digits_prep) per group into
+// three int8 digits against sx_g = max|x_g| / 127:
 //   x ~= sx_g * (d0 + d1 / 128 + d2 / 16384),  |d0| <= 127, |d1|, |d2| <= 64,
 // error <= sx_g * 2^-15 (~2^-22 of the group's max |x|, about f32 level).
-// Per 64 codes (one zmm; groups are whole multiples of 64) and row, Horner in
-// int32: a = ((q.d0) * 128 + q.d1) * 128 + q.d2 (three vpdpbusd, two shifts;
-// a lane sums 4 codes: |a| <= 4 * 255 * (127 * 16384 + 64 * 128 + 64)
-// = 2130804480 < 2^31), then tot += float(a) * (sw_g * sx_g).
-// out[r] = sum(tot) / 16384 + sum_g bw_g * xsum_g, xsum from the exact x as in
-// decode (the power of two last keeps sw * sx normal for tiny x).
-// Every row is one fixed sequence of operations: same bits for any thread count.
+// A token's digits depend on that token's x only.
 
 // The three digits of u (16 lanes, x / sx) as int8 into o, o + stride, o + 2 * stride.
 #define MM_DIGITS16(u, o, stride)                                                                  \
@@ -39,8 +35,9 @@
                          _mm512_cvtsepi32_epi8(_mm512_cvttps_epi32(d2_)));                         \
     } while (0)
 
-// Digits of x [cols] into xd [cols / 64][3][64], per-group sums into xsum and
-// sx_g into xs [ng]. gs is a multiple of 64.
+// Digits of x [cols] into xd [cols / 64][3][64] (4-bit: [ceil(cols / 128)][3]
+// [even 64, odd 64]), per-group sums into xsum and sx_g into xs [ng]. gs is
+// a multiple of 64.
 LP_VNNI void lp_mm_digits_prep(const float *x, int64_t cols, int gs, int q4, int8_t *xd,
                                    float *xsum, float *xs) {
     int64_t ng = cols / gs;
@@ -96,147 +93,216 @@ LP_VNNI void lp_mm_digits_prep(const float *x, int64_t cols, int gs, int q4, int
     }
 }
 
-// RB rows of MLX 8-bit weights against the digits of one token.
-LP_INLINE LP_VNNI void mm_vnni_exact_rows(int RB, const struct lp_weight *w, int64_t r0,
-                                          const int8_t *xd, const float *xs, const float *xsum,
-                                          float *out) {
+void lp_mm_digits_prep_fn(void *arg, int i_thread, int n_threads) {
+    const struct lp_mm_digits *p = arg;
+    int64_t ng = p->cols / p->gs;
+    for (int t = i_thread; t < p->n; t += n_threads)
+        lp_mm_digits_prep(p->x + (int64_t)t * p->cols, p->cols, p->gs, p->q4,
+                          p->xd + (int64_t)t * p->stride, p->xsum + (int64_t)t * ng,
+                          p->xs + (int64_t)t * ng);
+}
+
+// ---- tiles: RB weight rows x NT tokens -----------------------------------
+// Per 64 codes (one zmm; a digit block lies inside one group) of row r and
+// token t: a = ((q.d0) * 128 + q.d1) * 128 + q.d2 in int32 (three vpdpbusd,
+// two shifts; a lane sums 4 codes: |a| <= 4 * 255 * (127 * 16384 + 64 * 128 +
+// 64) = 2130804480 < 2^31), then tot[r][t] += float(a) * (sw_rg * sx_tg).
+// out[t, r] = sum(tot[r][t]) / 16384 + sum_g bw_rg * xsum_tg (xsum from the
+// exact x; the power of two last keeps sw * sx normal for tiny x).
+// The integer sums are exact and each output's float steps (the fma per 64
+// codes in column order, the fixed lane reduction, the bias dot) do not
+// depend on RB, NT, the tile's place in the batch or the thread: a token's
+// row gives the same bits whatever else is in the call. A tile loads each
+// weight vector once for its NT tokens and each digit vector once for its RB
+// rows.
+
+// Where token t0 + t's digits, x scales and x sums start.
+#define MM_DG_TOKENS(NT)                                                                           \
+    const int8_t *xd[NT];                                                                          \
+    const float *xs[NT], *xsum[NT];                                                                \
+    for (int t = 0; t < NT; t++) {                                                                 \
+        xd[t] = tk->xq + (int64_t)(t0 + t) * tk->dg_stride;                                        \
+        xs[t] = tk->xscale + (int64_t)(t0 + t) * ng;                                               \
+        xsum[t] = tk->xsum + (int64_t)(t0 + t) * ng;                                               \
+    }
+
+// out[t0 + t, r0 + r] from the lane sums tot (see above).
+LP_INLINE LP_VNNI void mm_dg_store(int RB, int NT, const struct mm_task *tk, int64_t r0, int t0,
+                                   __m512 tot[][LP_MM_DG_NT], const float *const *xsum) {
+    const struct lp_weight *w = tk->w;
+    int64_t ng = w->cols / w->group_size;
+    const uint16_t *biases = w->biases;
+    for (int r = 0; r < RB; r++)
+        for (int t = 0; t < NT; t++)
+            tk->out[(int64_t)(t0 + t) * w->rows + r0 + r] =
+                _mm512_reduce_add_ps(tot[r][t]) * (1.0f / 16384.0f) +
+                mm_half_dot(w->scale_dtype, biases + (r0 + r) * ng, xsum[t], ng);
+}
+
+// RB rows of MLX 8-bit weights from r0 x NT tokens from t0. pf: prefetch the
+// next row block (the first token tile of a row block streams it from DRAM).
+LP_INLINE LP_VNNI void mm_dg_tile_q8(int RB, int NT, const struct mm_task *tk, int64_t r0, int t0,
+                                     bool pf) {
+    const struct lp_weight *w = tk->w;
     int64_t cols = w->cols;
     int gs = w->group_size;
     int64_t ng = cols / gs;
     int bpg = gs / LP_MM_DG_BLK; // digit blocks per group
-    enum { GC = 16 };            // groups per scale chunk
-    const uint8_t *rowp[4];
-    __m512 tot[4];
+    MM_DG_TOKENS(NT)
+    const uint8_t *rowp[LP_MM_DG_RB];
+    __m512 tot[LP_MM_DG_RB][LP_MM_DG_NT];
     for (int r = 0; r < RB; r++) {
         rowp[r] = (const uint8_t *)w->data + (r0 + r) * cols;
-        tot[r] = _mm512_setzero_ps();
+        for (int t = 0; t < NT; t++) tot[r][t] = _mm512_setzero_ps();
     }
     int hfmt = w->scale_dtype == LP_DTYPE_BF16 ? FMT_BF16 : FMT_F16;
     const uint16_t *scales = w->scales;
-    float mul[4][GC];
-    for (int64_t g0 = 0; g0 < ng; g0 += GC) {
-        int nb = ng - g0 < GC ? (int)(ng - g0) : GC;
+    float mul[LP_MM_DG_RB][LP_MM_DG_NT][LP_MM_DG_GC] __attribute__((aligned(64)));
+    for (int64_t g0 = 0; g0 < ng; g0 += LP_MM_DG_GC) {
+        int nb = ng - g0 < LP_MM_DG_GC ? (int)(ng - g0) : LP_MM_DG_GC;
         __mmask16 m = (__mmask16)((1u << nb) - 1u);
-        __m512 xsv = _mm512_maskz_loadu_ps(m, xs + g0);
-        for (int r = 0; r < RB; r++) { // mul[r][i] = sw * sx of group g0 + i
-            const uint8_t *sw = (const uint8_t *)(scales + (r0 + r) * ng + g0);
-            _mm512_storeu_ps(mul[r], _mm512_mul_ps(mm_ld16(hfmt, sw, 0, m), xsv));
+        for (int r = 0; r < RB; r++) { // mul[r][t][i] = sw * sx of group g0 + i
+            __m512 swv = mm_ld16(hfmt, (const uint8_t *)(scales + (r0 + r) * ng + g0), 0, m);
+            for (int t = 0; t < NT; t++)
+                _mm512_store_ps(mul[r][t], _mm512_mul_ps(swv, _mm512_maskz_loadu_ps(m, xs[t] + g0)));
         }
-        for (int gi = 0; gi < nb; gi++) {
-            int64_t cg = (g0 + gi) * gs;
-            for (int b = 0; b < bpg; b++) {
-                int64_t c = cg + (int64_t)b * LP_MM_DG_BLK;
-                const int8_t *blk = xd + c * 3;
-                __m512i d0 = _mm512_loadu_si512(blk);
-                __m512i d1 = _mm512_loadu_si512(blk + LP_MM_DG_BLK);
-                __m512i d2 = _mm512_loadu_si512(blk + 2 * LP_MM_DG_BLK);
+        // One loop over the chunk's blocks (a loop per group would hoist
+        // the 16 broadcasts of mul out of a one-block body).
+        for (int bi = 0; bi < nb * bpg; bi++) {
+            int gi = bi / bpg;
+            int64_t c = g0 * gs + (int64_t)bi * LP_MM_DG_BLK;
+            {
+                __m512i q[LP_MM_DG_RB];
                 for (int r = 0; r < RB; r++) {
                     // Next row block, into L2 (T1): measured 22-25 GB/s from
                     // DRAM on one thread against 11 GB/s with T0 (L1), whose
                     // fills stall the loads; T2 about the same, NTA as T0.
-                    _mm_prefetch((const char *)rowp[r] + c + RB * cols, _MM_HINT_T1);
-                    __m512i q = _mm512_loadu_si512(rowp[r] + c);
-                    __m512i a = _mm512_dpbusd_epi32(_mm512_setzero_si512(), q, d0);
-                    a = _mm512_dpbusd_epi32(_mm512_slli_epi32(a, 7), q, d1);
-                    a = _mm512_dpbusd_epi32(_mm512_slli_epi32(a, 7), q, d2);
-                    tot[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(a), _mm512_set1_ps(mul[r][gi]),
-                                             tot[r]);
+                    if (pf) _mm_prefetch((const char *)rowp[r] + c + RB * cols, _MM_HINT_T1);
+                    q[r] = _mm512_loadu_si512(rowp[r] + c);
+                }
+                for (int t = 0; t < NT; t++) {
+                    const int8_t *blk = xd[t] + c * 3;
+                    __m512i d0 = _mm512_loadu_si512(blk);
+                    __m512i d1 = _mm512_loadu_si512(blk + LP_MM_DG_BLK);
+                    __m512i d2 = _mm512_loadu_si512(blk + 2 * LP_MM_DG_BLK);
+                    for (int r = 0; r < RB; r++) {
+                        __m512i a = _mm512_dpbusd_epi32(_mm512_setzero_si512(), q[r], d0);
+                        a = _mm512_dpbusd_epi32(_mm512_slli_epi32(a, 7), q[r], d1);
+                        a = _mm512_dpbusd_epi32(_mm512_slli_epi32(a, 7), q[r], d2);
+                        tot[r][t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(a),
+                                                    _mm512_set1_ps(mul[r][t][gi]), tot[r][t]);
+                    }
                 }
             }
         }
     }
-    const uint16_t *biases = w->biases;
-    for (int r = 0; r < RB; r++)
-        out[r0 + r] = _mm512_reduce_add_ps(tot[r]) * (1.0f / 16384.0f) +
-                      mm_half_dot(w->scale_dtype, biases + (r0 + r) * ng, xsum, ng);
+    mm_dg_store(RB, NT, tk, r0, t0, tot, xsum);
 }
 
-LP_VNNI void lp_mm_kernel_vnni_exact_q8(const struct mm_task *tk, int64_t r0, int64_t r1,
-                                            int i_thread) {
-    (void)i_thread;
-    int64_t r = r0;
-    for (; r + 4 <= r1; r += 4)
-        mm_vnni_exact_rows(4, tk->w, r, tk->xq, tk->xscale, tk->xsum, tk->out);
-    for (; r < r1; r++) mm_vnni_exact_rows(1, tk->w, r, tk->xq, tk->xscale, tk->xsum, tk->out);
-}
-
-// RB rows of MLX 4-bit weights against the digits of one token, 128 codes
-// (one 64-byte line per row) per step: lo = v & 15 holds the even elements,
-// hi = (v >> 4) & 15 the odd ones, against the even / odd digits of
-// mm_digits_prep. Lanes 0-7 cover the first 64 columns, lanes 8-15 the next 64,
-// so each lane stays inside one group; lo and hi share one accumulator
-// (|a| <= 8 * 15 * (127 * 16384 + 64 * 128 + 64) < 2^28), and the float
-// multiplier is sw * sx of each half's group.
-LP_INLINE LP_VNNI void mm_vnni_exact_rows_q4(int RB, const struct lp_weight *w, int64_t r0,
-                                             const int8_t *xd, const float *xs, const float *xsum,
-                                             float *out) {
+// RB rows of MLX 4-bit weights x NT tokens, 128 codes (one 64-byte line per
+// row) per step: lo = v & 15 holds the even elements, hi = (v >> 4) & 15 the
+// odd ones, against the even / odd digits of lp_mm_digits_prep. Lanes 0-7
+// cover the first 64 columns, lanes 8-15 the next 64, so each lane stays
+// inside one group; lo and hi share one accumulator (|a| <= 8 * 15 * (127 *
+// 16384 + 64 * 128 + 64) < 2^28), and the float multiplier is sw * sx of
+// each half's group.
+LP_INLINE LP_VNNI void mm_dg_tile_q4(int RB, int NT, const struct mm_task *tk, int64_t r0, int t0,
+                                     bool pf) {
+    const struct lp_weight *w = tk->w;
     int64_t cols = w->cols, rb = mm_row_bytes(w);
     int gs = w->group_size;
     int64_t ng = cols / gs;
-    enum { GC = 16 }; // groups per scale chunk (16 * gs is a multiple of 128)
-    const uint8_t *rowp[4];
-    __m512 tot[4];
+    MM_DG_TOKENS(NT)
+    const uint8_t *rowp[LP_MM_DG_RB];
+    __m512 tot[LP_MM_DG_RB][LP_MM_DG_NT];
     for (int r = 0; r < RB; r++) {
         rowp[r] = (const uint8_t *)w->data + (r0 + r) * rb;
-        tot[r] = _mm512_setzero_ps();
+        for (int t = 0; t < NT; t++) tot[r][t] = _mm512_setzero_ps();
     }
     int hfmt = w->scale_dtype == LP_DTYPE_BF16 ? FMT_BF16 : FMT_F16;
     const uint16_t *scales = w->scales;
     const __m512i k15 = _mm512_set1_epi8(0x0f);
-    for (int64_t g0 = 0; g0 < ng; g0 += GC) {
-        int nb = ng - g0 < GC ? (int)(ng - g0) : GC;
+    float mul[LP_MM_DG_RB][LP_MM_DG_NT][LP_MM_DG_GC] __attribute__((aligned(64)));
+    for (int64_t g0 = 0; g0 < ng; g0 += LP_MM_DG_GC) { // 16 * gs is a multiple of 128
+        int nb = ng - g0 < LP_MM_DG_GC ? (int)(ng - g0) : LP_MM_DG_GC;
         __mmask16 m = (__mmask16)((1u << nb) - 1u);
-        __m512 xsv = _mm512_maskz_loadu_ps(m, xs + g0);
-        __m512 mul[4]; // lane i: sw * sx of group g0 + i
-        for (int r = 0; r < RB; r++) {
-            const uint8_t *sw = (const uint8_t *)(scales + (r0 + r) * ng + g0);
-            mul[r] = _mm512_mul_ps(mm_ld16(hfmt, sw, 0, m), xsv);
+        for (int r = 0; r < RB; r++) { // lane i: sw * sx of group g0 + i
+            __m512 swv = mm_ld16(hfmt, (const uint8_t *)(scales + (r0 + r) * ng + g0), 0, m);
+            for (int t = 0; t < NT; t++)
+                _mm512_store_ps(mul[r][t], _mm512_mul_ps(swv, _mm512_maskz_loadu_ps(m, xs[t] + g0)));
         }
         int64_t c0 = g0 * gs, c1 = (g0 + nb) * gs;
         for (int64_t c = c0; c < c1; c += LP_MM_Q4_BLK) {
-            const int8_t *blk = xd + c * 3;
             int glo = (int)((c - c0) / gs);
             bool full = c + LP_MM_Q4_BLK <= c1;
             int ghi = full ? (int)((c + 64 - c0) / gs) : glo;
             __m512i gi = _mm512_mask_blend_epi32(0xff00, _mm512_set1_epi32(glo),
                                                  _mm512_set1_epi32(ghi));
-            __m512i d0l = _mm512_loadu_si512(blk), d0h = _mm512_loadu_si512(blk + 64);
-            __m512i d1l = _mm512_loadu_si512(blk + 128), d1h = _mm512_loadu_si512(blk + 192);
-            __m512i d2l = _mm512_loadu_si512(blk + 256), d2h = _mm512_loadu_si512(blk + 320);
+            __m512i lo[LP_MM_DG_RB], hi[LP_MM_DG_RB];
             for (int r = 0; r < RB; r++) {
                 const uint8_t *p = rowp[r] + c / 2;
-                _mm_prefetch((const char *)p + RB * rb, _MM_HINT_T1); // as in mm_vnni_exact_rows
-                __m512i v = full ? _mm512_loadu_si512(p)
-                                 : _mm512_maskz_loadu_epi8(0xffffffffull, p);
-                __m512i lo = _mm512_and_si512(v, k15);
-                __m512i hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), k15);
-                __m512i a = _mm512_dpbusd_epi32(_mm512_setzero_si512(), lo, d0l);
-                a = _mm512_dpbusd_epi32(a, hi, d0h);
-                a = _mm512_slli_epi32(a, 7);
-                a = _mm512_dpbusd_epi32(a, lo, d1l);
-                a = _mm512_dpbusd_epi32(a, hi, d1h);
-                a = _mm512_slli_epi32(a, 7);
-                a = _mm512_dpbusd_epi32(a, lo, d2l);
-                a = _mm512_dpbusd_epi32(a, hi, d2h);
-                tot[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(a),
-                                         _mm512_permutexvar_ps(gi, mul[r]), tot[r]);
+                if (pf) _mm_prefetch((const char *)p + RB * rb, _MM_HINT_T1); // as in q8
+                __m512i v = full ? _mm512_loadu_si512(p) : _mm512_maskz_loadu_epi8(0xffffffffull, p);
+                lo[r] = _mm512_and_si512(v, k15);
+                hi[r] = _mm512_and_si512(_mm512_srli_epi16(v, 4), k15);
+            }
+            for (int t = 0; t < NT; t++) {
+                const int8_t *blk = xd[t] + c * 3;
+                __m512i d0l = _mm512_loadu_si512(blk), d0h = _mm512_loadu_si512(blk + 64);
+                __m512i d1l = _mm512_loadu_si512(blk + 128), d1h = _mm512_loadu_si512(blk + 192);
+                __m512i d2l = _mm512_loadu_si512(blk + 256), d2h = _mm512_loadu_si512(blk + 320);
+                for (int r = 0; r < RB; r++) {
+                    __m512i a = _mm512_dpbusd_epi32(_mm512_setzero_si512(), lo[r], d0l);
+                    a = _mm512_dpbusd_epi32(a, hi[r], d0h);
+                    a = _mm512_slli_epi32(a, 7);
+                    a = _mm512_dpbusd_epi32(a, lo[r], d1l);
+                    a = _mm512_dpbusd_epi32(a, hi[r], d1h);
+                    a = _mm512_slli_epi32(a, 7);
+                    a = _mm512_dpbusd_epi32(a, lo[r], d2l);
+                    a = _mm512_dpbusd_epi32(a, hi[r], d2h);
+                    tot[r][t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(a),
+                                                _mm512_permutexvar_ps(gi, _mm512_load_ps(mul[r][t])),
+                                                tot[r][t]);
+                }
             }
         }
     }
-    const uint16_t *biases = w->biases;
-    for (int r = 0; r < RB; r++)
-        out[r0 + r] = _mm512_reduce_add_ps(tot[r]) * (1.0f / 16384.0f) +
-                      mm_half_dot(w->scale_dtype, biases + (r0 + r) * ng, xsum, ng);
+    mm_dg_store(RB, NT, tk, r0, t0, tot, xsum);
 }
 
-LP_VNNI void lp_mm_kernel_vnni_exact_q4(const struct mm_task *tk, int64_t r0, int64_t r1,
-                                            int i_thread) {
-    (void)i_thread;
-    int64_t r = r0;
-    for (; r + 4 <= r1; r += 4)
-        mm_vnni_exact_rows_q4(4, tk->w, r, tk->xq, tk->xscale, tk->xsum, tk->out);
-    for (; r < r1; r++)
-        mm_vnni_exact_rows_q4(1, tk->w, r, tk->xq, tk->xscale, tk->xsum, tk->out);
-}
+// Row chunk [r0, r1) against every token of the call. Rows go in blocks of
+// about LP_MM_DG_ROWBLK_BYTES of codes; per block, every LP_MM_DG_NT-token
+// tile runs over the block's LP_MM_DG_RB-row tiles, so the block's weights come
+// from DRAM once (first token tile, prefetching ahead) and from L2 after, and
+// a token tile's digits stay in L1 across the block's rows.
+#define MM_DG_ROWS(TILE, NT)                                                                       \
+    do {                                                                                           \
+        int64_t r_ = rb0;                                                                          \
+        for (; r_ + LP_MM_DG_RB <= rb1; r_ += LP_MM_DG_RB) TILE(LP_MM_DG_RB, NT, tk, r_, t0, pf);  \
+        for (; r_ < rb1; r_++) TILE(1, NT, tk, r_, t0, pf);                                        \
+    } while (0)
+
+#define MM_DEFINE_DG_KERNEL(NAME, TILE)                                                            \
+    LP_VNNI void NAME(const struct mm_task *tk, int64_t r0, int64_t r1, int i_thread) {            \
+        (void)i_thread;                                                                            \
+        int64_t blk = LP_MM_DG_ROWBLK_BYTES / mm_row_bytes(tk->w) / LP_MM_DG_RB * LP_MM_DG_RB;     \
+        if (blk < LP_MM_DG_RB) blk = LP_MM_DG_RB;                                                  \
+        for (int64_t rb0 = r0; rb0 < r1; rb0 += blk) {                                             \
+            int64_t rb1 = rb0 + blk < r1 ? rb0 + blk : r1;                                         \
+            for (int t0 = 0; t0 < tk->n; t0 += LP_MM_DG_NT) {                                      \
+                bool pf = t0 == 0;                                                                 \
+                int nt = tk->n - t0 < LP_MM_DG_NT ? tk->n - t0 : LP_MM_DG_NT;                      \
+                switch (nt) {                                                                      \
+                case 4: MM_DG_ROWS(TILE, 4); break;                                                \
+                case 3: MM_DG_ROWS(TILE, 3); break;                                                \
+                case 2: MM_DG_ROWS(TILE, 2); break;                                                \
+                default: MM_DG_ROWS(TILE, 1); break;                                               \
+                }                                                                                  \
+            }                                                                                      \
+        }                                                                                          \
+    }
+
+MM_DEFINE_DG_KERNEL(lp_mm_kernel_digits_q8, mm_dg_tile_q8)
+MM_DEFINE_DG_KERNEL(lp_mm_kernel_digits_q4, mm_dg_tile_q4)
 
 #endif // LP_HAVE_X86

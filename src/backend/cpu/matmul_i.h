@@ -30,7 +30,8 @@ struct mm_task {
     // phase-1 results for this token chunk (NULL when the path needs none)
     const float *xsum;   // [n, n_groups] per-group sums of x
     const float *xscale; // [n, n_groups] int8 scale of x per group
-    const int8_t *xq;    // [n, cols] int8 x
+    const int8_t *xq;    // [n, cols] int8 x, or [n, dg_stride] digits of x
+    int64_t dg_stride;   // digits bytes per token (exact VNNI path)
     const float *xp;     // [ceil(n / NT), cols, NT] packed x (prefill path)
     struct lp_cpu_ctx *ctx;
     void (*kernel)(const struct mm_task *tk, int64_t r0, int64_t r1, int i_thread);
@@ -47,6 +48,20 @@ static inline int64_t mm_row_bytes(const struct lp_weight *w) {
         return w->cols * w->bits / 8;
     }
     return 0;
+}
+
+// ---- exact VNNI kernels: sizes (the kernels are x86 only) -----------------
+#define LP_MM_DG_BLK 64  // columns per digit block: xd[blk][3][64]
+#define LP_MM_Q4_BLK 128 // 4-bit: columns per digit block: xd[blk][3][even 64, odd 64]
+#define LP_MM_DG_RB 4    // weight rows per register tile
+#define LP_MM_DG_NT 4    // tokens per register tile
+#define LP_MM_DG_GC 16   // groups per chunk of the sw * sx table
+#define LP_MM_DG_ROWBLK_BYTES (64 << 10) // code bytes per row block (stays in L2)
+
+// Bytes of one token's digits for w (a multiple of 64).
+static inline int64_t mm_dg_stride(const struct lp_weight *w) {
+    return w->bits == 4 ? 3 * ((w->cols + LP_MM_Q4_BLK - 1) / LP_MM_Q4_BLK * LP_MM_Q4_BLK)
+                        : 3 * w->cols;
 }
 
 #if LP_HAVE_X86
@@ -109,20 +124,33 @@ LP_INLINE LP_AVX512 float mm_half_dot(enum lp_dtype dt, const uint16_t *h, const
     return _mm512_reduce_add_ps(acc);
 }
 
-// ---- vnni exact decode (matmul_digits.c) --------------------------------
-#define LP_MM_DG_BLK 64  // columns per digit block: xd[blk][3][64]
-#define LP_MM_Q4_BLK 128 // 4-bit: columns per digit block: xd[blk][3][even 64, odd 64]
-
+// ---- exact VNNI kernels (matmul_digits.c) --------------------------------
 // Splits x [cols] into three int8 digits per element (layout for 8-bit or,
 // with q4, 4-bit weights), per-group sums into xsum [ng] and scales into
 // xs [ng]; gs is a multiple of 64. See matmul_digits.c.
 LP_VNNI void lp_mm_digits_prep(const float *x, int64_t cols, int gs, int q4, int8_t *xd,
                                float *xsum, float *xs);
-// Row chunk [r0, r1) of MLX 8-bit / 4-bit weights against one token's digits.
-LP_VNNI void lp_mm_kernel_vnni_exact_q8(const struct mm_task *tk, int64_t r0, int64_t r1,
-                                        int i_thread);
-LP_VNNI void lp_mm_kernel_vnni_exact_q4(const struct mm_task *tk, int64_t r0, int64_t r1,
-                                        int i_thread);
+
+// lp_mm_digits_prep for n tokens, as a pool task (tokens split over threads).
+struct lp_mm_digits {
+    const float *x; // [n, cols]
+    int n;
+    int64_t cols;
+    int gs;
+    int q4;
+    int64_t stride; // bytes per token in xd (mm_dg_stride)
+    int8_t *xd;     // [n, stride]
+    float *xsum;    // [n, ng]
+    float *xs;      // [n, ng]
+};
+void lp_mm_digits_prep_fn(void *arg, int i_thread, int n_threads);
+
+// Row chunk [r0, r1) of MLX 8-bit / 4-bit weights against every token's
+// digits (tk->xq, stride tk->dg_stride; tk->xscale, tk->xsum).
+LP_VNNI void lp_mm_kernel_digits_q8(const struct mm_task *tk, int64_t r0, int64_t r1,
+                                    int i_thread);
+LP_VNNI void lp_mm_kernel_digits_q4(const struct mm_task *tk, int64_t r0, int64_t r1,
+                                    int i_thread);
 
 #endif // LP_HAVE_X86
 
