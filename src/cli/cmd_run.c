@@ -12,15 +12,14 @@
 #include "cli/args.h"
 #include "cli/cli.h"
 #include "cli/session.h"
+#include "layerpipe/api.h"
 #include "layerpipe/tokenizer.h"
 
 struct run_out {
-    bool print_ids;                // collect ids, print them at the end
+    bool print_ids;         // collect ids, print them at the end
     int32_t *ids;
     int n;
-    struct lp_token_stream *text;  // NULL: stream ids, not text
-    struct lp_stop_matcher *stops; // NULL without --stop
-    bool stopped;                  // a stop string was seen
+    struct lp_text *text;   // NULL: stream ids, not text
 };
 
 static void emit(struct run_out *o, const char *s, size_t n) {
@@ -29,32 +28,23 @@ static void emit(struct run_out *o, const char *s, size_t n) {
     fflush(stdout);
 }
 
-static bool on_token(void *user, int32_t token) {
+// Each generated token: text (whole UTF-8 characters, held back while it
+// may be the start of a stop string) or its id; true ends the request.
+static bool on_event(void *user, const struct lp_sched_event *ev) {
     struct run_out *o = user;
-    o->ids[o->n++] = token;
+    if (ev->kind != LP_SCHED_EV_TOKEN) return false;
+    o->ids[o->n++] = ev->token;
     if (!o->text) {
         if (!o->print_ids) {
-            printf("%d ", token);
+            printf("%d ", ev->token);
             fflush(stdout);
         }
         return false;
     }
-    const char *s;
-    size_t n;
-    if (lp_token_stream_push(o->text, token, &s, &n, NULL) != LP_OK) return false;
-    if (o->stops) {
-        const char *t;
-        size_t m;
-        o->stopped = lp_stop_matcher_push(o->stops, s, n, &t, &m);
-        emit(o, t, m);
-        return o->stopped;
-    }
-    emit(o, s, n);
-    return false;
-}
-
-static bool on_event(void *user, const struct lp_sched_event *ev) {
-    return ev->kind == LP_SCHED_EV_TOKEN ? on_token(user, ev->token) : false;
+    struct lp_text_delta d;
+    if (lp_text_push(o->text, ev->token, &d, NULL) != LP_OK) return false;
+    emit(o, d.content, d.n_content);
+    return d.stopped;
 }
 
 // Renders --chat/--system with the chat template, or takes -p as is, and
@@ -62,7 +52,9 @@ static bool on_event(void *user, const struct lp_sched_event *ev) {
 static bool encode_prompt(const struct lp_tokenizer *tok, const char *text, const char *chat,
                           const char *system, bool no_think, int32_t **ids, int *n) {
     struct lp_error err = {0};
-    char *rendered = NULL;
+    struct lp_token_list list;
+    lp_token_list_init(&list);
+    enum lp_status st;
     if (chat) {
         struct lp_chat_message msgs[2];
         size_t k = 0;
@@ -70,23 +62,12 @@ static bool encode_prompt(const struct lp_tokenizer *tok, const char *text, cons
         msgs[k++] = (struct lp_chat_message){.role = "user", .content = chat};
         struct lp_chat_options opt = lp_chat_options_default();
         opt.enable_thinking = !no_think;
-        if (lp_chat_render(msgs, k, &opt, &rendered, NULL, &err) != LP_OK) {
-            fprintf(stderr, "layerpipe run: chat template: %s\n", err.msg);
-            return false;
-        }
-        text = rendered;
+        st = lp_text_prompt_chat(tok, msgs, k, &opt, &list, &err);
+    } else {
+        st = lp_text_prompt_plain(tok, text, strlen(text), &list, &err);
     }
-    struct lp_token_list list;
-    lp_token_list_init(&list);
-    enum lp_status st = lp_tokenizer_encode(tok, text, strlen(text), 0, &list, &err);
-    free(rendered);
     if (st != LP_OK) {
         fprintf(stderr, "layerpipe run: prompt: %s\n", err.msg);
-        lp_token_list_deinit(&list);
-        return false;
-    }
-    if (list.n_ids == 0) {
-        fprintf(stderr, "layerpipe run: the prompt encodes to no tokens\n");
         lp_token_list_deinit(&list);
         return false;
     }
@@ -173,13 +154,11 @@ int lp_cli_run(int argc, char **argv) {
     } else if (!encode_prompt(tok, prompt, chat, system, no_think, &ids, &n_prompt)) {
         goto done;
     }
-    if (tok && !print_ids &&
-        lp_token_stream_create(&out.text, tok, LP_DECODE_SKIP_SPECIAL, &err) != LP_OK) {
-        fprintf(stderr, "layerpipe run: %s\n", err.msg);
-        goto done;
-    }
-    if (stops.n > 0 && lp_stop_matcher_create(&out.stops, stops.items, stops.n, &err) != LP_OK) {
-        fprintf(stderr, "layerpipe run: --stop: %s\n", err.msg);
+    struct lp_text_params tp = lp_text_params_default();
+    tp.stops = (const char *const *)stops.items;
+    tp.n_stops = stops.n;
+    if (tok && (!print_ids || stops.n > 0) && lp_text_create(&out.text, tok, &tp, &err) != LP_OK) {
+        fprintf(stderr, "layerpipe run: %s%s\n", stops.n > 0 ? "--stop: " : "", err.msg);
         rc = 2;
         goto done;
     }
@@ -218,22 +197,9 @@ int lp_cli_run(int argc, char **argv) {
     }
     double t_first = res.first_token_at > 0 ? res.first_token_at : res.time;
     double prefill_s = t_first - res.submitted_at, decode_s = res.time - t_first;
-    if (out.text && !out.stopped) { // what the decoder and the stop filter still hold
-        const char *t;
-        size_t n;
-        lp_token_stream_flush(out.text, &t, &n);
-        if (out.stops) {
-            const char *u;
-            size_t m;
-            out.stopped = lp_stop_matcher_push(out.stops, t, n, &u, &m);
-            emit(&out, u, m);
-            if (!out.stopped) {
-                lp_stop_matcher_flush(out.stops, &u, &m);
-                emit(&out, u, m);
-            }
-        } else {
-            emit(&out, t, n);
-        }
+    if (out.text) { // what the decoder and the stop filter still hold
+        struct lp_text_delta d;
+        if (lp_text_finish(out.text, &d, NULL) == LP_OK) emit(&out, d.content, d.n_content);
     }
     if (print_ids)
         for (int i = 0; i < out.n; i++) printf(i ? " %d" : "%d", out.ids[i]);
@@ -245,7 +211,7 @@ int lp_cli_run(int argc, char **argv) {
             res.n_prompt, prefill_s, prefill_s > 0 ? res.n_prompt / prefill_s : 0.0,
             res.n_generated, decode_s,
             decode_s > 0 && res.n_generated > 1 ? (res.n_generated - 1) / decode_s : 0.0,
-            out.stopped ? "stop string" : lp_stop_reason_str(res.stop));
+            out.text && lp_text_stopped(out.text) ? "stop string" : lp_stop_reason_str(res.stop));
     if (res.stop == LP_STOP_CONTEXT)
         fprintf(stderr, "layerpipe run: stopped at the context limit of %d tokens (raise --ctx)\n",
                 lp_pipeline_max_context(s.pipeline));
@@ -254,8 +220,7 @@ int lp_cli_run(int argc, char **argv) {
 done:
     free(out.ids);
     free(ids);
-    lp_stop_matcher_destroy(out.stops);
-    lp_token_stream_destroy(out.text);
+    lp_text_destroy(out.text);
     lp_cli_session_close(&s);
     lp_tokenizer_destroy(tok);
     return rc;
