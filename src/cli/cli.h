@@ -7,6 +7,7 @@
 #define LP_CLI_H
 
 int lp_cli_run(int argc, char **argv);
+int lp_cli_serve(int argc, char **argv);
 int lp_cli_logits(int argc, char **argv);
 int lp_cli_bench(int argc, char **argv);
 int lp_cli_tokenize(int argc, char **argv);

@@ -13,6 +13,7 @@ struct lp_command {
 
 static const struct lp_command commands[] = {
     {"run", lp_cli_run, "generate from a prompt"},
+    {"serve", lp_cli_serve, "serve an OpenAI-compatible HTTP API"},
     {"logits", lp_cli_logits, "write the logits of every position of a token list"},
     {"bench", lp_cli_bench, "measure prefill and decode speed"},
     {"tokenize", lp_cli_tokenize, "turn text into token ids (and pieces)"},

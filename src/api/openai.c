@@ -1,0 +1,906 @@
+// SPDX-License-Identifier: MIT
+// openai.c -- POST /v1/chat/completions and /v1/completions. A request is
+// checked field by field (errors name the field), its prompt rendered and
+// encoded, and submitted to the scheduler. The scheduler's callback runs
+// on the scheduler thread and must not block: it turns each token into
+// text (lp_text: stop strings, reasoning, tool calls) and appends the
+// pieces to the request's queue under its mutex, then signals. The
+// connection thread either waits for DONE and answers one JSON object, or
+// streams server-sent events from MHD's content reader, taking whatever
+// the queue holds each time. The request is freed by whichever side lets
+// go of it last (refs); a connection that goes away first cancels it.
+#include <errno.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+
+#include "api/internal.h"
+
+// ---- the request shared by the scheduler thread and the connection ----
+
+struct sbuf {
+    char *s; // [cap], NUL-terminated at n
+    size_t n, cap;
+};
+
+static bool sb_put(struct sbuf *b, const char *s, size_t n) {
+    if (b->n + n + 1 > b->cap) {
+        size_t cap = b->cap ? b->cap : 256;
+        while (cap < b->n + n + 1) cap *= 2;
+        char *d = realloc(b->s, cap);
+        if (!d) return false;
+        b->s = d;
+        b->cap = cap;
+    }
+    memcpy(b->s + b->n, s, n);
+    b->n += n;
+    b->s[b->n] = '\0';
+    return true;
+}
+
+struct tok_lp { // one generated token with its log-probabilities
+    int32_t id;
+    float logprob;
+    int n_top;
+    int32_t top_ids[LP_SCHED_MAX_TOP_LOGPROBS];
+    float top_lp[LP_SCHED_MAX_TOP_LOGPROBS];
+};
+
+// What the callback has produced and the connection has not yet taken.
+struct queue {
+    struct sbuf content, reasoning;
+    json_t *calls;      // array of tool-call deltas, or NULL
+    struct tok_lp *toks; // [n_toks] (with logprobs)
+    int n_toks, cap_toks;
+};
+
+enum sse_phase { SSE_START, SSE_TOKENS, SSE_END };
+
+struct api_req {
+    struct lp_server *srv;
+    pthread_mutex_t mu;   // guards refs, q, done and the fields below it
+    pthread_cond_t cv;    // signalled when q grows or done is set
+    int refs;             // 1 for the connection, 1 for the scheduler while submitted
+    struct queue q;
+    bool done, http_gone;
+    enum lp_stop_reason stop;
+    enum lp_status status;
+    char error[LP_ERROR_MSG_BYTES];
+    int n_prompt, n_generated;
+    int n_calls;          // tool calls completed
+    // set before submit, then read-only
+    uint64_t id;          // the scheduler's
+    bool chat, stream, include_usage, logprobs;
+    int n_top;
+    char resp_id[48];
+    time_t created;
+    // scheduler thread only (until done)
+    struct lp_text *text;
+    double last_token_at;
+    // connection thread only (streaming)
+    struct queue taken;
+    struct sbuf out;
+    size_t out_pos;
+    enum sse_phase phase;
+    size_t text_offset;   // completions logprobs: bytes of text before the next token
+};
+
+static void queue_clear(struct queue *q) {
+    q->content.n = q->reasoning.n = 0;
+    if (q->content.s) q->content.s[0] = '\0';
+    if (q->reasoning.s) q->reasoning.s[0] = '\0';
+    json_decref(q->calls);
+    q->calls = NULL;
+    q->n_toks = 0;
+}
+
+static void queue_free(struct queue *q) {
+    free(q->content.s);
+    free(q->reasoning.s);
+    json_decref(q->calls);
+    free(q->toks);
+}
+
+static void req_free(struct api_req *r) {
+    pthread_mutex_destroy(&r->mu);
+    pthread_cond_destroy(&r->cv);
+    queue_free(&r->q);
+    queue_free(&r->taken);
+    free(r->out.s);
+    lp_text_destroy(r->text);
+    free(r);
+}
+
+// The connection lets go: a request still running is cancelled.
+static void req_release_http(struct api_req *r, bool submitted) {
+    pthread_mutex_lock(&r->mu);
+    bool cancel = submitted && !r->done;
+    r->http_gone = true;
+    uint64_t id = r->id;
+    bool last = --r->refs == 0;
+    pthread_mutex_unlock(&r->mu);
+    if (cancel) lp_sched_cancel(r->srv->sched, id);
+    if (last) req_free(r);
+}
+
+static void finish_metrics(struct api_req *r, const struct lp_sched_event *ev) {
+    struct lp_api_metrics *m = &r->srv->metrics;
+    if (ev->first_token_at > 0) lp_api_hist_observe(&m->ttft, ev->first_token_at - ev->submitted_at);
+    if (ev->status != LP_OK) return;
+    lp_api_hist_observe(&m->e2e, ev->time - ev->submitted_at);
+    int reason = ev->stop == LP_STOP_LENGTH || ev->stop == LP_STOP_CONTEXT ? LP_API_FINISH_LENGTH
+                 : r->chat && lp_text_n_tool_calls(r->text) > 0 ? LP_API_FINISH_TOOL_CALLS
+                                                                : LP_API_FINISH_STOP;
+    atomic_fetch_add(&m->success[reason], 1);
+}
+
+static bool enqueue(struct api_req *r, const struct lp_text_delta *d, const struct tok_lp *t) {
+    bool ok = sb_put(&r->q.content, d->content, d->n_content) &&
+              sb_put(&r->q.reasoning, d->reasoning, d->n_reasoning);
+    for (int i = 0; i < d->n_tool_calls && ok; i++) {
+        const struct lp_tool_call *c = lp_text_tool_call(r->text, d->first_tool_call + i);
+        if (!r->q.calls) r->q.calls = json_array();
+        ok = json_array_append_new(
+                 r->q.calls, json_pack("{s:i,s:s,s:s,s:{s:s,s:s}}", "index",
+                                       d->first_tool_call + i, "id", c->id, "type", "function",
+                                       "function", "name", c->name, "arguments",
+                                       c->arguments)) == 0;
+    }
+    r->n_calls += d->n_tool_calls;
+    if (t && ok) {
+        if (r->q.n_toks == r->q.cap_toks) {
+            int cap = r->q.cap_toks ? 2 * r->q.cap_toks : 16;
+            struct tok_lp *p = realloc(r->q.toks, (size_t)cap * sizeof *p);
+            if (!p) return false;
+            r->q.toks = p;
+            r->q.cap_toks = cap;
+        }
+        r->q.toks[r->q.n_toks++] = *t;
+    }
+    return ok;
+}
+
+// The scheduler thread: never blocks beyond the request's own mutex.
+static bool on_event(void *user, const struct lp_sched_event *ev) {
+    struct api_req *r = user;
+    struct lp_text_delta d;
+    if (ev->kind == LP_SCHED_EV_TOKEN) {
+        enum lp_status st = lp_text_push(r->text, ev->token, &d, NULL);
+        if (r->last_token_at > 0)
+            lp_api_hist_observe(&r->srv->metrics.itl, ev->time - r->last_token_at);
+        r->last_token_at = ev->time;
+        struct tok_lp t = {.id = ev->token, .logprob = ev->logprob, .n_top = ev->n_top};
+        for (int i = 0; i < ev->n_top && i < LP_SCHED_MAX_TOP_LOGPROBS; i++) {
+            t.top_ids[i] = ev->top_ids[i];
+            t.top_lp[i] = ev->top_logprobs[i];
+        }
+        pthread_mutex_lock(&r->mu);
+        bool ok = enqueue(r, &d, r->logprobs ? &t : NULL);
+        bool gone = r->http_gone;
+        pthread_cond_signal(&r->cv);
+        pthread_mutex_unlock(&r->mu);
+        return d.stopped || gone || !ok || st != LP_OK;
+    }
+    if (ev->kind != LP_SCHED_EV_DONE) return false;
+    lp_text_finish(r->text, &d, NULL);
+    finish_metrics(r, ev);
+    pthread_mutex_lock(&r->mu);
+    enqueue(r, &d, NULL);
+    r->done = true;
+    r->stop = ev->stop;
+    r->status = ev->status;
+    snprintf(r->error, sizeof r->error, "%s", ev->error ? ev->error : "");
+    r->n_prompt = ev->n_prompt;
+    r->n_generated = ev->n_generated;
+    bool last = --r->refs == 0;
+    pthread_cond_signal(&r->cv);
+    pthread_mutex_unlock(&r->mu);
+    if (last) req_free(r);
+    return false;
+}
+
+// ---- request fields ----
+
+struct gen_job {
+    struct lp_token_list prompt;
+    struct lp_sched_request sreq;
+    struct lp_text_params tp;
+    const char *stops[LP_MAX_STOP_STRINGS]; // borrowed from the body
+    bool stream, include_usage, logprobs;
+    int n_top;
+    int max_tokens; // -1: the rest of the context
+};
+
+// The field if present and not null, else NULL.
+static json_t *field(const json_t *body, const char *name) {
+    json_t *v = json_object_get(body, name);
+    return json_is_null(v) ? NULL : v;
+}
+
+static bool get_bool(const json_t *body, const char *name, bool *out, struct lp_api_err *e) {
+    json_t *v = field(body, name);
+    if (!v) return true;
+    if (!json_is_boolean(v)) return lp_api_bad(e, name, "'%s' must be a boolean", name);
+    *out = json_is_true(v);
+    return true;
+}
+
+static bool get_real(const json_t *body, const char *name, double lo, double hi, float *out,
+                     struct lp_api_err *e) {
+    json_t *v = field(body, name);
+    if (!v) return true;
+    if (!json_is_number(v))
+        return lp_api_bad(e, name, "'%s' must be a number between %g and %g", name, lo, hi);
+    double x = json_number_value(v);
+    if (!(x >= lo && x <= hi))
+        return lp_api_bad(e, name, "'%s' is %g; it must be between %g and %g", name, x, lo, hi);
+    *out = (float)x;
+    return true;
+}
+
+static bool get_int(const json_t *body, const char *name, long long lo, long long hi, int *out,
+                    struct lp_api_err *e) {
+    json_t *v = field(body, name);
+    if (!v) return true;
+    if (!json_is_integer(v))
+        return lp_api_bad(e, name, "'%s' must be an integer between %lld and %lld", name, lo, hi);
+    long long x = json_integer_value(v);
+    if (x < lo || x > hi)
+        return lp_api_bad(e, name, "'%s' is %lld; it must be between %lld and %lld", name, x, lo,
+                          hi);
+    *out = (int)x;
+    return true;
+}
+
+static bool parse_stop(const json_t *body, struct gen_job *j, struct lp_api_err *e) {
+    json_t *v = field(body, "stop");
+    if (!v) return true;
+    if (json_is_string(v)) {
+        if (!json_string_length(v)) return lp_api_bad(e, "stop", "'stop' must not be empty");
+        j->stops[0] = json_string_value(v);
+        j->tp.n_stops = 1;
+        return true;
+    }
+    if (!json_is_array(v))
+        return lp_api_bad(e, "stop", "'stop' must be a string or an array of strings");
+    if (json_array_size(v) > LP_MAX_STOP_STRINGS)
+        return lp_api_bad(e, "stop", "'stop' has %zu strings, at most %d", json_array_size(v),
+                          LP_MAX_STOP_STRINGS);
+    for (size_t i = 0; i < json_array_size(v); i++) {
+        json_t *s = json_array_get(v, i);
+        if (!json_is_string(s) || !json_string_length(s))
+            return lp_api_bad(e, "stop", "'stop[%zu]' must be a non-empty string", i);
+        j->stops[j->tp.n_stops++] = json_string_value(s);
+    }
+    return true;
+}
+
+static bool parse_unsupported(const json_t *body, bool chat, struct lp_api_err *e) {
+    int n = 1;
+    if (!get_int(body, "n", 1, 1, &n, e)) return lp_api_bad(e, "n", "'n' must be 1: one choice per request");
+    json_t *v = field(body, "logit_bias");
+    if (v && (!json_is_object(v) || json_object_size(v) > 0))
+        return lp_api_bad(e, "logit_bias", "'logit_bias' is not supported");
+    v = field(body, "response_format");
+    if (v && !(json_is_object(v) &&
+               json_is_string(json_object_get(v, "type")) &&
+               strcmp(json_string_value(json_object_get(v, "type")), "text") == 0))
+        return lp_api_bad(e, "response_format", "'response_format': only {\"type\": \"text\"}");
+    if (!chat) {
+        bool echo = false;
+        if (!get_bool(body, "echo", &echo, e)) return false;
+        if (echo) return lp_api_bad(e, "echo", "'echo' is not supported");
+        int best_of = 1;
+        if (!get_int(body, "best_of", 1, 1, &best_of, e))
+            return lp_api_bad(e, "best_of", "'best_of' must be 1");
+        if (field(body, "suffix")) return lp_api_bad(e, "suffix", "'suffix' is not supported");
+    }
+    return true;
+}
+
+static bool parse_sampling(const struct lp_server *s, const json_t *body, struct gen_job *j,
+                           struct lp_api_err *e) {
+    struct lp_sampler_params *sp = &j->sreq.sampling;
+    *sp = lp_sampler_params_from_model(s->model);
+    int top_k = sp->top_k;
+    bool ok = get_real(body, "temperature", 0, 2, &sp->temperature, e) &&
+              get_real(body, "top_p", 0, 1, &sp->top_p, e) &&
+              get_int(body, "top_k", -1, 1 << 30, &top_k, e) &&
+              get_real(body, "min_p", 0, 1, &sp->min_p, e) &&
+              get_real(body, "presence_penalty", -2, 2, &sp->presence_penalty, e) &&
+              get_real(body, "frequency_penalty", -2, 2, &sp->frequency_penalty, e) &&
+              get_real(body, "repetition_penalty", 0.01, 10, &sp->repetition_penalty, e);
+    if (!ok) return false;
+    sp->top_k = top_k < 0 ? 0 : top_k;
+    if (sp->top_p <= 0) return lp_api_bad(e, "top_p", "'top_p' must be above 0");
+    json_t *seed = field(body, "seed");
+    if (seed) {
+        if (!json_is_integer(seed)) return lp_api_bad(e, "seed", "'seed' must be an integer");
+        sp->seed = (uint64_t)json_integer_value(seed);
+    }
+    return true;
+}
+
+static bool parse_common(const struct lp_server *s, const json_t *body, bool chat,
+                         struct gen_job *j, struct lp_api_err *e) {
+    json_t *model = field(body, "model");
+    if (model && !json_is_string(model)) return lp_api_bad(e, "model", "'model' must be a string");
+    if (model && strcmp(json_string_value(model), s->model_name) != 0) {
+        lp_api_bad(e, "model", "the model '%s' does not exist; this server serves '%s'",
+                   json_string_value(model), s->model_name);
+        e->code = "model_not_found";
+        return false;
+    }
+    if (!parse_unsupported(body, chat, e) || !get_bool(body, "stream", &j->stream, e) ||
+        !get_bool(body, "ignore_eos", &j->sreq.ignore_eos, e)) // vLLM's extension
+        return false;
+    json_t *so = field(body, "stream_options");
+    if (so) {
+        if (!json_is_object(so))
+            return lp_api_bad(e, "stream_options", "'stream_options' must be an object");
+        if (!get_bool(so, "include_usage", &j->include_usage, e)) {
+            snprintf(e->param, sizeof e->param, "stream_options.include_usage");
+            return false;
+        }
+    }
+    j->max_tokens = -1;
+    if (!get_int(body, "max_tokens", 1, 1 << 30, &j->max_tokens, e) ||
+        !get_int(body, "max_completion_tokens", 1, 1 << 30, &j->max_tokens, e))
+        return false;
+    if (chat) {
+        if (!get_bool(body, "logprobs", &j->logprobs, e) ||
+            !get_int(body, "top_logprobs", 0, LP_SCHED_MAX_TOP_LOGPROBS, &j->n_top, e))
+            return false;
+        if (j->n_top > 0 && !j->logprobs)
+            return lp_api_bad(e, "top_logprobs", "'top_logprobs' needs 'logprobs': true");
+    } else {
+        j->n_top = -1;
+        if (!get_int(body, "logprobs", 0, LP_SCHED_MAX_TOP_LOGPROBS, &j->n_top, e)) return false;
+        j->logprobs = j->n_top >= 0;
+        if (j->n_top < 0) j->n_top = 0;
+    }
+    return parse_stop(body, j, e) && parse_sampling(s, body, j, e);
+}
+
+// ---- prompts ----
+
+// OpenAI content: a string, null, or an array of {"type": "text", "text": S}.
+static json_t *flat_content(const json_t *content, size_t i, struct lp_api_err *e) {
+    if (!content || json_is_null(content) || json_is_string(content))
+        return content ? json_incref((json_t *)content) : json_null();
+    if (!json_is_array(content)) {
+        lp_api_bad(e, "messages", "messages[%zu].content must be a string or an array of parts",
+                   i);
+        return NULL;
+    }
+    struct sbuf b = {0};
+    sb_put(&b, "", 0);
+    for (size_t k = 0; k < json_array_size(content); k++) {
+        const json_t *part = json_array_get(content, k);
+        const json_t *type = json_object_get(part, "type"), *text = json_object_get(part, "text");
+        if (!json_is_string(type) || strcmp(json_string_value(type), "text") != 0 ||
+            !json_is_string(text)) {
+            free(b.s);
+            lp_api_bad(e, "messages", "messages[%zu].content[%zu]: only text parts are supported",
+                       i, k);
+            return NULL;
+        }
+        sb_put(&b, json_string_value(text), json_string_length(text));
+    }
+    json_t *s = b.s ? json_stringn(b.s, b.n) : NULL;
+    free(b.s);
+    return s;
+}
+
+// Checks the messages and makes the {"messages", "tools"} object the chat
+// template takes (content parts joined, "developer" as "system").
+static json_t *chat_input(const json_t *body, bool *tools_on, struct lp_api_err *e) {
+    json_t *msgs = field(body, "messages");
+    if (!json_is_array(msgs) || json_array_size(msgs) == 0) {
+        lp_api_bad(e, "messages", "'messages' must be a non-empty array");
+        return NULL;
+    }
+    json_t *out = json_array();
+    for (size_t i = 0; i < json_array_size(msgs); i++) {
+        json_t *m = json_array_get(msgs, i), *role = json_object_get(m, "role");
+        const char *r = json_string_value(role);
+        if (!json_is_object(m) || !r ||
+            (strcmp(r, "system") && strcmp(r, "user") && strcmp(r, "assistant") &&
+             strcmp(r, "tool") && strcmp(r, "developer"))) {
+            lp_api_bad(e, "messages",
+                       "messages[%zu].role must be system, developer, user, assistant or tool", i);
+            goto fail;
+        }
+        json_t *content = flat_content(json_object_get(m, "content"), i, e);
+        if (!content) goto fail;
+        json_t *copy = json_pack("{s:s,s:o}", "role", strcmp(r, "developer") ? r : "system",
+                                 "content", content);
+        json_t *rc = field(m, "reasoning_content"), *tc = field(m, "tool_calls");
+        if (rc && !json_is_string(rc)) {
+            json_decref(copy);
+            lp_api_bad(e, "messages", "messages[%zu].reasoning_content must be a string", i);
+            goto fail;
+        }
+        if (rc) json_object_set(copy, "reasoning_content", rc);
+        if (tc) json_object_set(copy, "tool_calls", tc);
+        json_array_append_new(out, copy);
+    }
+    json_t *tools = field(body, "tools"), *choice = field(body, "tool_choice");
+    if (tools && !json_is_array(tools)) {
+        lp_api_bad(e, "tools", "'tools' must be an array");
+        goto fail;
+    }
+    if (choice && !(json_is_string(choice) && (!strcmp(json_string_value(choice), "auto") ||
+                                               !strcmp(json_string_value(choice), "none")))) {
+        lp_api_bad(e, "tool_choice", "'tool_choice' must be \"auto\" or \"none\"");
+        goto fail;
+    }
+    *tools_on = tools && json_array_size(tools) > 0 &&
+                !(choice && !strcmp(json_string_value(choice), "none"));
+    json_t *obj = json_pack("{s:o}", "messages", out);
+    if (*tools_on) json_object_set(obj, "tools", tools);
+    return obj;
+fail:
+    json_decref(out);
+    return NULL;
+}
+
+static bool chat_prompt(struct lp_server *s, const json_t *body, struct gen_job *j,
+                        struct lp_api_err *e) {
+    struct lp_chat_options opt = lp_chat_options_default();
+    json_t *kw = field(body, "chat_template_kwargs");
+    if (kw && !json_is_object(kw))
+        return lp_api_bad(e, "chat_template_kwargs", "'chat_template_kwargs' must be an object");
+    if (kw && !get_bool(kw, "enable_thinking", &opt.enable_thinking, e)) {
+        snprintf(e->param, sizeof e->param, "chat_template_kwargs.enable_thinking");
+        return false;
+    }
+    bool tools_on = false;
+    json_t *in = chat_input(body, &tools_on, e);
+    if (!in) return false;
+    char *text = json_dumps(in, JSON_COMPACT | JSON_PRESERVE_ORDER);
+    json_decref(in);
+    if (!text) return lp_api_err_from_status(e, LP_ERR_NOMEM, NULL, "out of memory");
+    struct lp_error err = {0};
+    enum lp_status st =
+        lp_text_prompt_chat_json(text, strlen(text), s->tok, &opt, &j->prompt, &err);
+    free(text);
+    if (st != LP_OK) return lp_api_err_from_status(e, st, "messages", err.msg);
+    j->tp.reasoning = true;
+    j->tp.tool_calls = tools_on;
+    return true;
+}
+
+static bool completion_prompt(struct lp_server *s, const json_t *body, struct gen_job *j,
+                              struct lp_api_err *e) {
+    json_t *p = field(body, "prompt");
+    if (json_is_array(p) && json_array_size(p) == 1 &&
+        (json_is_string(json_array_get(p, 0)) || json_is_array(json_array_get(p, 0))))
+        p = json_array_get(p, 0); // one prompt given as a list of one
+    if (json_is_string(p)) {
+        struct lp_error err = {0};
+        enum lp_status st =
+            lp_text_prompt_plain(s->tok, json_string_value(p), json_string_length(p), &j->prompt,
+                                 &err);
+        return st == LP_OK || lp_api_err_from_status(e, st, "prompt", err.msg);
+    }
+    if (!json_is_array(p) || json_array_size(p) == 0)
+        return lp_api_bad(e, "prompt", "'prompt' must be a string or a non-empty array of token ids");
+    for (size_t i = 0; i < json_array_size(p); i++) {
+        json_t *v = json_array_get(p, i);
+        if (json_is_string(v) || json_is_array(v))
+            return lp_api_bad(e, "prompt", "one prompt per request ('n' prompts are not supported)");
+        if (!json_is_integer(v) || json_integer_value(v) < 0 ||
+            json_integer_value(v) >= s->vocab)
+            return lp_api_bad(e, "prompt", "prompt[%zu] must be a token id in 0..%d", i,
+                              s->vocab - 1);
+        if (lp_token_list_push(&j->prompt, (int32_t)json_integer_value(v), NULL) != LP_OK)
+            return lp_api_err_from_status(e, LP_ERR_NOMEM, NULL, "out of memory");
+    }
+    return true;
+}
+
+// ---- replies ----
+
+static json_t *usage_json(const struct api_req *r) {
+    return json_pack("{s:i,s:i,s:i}", "prompt_tokens", r->n_prompt, "completion_tokens",
+                     r->n_generated, "total_tokens", r->n_prompt + r->n_generated);
+}
+
+static const char *finish_reason(const struct api_req *r) {
+    if (r->stop == LP_STOP_LENGTH || r->stop == LP_STOP_CONTEXT) return "length";
+    return r->chat && r->n_calls > 0 ? "tool_calls" : "stop";
+}
+
+static json_t *bytes_json(const struct lp_tokenizer *tok, int32_t id) {
+    size_t n = 0;
+    const uint8_t *b = lp_tokenizer_token_bytes(tok, id, &n);
+    json_t *a = json_array();
+    for (size_t i = 0; b && i < n; i++) json_array_append_new(a, json_integer(b[i]));
+    return a;
+}
+
+json_t *lp_api_token_string(const struct lp_tokenizer *tok, int32_t id) {
+    size_t n = 0;
+    const uint8_t *b = lp_tokenizer_token_bytes(tok, id, &n);
+    if (!b) return json_string("");
+    json_t *s = json_stringn((const char *)b, n);
+    if (s) return s;
+    // not valid UTF-8 on its own (part of a character): bytes >= 0x80 as U+FFFD
+    struct sbuf o = {0};
+    sb_put(&o, "", 0);
+    for (size_t i = 0; i < n; i++)
+        sb_put(&o, b[i] < 0x80 ? (const char *)b + i : "\xef\xbf\xbd", b[i] < 0x80 ? 1 : 3);
+    s = json_stringn(o.s ? o.s : "", o.n);
+    free(o.s);
+    return s;
+}
+
+static json_t *chat_logprobs(const struct lp_tokenizer *tok, const struct tok_lp *t, int n) {
+    json_t *content = json_array();
+    for (int i = 0; i < n; i++) {
+        json_t *top = json_array();
+        for (int k = 0; k < t[i].n_top; k++)
+            json_array_append_new(top, json_pack("{s:o,s:f,s:o}", "token",
+                                                 lp_api_token_string(tok, t[i].top_ids[k]),
+                                                 "logprob", (double)t[i].top_lp[k], "bytes",
+                                                 bytes_json(tok, t[i].top_ids[k])));
+        json_array_append_new(content,
+                              json_pack("{s:o,s:f,s:o,s:o}", "token",
+                                        lp_api_token_string(tok, t[i].id), "logprob",
+                                        (double)t[i].logprob, "bytes", bytes_json(tok, t[i].id),
+                                        "top_logprobs", top));
+    }
+    return json_pack("{s:o}", "content", content);
+}
+
+static json_t *completion_logprobs(const struct lp_tokenizer *tok, const struct tok_lp *t, int n,
+                                   size_t *offset) {
+    json_t *tokens = json_array(), *lps = json_array(), *tops = json_array(),
+           *offs = json_array();
+    for (int i = 0; i < n; i++) {
+        json_array_append_new(tokens, lp_api_token_string(tok, t[i].id));
+        json_array_append_new(lps, json_real(t[i].logprob));
+        json_t *top = json_object();
+        for (int k = 0; k < t[i].n_top; k++) {
+            json_t *s = lp_api_token_string(tok, t[i].top_ids[k]);
+            json_object_set_new(top, json_string_value(s), json_real(t[i].top_lp[k]));
+            json_decref(s);
+        }
+        json_array_append_new(tops, top);
+        json_array_append_new(offs, json_integer((json_int_t)*offset));
+        size_t nb = 0;
+        lp_tokenizer_token_bytes(tok, t[i].id, &nb);
+        *offset += nb;
+    }
+    return json_pack("{s:o,s:o,s:o,s:o}", "tokens", tokens, "token_logprobs", lps,
+                     "top_logprobs", tops, "text_offset", offs);
+}
+
+static json_t *envelope(const struct api_req *r, bool chunk, json_t *choice) {
+    const char *object = r->chat ? (chunk ? "chat.completion.chunk" : "chat.completion")
+                                 : "text_completion";
+    return json_pack("{s:s,s:s,s:I,s:s,s:[o]}", "id", r->resp_id, "object", object, "created",
+                     (json_int_t)r->created, "model", r->srv->model_name, "choices", choice);
+}
+
+static json_t *final_json(struct api_req *r) {
+    const struct lp_tokenizer *tok = r->srv->tok;
+    json_t *lp = !r->logprobs ? json_null()
+                 : r->chat    ? chat_logprobs(tok, r->q.toks, r->q.n_toks)
+                              : completion_logprobs(tok, r->q.toks, r->q.n_toks, &r->text_offset);
+    size_t n_content = 0, n_reasoning = 0;
+    const char *content = lp_text_content(r->text, &n_content);
+    const char *reasoning = lp_text_reasoning(r->text, &n_reasoning);
+    json_t *choice;
+    if (r->chat) {
+        json_t *msg = json_pack("{s:s}", "role", "assistant");
+        json_object_set_new(msg, "content",
+                            n_content || r->n_calls == 0 ? json_stringn(content, n_content)
+                                                         : json_null());
+        if (n_reasoning)
+            json_object_set_new(msg, "reasoning_content", json_stringn(reasoning, n_reasoning));
+        if (r->n_calls > 0) {
+            json_t *calls = json_array();
+            for (int i = 0; i < r->n_calls; i++) {
+                const struct lp_tool_call *c = lp_text_tool_call(r->text, i);
+                json_array_append_new(calls, json_pack("{s:s,s:s,s:{s:s,s:s}}", "id", c->id,
+                                                       "type", "function", "function", "name",
+                                                       c->name, "arguments", c->arguments));
+            }
+            json_object_set_new(msg, "tool_calls", calls);
+        }
+        choice = json_pack("{s:i,s:o,s:o,s:s}", "index", 0, "message", msg, "logprobs", lp,
+                           "finish_reason", finish_reason(r));
+    } else {
+        choice = json_pack("{s:i,s:s%,s:o,s:s}", "index", 0, "text", content, n_content,
+                           "logprobs", lp, "finish_reason", finish_reason(r));
+    }
+    json_t *j = envelope(r, false, choice);
+    json_object_set_new(j, "usage", usage_json(r));
+    return j;
+}
+
+// ---- streaming ----
+
+static bool sse_put(struct api_req *r, json_t *j) {
+    char *s = json_dumps(j, JSON_COMPACT | JSON_PRESERVE_ORDER);
+    json_decref(j);
+    if (!s) return false;
+    bool ok = sb_put(&r->out, "data: ", 6) && sb_put(&r->out, s, strlen(s)) &&
+              sb_put(&r->out, "\n\n", 2);
+    free(s);
+    return ok;
+}
+
+static json_t *chunk(struct api_req *r, json_t *delta_or_text, json_t *lp, const char *finish) {
+    json_t *choice = json_pack("{s:i}", "index", 0);
+    json_object_set_new(choice, r->chat ? "delta" : "text", delta_or_text);
+    json_object_set_new(choice, "logprobs", lp ? lp : json_null());
+    json_object_set_new(choice, "finish_reason", finish ? json_string(finish) : json_null());
+    json_t *j = envelope(r, true, choice);
+    if (r->include_usage) json_object_set_new(j, "usage", json_null());
+    return j;
+}
+
+// Formats what was taken from the queue as one chunk (nothing if empty).
+static bool sse_tokens(struct api_req *r) {
+    struct queue *t = &r->taken;
+    if (!t->content.n && !t->reasoning.n && !t->calls && !t->n_toks) return true;
+    json_t *lp = !r->logprobs || !t->n_toks ? NULL
+                 : r->chat ? chat_logprobs(r->srv->tok, t->toks, t->n_toks)
+                           : completion_logprobs(r->srv->tok, t->toks, t->n_toks, &r->text_offset);
+    json_t *body;
+    if (r->chat) {
+        body = json_object();
+        if (t->reasoning.n)
+            json_object_set_new(body, "reasoning_content",
+                                json_stringn(t->reasoning.s, t->reasoning.n));
+        if (t->content.n)
+            json_object_set_new(body, "content", json_stringn(t->content.s, t->content.n));
+        if (t->calls) json_object_set(body, "tool_calls", t->calls);
+    } else {
+        body = json_stringn(t->content.s ? t->content.s : "", t->content.n);
+    }
+    return sse_put(r, chunk(r, body, lp, NULL));
+}
+
+static bool sse_end(struct api_req *r) {
+    bool ok = true;
+    if (r->status != LP_OK) {
+        struct lp_api_err e;
+        lp_api_err_from_status(&e, r->status, NULL, r->error);
+        ok = sse_put(r, json_pack("{s:{s:s,s:s,s:n,s:i}}", "error", "message", e.msg, "type",
+                                  e.type, "param", "code", e.http));
+    } else {
+        ok = sse_put(r, chunk(r, r->chat ? json_object() : json_string(""), NULL,
+                              finish_reason(r)));
+        if (ok && r->include_usage) {
+            json_t *j = json_pack("{s:s,s:s,s:I,s:s,s:[]}", "id", r->resp_id, "object",
+                                  r->chat ? "chat.completion.chunk" : "text_completion",
+                                  "created", (json_int_t)r->created, "model", r->srv->model_name,
+                                  "choices");
+            json_object_set_new(j, "usage", usage_json(r));
+            ok = sse_put(r, j);
+        }
+    }
+    r->phase = SSE_END;
+    return ok && sb_put(&r->out, "data: [DONE]\n\n", 14);
+}
+
+// Waits for the next events and formats them into r->out. False: give up.
+static bool sse_fill(struct api_req *r) {
+    if (r->phase == SSE_START) {
+        r->phase = SSE_TOKENS;
+        if (r->chat)
+            return sse_put(r, chunk(r, json_pack("{s:s,s:s}", "role", "assistant", "content", ""),
+                                    NULL, NULL));
+    }
+    pthread_mutex_lock(&r->mu);
+    double idle = 0;
+    while (!r->done && !r->q.content.n && !r->q.reasoning.n && !r->q.calls && !r->q.n_toks) {
+        if (atomic_load(&r->srv->stopping)) {
+            pthread_mutex_unlock(&r->mu);
+            return false;
+        }
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        ts.tv_nsec += 200000000;
+        if (ts.tv_nsec >= 1000000000) ts.tv_sec++, ts.tv_nsec -= 1000000000;
+        if (pthread_cond_timedwait(&r->cv, &r->mu, &ts) == ETIMEDOUT && (idle += 0.2) >= 10) {
+            pthread_mutex_unlock(&r->mu); // a comment keeps proxies (and us) aware of the peer
+            return sb_put(&r->out, ": keep-alive\n\n", 14);
+        }
+    }
+    struct queue tmp = r->taken; // swap: the callback keeps appending to an empty queue
+    r->taken = r->q;
+    r->q = tmp;
+    queue_clear(&r->q);
+    bool done = r->done;
+    pthread_mutex_unlock(&r->mu);
+    bool ok = sse_tokens(r);
+    queue_clear(&r->taken);
+    return ok && (!done || sse_end(r));
+}
+
+static ssize_t sse_read(void *cls, uint64_t pos, char *buf, size_t max) {
+    struct api_req *r = cls;
+    while (r->out_pos == r->out.n) {
+        r->out.n = r->out_pos = 0;
+        if (r->phase == SSE_END) return MHD_CONTENT_READER_END_OF_STREAM;
+        if (!sse_fill(r)) return MHD_CONTENT_READER_END_WITH_ERROR;
+    }
+    size_t n = r->out.n - r->out_pos < max ? r->out.n - r->out_pos : max;
+    memcpy(buf, r->out.s + r->out_pos, n);
+    r->out_pos += n;
+    return (ssize_t)n;
+}
+
+static void sse_free(void *cls) { req_release_http(cls, true); }
+
+// ---- the handler ----
+
+// True when the peer closed its side (non-streaming requests poll this).
+static bool peer_gone(struct MHD_Connection *mhd) {
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(mhd, MHD_CONNECTION_INFO_CONNECTION_FD);
+    if (!ci) return false;
+    char b;
+    ssize_t k = recv(ci->connect_fd, &b, 1, MSG_PEEK | MSG_DONTWAIT);
+    return k == 0 || (k < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR);
+}
+
+static enum MHD_Result wait_and_reply(struct lp_api_conn *c, struct api_req *r) {
+    pthread_mutex_lock(&r->mu);
+    while (!r->done) {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        ts.tv_nsec += 200000000;
+        if (ts.tv_nsec >= 1000000000) ts.tv_sec++, ts.tv_nsec -= 1000000000;
+        if (pthread_cond_timedwait(&r->cv, &r->mu, &ts) != ETIMEDOUT) continue;
+        pthread_mutex_unlock(&r->mu);
+        if (atomic_load(&c->srv->stopping) || peer_gone(c->mhd)) {
+            req_release_http(r, true);
+            c->http_status = 499;
+            return MHD_NO;
+        }
+        pthread_mutex_lock(&r->mu);
+    }
+    pthread_mutex_unlock(&r->mu);
+    c->n_prompt = r->n_prompt;
+    c->n_generated = r->n_generated;
+    enum MHD_Result ret;
+    if (r->status != LP_OK) {
+        struct lp_api_err e;
+        lp_api_err_from_status(&e, r->status, NULL, r->error);
+        ret = lp_api_reply_err(c, &e);
+    } else {
+        json_t *j = final_json(r);
+        ret = j ? lp_api_reply_json(c, 200, j) : MHD_NO;
+        json_decref(j);
+    }
+    req_release_http(r, true);
+    return ret;
+}
+
+static enum MHD_Result stream_reply(struct lp_api_conn *c, struct api_req *r) {
+    struct MHD_Response *resp =
+        MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 16384, sse_read, r, sse_free);
+    if (!resp) {
+        req_release_http(r, true);
+        return MHD_NO;
+    }
+    MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "text/event-stream");
+    MHD_add_response_header(resp, MHD_HTTP_HEADER_CACHE_CONTROL, "no-cache");
+    enum MHD_Result ret = MHD_queue_response(c->mhd, 200, resp);
+    MHD_destroy_response(resp);
+    c->answered = true;
+    c->http_status = 200;
+    return ret;
+}
+
+static struct api_req *req_create(struct lp_server *s, const struct gen_job *j, bool chat,
+                                  struct lp_api_err *e) {
+    struct api_req *r = calloc(1, sizeof *r);
+    if (!r) {
+        lp_api_err_from_status(e, LP_ERR_NOMEM, NULL, "out of memory");
+        return NULL;
+    }
+    pthread_mutex_init(&r->mu, NULL);
+    pthread_cond_init(&r->cv, NULL);
+    r->srv = s;
+    r->refs = 1;
+    r->chat = chat;
+    r->stream = j->stream;
+    r->include_usage = j->stream && j->include_usage;
+    r->logprobs = j->logprobs;
+    r->n_top = j->n_top;
+    r->n_prompt = (int)j->prompt.n_ids;
+    r->created = time(NULL);
+    unsigned long long n = (unsigned long long)atomic_fetch_add(&s->next_id, 1);
+    snprintf(r->resp_id, sizeof r->resp_id, "%s-%llx%04llx", chat ? "chatcmpl" : "cmpl",
+             (unsigned long long)r->created, n);
+    struct lp_text_params tp = j->tp;
+    char prefix[48];
+    snprintf(prefix, sizeof prefix, "call_%llx%04llx_", (unsigned long long)r->created, n);
+    tp.call_id_prefix = prefix;
+    struct lp_error err = {0};
+    enum lp_status st = lp_text_create(&r->text, s->tok, &tp, &err);
+    if (st != LP_OK) {
+        lp_api_err_from_status(e, st, "stop", err.msg);
+        req_free(r);
+        return NULL;
+    }
+    return r;
+}
+
+static bool prepare(struct lp_server *s, const json_t *body, bool chat, struct gen_job *j,
+                    struct lp_api_err *e) {
+    if (!parse_common(s, body, chat, j, e)) return false;
+    if (!(chat ? chat_prompt(s, body, j, e) : completion_prompt(s, body, j, e))) return false;
+    int n = (int)j->prompt.n_ids, room = s->max_context - n;
+    if (room < 1) {
+        lp_api_bad(e, chat ? "messages" : "prompt",
+                   "this model's context is %d tokens; the prompt has %d, leaving no room to "
+                   "generate",
+                   s->max_context, n);
+        e->code = "context_length_exceeded";
+        return false;
+    }
+    j->tp.stops = j->stops;
+    j->sreq = (struct lp_sched_request){
+        .prompt = j->prompt.ids,
+        .n_prompt = n,
+        .max_new_tokens = j->max_tokens > 0 && j->max_tokens < room ? j->max_tokens : room,
+        .ignore_eos = j->sreq.ignore_eos,
+        .sampling = j->sreq.sampling,
+        .logprobs = j->logprobs,
+        .n_top_logprobs = j->n_top,
+        .on_event = on_event,
+    };
+    return true;
+}
+
+enum MHD_Result lp_api_handle_generate(struct lp_api_conn *c, bool chat) {
+    struct lp_server *s = c->srv;
+    struct lp_api_err e;
+    struct gen_job j = {0};
+    lp_token_list_init(&j.prompt);
+    enum MHD_Result ret;
+    json_error_t je;
+    json_t *body = json_loadb(c->body ? c->body : "", c->n_body, 0, &je);
+    if (!body || !json_is_object(body)) {
+        if (body) lp_api_bad(&e, NULL, "the request body must be a JSON object");
+        else lp_api_bad(&e, NULL, "invalid JSON at line %d column %d: %s", je.line, je.column,
+                        je.text);
+        goto fail;
+    }
+    j.tp = lp_text_params_default();
+    if (!prepare(s, body, chat, &j, &e)) goto fail;
+    struct api_req *r = req_create(s, &j, chat, &e);
+    if (!r) goto fail;
+    json_decref(body);
+    body = NULL;
+    j.sreq.user = r;
+    r->refs = 2; // the scheduler's reference, dropped by its DONE event
+    struct lp_error err = {0};
+    enum lp_status st = lp_sched_submit(s->sched, &j.sreq, &r->id, &err);
+    lp_token_list_deinit(&j.prompt);
+    if (st != LP_OK) {
+        r->refs = 1;
+        req_release_http(r, false);
+        lp_api_err_from_status(&e, st, st == LP_ERR_INVALID_ARG ? (chat ? "messages" : "prompt")
+                                                                : NULL, err.msg);
+        c->n_prompt = (int)j.sreq.n_prompt;
+        return lp_api_reply_err(c, &e);
+    }
+    c->n_prompt = j.sreq.n_prompt;
+    return r->stream ? stream_reply(c, r) : wait_and_reply(c, r);
+fail:
+    json_decref(body);
+    lp_token_list_deinit(&j.prompt);
+    ret = lp_api_reply_err(c, &e);
+    return ret;
+}
