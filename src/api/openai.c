@@ -752,9 +752,12 @@ static bool peer_gone(struct MHD_Connection *mhd) {
     return k == 0 || (k < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR);
 }
 
-static enum MHD_Result wait_and_reply(struct lp_api_conn *c, struct api_req *r) {
+// Waits until the request is done or (first_event) has produced something.
+// False when the client left or the server stops: the request is released.
+static bool wait_for(struct lp_api_conn *c, struct api_req *r, bool first_event) {
     pthread_mutex_lock(&r->mu);
-    while (!r->done) {
+    while (!r->done && !(first_event && (r->q.content.n || r->q.reasoning.n || r->q.calls ||
+                                         r->q.n_toks))) {
         struct timespec ts;
         clock_gettime(CLOCK_REALTIME, &ts);
         ts.tv_nsec += 200000000;
@@ -764,28 +767,43 @@ static enum MHD_Result wait_and_reply(struct lp_api_conn *c, struct api_req *r) 
         if (atomic_load(&c->srv->stopping) || peer_gone(c->mhd)) {
             req_release_http(r, true);
             c->http_status = 499;
-            return MHD_NO;
+            return false;
         }
         pthread_mutex_lock(&r->mu);
     }
     pthread_mutex_unlock(&r->mu);
-    c->n_prompt = r->n_prompt;
-    c->n_generated = r->n_generated;
-    enum MHD_Result ret;
-    if (r->status != LP_OK) {
-        struct lp_api_err e;
-        lp_api_err_from_status(&e, r->status, NULL, r->error);
-        ret = lp_api_reply_err(c, &e);
-    } else {
-        json_t *j = final_json(r);
-        ret = j ? lp_api_reply_json(c, 200, j) : MHD_NO;
-        json_decref(j);
-    }
+    return true;
+}
+
+static enum MHD_Result reply_failed(struct lp_api_conn *c, struct api_req *r) {
+    struct lp_api_err e;
+    lp_api_err_from_status(&e, r->status, NULL, r->error);
+    enum MHD_Result ret = lp_api_reply_err(c, &e);
     req_release_http(r, true);
     return ret;
 }
 
+static enum MHD_Result wait_and_reply(struct lp_api_conn *c, struct api_req *r) {
+    if (!wait_for(c, r, false)) return MHD_NO;
+    c->n_prompt = r->n_prompt;
+    c->n_generated = r->n_generated;
+    if (r->status != LP_OK) return reply_failed(c, r);
+    json_t *j = final_json(r);
+    enum MHD_Result ret = j ? lp_api_reply_json(c, 200, j) : MHD_NO;
+    json_decref(j);
+    req_release_http(r, true);
+    return ret;
+}
+
+// The headers wait for the first token, so a request that fails before it
+// (a stage down, no KV room) still gets its HTTP status.
 static enum MHD_Result stream_reply(struct lp_api_conn *c, struct api_req *r) {
+    if (!wait_for(c, r, true)) return MHD_NO;
+    pthread_mutex_lock(&r->mu);
+    bool failed = r->done && r->status != LP_OK && r->status != LP_ERR_CANCELLED &&
+                  !r->q.n_toks && !r->q.content.n && !r->q.reasoning.n;
+    pthread_mutex_unlock(&r->mu);
+    if (failed) return reply_failed(c, r);
     struct MHD_Response *resp =
         MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 16384, sse_read, r, sse_free);
     if (!resp) {

@@ -6,7 +6,7 @@
 // documented shape. Environment: LP_NODE_MODULES (where `openai` is),
 // LP_BASE_URL (http://127.0.0.1:PORT/v1), LP_API_KEY, LP_MODEL, and
 // LP_MODE: "general" (the bundled model) or "scripted" (a model whose
-// greedy output is "<think>Let</think>Sure<tool_call>{..}</tool_call>").
+// greedy output is "<think>Let</think>And<tool_call>{..}</tool_call>").
 // Prints one line per failed check; exits 1 if any failed.
 import { createRequire } from 'node:module';
 
@@ -216,7 +216,7 @@ async function scripted() {
   const r = await client.chat.completions.create(params);
   const m = r.choices[0].message;
   check(m.reasoning_content === 'Let', `reasoning_content ${JSON.stringify(m.reasoning_content)}`);
-  check(m.content === 'Sure', `content ${JSON.stringify(m.content)}`);
+  check(m.content === 'And', `content ${JSON.stringify(m.content)}`);
   check(r.choices[0].finish_reason === 'tool_calls', `finish ${r.choices[0].finish_reason}`);
   const calls = m.tool_calls ?? [];
   check(calls.length === 1 && calls[0].type === 'function' &&
@@ -224,7 +224,7 @@ async function scripted() {
         JSON.parse(calls[0].function.arguments).city === 'Paris',
         `tool_calls ${JSON.stringify(calls)}`);
   const s = await streamChat(params);
-  check(s.reasoning === 'Let' && s.content === 'Sure' && s.finish === 'tool_calls',
+  check(s.reasoning === 'Let' && s.content === 'And' && s.finish === 'tool_calls',
         `stream: ${JSON.stringify(s)}`);
   check(s.calls.length === 1 && s.calls[0].name === 'get_weather' &&
         s.calls[0].arguments === calls[0].function.arguments, 'stream: tool call delta');
@@ -232,7 +232,7 @@ async function scripted() {
   // without tools the same output is plain content; the reasoning is still split
   const plain = await client.chat.completions.create({ ...params, tools: undefined });
   check(plain.choices[0].message.reasoning_content === 'Let' &&
-        plain.choices[0].message.content.startsWith('Sure<tool_call>') &&
+        plain.choices[0].message.content.startsWith('And<tool_call>') &&
         !plain.choices[0].message.tool_calls && plain.choices[0].finish_reason === 'stop',
         `no tools: ${JSON.stringify(plain.choices[0])}`);
 

@@ -7,6 +7,8 @@
 // tool call, see make_scripted_model) checks reasoning_content and
 // tool_calls end to end. A third, coordinating one stage worker, answers
 // 503 once the worker is gone.
+#include <stdint.h>
+
 #include <jansson.h>
 
 #include "cluster/cluster_fixture.h"
@@ -431,6 +433,192 @@ static void run_node(const struct server *s, const char *modules, const char *mo
     lpc_result_free(&r);
 }
 
+// ---- the scripted model ----
+//
+// One layer whose attention and MLP add nothing (o_proj and down_proj are
+// zero), so the hidden state is the token's embedding; embeddings are
+// one-hot "slots" and lm_head maps slot s to the token that follows it.
+// Greedy decoding then walks a fixed chain from the last prompt token
+// ("\n" after "<|im_start|>assistant"):
+//   \n -> <think> -> Let -> </think> -> And -> <tool_call> -> {call json} -> </tool_call> -> <|im_end|>
+// Every other token leads to <|im_end|>. The think and tool tags and the
+// call's JSON are added tokens of a copy of the bundled tokenizer.
+
+#define SCRIPT_CALL "{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\"}}"
+
+static bool edit_json(const char *path, json_t *(*edit)(json_t *)) {
+    json_t *j = json_load_file(path, 0, NULL);
+    if (!j) return false;
+    j = edit(j);
+    bool ok = json_dump_file(j, path, JSON_INDENT(1)) == 0;
+    json_decref(j);
+    return ok;
+}
+
+static json_t *add_tokens(json_t *tok) {
+    const char *extra[] = {"<think>", "</think>", "<tool_call>", "</tool_call>", SCRIPT_CALL};
+    json_t *added = json_object_get(tok, "added_tokens");
+    for (int i = 0; i < 5; i++)
+        json_array_append_new(added, json_pack("{s:i,s:s,s:b,s:b,s:b,s:b,s:b}", "id", 8195 + i,
+                                               "content", extra[i], "single_word", 0, "lstrip", 0,
+                                               "rstrip", 0, "normalized", 0, "special", 0));
+    return tok;
+}
+
+static json_t *set_eos(json_t *cfg) {
+    json_object_set_new(cfg, "eos_token_id", json_pack("[i,i]", 8192, 8194));
+    json_object_del(cfg, "bos_token_id");
+    json_object_set_new(cfg, "do_sample", json_false());
+    return cfg;
+}
+
+// The f32 data of a tensor in a safetensors file held in memory.
+static float *st_tensor(char *file, const char *name, size_t *n_floats) {
+    uint64_t n_header;
+    memcpy(&n_header, file, 8);
+    json_t *h = json_loadb(file + 8, (size_t)n_header, 0, NULL);
+    json_t *off = json_object_get(json_object_get(h, name), "data_offsets");
+    size_t b = (size_t)json_integer_value(json_array_get(off, 0));
+    size_t e = (size_t)json_integer_value(json_array_get(off, 1));
+    json_decref(h);
+    *n_floats = (e - b) / 4;
+    return off ? (float *)(void *)(file + 8 + n_header + b) : NULL;
+}
+
+static int make_scripted_model(const char *tiny, char *dir, size_t cap) {
+    const char *tools = lp_fixture_env("LP_TOOLS_DIR", "build");
+    snprintf(dir, cap, "%s/api_scripted", work);
+    char cmd[4096], path[1200];
+    snprintf(cmd, sizeof cmd,
+             "rm -rf '%s' && '%s/lp_genmodel' --out '%s' --seed 5 --format hf-f32 --layers 1 "
+             "--hidden 64 --heads 4 --kv-heads 2 --head-dim 16 --intermediate 64 --vocab 8200 "
+             "--tied 0 && cp '%s/tokenizer.json' '%s/tokenizer_config.json' '%s/'",
+             dir, tools, dir, tiny, tiny, dir);
+    struct lpc_result r = lpc_sh(cmd, "/tmp/lp_api_gen", 60);
+    int rc = r.rc;
+    lpc_result_free(&r);
+    if (rc != 0) return -1;
+    snprintf(path, sizeof path, "%s/tokenizer.json", dir);
+    if (!edit_json(path, add_tokens)) return -1;
+    snprintf(path, sizeof path, "%s/config.json", dir);
+    if (!edit_json(path, set_eos)) return -1;
+    snprintf(path, sizeof path, "%s/generation_config.json", dir);
+    if (!edit_json(path, set_eos)) return -1;
+    snprintf(path, sizeof path, "%s/model.safetensors", dir);
+    size_t n_file;
+    char *file = lpc_read_file(path, &n_file);
+    if (!file) return -1;
+    const int hidden = 64, chain[][2] = {
+        {198, 8195}, {8195, 1476}, {1476, 8196}, {8196, 324}, {324, 8197}, {8197, 8199},
+        {8199, 8198}, {8198, 8194}};
+    const int n_chain = (int)(sizeof chain / sizeof chain[0]);
+    size_t n;
+    float *w = st_tensor(file, "model.embed_tokens.weight", &n);
+    memset(w, 0, n * 4);
+    for (int t = 0; t < 8200; t++) {
+        int slot = 0; // slot 0: every token outside the chain
+        for (int i = 0; i < n_chain; i++)
+            if (chain[i][0] == t) slot = i + 1;
+        w[(size_t)t * hidden + slot] = 1.0f;
+    }
+    w = st_tensor(file, "lm_head.weight", &n);
+    memset(w, 0, n * 4);
+    w[(size_t)8194 * hidden + 0] = 10.0f;
+    for (int i = 0; i < n_chain; i++) w[(size_t)chain[i][1] * hidden + i + 1] = 10.0f;
+    w = st_tensor(file, "model.norm.weight", &n);
+    for (size_t i = 0; i < n; i++) w[i] = 1.0f;
+    w = st_tensor(file, "model.layers.0.self_attn.o_proj.weight", &n);
+    memset(w, 0, n * 4);
+    w = st_tensor(file, "model.layers.0.mlp.down_proj.weight", &n);
+    memset(w, 0, n * 4);
+    FILE *f = fopen(path, "wb");
+    bool ok = f && fwrite(file, 1, n_file, f) == n_file;
+    if (f) fclose(f);
+    free(file);
+    return ok ? 0 : -1;
+}
+
+static void test_scripted(const char *tiny, const char *modules) {
+    char dir[1100];
+    CHECK(make_scripted_model(tiny, dir, sizeof dir) == 0);
+    struct server s = {0};
+    const char *args[] = {"-m", dir, "--model-name", "scripted", "--api-key", key, "--threads",
+                          "1", "--ctx", "1024", NULL};
+    CHECK(serve_start(&s, "scripted", args) == 0);
+    if (s.port <= 0) return;
+    // curl: the final message and the streamed deltas
+    const char *body = "{\"messages\": [{\"role\": \"user\", \"content\": \"Weather in Paris?\"}], "
+                       "\"temperature\": 0, \"tools\": [{\"type\": \"function\", \"function\": "
+                       "{\"name\": \"get_weather\", \"parameters\": {\"type\": \"object\"}}}]%s}";
+    char req[2048];
+    snprintf(req, sizeof req, body, "");
+    struct resp r = http(&s, "POST", "/v1/chat/completions", req, key);
+    const json_t *m = json_object_get(json_array_get(json_object_get(r.json, "choices"), 0),
+                                      "message");
+    const char *args_s = jstr(m, "tool_calls.0.function.arguments");
+    json_t *a = args_s ? json_loads(args_s, 0, NULL) : NULL;
+    CHECK_MSG(r.code == 200 && jstr(m, "reasoning_content") &&
+                  strcmp(jstr(m, "reasoning_content"), "Let") == 0 && jstr(m, "content") &&
+                  strcmp(jstr(m, "content"), "And") == 0 &&
+                  strcmp(jstr(m, "tool_calls.0.function.name"), "get_weather") == 0 &&
+                  strcmp(jstr(m, "tool_calls.0.type"), "function") == 0 &&
+                  jstr(m, "tool_calls.0.id") && a &&
+                  strcmp(jstr(a, "city"), "Paris") == 0 &&
+                  strcmp(jstr(r.json, "choices.0.finish_reason"), "tool_calls") == 0,
+              "scripted chat: %s", r.body);
+    json_decref(a);
+    resp_free(&r);
+    snprintf(req, sizeof req, body, ", \"stream\": true");
+    r = http(&s, "POST", "/v1/chat/completions", req, key);
+    // (deltas may come one per token or several in one chunk)
+    CHECK_MSG(strstr(r.body, "\"reasoning_content\":\"Let\"") &&
+                  strstr(r.body, "\"content\":\"And\"") &&
+                  strstr(r.body, "\"tool_calls\":[{\"index\":0,\"id\":\"call_") &&
+                  strstr(r.body, "\"finish_reason\":\"tool_calls\"") &&
+                  strstr(r.body, "data: [DONE]\n\n"),
+              "scripted stream: %s", r.body);
+    resp_free(&r);
+    if (modules) run_node(&s, modules, "scripted", "scripted");
+    CHECK(serve_stop(&s) == 0);
+}
+
+// A pipeline of the coordinator and one worker: 503 once the worker is gone.
+static void test_stage_down(const char *tiny) {
+    struct lpc_worker w;
+    char log[1100];
+    snprintf(log, sizeof log, "%s/api_worker.log", work);
+    CHECK(lpc_worker_start(&w, bin, tiny, log, 1, 60) == 0);
+    if (w.port <= 0) return;
+    struct server s = {0};
+    const char *args[] = {"-m", tiny, "--threads", "1", "--workers", w.addr, "--timeout", "5000",
+                          NULL};
+    CHECK(serve_start(&s, "pipeline", args) == 0);
+    if (s.port <= 0) return;
+    const char *body = "{\"prompt\": \"And it came\", \"max_tokens\": 4, \"temperature\": 0%s}";
+    char req[512];
+    snprintf(req, sizeof req, body, "");
+    struct resp r = http(&s, "GET", "/health", NULL, NULL);
+    CHECK_MSG(r.code == 200 && strcmp(jstr(r.json, "stages.1.role"), "worker") == 0,
+              "pipeline health: %s", r.body);
+    resp_free(&r);
+    r = http(&s, "POST", "/v1/completions", req, NULL);
+    CHECK_MSG(r.code == 200, "pipeline: %d %s", r.code, r.body);
+    resp_free(&r);
+    kill(w.pid, SIGKILL);
+    waitpid(w.pid, NULL, 0);
+    lpc_forget(w.pid);
+    r = http(&s, "GET", "/health", NULL, NULL);
+    CHECK_MSG(r.code == 503 && strcmp(jstr(r.json, "stages.1.status"), "down") == 0,
+              "health, stage down: %d %s", r.code, r.body);
+    resp_free(&r);
+    check_error("stage down", http(&s, "POST", "/v1/completions", req, NULL), 503, NULL);
+    snprintf(req, sizeof req, body, ", \"stream\": true");
+    check_error("stage down, streaming", http(&s, "POST", "/v1/completions", req, NULL), 503,
+                NULL);
+    CHECK(metric(&s, "layerpipe_stage_up{stage=\"1\"}") == 0);
+    CHECK(serve_stop(&s) == 0);
+}
+
 int main(void) {
     bin = lp_fixture_env("LP_BIN", "build/layerpipe");
     work = lp_fixture_env("LP_WORK_DIR", "/tmp");
@@ -457,5 +645,7 @@ int main(void) {
                   "request log lines: %s", log ? log : "(none)");
         free(log);
     }
+    test_scripted(model, have_node ? modules : NULL);
+    test_stage_down(model);
     return lp_test_finish("api_serve");
 }
