@@ -200,7 +200,8 @@ static void test_decode_digits(int bits) {
 // rounding of x is per token) though not exact. Shapes: row counts that are
 // not multiples of the 4-row tile or the row chunk; float columns that are
 // not a multiple of 16; MLX groups 32/64/128, 4-bit with a half-full last
-// 128-column block; and 16384 columns, where the 100 tokens do not fit the
+// 128-column block, groups of 32 with 352 columns (off the digits path);
+// and 16384 columns, where the 100 tokens do not fit the
 // scratch in one pass (token chunks) and row blocks hold 4 rows.
 static void check_invariance(struct lp_weight w, const char *what) {
     static const int ns[10] = {1, 2, 3, 5, 16, 31, 32, 33, 64, 100};
@@ -271,6 +272,11 @@ static void test_batch_invariance(void) {
             check_invariance(w, what);
             tu_weight_free(&w);
         }
+        // Groups of 32 with columns not a multiple of 64 (the tile path on VNNI too).
+        struct lp_weight w32 = tu_weight(LP_WEIGHT_MLX_AFFINE, 37, 352, bits, 32, LP_DTYPE_BF16);
+        snprintf(what, sizeof what, "mlx q%d g32 352 columns", bits);
+        check_invariance(w32, what);
+        tu_weight_free(&w32);
         struct lp_weight w = tu_weight(LP_WEIGHT_MLX_AFFINE, 9, 16384, bits, 64, LP_DTYPE_BF16);
         snprintf(what, sizeof what, "mlx q%d g64 (token chunks)", bits);
         check_invariance(w, what);

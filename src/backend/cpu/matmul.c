@@ -16,13 +16,14 @@
 //  - generic (no AVX-512): dequantize one weight row into per-thread scratch,
 //               dot it with every token row (16 lanes, portable C).
 //  - vnni digits (matmul_digits.c; MLX 8-bit and 4-bit, AVX512-VNNI, float
-//               activations, group size a multiple of 64): each token's x split
+//               activations, groups of 32 or a multiple of 64, columns a
+//               multiple of 64): each token's x split
 //               per call into three int8 digits per element (error ~2^-22 of
 //               the group's max |x|), u8 x s8 dot products combined in int32
 //               (exact), one float FMA per 64 codes in column order; register
 //               tiles of 4 rows x 4 tokens load each weight vector once per 4
 //               tokens (decode n = 1 is the 4 x 1 tile).
-//  - avx512 tile (f32, f16, bf16; MLX without VNNI or with groups of 32):
+//  - avx512 tile (f32, f16, bf16; MLX without VNNI or off the digits shapes):
 //               4 weight rows x 4 tokens per pass, weights loaded (MLX:
 //               dequantized, s * q + b) once and reused against the 4 tokens;
 //               per output 16 lanes over columns c = j mod 16, then a fixed
@@ -45,6 +46,7 @@
 
 #define LP_MM_ROWS_MIN 16 // smallest row chunk handed to a thread
 #define LP_MM_TILE_T 4    // tokens per pass of the tile kernels
+#define LP_MM_ROWBLK_BYTES (64 << 10) // weight bytes per row block of the tile kernels
 #define LP_MM_SCRATCH_T 64 // tokens whose phase-1 results the shared scratch holds
 
 
@@ -173,24 +175,30 @@ LP_INLINE LP_AVX512 void mm_tile(int fmt, int RB, int NT, const struct lp_weight
 
 #define MM_TILE_ROWS(FMT, NT)                                                                      \
     do {                                                                                           \
-        int64_t r_ = r0;                                                                           \
-        for (; r_ + 4 <= r1; r_ += 4) mm_tile(FMT, 4, NT, w, r_, xt, ot);                          \
-        for (; r_ < r1; r_++) mm_tile(FMT, 1, NT, w, r_, xt, ot);                                  \
+        int64_t r_ = rb0;                                                                          \
+        for (; r_ + 4 <= rb1; r_ += 4) mm_tile(FMT, 4, NT, w, r_, xt, ot);                         \
+        for (; r_ < rb1; r_++) mm_tile(FMT, 1, NT, w, r_, xt, ot);                                 \
     } while (0)
 
-// Row chunk [r0, r1) against every token, LP_MM_TILE_T tokens per pass; the
-// chunk's weights stay in L2 across passes.
+// Row chunk [r0, r1) against every token, LP_MM_TILE_T tokens per pass, in
+// row blocks of about LP_MM_ROWBLK_BYTES of weights: a block comes from DRAM
+// for its first token tile and from L2 for the others.
 #define MM_DEFINE_TILE_KERNEL(NAME, FMT)                                                           \
     static LP_AVX512 void NAME(const struct mm_task *tk, int64_t r0, int64_t r1, int i_thread) {   \
         const struct lp_weight *w = tk->w;                                                         \
-        for (int t0 = 0; t0 < tk->n; t0 += LP_MM_TILE_T) {                                         \
-            const float *xt = tk->x + (int64_t)t0 * w->cols;                                       \
-            float *ot = tk->out + (int64_t)t0 * w->rows;                                           \
-            int nt = tk->n - t0 < LP_MM_TILE_T ? tk->n - t0 : LP_MM_TILE_T;                        \
-            if (nt == 4) MM_TILE_ROWS(FMT, 4);                                                     \
-            else if (nt == 3) MM_TILE_ROWS(FMT, 3);                                                \
-            else if (nt == 2) MM_TILE_ROWS(FMT, 2);                                                \
-            else MM_TILE_ROWS(FMT, 1);                                                             \
+        int64_t blk = LP_MM_ROWBLK_BYTES / mm_row_bytes(w) / 4 * 4;                                \
+        if (blk < 4) blk = 4;                                                                      \
+        for (int64_t rb0 = r0; rb0 < r1; rb0 += blk) {                                             \
+            int64_t rb1 = rb0 + blk < r1 ? rb0 + blk : r1;                                         \
+            for (int t0 = 0; t0 < tk->n; t0 += LP_MM_TILE_T) {                                     \
+                const float *xt = tk->x + (int64_t)t0 * w->cols;                                   \
+                float *ot = tk->out + (int64_t)t0 * w->rows;                                       \
+                int nt = tk->n - t0 < LP_MM_TILE_T ? tk->n - t0 : LP_MM_TILE_T;                    \
+                if (nt == 4) MM_TILE_ROWS(FMT, 4);                                                 \
+                else if (nt == 3) MM_TILE_ROWS(FMT, 3);                                            \
+                else if (nt == 2) MM_TILE_ROWS(FMT, 2);                                            \
+                else MM_TILE_ROWS(FMT, 1);                                                         \
+            }                                                                                      \
         }                                                                                          \
     }
 
@@ -315,9 +323,9 @@ static size_t mm_token_scratch(int64_t cols) {
 }
 
 // Scratch bytes one token needs on the exact VNNI path: its digits (for the
-// larger 4-bit layout), then x sums and x scales (groups of >= 64).
+// larger 4-bit layout), then x sums and x scales (groups of >= 32).
 static size_t mm_digits_scratch(int64_t cols) {
-    int64_t ng = cols / 64 + 1;
+    int64_t ng = cols / 32 + 1;
     return (size_t)(3 * ((cols + LP_MM_Q4_BLK - 1) / LP_MM_Q4_BLK * LP_MM_Q4_BLK)) +
            (size_t)ng * 2 * sizeof(float) + 64;
 }
@@ -378,7 +386,7 @@ static mm_kernel_fn mm_pick(const struct lp_cpu_ctx *ctx, const struct lp_weight
             *phase1 = MM_P1_QUANT;
             return mm_kernel_vnni_q8;
         }
-        if (mlx && ctx->vnni && w->group_size % LP_MM_DG_BLK == 0) {
+        if (mlx && ctx->vnni && lp_mm_digits_fit(w)) {
             *phase1 = MM_P1_DIGITS;
             return w->bits == 8 ? lp_mm_kernel_digits_q8 : lp_mm_kernel_digits_q4;
         }

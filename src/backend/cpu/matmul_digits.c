@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: MIT
 // matmul_digits.c -- the exact VNNI kernels of MLX 8-bit and 4-bit weights
-// (float activations, groups a multiple of 64), for every token count:
+// (float activations, groups of 32 or a multiple of 64), for every token count:
 // activations are split into three int8 digits per group so that u8 x s8 dot
 // products (vpdpbusd) compute what the float path computes, at a third of its
 // 512-bit operations per weight byte. One register tile family (RB rows x NT
@@ -37,7 +37,7 @@
 
 // Digits of x [cols] into xd [cols / 64][3][64] (4-bit: [ceil(cols / 128)][3]
 // [even 64, odd 64]), per-group sums into xsum and sx_g into xs [ng]. gs is
-// a multiple of 64.
+// 32 or a multiple of 64; cols a multiple of 64.
 LP_VNNI void lp_mm_digits_prep(const float *x, int64_t cols, int gs, int q4, int8_t *xd,
                                    float *xsum, float *xs) {
     int64_t ng = cols / gs;
@@ -103,10 +103,11 @@ void lp_mm_digits_prep_fn(void *arg, int i_thread, int n_threads) {
 }
 
 // ---- tiles: RB weight rows x NT tokens -----------------------------------
-// Per 64 codes (one zmm; a digit block lies inside one group) of row r and
-// token t: a = ((q.d0) * 128 + q.d1) * 128 + q.d2 in int32 (three vpdpbusd,
-// two shifts; a lane sums 4 codes: |a| <= 4 * 255 * (127 * 16384 + 64 * 128 +
-// 64) = 2130804480 < 2^31), then tot[r][t] += float(a) * (sw_rg * sx_tg).
+// Per 64 codes (one zmm) of row r and token t: a = ((q.d0) * 128 + q.d1) *
+// 128 + q.d2 in int32 (three vpdpbusd, two shifts; a lane sums 4 codes, all
+// in one group: |a| <= 4 * 255 * (127 * 16384 + 64 * 128 + 64) = 2130804480
+// < 2^31), then tot[r][t] += float(a) * (sw_rg * sx_tg), the multiplier of
+// each lane's group.
 // out[t, r] = sum(tot[r][t]) / 16384 + sum_g bw_rg * xsum_tg (xsum from the
 // exact x; the power of two last keeps sw * sx normal for tiny x).
 // The integer sums are exact and each output's float steps (the fma per 64
@@ -139,15 +140,17 @@ LP_INLINE LP_VNNI void mm_dg_store(int RB, int NT, const struct mm_task *tk, int
                 mm_half_dot(w->scale_dtype, biases + (r0 + r) * ng, xsum[t], ng);
 }
 
-// RB rows of MLX 8-bit weights from r0 x NT tokens from t0. pf: prefetch the
-// next row block (the first token tile of a row block streams it from DRAM).
-LP_INLINE LP_VNNI void mm_dg_tile_q8(int RB, int NT, const struct mm_task *tk, int64_t r0, int t0,
-                                     bool pf) {
+// RB rows of MLX 8-bit weights from r0 x NT tokens from t0. G32: groups of
+// 32 (a block's lanes 0-7 are in one group, lanes 8-15 in the next; else a
+// block lies inside one group). pf: prefetch the next row block (the first
+// token tile of a row block streams it from DRAM).
+LP_INLINE LP_VNNI void mm_dg_tile_q8(int RB, int NT, int G32, const struct mm_task *tk, int64_t r0,
+                                     int t0, bool pf) {
     const struct lp_weight *w = tk->w;
     int64_t cols = w->cols;
     int gs = w->group_size;
     int64_t ng = cols / gs;
-    int bpg = gs / LP_MM_DG_BLK; // digit blocks per group
+    int bpg = G32 ? 1 : gs / LP_MM_DG_BLK; // digit blocks per group (G32: per 2 groups)
     MM_DG_TOKENS(NT)
     const uint8_t *rowp[LP_MM_DG_RB];
     __m512 tot[LP_MM_DG_RB][LP_MM_DG_NT];
@@ -168,30 +171,31 @@ LP_INLINE LP_VNNI void mm_dg_tile_q8(int RB, int NT, const struct mm_task *tk, i
         }
         // One loop over the chunk's blocks (a loop per group would hoist
         // the 16 broadcasts of mul out of a one-block body).
-        for (int bi = 0; bi < nb * bpg; bi++) {
-            int gi = bi / bpg;
+        int n_blk = G32 ? nb / 2 : nb * bpg;
+        for (int bi = 0, gi = 0, bg = 0; bi < n_blk; bi++, gi += ++bg == bpg, bg %= bpg) {
             int64_t c = g0 * gs + (int64_t)bi * LP_MM_DG_BLK;
-            {
-                __m512i q[LP_MM_DG_RB];
+            __m512i gv = _mm512_mask_blend_epi32(0xff00, _mm512_set1_epi32(2 * bi),
+                                                 _mm512_set1_epi32(2 * bi + 1)); // G32
+            __m512i q[LP_MM_DG_RB];
+            for (int r = 0; r < RB; r++) {
+                // Next row block, into L2 (T1): measured 22-25 GB/s from
+                // DRAM on one thread against 11 GB/s with T0 (L1), whose
+                // fills stall the loads; T2 about the same, NTA as T0.
+                if (pf) _mm_prefetch((const char *)rowp[r] + c + RB * cols, _MM_HINT_T1);
+                q[r] = _mm512_loadu_si512(rowp[r] + c);
+            }
+            for (int t = 0; t < NT; t++) {
+                const int8_t *blk = xd[t] + c * 3;
+                __m512i d0 = _mm512_loadu_si512(blk);
+                __m512i d1 = _mm512_loadu_si512(blk + LP_MM_DG_BLK);
+                __m512i d2 = _mm512_loadu_si512(blk + 2 * LP_MM_DG_BLK);
                 for (int r = 0; r < RB; r++) {
-                    // Next row block, into L2 (T1): measured 22-25 GB/s from
-                    // DRAM on one thread against 11 GB/s with T0 (L1), whose
-                    // fills stall the loads; T2 about the same, NTA as T0.
-                    if (pf) _mm_prefetch((const char *)rowp[r] + c + RB * cols, _MM_HINT_T1);
-                    q[r] = _mm512_loadu_si512(rowp[r] + c);
-                }
-                for (int t = 0; t < NT; t++) {
-                    const int8_t *blk = xd[t] + c * 3;
-                    __m512i d0 = _mm512_loadu_si512(blk);
-                    __m512i d1 = _mm512_loadu_si512(blk + LP_MM_DG_BLK);
-                    __m512i d2 = _mm512_loadu_si512(blk + 2 * LP_MM_DG_BLK);
-                    for (int r = 0; r < RB; r++) {
-                        __m512i a = _mm512_dpbusd_epi32(_mm512_setzero_si512(), q[r], d0);
-                        a = _mm512_dpbusd_epi32(_mm512_slli_epi32(a, 7), q[r], d1);
-                        a = _mm512_dpbusd_epi32(_mm512_slli_epi32(a, 7), q[r], d2);
-                        tot[r][t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(a),
-                                                    _mm512_set1_ps(mul[r][t][gi]), tot[r][t]);
-                    }
+                    __m512i a = _mm512_dpbusd_epi32(_mm512_setzero_si512(), q[r], d0);
+                    a = _mm512_dpbusd_epi32(_mm512_slli_epi32(a, 7), q[r], d1);
+                    a = _mm512_dpbusd_epi32(_mm512_slli_epi32(a, 7), q[r], d2);
+                    __m512 mv = G32 ? _mm512_permutexvar_ps(gv, _mm512_load_ps(mul[r][t]))
+                                    : _mm512_set1_ps(mul[r][t][gi]);
+                    tot[r][t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(a), mv, tot[r][t]);
                 }
             }
         }
@@ -201,13 +205,14 @@ LP_INLINE LP_VNNI void mm_dg_tile_q8(int RB, int NT, const struct mm_task *tk, i
 
 // RB rows of MLX 4-bit weights x NT tokens, 128 codes (one 64-byte line per
 // row) per step: lo = v & 15 holds the even elements, hi = (v >> 4) & 15 the
-// odd ones, against the even / odd digits of lp_mm_digits_prep. Lanes 0-7
-// cover the first 64 columns, lanes 8-15 the next 64, so each lane stays
-// inside one group; lo and hi share one accumulator (|a| <= 8 * 15 * (127 *
+// odd ones, against the even / odd digits of lp_mm_digits_prep. Lane i
+// covers columns 8i .. 8i + 7, so each lane stays inside one group (groups
+// of 32 or more); lo and hi share one accumulator (|a| <= 8 * 15 * (127 *
 // 16384 + 64 * 128 + 64) < 2^28), and the float multiplier is sw * sx of
-// each half's group.
-LP_INLINE LP_VNNI void mm_dg_tile_q4(int RB, int NT, const struct mm_task *tk, int64_t r0, int t0,
-                                     bool pf) {
+// each lane's group.
+LP_INLINE LP_VNNI void mm_dg_tile_q4(int RB, int NT, int G32, const struct mm_task *tk, int64_t r0,
+                                     int t0, bool pf) {
+    (void)G32; // the lane-group indices cover every group size
     const struct lp_weight *w = tk->w;
     int64_t cols = w->cols, rb = mm_row_bytes(w);
     int gs = w->group_size;
@@ -223,7 +228,7 @@ LP_INLINE LP_VNNI void mm_dg_tile_q4(int RB, int NT, const struct mm_task *tk, i
     const uint16_t *scales = w->scales;
     const __m512i k15 = _mm512_set1_epi8(0x0f);
     float mul[LP_MM_DG_RB][LP_MM_DG_NT][LP_MM_DG_GC] __attribute__((aligned(64)));
-    for (int64_t g0 = 0; g0 < ng; g0 += LP_MM_DG_GC) { // 16 * gs is a multiple of 128
+    for (int64_t g0 = 0; g0 < ng; g0 += LP_MM_DG_GC) { // 16 * gs: a multiple of 128 (gs >= 32)
         int nb = ng - g0 < LP_MM_DG_GC ? (int)(ng - g0) : LP_MM_DG_GC;
         __mmask16 m = (__mmask16)((1u << nb) - 1u);
         for (int r = 0; r < RB; r++) { // lane i: sw * sx of group g0 + i
@@ -233,11 +238,19 @@ LP_INLINE LP_VNNI void mm_dg_tile_q4(int RB, int NT, const struct mm_task *tk, i
         }
         int64_t c0 = g0 * gs, c1 = (g0 + nb) * gs;
         for (int64_t c = c0; c < c1; c += LP_MM_Q4_BLK) {
-            int glo = (int)((c - c0) / gs);
+            // Lane i holds codes 8i .. 8i + 7: lanes 4k .. 4k + 3 the 32
+            // columns from c + 32k, of group (c - c0 + 32k) / gs (in a
+            // half-full last block lanes 8-15 hold zeros: any index will do).
             bool full = c + LP_MM_Q4_BLK <= c1;
-            int ghi = full ? (int)((c + 64 - c0) / gs) : glo;
-            __m512i gi = _mm512_mask_blend_epi32(0xff00, _mm512_set1_epi32(glo),
-                                                 _mm512_set1_epi32(ghi));
+            int gq[4];
+            for (int k = 0; k < 4; k++) gq[k] = (int)((c - c0 + (full || k < 2 ? 32 * k : 0)) / gs);
+            __m512i gi = _mm512_mask_blend_epi32(
+                0xf000,
+                _mm512_mask_blend_epi32(0x0f00,
+                                        _mm512_mask_blend_epi32(0x00f0, _mm512_set1_epi32(gq[0]),
+                                                                _mm512_set1_epi32(gq[1])),
+                                        _mm512_set1_epi32(gq[2])),
+                _mm512_set1_epi32(gq[3]));
             __m512i lo[LP_MM_DG_RB], hi[LP_MM_DG_RB];
             for (int r = 0; r < RB; r++) {
                 const uint8_t *p = rowp[r] + c / 2;
@@ -275,34 +288,42 @@ LP_INLINE LP_VNNI void mm_dg_tile_q4(int RB, int NT, const struct mm_task *tk, i
 // tile runs over the block's LP_MM_DG_RB-row tiles, so the block's weights come
 // from DRAM once (first token tile, prefetching ahead) and from L2 after, and
 // a token tile's digits stay in L1 across the block's rows.
-#define MM_DG_ROWS(TILE, NT)                                                                       \
+#define MM_DG_ROWS(TILE, NT, G32)                                                                  \
     do {                                                                                           \
         int64_t r_ = rb0;                                                                          \
-        for (; r_ + LP_MM_DG_RB <= rb1; r_ += LP_MM_DG_RB) TILE(LP_MM_DG_RB, NT, tk, r_, t0, pf);  \
-        for (; r_ < rb1; r_++) TILE(1, NT, tk, r_, t0, pf);                                        \
+        for (; r_ + LP_MM_DG_RB <= rb1; r_ += LP_MM_DG_RB)                                         \
+            TILE(LP_MM_DG_RB, NT, G32, tk, r_, t0, pf);                                            \
+        for (; r_ < rb1; r_++) TILE(1, NT, G32, tk, r_, t0, pf);                                   \
     } while (0)
 
-#define MM_DEFINE_DG_KERNEL(NAME, TILE)                                                            \
+#define MM_DG_TOKEN_TILES(TILE, G32)                                                               \
+    do {                                                                                           \
+        for (int t0 = 0; t0 < tk->n; t0 += LP_MM_DG_NT) {                                          \
+            bool pf = t0 == 0;                                                                     \
+            int nt = tk->n - t0 < LP_MM_DG_NT ? tk->n - t0 : LP_MM_DG_NT;                          \
+            if (nt == 4) MM_DG_ROWS(TILE, 4, G32);                                                 \
+            else if (nt == 3) MM_DG_ROWS(TILE, 3, G32);                                            \
+            else if (nt == 2) MM_DG_ROWS(TILE, 2, G32);                                            \
+            else MM_DG_ROWS(TILE, 1, G32);                                                         \
+        }                                                                                          \
+    } while (0)
+
+// G32_VARIANT: instantiate the tiles for groups of 32 separately (q8 only;
+// q4's lane indices cover every group size).
+#define MM_DEFINE_DG_KERNEL(NAME, TILE, G32_VARIANT)                                               \
     LP_VNNI void NAME(const struct mm_task *tk, int64_t r0, int64_t r1, int i_thread) {            \
         (void)i_thread;                                                                            \
         int64_t blk = LP_MM_DG_ROWBLK_BYTES / mm_row_bytes(tk->w) / LP_MM_DG_RB * LP_MM_DG_RB;     \
         if (blk < LP_MM_DG_RB) blk = LP_MM_DG_RB;                                                  \
+        bool g32 = G32_VARIANT && tk->w->group_size == 32;                                         \
         for (int64_t rb0 = r0; rb0 < r1; rb0 += blk) {                                             \
             int64_t rb1 = rb0 + blk < r1 ? rb0 + blk : r1;                                         \
-            for (int t0 = 0; t0 < tk->n; t0 += LP_MM_DG_NT) {                                      \
-                bool pf = t0 == 0;                                                                 \
-                int nt = tk->n - t0 < LP_MM_DG_NT ? tk->n - t0 : LP_MM_DG_NT;                      \
-                switch (nt) {                                                                      \
-                case 4: MM_DG_ROWS(TILE, 4); break;                                                \
-                case 3: MM_DG_ROWS(TILE, 3); break;                                                \
-                case 2: MM_DG_ROWS(TILE, 2); break;                                                \
-                default: MM_DG_ROWS(TILE, 1); break;                                               \
-                }                                                                                  \
-            }                                                                                      \
+            if (g32) MM_DG_TOKEN_TILES(TILE, G32_VARIANT);                                         \
+            else MM_DG_TOKEN_TILES(TILE, 0);                                                       \
         }                                                                                          \
     }
 
-MM_DEFINE_DG_KERNEL(lp_mm_kernel_digits_q8, mm_dg_tile_q8)
-MM_DEFINE_DG_KERNEL(lp_mm_kernel_digits_q4, mm_dg_tile_q4)
+MM_DEFINE_DG_KERNEL(lp_mm_kernel_digits_q8, mm_dg_tile_q8, 1)
+MM_DEFINE_DG_KERNEL(lp_mm_kernel_digits_q4, mm_dg_tile_q4, 0)
 
 #endif // LP_HAVE_X86

@@ -54,9 +54,17 @@ static inline int64_t mm_row_bytes(const struct lp_weight *w) {
 #define LP_MM_DG_BLK 64  // columns per digit block: xd[blk][3][64]
 #define LP_MM_Q4_BLK 128 // 4-bit: columns per digit block: xd[blk][3][even 64, odd 64]
 #define LP_MM_DG_RB 4    // weight rows per register tile
-#define LP_MM_DG_NT 4    // tokens per register tile
+#define LP_MM_DG_NT 4    // tokens per register tile (4 x 4 measured as fast as
+                         // 4x5, 4x6, 3x6, 2x8 here)
 #define LP_MM_DG_GC 16   // groups per chunk of the sw * sx table
 #define LP_MM_DG_ROWBLK_BYTES (64 << 10) // code bytes per row block (stays in L2)
+
+// Whether the digits kernels take w (MLX): groups of 32 or a multiple of 64,
+// columns a multiple of 64 (whole 64-code blocks).
+static inline bool lp_mm_digits_fit(const struct lp_weight *w) {
+    return (w->group_size == 32 || w->group_size % LP_MM_DG_BLK == 0) &&
+           w->cols % LP_MM_DG_BLK == 0;
+}
 
 // Bytes of one token's digits for w (a multiple of 64).
 static inline int64_t mm_dg_stride(const struct lp_weight *w) {
@@ -127,7 +135,7 @@ LP_INLINE LP_AVX512 float mm_half_dot(enum lp_dtype dt, const uint16_t *h, const
 // ---- exact VNNI kernels (matmul_digits.c) --------------------------------
 // Splits x [cols] into three int8 digits per element (layout for 8-bit or,
 // with q4, 4-bit weights), per-group sums into xsum [ng] and scales into
-// xs [ng]; gs is a multiple of 64. See matmul_digits.c.
+// xs [ng]; gs is 32 or a multiple of 64. See matmul_digits.c.
 LP_VNNI void lp_mm_digits_prep(const float *x, int64_t cols, int gs, int q4, int8_t *xd,
                                float *xsum, float *xs);
 
