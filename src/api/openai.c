@@ -80,6 +80,7 @@ struct api_req {
     struct lp_text *text;
     double last_token_at;
     // connection thread only (streaming)
+    struct lp_api_conn *conn; // for its log line; lives while the reply is sent
     struct queue taken;
     struct sbuf out;
     size_t out_pos;
@@ -687,6 +688,7 @@ static bool sse_end(struct api_req *r) {
         }
     }
     r->phase = SSE_END;
+    if (r->conn) r->conn->n_generated = r->n_generated;
     return ok && sb_put(&r->out, "data: [DONE]\n\n", 14);
 }
 
@@ -804,6 +806,7 @@ static enum MHD_Result stream_reply(struct lp_api_conn *c, struct api_req *r) {
                   !r->q.n_toks && !r->q.content.n && !r->q.reasoning.n;
     pthread_mutex_unlock(&r->mu);
     if (failed) return reply_failed(c, r);
+    r->conn = c;
     struct MHD_Response *resp =
         MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 16384, sse_read, r, sse_free);
     if (!resp) {

@@ -105,11 +105,21 @@ enum MHD_Result lp_api_reply_err(struct lp_api_conn *c, const struct lp_api_err 
 
 // ---- small endpoints ----
 
-static enum MHD_Result handle_models(struct lp_api_conn *c) {
+// GET /v1/models (name NULL) or /v1/models/NAME.
+static enum MHD_Result handle_models(struct lp_api_conn *c, const char *name) {
     struct lp_server *s = c->srv;
-    json_t *j = json_pack("{s:s,s:[{s:s,s:s,s:I,s:s,s:i}]}", "object", "list", "data", "id",
-                          s->model_name, "object", "model", "created", (json_int_t)s->created,
-                          "owned_by", "layerpipe", "max_model_len", s->max_context);
+    if (name && strcmp(name, s->model_name) != 0) {
+        struct lp_api_err e = {.http = 404, .type = "invalid_request_error",
+                               .code = "model_not_found"};
+        snprintf(e.param, sizeof e.param, "model");
+        snprintf(e.msg, sizeof e.msg, "the model '%s' does not exist; this server serves '%s'",
+                 name, s->model_name);
+        return lp_api_reply_err(c, &e);
+    }
+    json_t *m = json_pack("{s:s,s:s,s:I,s:s,s:i}", "id", s->model_name, "object", "model",
+                          "created", (json_int_t)s->created, "owned_by", "layerpipe",
+                          "max_model_len", s->max_context);
+    json_t *j = name ? m : json_pack("{s:s,s:[o]}", "object", "list", "data", m);
     enum MHD_Result r = lp_api_reply_json(c, 200, j);
     json_decref(j);
     return r;
@@ -180,7 +190,8 @@ static enum MHD_Result route(struct lp_api_conn *c) {
                  "missing or wrong API key: send the header 'Authorization: Bearer KEY'");
         return lp_api_reply_err(c, &e);
     }
-    if (strcmp(p, "/v1/models") == 0 && get) return handle_models(c);
+    if (strcmp(p, "/v1/models") == 0 && get) return handle_models(c, NULL);
+    if (strncmp(p, "/v1/models/", 11) == 0 && p[11] && get) return handle_models(c, p + 11);
     if (strcmp(p, "/v1/chat/completions") == 0 && post) return lp_api_handle_generate(c, true);
     if (strcmp(p, "/v1/completions") == 0 && post) return lp_api_handle_generate(c, false);
     bool known = strcmp(p, "/health") == 0 || strcmp(p, "/metrics") == 0 ||

@@ -259,6 +259,12 @@ static void test_endpoints(const struct server *s, const char *model_dir) {
     CHECK_MSG(r.code == 200 && strcmp(jstr(r.json, "data.0.id"), "tiny") == 0, "models: %s",
               r.body);
     resp_free(&r);
+    r = http(s, "GET", "/v1/models/tiny", NULL, key);
+    CHECK_MSG(r.code == 200 && strcmp(jstr(r.json, "id"), "tiny") == 0 &&
+                  strcmp(jstr(r.json, "object"), "model") == 0,
+              "models/tiny: %s", r.body);
+    resp_free(&r);
+    check_error("unknown model id", http(s, "GET", "/v1/models/other", NULL, key), 404, "model");
     check_error("no key", http(s, "GET", "/v1/models", NULL, NULL), 401, NULL);
     check_error("wrong key", http(s, "GET", "/v1/models", NULL, "nope"), 401, NULL);
 
@@ -641,6 +647,7 @@ int main(void) {
         CHECK(serve_stop(&s) == 0); // SIGTERM shuts down cleanly
         char *log = lpc_read_file(s.log, NULL);
         CHECK_MSG(log && strstr(log, "serve: POST /v1/chat/completions 200 prompt=") &&
+                      strstr(log, "serve: POST /v1/chat/completions 200 prompt=15 generated=20 ") &&
                       strstr(log, "serve: GET /v1/models 401"),
                   "request log lines: %s", log ? log : "(none)");
         free(log);

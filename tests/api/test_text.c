@@ -219,6 +219,14 @@ int main(void) {
         lp_token_list_deinit(&b);
         lp_token_list_deinit(&c);
     }
+    // the one status -> HTTP table
+    CHECK(lp_api_http_status(LP_OK) == 200);
+    CHECK(lp_api_http_status(LP_ERR_INVALID_ARG) == 400);
+    CHECK(lp_api_http_status(LP_ERR_BUSY) == 429);
+    CHECK(lp_api_http_status(LP_ERR_NETWORK) == 503);
+    CHECK(lp_api_http_status(LP_ERR_TIMEOUT) == 503);
+    CHECK(lp_api_http_status(LP_ERR_NOMEM) == 500);
+    CHECK(lp_api_http_status((enum lp_status)999) == 500);
     lp_tokenizer_destroy(tok);
     return lp_test_finish("api_text");
 }
