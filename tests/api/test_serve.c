@@ -16,6 +16,8 @@
 #include "model_fixture.h"
 
 static const char *bin, *work, *src;
+static char one_process_text[4096]; // a greedy completion of one process, for the pipeline
+static const char *completion_body = "{\"prompt\": %s, \"max_tokens\": 12, \"temperature\": 0}";
 static char key[] = "sekrit-key";
 
 struct server {
@@ -300,7 +302,7 @@ static void test_endpoints(const struct server *s, const char *model_dir) {
     ids.out[strcspn(ids.out, "\n")] = '\0';
     for (char *p = ids.out; *p; p++)
         if (*p == ' ') *p = ',';
-    const char *comp = "{\"prompt\": %s, \"max_tokens\": 12, \"temperature\": 0}";
+    const char *comp = completion_body;
     snprintf(body, sizeof body, comp, "\"And it came to pass\"");
     struct resp a = http(s, "POST", "/v1/completions", body, key);
     char arr[1024];
@@ -311,6 +313,7 @@ static void test_endpoints(const struct server *s, const char *model_dir) {
     CHECK_MSG(a.code == 200 && b.code == 200 && ta && tb && strcmp(ta, tb) == 0 && strlen(ta),
               "completions: %s / %s", a.body, b.body);
     CHECK(strcmp(jstr(a.json, "object"), "text_completion") == 0);
+    snprintf(one_process_text, sizeof one_process_text, "%s", ta ? ta : "");
     resp_free(&a);
     resp_free(&b);
     lpc_result_free(&ids);
@@ -588,40 +591,50 @@ static void test_scripted(const char *tiny, const char *modules) {
     CHECK(serve_stop(&s) == 0);
 }
 
-// A pipeline of the coordinator and one worker: 503 once the worker is gone.
+// A pipeline of three stages (the coordinator and two workers) answers what
+// one process answers, and 503 once a worker is gone.
 static void test_stage_down(const char *tiny) {
-    struct lpc_worker w;
-    char log[1100];
-    snprintf(log, sizeof log, "%s/api_worker.log", work);
-    CHECK(lpc_worker_start(&w, bin, tiny, log, 1, 60) == 0);
-    if (w.port <= 0) return;
+    struct lpc_worker w[2];
+    char log[1100], workers[128];
+    for (int i = 0; i < 2; i++) {
+        snprintf(log, sizeof log, "%s/api_worker%d.log", work, i);
+        CHECK(lpc_worker_start(&w[i], bin, tiny, log, 1, 60) == 0);
+        if (w[i].port <= 0) return;
+    }
+    snprintf(workers, sizeof workers, "%s,%s", w[0].addr, w[1].addr);
     struct server s = {0};
-    const char *args[] = {"-m", tiny, "--threads", "1", "--workers", w.addr, "--timeout", "5000",
-                          NULL};
+    const char *args[] = {"-m", tiny, "--threads", "1", "--workers", workers, "--plan", "4,3,3",
+                          "--timeout", "5000", NULL};
     CHECK(serve_start(&s, "pipeline", args) == 0);
     if (s.port <= 0) return;
-    const char *body = "{\"prompt\": \"And it came\", \"max_tokens\": 4, \"temperature\": 0%s}";
     char req[512];
-    snprintf(req, sizeof req, body, "");
+    snprintf(req, sizeof req, completion_body, "\"And it came to pass\"");
     struct resp r = http(&s, "GET", "/health", NULL, NULL);
-    CHECK_MSG(r.code == 200 && strcmp(jstr(r.json, "stages.1.role"), "worker") == 0,
+    CHECK_MSG(r.code == 200 && strcmp(jstr(r.json, "stages.2.role"), "worker") == 0 &&
+                  strcmp(jstr(r.json, "stages.2.status"), "ok") == 0,
               "pipeline health: %s", r.body);
     resp_free(&r);
     r = http(&s, "POST", "/v1/completions", req, NULL);
-    CHECK_MSG(r.code == 200, "pipeline: %d %s", r.code, r.body);
+    const char *text = jstr(r.json, "choices.0.text");
+    CHECK_MSG(r.code == 200 && text && strcmp(text, one_process_text) == 0,
+              "pipeline: %d %s, one process: %s", r.code, r.body, one_process_text);
     resp_free(&r);
-    kill(w.pid, SIGKILL);
-    waitpid(w.pid, NULL, 0);
-    lpc_forget(w.pid);
+    CHECK(metric(&s, "layerpipe_stage_tokens_total{stage=\"2\"}") > 0);
+    CHECK(metric(&s, "layerpipe_hop_sent_bytes_total{stage=\"1\"}") > 0);
+    kill(w[1].pid, SIGKILL);
+    waitpid(w[1].pid, NULL, 0);
+    lpc_forget(w[1].pid);
     r = http(&s, "GET", "/health", NULL, NULL);
-    CHECK_MSG(r.code == 503 && strcmp(jstr(r.json, "stages.1.status"), "down") == 0,
+    CHECK_MSG(r.code == 503 && strcmp(jstr(r.json, "stages.2.status"), "down") == 0 &&
+                  strcmp(jstr(r.json, "status"), "degraded") == 0,
               "health, stage down: %d %s", r.code, r.body);
     resp_free(&r);
     check_error("stage down", http(&s, "POST", "/v1/completions", req, NULL), 503, NULL);
-    snprintf(req, sizeof req, body, ", \"stream\": true");
-    check_error("stage down, streaming", http(&s, "POST", "/v1/completions", req, NULL), 503,
-                NULL);
-    CHECK(metric(&s, "layerpipe_stage_up{stage=\"1\"}") == 0);
+    const char *stream_body =
+        "{\"prompt\": \"And it came\", \"max_tokens\": 4, \"stream\": true}";
+    check_error("stage down, streaming", http(&s, "POST", "/v1/completions", stream_body, NULL),
+                503, NULL);
+    CHECK(metric(&s, "layerpipe_stage_up{stage=\"2\"}") == 0);
     CHECK(serve_stop(&s) == 0);
 }
 
