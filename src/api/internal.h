@@ -64,6 +64,7 @@ struct lp_server {
     time_t created;                    // for /v1/models
     atomic_bool stopping;              // set by destroy: waiting threads give up
     atomic_uint_fast64_t next_id;      // response ids
+    atomic_int n_active;               // requests submitted whose DONE has not returned
     struct lp_api_metrics metrics;
 };
 

@@ -185,6 +185,7 @@ static bool on_event(void *user, const struct lp_sched_event *ev) {
         return d.stopped || gone || !ok || st != LP_OK;
     }
     if (ev->kind != LP_SCHED_EV_DONE) return false;
+    struct lp_server *srv = r->srv;
     lp_text_finish(r->text, &d, NULL);
     finish_metrics(r, ev);
     pthread_mutex_lock(&r->mu);
@@ -199,6 +200,7 @@ static bool on_event(void *user, const struct lp_sched_event *ev) {
     pthread_cond_signal(&r->cv);
     pthread_mutex_unlock(&r->mu);
     if (last) req_free(r);
+    atomic_fetch_sub(&srv->n_active, 1); // the last use of the server (lp_server_destroy waits)
     return false;
 }
 
@@ -906,10 +908,12 @@ enum MHD_Result lp_api_handle_generate(struct lp_api_conn *c, bool chat) {
     body = NULL;
     j.sreq.user = r;
     r->refs = 2; // the scheduler's reference, dropped by its DONE event
+    atomic_fetch_add(&s->n_active, 1);
     struct lp_error err = {0};
     enum lp_status st = lp_sched_submit(s->sched, &j.sreq, &r->id, &err);
     lp_token_list_deinit(&j.prompt);
     if (st != LP_OK) {
+        atomic_fetch_sub(&s->n_active, 1);
         r->refs = 1;
         req_release_http(r, false);
         lp_api_err_from_status(&e, st, st == LP_ERR_INVALID_ARG ? (chat ? "messages" : "prompt")

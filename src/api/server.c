@@ -363,7 +363,9 @@ int lp_server_port(const struct lp_server *s) { return s->port; }
 void lp_server_destroy(struct lp_server *s) {
     if (!s) return;
     atomic_store(&s->stopping, true);
-    if (s->mhd) MHD_stop_daemon(s->mhd);
+    if (s->mhd) MHD_stop_daemon(s->mhd); // every connection let go: their requests are cancelled
+    // The scheduler's callbacks use s until each request's DONE has returned.
+    while (atomic_load(&s->n_active) > 0) nanosleep(&(struct timespec){0, 1000000}, NULL);
     free(s->api_key);
     free(s->model_name);
     free(s);

