@@ -120,6 +120,7 @@ int lp_cli_serve(int argc, char **argv) {
     rc = 0;
 done:
     lp_server_destroy(srv);
+    if (rc == 0 && so.stats) lp_cli_session_print_stats(&s, stderr);
     lp_cli_session_close(&s);
     lp_tokenizer_destroy(tok);
     return rc;
