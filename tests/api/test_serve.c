@@ -638,6 +638,63 @@ static void test_stage_down(const char *tiny) {
     CHECK(serve_stop(&s) == 0);
 }
 
+// Every field set to every JSON type: the answer is 200 or a 400 naming a
+// field, never a crash or a 5xx; so are malformed messages and bodies cut
+// at every few bytes.
+static void test_malformed(const struct server *s) {
+    const char *fields[] = {"model", "messages", "stream", "stream_options", "max_tokens",
+                            "max_completion_tokens", "temperature", "top_p", "top_k", "min_p",
+                            "presence_penalty", "frequency_penalty", "repetition_penalty", "seed",
+                            "stop", "logprobs", "top_logprobs", "n", "tools", "tool_choice",
+                            "chat_template_kwargs", "response_format", "logit_bias",
+                            "ignore_eos", "stream_options"};
+    const char *values[] = {"null", "true", "1", "-1", "0.5", "1e300", "\"x\"", "[]", "{}",
+                            "[1, \"a\", null]", "{\"include_usage\": 3}"};
+    const char *messages[] = {
+        "[1]", "[{}]", "[{\"role\": \"user\"}]", "[{\"role\": \"user\", \"content\": 5}]",
+        "[{\"role\": \"user\", \"content\": [{\"type\": \"image_url\"}]}]",
+        "[{\"role\": \"user\", \"content\": [5]}]",
+        "[{\"role\": \"assistant\", \"tool_calls\": 5}]",
+        "[{\"role\": \"assistant\", \"tool_calls\": [{\"function\": 3}]}]",
+        "[{\"role\": \"assistant\", \"content\": null, \"tool_calls\": [{\"function\": "
+        "{\"name\": \"f\", \"arguments\": \"{}\"}}]}, {\"role\": \"tool\", \"content\": \"1\"}]",
+        "[{\"role\": \"user\", \"content\": \"\\u0000\"}]",
+        "[{\"role\": \"user\", \"content\": \"hi\", \"reasoning_content\": 1}]"};
+    char body[1024];
+    int bad = 0, n = 0;
+    const int nf = (int)(sizeof fields / sizeof fields[0]), nv = (int)(sizeof values / sizeof values[0]);
+    for (int i = 0; i < nf + 1; i++)
+        for (int k = 0; k < (i < nf ? nv : (int)(sizeof messages / sizeof messages[0])); k++) {
+            if (i < nf)
+                snprintf(body, sizeof body,
+                         "{\"messages\": [{\"role\": \"user\", \"content\": \"Hi\"}], "
+                         "\"max_tokens\": 2, \"%s\": %s}",
+                         fields[i], values[k]);
+            else
+                snprintf(body, sizeof body, "{\"messages\": %s, \"max_tokens\": 2}", messages[k]);
+            struct resp r = http(s, "POST", "/v1/chat/completions", body, key);
+            const char *param = jstr(r.json, "error.param"), *msg = jstr(r.json, "error.message");
+            bool ok = r.code == 200 ||
+                      (r.code == 400 && (param || (msg && !strncmp(msg, "invalid JSON", 12))));
+            if (!ok && bad++ < 5) fprintf(stderr, "malformed: %s -> %d %s\n", body, r.code, r.body);
+            n++;
+            resp_free(&r);
+        }
+    const char *whole = "{\"messages\": [{\"role\": \"user\", \"content\": \"Hi \\u00e9\"}], "
+                        "\"max_tokens\": 2, \"stop\": [\"a\"], \"tools\": []}";
+    for (size_t cut = 0; cut < strlen(whole); cut += 3) {
+        snprintf(body, sizeof body, "%.*s", (int)cut, whole);
+        struct resp r = http(s, "POST", "/v1/chat/completions", body, key);
+        if (r.code != 400 && bad++ < 5) fprintf(stderr, "cut %zu: %d %s\n", cut, r.code, r.body);
+        n++;
+        resp_free(&r);
+    }
+    CHECK_MSG(bad == 0, "%d of %d malformed requests answered badly", bad, n);
+    struct resp r = http(s, "GET", "/health", NULL, NULL);
+    CHECK(r.code == 200);
+    resp_free(&r);
+}
+
 int main(void) {
     bin = lp_fixture_env("LP_BIN", "build/layerpipe");
     work = lp_fixture_env("LP_WORK_DIR", "/tmp");
@@ -654,6 +711,7 @@ int main(void) {
     CHECK(serve_start(&s, "main", args) == 0);
     if (s.port > 0) {
         test_endpoints(&s, model);
+        test_malformed(&s);
         if (have_node) run_node(&s, modules, "general", "tiny");
         test_queue_and_disconnect(&s);
         test_metrics(&s);
