@@ -10,6 +10,7 @@
 
 #include "layerpipe/api.h"
 #include "lp_test.h"
+#include "tokenizer/qwen3_fixture.h"
 
 static struct lp_tokenizer *tok;
 
@@ -219,6 +220,25 @@ int main(void) {
         lp_token_list_deinit(&b);
         lp_token_list_deinit(&c);
     }
+    // the real Qwen3 tokenizer: <think> and <tool_call> are single added
+    // tokens, not special, so the decoder keeps them and the parser sees them
+    char *q3 = qwen3_tokenizer_dir();
+    CHECK(q3 != NULL);
+    struct lp_tokenizer *bundled = tok;
+    if (q3 && lp_tokenizer_load(&tok, q3, &err) == LP_OK) {
+        CHECK(lp_tokenizer_token_id(tok, "<think>") >= 0 &&
+              !lp_tokenizer_is_special(tok, lp_tokenizer_token_id(tok, "<think>")));
+        expect("qwen3 think", "<think>\nLet me see: 2+2.\n</think>\n\nThe answer is 4.", &chat,
+               "The answer is 4.", "Let me see: 2+2.", "", false);
+        expect("qwen3 tool call",
+               "<think>\n\n</think>\n\n<tool_call>\n{\"name\": \"get_weather\", \"arguments\": "
+               "{\"city\": \"\u5df4\u9ece\"}}\n</tool_call>",
+               &tools, "", "", "get_weather({\"city\":\"\u5df4\u9ece\"})|call_x0;", false);
+        lp_tokenizer_destroy(tok);
+    }
+    free(q3);
+    tok = bundled;
+
     // the one status -> HTTP table
     CHECK(lp_api_http_status(LP_OK) == 200);
     CHECK(lp_api_http_status(LP_ERR_INVALID_ARG) == 400);
