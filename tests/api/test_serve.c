@@ -16,6 +16,7 @@
 #include "model_fixture.h"
 
 static const char *bin, *work, *src;
+static char scratch[1100];          // LP_WORK_DIR/api_scratch: lpc_sh's output files
 static char one_process_text[4096]; // a greedy completion of one process, for the pipeline
 static const char *completion_body = "{\"prompt\": %s, \"max_tokens\": 12, \"temperature\": 0}";
 static char key[] = "sekrit-key";
@@ -298,7 +299,7 @@ static void test_endpoints(const struct server *s, const char *model_dir) {
     char cmd[2048];
     snprintf(cmd, sizeof cmd, "'%s' tokenize -m '%s' --ids 'And it came to pass'", bin,
              model_dir);
-    struct lpc_result ids = lpc_sh(cmd, "/tmp/lp_api_tok", 60);
+    struct lpc_result ids = lpc_sh(cmd, scratch, 60);
     ids.out[strcspn(ids.out, "\n")] = '\0';
     for (char *p = ids.out; *p; p++)
         if (*p == ' ') *p = ',';
@@ -416,7 +417,7 @@ static void test_metrics(const struct server *s) {
 static bool node_modules(char *out, size_t cap) {
     char cmd[2400];
     snprintf(cmd, sizeof cmd, "'%s/tools/fetch-openai-node.sh' '%s/npm-openai'", src, work);
-    struct lpc_result r = lpc_sh(cmd, "/tmp/lp_api_npm", 300);
+    struct lpc_result r = lpc_sh(cmd, scratch, 300);
     r.out[strcspn(r.out, "\n")] = '\0';
     snprintf(out, cap, "%s", r.out);
     bool ok = r.rc == 0 && out[0];
@@ -434,9 +435,9 @@ static void run_node(const struct server *s, const char *modules, const char *mo
              "env LP_NODE_MODULES='%s' LP_BASE_URL='http://127.0.0.1:%d/v1' LP_API_KEY='%s' "
              "LP_MODEL='%s' LP_MODE=%s node '%s/tests/api/openai_client.mjs'",
              modules, s->port, key, model, mode, src);
-    char scratch[1100];
-    snprintf(scratch, sizeof scratch, "%s/api_node_%s", work, mode);
-    struct lpc_result r = lpc_sh(cmd, scratch, 300);
+    char node_scratch[1100];
+    snprintf(node_scratch, sizeof node_scratch, "%s/api_node_%s", work, mode);
+    struct lpc_result r = lpc_sh(cmd, node_scratch, 300);
     fprintf(stderr, "%s%s", r.out, r.err);
     CHECK_MSG(r.rc == 0, "openai_client.mjs %s failed", mode);
     lpc_result_free(&r);
@@ -503,7 +504,7 @@ static int make_scripted_model(const char *tiny, char *dir, size_t cap) {
              "--hidden 64 --heads 4 --kv-heads 2 --head-dim 16 --intermediate 64 --vocab 8200 "
              "--tied 0 && cp '%s/tokenizer.json' '%s/tokenizer_config.json' '%s/'",
              dir, tools, dir, tiny, tiny, dir);
-    struct lpc_result r = lpc_sh(cmd, "/tmp/lp_api_gen", 60);
+    struct lpc_result r = lpc_sh(cmd, scratch, 60);
     int rc = r.rc;
     lpc_result_free(&r);
     if (rc != 0) return -1;
@@ -698,6 +699,7 @@ static void test_malformed(const struct server *s) {
 int main(void) {
     bin = lp_fixture_env("LP_BIN", "build/layerpipe");
     work = lp_fixture_env("LP_WORK_DIR", "/tmp");
+    snprintf(scratch, sizeof scratch, "%s/api_scratch", work);
     src = lp_fixture_env("LP_SOURCE_DIR", ".");
     char model[1100], modules[1100];
     snprintf(model, sizeof model, "%s/models/layerpipe-tiny-8bit", src);
