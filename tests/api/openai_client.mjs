@@ -5,7 +5,8 @@
 // with and without logprobs, a stop string vs the text it cuts) or a
 // documented shape. Environment: LP_NODE_MODULES (where `openai` is),
 // LP_BASE_URL (http://127.0.0.1:PORT/v1), LP_API_KEY, LP_MODEL, and
-// LP_MODE: "general" (the bundled model) or "scripted" (a model whose
+// LP_MODE: "general" (the bundled model), "concurrent" (16 streams at once)
+// or "scripted" (a model whose
 // greedy output is "<think>Let</think>And<tool_call>{..}</tool_call>").
 // Prints one line per failed check; exits 1 if any failed.
 import { createRequire } from 'node:module';
@@ -245,8 +246,29 @@ async function scripted() {
   check(back.choices[0].message.tool_calls?.length === 1, 'round trip: answered');
 }
 
+// 16 streams at once at temperature 0 each give the text they give alone.
+async function concurrent() {
+  const words = ['And it came to pass', 'The LORD said', 'In the beginning', 'Blessed are',
+    'Then the king', 'And he said unto them', 'Behold', 'Now the serpent'];
+  const prompts = [];
+  for (let i = 0; i < 16; i++) prompts.push(words[i % 8] + (i >= 8 ? ', and' : ''));
+  const params = (p) => ({ model, prompt: p, max_tokens: 24, temperature: 0 });
+  const alone = [];
+  for (const p of prompts) alone.push((await client.completions.create(params(p))).choices[0].text);
+  const together = await Promise.all(prompts.map(async (p) => {
+    let t = '';
+    for await (const ch of await client.completions.create({ ...params(p), stream: true }))
+      t += ch.choices[0]?.text ?? '';
+    return t;
+  }));
+  for (let i = 0; i < 16; i++)
+    check(together[i] === alone[i], `concurrent ${i}: ${JSON.stringify(together[i])} alone ` +
+          `${JSON.stringify(alone[i])}`);
+}
+
 try {
   if (mode === 'scripted') await scripted();
+  else if (mode === 'concurrent') await concurrent();
   else await general();
 } catch (e) {
   check(false, `exception: ${e.stack ?? e}`);

@@ -593,8 +593,9 @@ static void test_scripted(const char *tiny, const char *modules) {
 }
 
 // A pipeline of three stages (the coordinator and two workers) answers what
-// one process answers, and 503 once a worker is gone.
-static void test_stage_down(const char *tiny) {
+// one process answers, 16 streams at once each what they give alone, and
+// 503 once a worker is gone.
+static void test_stage_down(const char *tiny, const char *modules) {
     struct lpc_worker w[2];
     char log[1100], workers[128];
     for (int i = 0; i < 2; i++) {
@@ -605,7 +606,7 @@ static void test_stage_down(const char *tiny) {
     snprintf(workers, sizeof workers, "%s,%s", w[0].addr, w[1].addr);
     struct server s = {0};
     const char *args[] = {"-m", tiny, "--threads", "1", "--workers", workers, "--plan", "4,3,3",
-                          "--timeout", "5000", NULL};
+                          "--timeout", "5000", "--max-seqs", "16", "--api-key", key, NULL};
     CHECK(serve_start(&s, "pipeline", args) == 0);
     if (s.port <= 0) return;
     char req[512];
@@ -615,13 +616,14 @@ static void test_stage_down(const char *tiny) {
                   strcmp(jstr(r.json, "stages.2.status"), "ok") == 0,
               "pipeline health: %s", r.body);
     resp_free(&r);
-    r = http(&s, "POST", "/v1/completions", req, NULL);
+    r = http(&s, "POST", "/v1/completions", req, key);
     const char *text = jstr(r.json, "choices.0.text");
     CHECK_MSG(r.code == 200 && text && strcmp(text, one_process_text) == 0,
               "pipeline: %d %s, one process: %s", r.code, r.body, one_process_text);
     resp_free(&r);
     CHECK(metric(&s, "layerpipe_stage_tokens_total{stage=\"2\"}") > 0);
     CHECK(metric(&s, "layerpipe_hop_sent_bytes_total{stage=\"1\"}") > 0);
+    if (modules) run_node(&s, modules, "concurrent", "layerpipe-tiny-8bit");
     kill(w[1].pid, SIGKILL);
     waitpid(w[1].pid, NULL, 0);
     lpc_forget(w[1].pid);
@@ -630,10 +632,10 @@ static void test_stage_down(const char *tiny) {
                   strcmp(jstr(r.json, "status"), "degraded") == 0,
               "health, stage down: %d %s", r.code, r.body);
     resp_free(&r);
-    check_error("stage down", http(&s, "POST", "/v1/completions", req, NULL), 503, NULL);
+    check_error("stage down", http(&s, "POST", "/v1/completions", req, key), 503, NULL);
     const char *stream_body =
         "{\"prompt\": \"And it came\", \"max_tokens\": 4, \"stream\": true}";
-    check_error("stage down, streaming", http(&s, "POST", "/v1/completions", stream_body, NULL),
+    check_error("stage down, streaming", http(&s, "POST", "/v1/completions", stream_body, key),
                 503, NULL);
     CHECK(metric(&s, "layerpipe_stage_up{stage=\"2\"}") == 0);
     CHECK(serve_stop(&s) == 0);
@@ -730,6 +732,6 @@ int main(void) {
         free(log);
     }
     test_scripted(model, have_node ? modules : NULL);
-    test_stage_down(model);
+    test_stage_down(model, have_node ? modules : NULL);
     return lp_test_finish("api_serve");
 }
