@@ -25,6 +25,7 @@
 struct lp_worker_params {
     const char *model_dir;  // the worker's local copy of the model
     const char *listen;     // "HOST:PORT" (port 0: any free port)
+    const char *device;     // backend spec: "cpu" (default), "cuda", "cuda:N"
     int n_threads;          // CPU threads, <= 0 all cores
     int idle_timeout_s;     // a session untouched this long is freed (default 600)
 };
@@ -92,6 +93,7 @@ struct lp_pipeline_params {
     const char *plan;            // "10,9,9", "auto", or NULL for an even split
     enum lp_dtype wire_dtype;    // activations between stages: F32 (default, exact), BF16
                                  // or F16 (half the bytes; F16 is 8x more precise)
+    const char *device;          // the coordinator's backend: "cpu" (default), "cuda:N"
     int n_threads;               // coordinator CPU threads
     bool fast;                   // int8 activations for MLX 8-bit (bench only: not exact)
     int max_batch_tokens;        // rows of one micro-batch (default 64)
@@ -184,7 +186,7 @@ LP_API void lp_pipeline_release(struct lp_pipeline *p, uint64_t session);
 struct lp_stage_stats {
     char role[16];        // "coordinator" or "worker"
     char address[64];
-    char device[64];
+    char device[96];
     int layer_begin, layer_end;
     double busy_seconds, idle_seconds;
     uint64_t tokens, steps, bytes_in, bytes_out;

@@ -4,12 +4,16 @@
 // (struct lp_buf); host code never dereferences a backend buffer's memory,
 // it moves bytes with buf_write / buf_read. Small index arrays (token ids,
 // positions, KV slots, block tables) are passed as host pointers, borrowed
-// for the duration of the call; a device backend copies them itself.
+// for the duration of the call; a device backend copies them itself, or,
+// when the engine handed them over first with batch_setup, uses the copies
+// it made then (one transfer per batch). A step of compute calls bracketed
+// by step_begin / step_end may be recorded and replayed (a CUDA graph).
 // Compute slots return void: a device backend reports errors at sync.
 // Calls on one backend come from one thread at a time (the engine's).
 #ifndef LAYERPIPE_BACKEND_I_H
 #define LAYERPIPE_BACKEND_I_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -40,6 +44,31 @@ struct lp_kv_geom {
     int n_kv_heads;
     int head_dim;
     enum lp_dtype dtype;
+};
+
+// The index arrays of one batch (engine.c fills them), handed to the backend
+// once before the batch's compute calls. Host memory, borrowed until the next
+// batch_setup (the engine reuses the same arrays for every batch).
+struct lp_batch_index {
+    int n_tokens;
+    const int32_t *ids;  // [n_tokens] token ids; NULL without the embedding
+    const int32_t *pos;  // [n_tokens] positions
+    const int32_t *slot; // [n_tokens] KV cache rows
+    int n_rows;
+    const int32_t *rows; // [n_rows] rows that need logits; NULL when n_rows == 0
+    int n_segs;
+    const struct lp_attn_seg *segs; // [n_segs], covering the n_tokens rows in order
+};
+
+// The shape of a step (step_begin): equal keys promise the same compute calls
+// on the same buffers with the same sizes, after a batch_setup with the same
+// n_tokens, n_rows and n_segs; only the index arrays' contents differ.
+struct lp_step_key {
+    const void *owner; // the engine
+    int n_tokens;
+    int n_segs;
+    int n_rows;
+    int flags;
 };
 
 struct lp_backend_i {
@@ -100,6 +129,22 @@ struct lp_backend_i {
                         const int32_t *src_row, int n, int cols);
     // (optional) waits for queued work; returns the first device error. NULL: synchronous.
     enum lp_status (*sync)(void *ctx, struct lp_error *err);
+    // (optional) the device's facts; NULL: only the name is known.
+    enum lp_status (*device_info)(void *ctx, struct lp_device_info *out, struct lp_error *err);
+    // (optional) Takes a batch's index arrays before its compute calls; the
+    // calls that follow pass these same pointers (ids to embed, pos to rope,
+    // slot to kv_store, segs to attention, rows to gather_rows) and the
+    // backend may use its own copies of them. NULL: the arrays go per call.
+    enum lp_status (*batch_setup)(void *ctx, const struct lp_batch_index *ix,
+                                  struct lp_error *err);
+    // (optional, with step_end) Brackets the compute calls of one step of
+    // shape *key. When the backend has recorded such a step it queues the
+    // recording, sets *replayed and the caller makes neither the calls nor
+    // step_end; otherwise the caller makes the calls, then step_end (which
+    // may record them). Errors of the step itself still come from sync.
+    enum lp_status (*step_begin)(void *ctx, const struct lp_step_key *key, bool *replayed,
+                                 struct lp_error *err);
+    enum lp_status (*step_end)(void *ctx, struct lp_error *err);
 };
 
 struct lp_backend {

@@ -12,13 +12,15 @@
 
 int lp_cli_worker(int argc, char **argv) {
     struct lp_worker_params wp = lp_worker_params_default();
-    char *model = NULL, *listen = NULL, *port_file = NULL;
+    char *model = NULL, *listen = NULL, *port_file = NULL, *device = NULL;
     int threads = 0, idle = 600;
     struct lp_arg args[] = {
         {"model", 'm', LP_ARG_STR, &model, "DIR", "model folder (the same model as the coordinator)",
          true},
         {"listen", 'l', LP_ARG_STR, &listen, "HOST:PORT",
          "address to serve on (default 127.0.0.1:7070; port 0 picks a free one)"},
+        {"device", 'd', LP_ARG_STR, &device, "SPEC",
+         "where the stage computes: cpu (default), cuda, cuda:N"},
         {"threads", 't', LP_ARG_INT, &threads, "N", "CPU threads (default: all cores)", false, 0,
          1024},
         {"idle-timeout", 0, LP_ARG_INT, &idle, "S",
@@ -32,6 +34,7 @@ int lp_cli_worker(int argc, char **argv) {
     if (ar != LP_ARGS_OK) return ar == LP_ARGS_HELP ? 0 : 2;
     wp.model_dir = model;
     if (listen) wp.listen = listen;
+    if (device) wp.device = device;
     wp.n_threads = threads;
     wp.idle_timeout_s = idle;
     // block the stop signals before any thread starts, then wait for one

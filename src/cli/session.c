@@ -61,6 +61,7 @@ static struct lp_pipeline_params pipeline_params(const struct lp_cli_session_opt
                     : strcmp(o->wire_dtype, "bf16") == 0 ? LP_DTYPE_BF16
                     : strcmp(o->wire_dtype, "f16") == 0  ? LP_DTYPE_F16
                                                          : LP_DTYPE_F32;
+    pp.device = o->device ? o->device : "cpu";
     pp.n_threads = o->threads;
     pp.fast = o->fast;
     pp.max_batch_tokens = o->batch > 0 ? o->batch : 64;

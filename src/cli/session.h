@@ -16,6 +16,7 @@
 
 struct lp_cli_session_opts {
     const char *model_dir;
+    const char *device;   // "cpu" (default), "cuda", "cuda:N"
     int threads;          // <= 0: all cores
     int ctx;              // 0: model limit
     int batch;            // max tokens per micro-batch (prefill chunk), default 64
@@ -35,8 +36,10 @@ struct lp_cli_session_opts {
 
 // The option-table entries every model command takes (args.h).
 #define LP_CLI_COMMON_ARGS(so)                                                                     \
-    {"threads", 't', LP_ARG_INT, &(so).threads, "N", "CPU threads (default: all cores)", false,    \
-     0, 1024},                                                                                     \
+    {"device", 'd', LP_ARG_STR, &(so).device, "SPEC",                                              \
+     "where this process computes: cpu (default), cuda, cuda:N"},                                  \
+        {"threads", 't', LP_ARG_INT, &(so).threads, "N", "CPU threads (default: all cores)",       \
+         false, 0, 1024},                                                                          \
         {"ctx", 'c', LP_ARG_INT, &(so).ctx, "N", "context limit (default: the model's)", false,    \
          0, 1 << 24},                                                                              \
         {"batch", 'b', LP_ARG_INT, &(so).batch, "N", "prompt tokens per forward pass (default "    \

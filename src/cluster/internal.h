@@ -82,12 +82,7 @@ void lp_latency_add(struct lp_latency *l, double ms);
 // The q-quantile (0..1) of the held samples; 0 when empty.
 double lp_latency_quantile(const struct lp_latency *l, double q);
 
-// Free memory (MemAvailable) in bytes, 0 if unknown.
-uint64_t lp_mem_available(void);
 // Resident set size of this process in bytes, 0 if unknown.
 uint64_t lp_rss_bytes(void);
-// Measures streaming read speed (GB/s) over a 64 MiB buffer: a stage's
-// decode speed is bounded by it, so plans weigh stages by it.
-double lp_measure_read_gb_s(void);
 
 #endif

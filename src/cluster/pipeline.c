@@ -26,7 +26,7 @@
 struct pl_stage {
     char addr[128];
     struct lp_rpc_channel *ch;
-    char device[64];
+    char device[96];
     double gb_s;
     uint64_t free_bytes;
     int layer_begin, layer_end;
@@ -84,6 +84,7 @@ struct lp_pipeline {
     uint64_t next_step;
     int slot_head;               // oldest slot in flight
     double created_at;
+    char device_name[96];        // the coordinator's backend, as its device_info says
     // shared with the Sink and stream threads
     pthread_mutex_t mu;
     pthread_cond_t cv;
@@ -103,6 +104,7 @@ struct lp_pipeline_params lp_pipeline_params_default(void) {
                                    .n_workers = 0,
                                    .plan = NULL,
                                    .wire_dtype = LP_DTYPE_F32,
+                                   .device = "cpu",
                                    .n_threads = 0,
                                    .fast = false,
                                    .max_batch_tokens = 64,
@@ -319,8 +321,10 @@ static enum lp_status pl_choose_plan(struct lp_pipeline *p, size_t layer_bytes,
     double weight[LP_MAX_STAGES];
     int cap[LP_MAX_STAGES];
     bool by_speed = text != NULL; // "auto": speed and memory; NULL: even split
-    weight[0] = by_speed ? lp_measure_read_gb_s() : 1.0;
-    cap[0] = by_speed && layer_bytes ? pl_cap(lp_mem_available() / 2 / layer_bytes) : -1;
+    struct lp_device_info me = {0};
+    if (by_speed) lp_backend_device_info(p->backend, &me, NULL);
+    weight[0] = by_speed ? me.read_gb_s : 1.0;
+    cap[0] = by_speed && layer_bytes ? pl_cap(me.free_bytes / 2 / layer_bytes) : -1;
     for (int i = 0; i < p->n_workers; i++) {
         weight[i + 1] = by_speed ? p->stages[i].gb_s : 1.0;
         cap[i + 1] = by_speed && layer_bytes ? pl_cap(p->stages[i].free_bytes / 10 * 9 / layer_bytes)
@@ -457,6 +461,15 @@ enum lp_status lp_pipeline_create(struct lp_pipeline **out, const struct lp_pipe
     p->weight_bytes = lp_model_weight_bytes(all);
     size_t layer_bytes = p->weight_bytes / (size_t)p->cfg.n_layers;
     lp_model_close(all);
+    if ((st = lp_backend_create(&p->backend, params->device, params->n_threads, params->fast,
+                                err)) != LP_OK)
+        goto fail;
+    const char *bname = lp_backend_name(p->backend);
+    if (strncmp(bname, "cuda", 4) == 0)
+        snprintf(p->device_name, sizeof p->device_name, "%s", bname);
+    else
+        snprintf(p->device_name, sizeof p->device_name, "%s (%d threads)", bname,
+                 lp_backend_n_threads(p->backend));
     p->stages = calloc((size_t)(p->n_workers ? p->n_workers : 1), sizeof *p->stages);
     if (!p->stages) {
         st = lp_error_set(err, LP_ERR_NOMEM, "pipeline: out of memory");
@@ -476,10 +489,7 @@ enum lp_status lp_pipeline_create(struct lp_pipeline **out, const struct lp_pipe
     // the coordinator's share
     struct lp_model_load_params mine = {0, a, true, true};
     if ((st = lp_model_open(&p->model, p->model_dir, &mine, err)) != LP_OK) goto fail;
-    struct lp_backend_cpu_params bp = lp_backend_cpu_params_default();
-    bp.n_threads = params->n_threads;
-    bp.quantize_activations = params->fast;
-    if ((st = lp_backend_cpu_create(&p->backend, &bp, err)) != LP_OK) goto fail;
+
     struct lp_engine_params ep = lp_engine_params_default();
     ep.max_batch_tokens = p->max_rows;
     ep.max_logit_rows = 1;
@@ -855,8 +865,7 @@ int lp_pipeline_stats(struct lp_pipeline *p, struct lp_stage_stats *stats, int m
     memset(c, 0, sizeof *c);
     snprintf(c->role, sizeof c->role, "coordinator");
     snprintf(c->address, sizeof c->address, "%.63s", p->n_workers ? p->sink_addr : "local");
-    snprintf(c->device, sizeof c->device, "%s (%d threads)", lp_backend_name(p->backend),
-             lp_backend_n_threads(p->backend));
+    snprintf(c->device, sizeof c->device, "%s", p->device_name);
     c->layer_begin = 0;
     c->layer_end = p->plan.layers[0];
     pthread_mutex_lock(&p->mu);

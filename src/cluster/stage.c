@@ -53,7 +53,7 @@ struct lp_worker {
     uint64_t fingerprint;
     int n_layers, hidden;
     double measured_gb_s;
-    char device[64];
+    char device[96];
     struct lp_backend *backend;
     struct lp_rpc_server *server;
     pthread_t compute;
@@ -94,8 +94,8 @@ struct lp_worker {
 };
 
 struct lp_worker_params lp_worker_params_default(void) {
-    struct lp_worker_params p = {.model_dir = NULL, .listen = "127.0.0.1:7070", .n_threads = 0,
-                                 .idle_timeout_s = 600};
+    struct lp_worker_params p = {.model_dir = NULL, .listen = "127.0.0.1:7070", .device = "cpu",
+                                 .n_threads = 0, .idle_timeout_s = 600};
     return p;
 }
 
@@ -362,7 +362,11 @@ static enum lp_status h_hello(void *user, const uint8_t *req, size_t n_req, uint
     h.model_fingerprint = w->fingerprint;
     h.n_layers = (uint32_t)w->n_layers;
     h.device = w->device;
-    h.free_memory_bytes = lp_mem_available();
+    struct lp_device_info info;
+    pthread_mutex_lock(&w->engine_mu); // the backend is the compute thread's meanwhile
+    lp_backend_device_info(w->backend, &info, NULL);
+    pthread_mutex_unlock(&w->engine_mu);
+    h.free_memory_bytes = info.free_bytes;
     h.measured_gb_s = w->measured_gb_s;
     h.listen_address = w->listen;
     return lp_pb_pack(&h.base, resp, n_resp, err);
@@ -804,12 +808,12 @@ enum lp_status lp_worker_create(struct lp_worker **out, const struct lp_worker_p
     // unmap: the fingerprint's samples (and read-around) must not stay
     // resident in a worker that serves only some layers
     lp_model_close(headers);
-    struct lp_backend_cpu_params bp = lp_backend_cpu_params_default();
-    bp.n_threads = p->n_threads;
-    if ((st = lp_backend_cpu_create(&w->backend, &bp, err)) != LP_OK) goto fail;
-    snprintf(w->device, sizeof w->device, "%s (%d threads)", lp_backend_name(w->backend),
-             lp_backend_n_threads(w->backend));
-    w->measured_gb_s = lp_measure_read_gb_s();
+    if ((st = lp_backend_create(&w->backend, p->device, p->n_threads, false, err)) != LP_OK)
+        goto fail;
+    struct lp_device_info info;
+    if ((st = lp_backend_device_info(w->backend, &info, err)) != LP_OK) goto fail;
+    snprintf(w->device, sizeof w->device, "%s", info.name);
+    w->measured_gb_s = info.read_gb_s;
     if (pthread_create(&w->compute, NULL, stage_compute_main, w) != 0) {
         st = lp_error_set(err, LP_ERR_INTERNAL, "worker: cannot start the compute thread");
         goto fail;

@@ -210,32 +210,4 @@ static uint64_t meminfo_kb(const char *path, const char *key) {
     return v;
 }
 
-uint64_t lp_mem_available(void) { return meminfo_kb("/proc/meminfo", "MemAvailable:") * 1024; }
-
 uint64_t lp_rss_bytes(void) { return meminfo_kb("/proc/self/status", "VmRSS:") * 1024; }
-
-double lp_measure_read_gb_s(void) {
-    size_t n = (size_t)64 << 20;
-    uint64_t *buf = malloc(n);
-    if (!buf) return 0.0;
-    size_t words = n / 8;
-    for (size_t i = 0; i < words; i++) buf[i] = i;
-    double best = 0.0;
-    volatile uint64_t sink = 0;
-    for (int rep = 0; rep < 3; rep++) {
-        double t0 = lp_now_seconds();
-        uint64_t s0 = 0, s1 = 0, s2 = 0, s3 = 0;
-        for (size_t i = 0; i + 4 <= words; i += 4) {
-            s0 += buf[i];
-            s1 += buf[i + 1];
-            s2 += buf[i + 2];
-            s3 += buf[i + 3];
-        }
-        sink += s0 + s1 + s2 + s3;
-        double dt = lp_now_seconds() - t0;
-        if (dt > 0 && (double)n / dt / 1e9 > best) best = (double)n / dt / 1e9;
-    }
-    (void)sink;
-    free(buf);
-    return best;
-}

@@ -7,6 +7,8 @@
 // (token, head) pairs with a chunked online softmax (stack scratch only).
 #include <math.h>
 #include <stdatomic.h>
+#include <stdio.h>
+#include <time.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -476,6 +478,67 @@ static void cpu_gather_rows(void *ctx, struct lp_buf *dst, const struct lp_buf *
         memmove(d + (int64_t)i * cols, s + (int64_t)src_row[i] * cols, (size_t)cols * sizeof(float));
 }
 
+// ---- device facts ----
+
+static uint64_t cpu_mem_available(void) {
+    FILE *fp = fopen("/proc/meminfo", "r");
+    if (!fp) return 0;
+    char line[256];
+    uint64_t kb = 0;
+    while (fgets(line, sizeof line, fp))
+        if (strncmp(line, "MemAvailable:", 13) == 0) {
+            kb = strtoull(line + 13, NULL, 10);
+            break;
+        }
+    fclose(fp);
+    return kb * 1024;
+}
+
+static double cpu_seconds(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+// Streaming read speed (GB/s) over a 64 MiB buffer, best of three: a
+// stage's decode speed is bounded by it, so plans weigh stages by it.
+static double cpu_measure_read_gb_s(void) {
+    size_t n = (size_t)64 << 20;
+    uint64_t *buf = malloc(n);
+    if (!buf) return 0.0;
+    size_t words = n / 8;
+    for (size_t i = 0; i < words; i++) buf[i] = i;
+    double best = 0.0;
+    volatile uint64_t sink = 0;
+    for (int rep = 0; rep < 3; rep++) {
+        double t0 = cpu_seconds();
+        uint64_t s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+        for (size_t i = 0; i + 4 <= words; i += 4) {
+            s0 += buf[i];
+            s1 += buf[i + 1];
+            s2 += buf[i + 2];
+            s3 += buf[i + 3];
+        }
+        sink += s0 + s1 + s2 + s3;
+        double dt = cpu_seconds() - t0;
+        if (dt > 0 && (double)n / dt / 1e9 > best) best = (double)n / dt / 1e9;
+    }
+    (void)sink;
+    free(buf);
+    return best;
+}
+
+static enum lp_status cpu_device_info(void *vctx, struct lp_device_info *out,
+                                      struct lp_error *err) {
+    struct lp_cpu_ctx *ctx = vctx;
+    (void)err;
+    if (ctx->read_gb_s == 0) ctx->read_gb_s = cpu_measure_read_gb_s();
+    snprintf(out->name, sizeof out->name, "cpu (%d threads)", ctx->n_threads);
+    out->free_bytes = cpu_mem_available();
+    out->read_gb_s = ctx->read_gb_s;
+    return LP_OK;
+}
+
 static const struct lp_backend_i cpu_iface = {
     /* .name          = */ cpu_name,
     /* .n_threads     = */ cpu_n_threads,
@@ -496,6 +559,7 @@ static const struct lp_backend_i cpu_iface = {
     /* .add           = */ cpu_add,
     /* .gather_rows   = */ cpu_gather_rows,
     /* .sync          = */ NULL,
+    /* .device_info   = */ cpu_device_info,
 };
 
 enum lp_status lp_cpu_backend_create_ex(struct lp_backend **out,

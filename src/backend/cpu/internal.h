@@ -40,6 +40,7 @@ struct lp_cpu_ctx {
     enum lp_cpu_isa isa;
     bool vnni;                 // AVX512-VNNI present (and isa is AVX512)
     bool quantize_activations; // int8 activations for MLX 8-bit weights
+    double read_gb_s;          // measured by the first device_info, 0 before
     // Shared per-call scratch of matmul (x group sums, int8 x, x scales, or
     // packed x for prefill), written in phase 1 of a matmul, read in phase 2.
     void *scratch;
