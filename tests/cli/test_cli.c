@@ -6,6 +6,7 @@
 #include <string.h>
 #include <sys/wait.h>
 
+#include "layerpipe/backend.h"
 #include "lp_test.h"
 #include "model_fixture.h"
 
@@ -64,6 +65,17 @@ int main(void) {
     CHECK(RUN(args) == 2 && strstr(err, "needs a value"));
     snprintf(args, sizeof args, "run -m '%s' --prompt-ids '1' --kv-dtype f8", dir);
     CHECK(RUN(args) == 1 && strstr(err, "kv-dtype"));
+    // device specs: an unknown one is named; cuda in a build without it says so
+    snprintf(args, sizeof args, "run -m '%s' --prompt-ids '1' --device tpu", dir);
+    CHECK(RUN(args) == 1 && strstr(err, "device 'tpu'") && strstr(err, "cpu, cuda or cuda:N"));
+    snprintf(args, sizeof args, "run -m '%s' --prompt-ids '1' --device cuda:x", dir);
+    CHECK(RUN(args) == 1 && strstr(err, "cuda:N"));
+    if (!lp_backend_cuda_built()) {
+        snprintf(args, sizeof args, "run -m '%s' --prompt-ids '1' --device cuda", dir);
+        CHECK(RUN(args) == 1 && strstr(err, "built without CUDA"));
+    }
+    snprintf(args, sizeof args, "run -m '%s' --prompt-ids '1 2' -n 2 --device cpu", dir);
+    CHECK(RUN(args) == 0);
     // a folder that is not a model: exit 1 naming the file
     CHECK(RUN("run -m /nonexistent --prompt-ids '1 2'") == 1 &&
           strstr(err, "/nonexistent/config.json"));
