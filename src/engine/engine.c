@@ -406,6 +406,20 @@ static void engine_layer(struct lp_engine *e, const struct lp_engine_layer *L, i
     be->add(b, e->x, e->o, (int64_t)n * d);
 }
 
+static void engine_compute(struct lp_engine *e, int n, int n_rows, int n_segs) {
+    const struct lp_model_config *c = &e->cfg;
+    if (e->has_embed) e->be.embed(e->bctx, e->x, e->embedding, e->h_ids, n);
+    for (int il = e->layer_begin; il < e->layer_end; il++)
+        engine_layer(e, &e->layers[il - e->layer_begin], n, n_segs);
+    if (e->has_head) {
+        const struct lp_bweight *head = e->head ? e->head : e->embedding;
+        e->be.gather_rows(e->bctx, e->xg, e->x, e->h_rows, n_rows, c->hidden_size);
+        e->be.rmsnorm(e->bctx, e->xg, e->xg, e->final_norm, n_rows, c->hidden_size,
+                      c->rms_norm_eps);
+        e->be.matmul(e->bctx, e->logits, e->xg, head, n_rows);
+    }
+}
+
 enum lp_status lp_engine_forward(struct lp_engine *e, const struct lp_engine_batch *b,
                                  struct lp_error *err) {
     int n = 0, n_rows = 0;
@@ -442,20 +456,33 @@ enum lp_status lp_engine_forward(struct lp_engine *e, const struct lp_engine_bat
         row += s->n_tokens;
     }
     size_t d = (size_t)c->hidden_size;
-    if (e->has_embed) {
-        e->be.embed(e->bctx, e->x, e->embedding, e->h_ids, n);
-    } else {
+    if (e->be.batch_setup) {
+        struct lp_batch_index ix = {.n_tokens = n,
+                                    .ids = e->has_embed ? e->h_ids : NULL,
+                                    .pos = e->h_pos,
+                                    .slot = e->h_slot,
+                                    .n_rows = e->has_head ? n_rows : 0,
+                                    .rows = e->has_head ? e->h_rows : NULL,
+                                    .n_segs = b->n_segs,
+                                    .segs = e->h_segs};
+        if ((st = e->be.batch_setup(e->bctx, &ix, err)) != LP_OK) goto fail;
+    }
+    if (!e->has_embed) {
         st = e->be.buf_write(e->bctx, e->x, 0, b->hidden_in, (size_t)n * d * sizeof(float), err);
         if (st != LP_OK) goto fail;
     }
-    for (int il = e->layer_begin; il < e->layer_end; il++)
-        engine_layer(e, &e->layers[il - e->layer_begin], n, b->n_segs);
+    // A decode step (one token per sequence) may be recorded and replayed.
+    bool replayed = false, bracketed = e->be.step_begin && e->be.step_end && n == b->n_segs;
+    if (bracketed) {
+        struct lp_step_key key = {.owner = e, .n_tokens = n, .n_segs = b->n_segs,
+                                  .n_rows = e->has_head ? n_rows : 0};
+        if ((st = e->be.step_begin(e->bctx, &key, &replayed, err)) != LP_OK) goto fail;
+    }
+    if (!replayed) {
+        engine_compute(e, n, n_rows, b->n_segs);
+        if (bracketed && (st = e->be.step_end(e->bctx, err)) != LP_OK) goto fail;
+    }
     if (e->has_head) {
-        const struct lp_bweight *head = e->head ? e->head : e->embedding;
-        e->be.gather_rows(e->bctx, e->xg, e->x, e->h_rows, n_rows, c->hidden_size);
-        e->be.rmsnorm(e->bctx, e->xg, e->xg, e->final_norm, n_rows, c->hidden_size,
-                      c->rms_norm_eps);
-        e->be.matmul(e->bctx, e->logits, e->xg, head, n_rows);
         st = e->be.buf_read(e->bctx, e->logits, 0, b->logits,
                             (size_t)n_rows * (size_t)c->vocab_size * sizeof(float), err);
     } else {

@@ -1,0 +1,80 @@
+// SPDX-License-Identifier: MIT
+// internal.h -- what the two halves of the CUDA backend share: cuda.cu (the
+// function table, memory, index arrays, step graphs) and kernels.cu (the
+// kernels and their launchers). C++ (nvcc) only; no public header sees it.
+// Every pointer here is device memory unless its name ends in _h. Launchers
+// queue work on `stream` and return the launch's cudaError_t; they never
+// synchronize.
+#ifndef LAYERPIPE_BACKEND_CUDA_INTERNAL_H
+#define LAYERPIPE_BACKEND_CUDA_INTERNAL_H
+
+#include <cuda_runtime.h>
+#include <stdint.h>
+
+// Kernel-side weight formats (enum lp_weight_format plus the MLX bit width).
+enum lp_cuda_fmt {
+    LP_CUDA_FMT_F32,
+    LP_CUDA_FMT_F16,
+    LP_CUDA_FMT_BF16,
+    LP_CUDA_FMT_Q8, // MLX affine, 8 bits
+    LP_CUDA_FMT_Q4, // MLX affine, 4 bits
+};
+
+// A weight matrix [rows, cols] on the device, in its stored format:
+// float formats: data [rows, cols]; MLX: data uint32 [rows, cols * bits / 32]
+// (element 0 in the lowest bits), scales/biases [rows, cols / group] in
+// bf16 (scale_bf16) or f16.
+struct lp_cuda_weight {
+    enum lp_cuda_fmt fmt;
+    int rows, cols;
+    const void *data;
+    const uint16_t *scales, *biases;
+    bool scale_bf16;
+    int group;
+};
+
+// The index arrays attention reads, per query row and per segment.
+struct lp_cuda_attn_index {
+    const int32_t *row_seg;  // [n] segment of each query row
+    const int32_t *row_qpos; // [n] position of each query row (pos0 + i)
+    const int32_t *seg_off;  // [n_segs] offset of the segment's block table in bt
+    const int32_t *seg_nblk; // [n_segs] blocks in the segment's table
+    const int32_t *bt;       // block tables, concatenated
+};
+
+// Number of KV splits of attention (fixed, so that a row's result depends
+// only on its own context, and a launch's grid only on n), and positions per chunk.
+#define LP_CUDA_ATTN_SPLITS 16
+#define LP_CUDA_ATTN_CHUNK 64
+
+// Floats of attention's partial-result scratch for n rows of n_heads heads.
+static inline size_t lp_cuda_attn_scratch_floats(int n, int n_heads, int head_dim) {
+    return (size_t)n * (size_t)n_heads * LP_CUDA_ATTN_SPLITS * ((size_t)head_dim + 2);
+}
+
+cudaError_t lp_cuda_embed(cudaStream_t s, float *out, const struct lp_cuda_weight *w,
+                          const int32_t *ids, int n);
+cudaError_t lp_cuda_matmul(cudaStream_t s, float *out, const float *x,
+                           const struct lp_cuda_weight *w, int n);
+cudaError_t lp_cuda_rmsnorm(cudaStream_t s, float *out, const float *x, const float *weight,
+                            int n_rows, int dim, float eps);
+cudaError_t lp_cuda_rope(cudaStream_t s, float *x, const int32_t *pos, const float *inv_freq,
+                         int n, int n_heads, int head_dim);
+cudaError_t lp_cuda_kv_store(cudaStream_t s, void *k_cache, void *v_cache, bool bf16,
+                             int64_t n_slots, int row, const float *k, const float *v,
+                             const int32_t *slot, int n);
+cudaError_t lp_cuda_attention(cudaStream_t s, float *out, const float *q, const void *k_cache,
+                              const void *v_cache, bool bf16, int block_size, int n_kv_heads,
+                              int head_dim, int n_heads, const struct lp_cuda_attn_index *ix,
+                              int n, float *scratch);
+cudaError_t lp_cuda_silu_mul(cudaStream_t s, float *out, const float *gate, const float *up,
+                             int64_t n);
+cudaError_t lp_cuda_add(cudaStream_t s, float *x, const float *y, int64_t n);
+cudaError_t lp_cuda_gather_rows(cudaStream_t s, float *dst, const float *src,
+                                const int32_t *src_row, int n, int cols);
+// Reads `bytes` (a multiple of 16) of src once; writes one float per warp
+// (n_blocks * 8 floats) to sink.
+cudaError_t lp_cuda_read_probe(cudaStream_t s, const void *src, size_t bytes, float *sink,
+                               int n_blocks);
+
+#endif

@@ -1,0 +1,545 @@
+// SPDX-License-Identifier: MIT
+// kernels.cu -- the CUDA backend's kernels, each computing what the scalar
+// ref backend (src/backend/ref/ref.c) computes, and their launchers.
+// Activations are float32 row-major; weights stay in their stored format and
+// are dequantized in registers as they are loaded. Float results differ from
+// ref only by summation order (tree reductions, a different split of the
+// columns); elementwise steps use explicit _rn intrinsics so that no
+// multiply-add is fused where ref rounds twice.
+//
+// matmul, one kernel for every batch size (batch invariance: row t of an
+// n-row call is computed by exactly the same operations as alone):
+//   a block of 128 threads owns GEMV_R weight rows and NT tokens; thread i
+//   takes 16-byte chunks i, i + 128, ... of each row, keeps a running sum
+//   per (row, token) in the same order whatever NT is, then the block adds
+//   its four warps in a fixed order. MLX groups: per chunk (inside one group)
+//   s * sum(x q) + b * sum(x), i.e. sum_c x_c (s q_c + b) regrouped.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <math.h>
+
+#include "backend/cuda/internal.h"
+
+#define GEMV_THREADS 128
+#define GEMV_R 2
+#define WARPS(threads) ((threads) / 32)
+
+static __device__ __forceinline__ float warp_sum(float v) {
+    for (int o = 16; o > 0; o >>= 1) v = __fadd_rn(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+
+static __device__ __forceinline__ float bf16_bits(uint32_t h) { return __uint_as_float(h << 16); }
+
+static __device__ __forceinline__ float f16_bits(uint32_t h) {
+    return __half2float(__ushort_as_half((unsigned short)h));
+}
+
+static __device__ __forceinline__ float half_at(const uint16_t *p, int64_t i, bool bf) {
+    uint32_t h = p[i];
+    return bf ? bf16_bits(h) : f16_bits(h);
+}
+
+// w[r][c] as float: the plain definition of every format (ref's lp_host_weight_at).
+static __device__ float weight_at(const struct lp_cuda_weight &w, int64_t r, int64_t c) {
+    int64_t i = r * w.cols + c;
+    switch (w.fmt) {
+    case LP_CUDA_FMT_F32: return ((const float *)w.data)[i];
+    case LP_CUDA_FMT_F16: return f16_bits(((const uint16_t *)w.data)[i]);
+    case LP_CUDA_FMT_BF16: return bf16_bits(((const uint16_t *)w.data)[i]);
+    default: {
+        int bits = w.fmt == LP_CUDA_FMT_Q8 ? 8 : 4, per_word = 32 / bits;
+        int64_t words_per_row = w.cols / per_word;
+        uint32_t word = ((const uint32_t *)w.data)[r * words_per_row + c / per_word];
+        uint32_t q = (word >> ((c % per_word) * bits)) & ((1u << bits) - 1u);
+        int64_t gi = r * (w.cols / w.group) + c / w.group;
+        float s = half_at(w.scales, gi, w.scale_bf16), b = half_at(w.biases, gi, w.scale_bf16);
+        return __fadd_rn(__fmul_rn(s, (float)q), b);
+    }
+    }
+}
+
+// Elements per 16-byte load of a row, per format.
+template <int FMT> struct fmt_chunk;
+template <> struct fmt_chunk<LP_CUDA_FMT_F32> { static constexpr int n = 4, bits = 32; };
+template <> struct fmt_chunk<LP_CUDA_FMT_F16> { static constexpr int n = 8, bits = 16; };
+template <> struct fmt_chunk<LP_CUDA_FMT_BF16> { static constexpr int n = 8, bits = 16; };
+template <> struct fmt_chunk<LP_CUDA_FMT_Q8> { static constexpr int n = 16, bits = 8; };
+template <> struct fmt_chunk<LP_CUDA_FMT_Q4> { static constexpr int n = 32, bits = 4; };
+
+// The CH values of one 16-byte chunk (MLX: the integer codes, not yet scaled).
+template <int FMT>
+static __device__ __forceinline__ void chunk_values(uint4 raw, float *v) {
+    uint32_t word[4] = {raw.x, raw.y, raw.z, raw.w};
+#pragma unroll
+    for (int j = 0; j < 4; j++) {
+        if (FMT == LP_CUDA_FMT_F32) {
+            v[j] = __uint_as_float(word[j]);
+        } else if (FMT == LP_CUDA_FMT_BF16) {
+            v[2 * j] = __uint_as_float(word[j] << 16);
+            v[2 * j + 1] = __uint_as_float(word[j] & 0xffff0000u);
+        } else if (FMT == LP_CUDA_FMT_F16) {
+            v[2 * j] = f16_bits(word[j] & 0xffffu);
+            v[2 * j + 1] = f16_bits(word[j] >> 16);
+        } else if (FMT == LP_CUDA_FMT_Q8) {
+#pragma unroll
+            for (int b = 0; b < 4; b++) v[4 * j + b] = (float)((word[j] >> (8 * b)) & 0xffu);
+        } else {
+#pragma unroll
+            for (int b = 0; b < 8; b++) v[8 * j + b] = (float)((word[j] >> (4 * b)) & 0xfu);
+        }
+    }
+}
+
+// out[t, r] = sum_c x[t, c] w[r, c] for the block's GEMV_R rows and NT tokens.
+// Needs cols % CH == 0 (and group % CH == 0 for MLX).
+template <int FMT, bool SBF, int NT>
+__global__ void __launch_bounds__(GEMV_THREADS)
+    k_gemv(float *__restrict__ out, const float *__restrict__ x, struct lp_cuda_weight w, int n) {
+    constexpr int CH = fmt_chunk<FMT>::n;
+    constexpr bool MLX = FMT == LP_CUDA_FMT_Q8 || FMT == LP_CUDA_FMT_Q4;
+    const int n_tg = (n + NT - 1) / NT;
+    const int t0 = (int)(blockIdx.x % n_tg) * NT;
+    const int r0 = (int)(blockIdx.x / n_tg) * GEMV_R;
+    const int cols = w.cols, n_chunks = cols / CH;
+    const size_t row_bytes = (size_t)cols * fmt_chunk<FMT>::bits / 8;
+    const int groups_per_row = MLX ? cols / w.group : 1;
+    const uint4 *rowp[GEMV_R];
+    int rr[GEMV_R];
+#pragma unroll
+    for (int r = 0; r < GEMV_R; r++) {
+        rr[r] = min(r0 + r, w.rows - 1);
+        rowp[r] = (const uint4 *)((const char *)w.data + (size_t)rr[r] * row_bytes);
+    }
+    float acc[GEMV_R][NT];
+#pragma unroll
+    for (int r = 0; r < GEMV_R; r++)
+#pragma unroll
+        for (int t = 0; t < NT; t++) acc[r][t] = 0.0f;
+
+    for (int ch = threadIdx.x; ch < n_chunks; ch += GEMV_THREADS) {
+        float wv[GEMV_R][CH];
+        float s[GEMV_R], b[GEMV_R];
+#pragma unroll
+        for (int r = 0; r < GEMV_R; r++) {
+            chunk_values<FMT>(__ldg(rowp[r] + ch), wv[r]);
+            if (MLX) {
+                int64_t gi = (int64_t)rr[r] * groups_per_row + (ch * CH) / w.group;
+                s[r] = half_at(w.scales, gi, SBF);
+                b[r] = half_at(w.biases, gi, SBF);
+            }
+        }
+#pragma unroll
+        for (int t = 0; t < NT; t++) {
+            if (t0 + t >= n) break;
+            const float4 *xp = (const float4 *)(x + (size_t)(t0 + t) * cols + (size_t)ch * CH);
+            if (MLX) {
+                float sx = 0.0f, dq[GEMV_R];
+#pragma unroll
+                for (int r = 0; r < GEMV_R; r++) dq[r] = 0.0f;
+#pragma unroll
+                for (int i4 = 0; i4 < CH / 4; i4++) {
+                    float4 xv = __ldg(xp + i4);
+                    float xs[4] = {xv.x, xv.y, xv.z, xv.w};
+#pragma unroll
+                    for (int k = 0; k < 4; k++) {
+                        sx = __fadd_rn(sx, xs[k]);
+#pragma unroll
+                        for (int r = 0; r < GEMV_R; r++)
+                            dq[r] = __fmaf_rn(xs[k], wv[r][4 * i4 + k], dq[r]);
+                    }
+                }
+#pragma unroll
+                for (int r = 0; r < GEMV_R; r++)
+                    acc[r][t] = __fadd_rn(acc[r][t], __fmaf_rn(s[r], dq[r], __fmul_rn(b[r], sx)));
+            } else {
+#pragma unroll
+                for (int i4 = 0; i4 < CH / 4; i4++) {
+                    float4 xv = __ldg(xp + i4);
+                    float xs[4] = {xv.x, xv.y, xv.z, xv.w};
+#pragma unroll
+                    for (int k = 0; k < 4; k++)
+#pragma unroll
+                        for (int r = 0; r < GEMV_R; r++)
+                            acc[r][t] = __fmaf_rn(xs[k], wv[r][4 * i4 + k], acc[r][t]);
+                }
+            }
+        }
+    }
+    __shared__ float red[WARPS(GEMV_THREADS)][GEMV_R][NT];
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+#pragma unroll
+    for (int r = 0; r < GEMV_R; r++)
+#pragma unroll
+        for (int t = 0; t < NT; t++) {
+            float v = warp_sum(acc[r][t]);
+            if (lane == 0) red[warp][r][t] = v;
+        }
+    __syncthreads();
+    if (threadIdx.x < GEMV_R * NT) {
+        int r = threadIdx.x / NT, t = threadIdx.x % NT;
+        float sum = red[0][r][t];
+        for (int k = 1; k < WARPS(GEMV_THREADS); k++) sum = __fadd_rn(sum, red[k][r][t]);
+        if (r0 + r < w.rows && t0 + t < n) out[(size_t)(t0 + t) * w.rows + r0 + r] = sum;
+    }
+}
+
+// Any shape: one block per weight row, element by element (awkward column counts).
+__global__ void __launch_bounds__(GEMV_THREADS)
+    k_gemv_generic(float *__restrict__ out, const float *__restrict__ x, struct lp_cuda_weight w,
+                   int n) {
+    const int r = blockIdx.x;
+    __shared__ float red[WARPS(GEMV_THREADS)];
+    for (int t = 0; t < n; t++) {
+        float acc = 0.0f;
+        for (int c = threadIdx.x; c < w.cols; c += GEMV_THREADS)
+            acc = __fmaf_rn(x[(size_t)t * w.cols + c], weight_at(w, r, c), acc);
+        acc = warp_sum(acc);
+        if (threadIdx.x % 32 == 0) red[threadIdx.x / 32] = acc;
+        __syncthreads();
+        if (threadIdx.x == 0) {
+            float sum = red[0];
+            for (int k = 1; k < WARPS(GEMV_THREADS); k++) sum = __fadd_rn(sum, red[k]);
+            out[(size_t)t * w.rows + r] = sum;
+        }
+        __syncthreads();
+    }
+}
+
+template <int FMT, bool SBF, int NT>
+static cudaError_t gemv_launch_nt(cudaStream_t s, float *out, const float *x,
+                                  const struct lp_cuda_weight *w, int n) {
+    unsigned n_tg = (unsigned)((n + NT - 1) / NT), n_rb = (unsigned)((w->rows + GEMV_R - 1) / GEMV_R);
+    k_gemv<FMT, SBF, NT><<<n_tg * n_rb, GEMV_THREADS, 0, s>>>(out, x, *w, n);
+    return cudaGetLastError();
+}
+
+template <int FMT, bool SBF>
+static cudaError_t gemv_launch(cudaStream_t s, float *out, const float *x,
+                               const struct lp_cuda_weight *w, int n) {
+    if (n <= 1) return gemv_launch_nt<FMT, SBF, 1>(s, out, x, w, n);
+    if (n <= 2) return gemv_launch_nt<FMT, SBF, 2>(s, out, x, w, n);
+    if (n <= 4) return gemv_launch_nt<FMT, SBF, 4>(s, out, x, w, n);
+    if (n <= 8) return gemv_launch_nt<FMT, SBF, 8>(s, out, x, w, n);
+    return gemv_launch_nt<FMT, SBF, 16>(s, out, x, w, n);
+}
+
+static int fmt_ch(enum lp_cuda_fmt f) {
+    switch (f) {
+    case LP_CUDA_FMT_F32: return 4;
+    case LP_CUDA_FMT_F16:
+    case LP_CUDA_FMT_BF16: return 8;
+    case LP_CUDA_FMT_Q8: return 16;
+    default: return 32;
+    }
+}
+
+cudaError_t lp_cuda_matmul(cudaStream_t s, float *out, const float *x,
+                           const struct lp_cuda_weight *w, int n) {
+    if (n <= 0) return cudaSuccess;
+    bool mlx = w->fmt == LP_CUDA_FMT_Q8 || w->fmt == LP_CUDA_FMT_Q4;
+    int ch = fmt_ch(w->fmt);
+    bool vec = w->cols % ch == 0 && (!mlx || w->group % ch == 0) &&
+               ((uintptr_t)w->data % 16) == 0 && ((uintptr_t)x % 16) == 0;
+    if (!vec) {
+        k_gemv_generic<<<(unsigned)w->rows, GEMV_THREADS, 0, s>>>(out, x, *w, n);
+        return cudaGetLastError();
+    }
+    switch (w->fmt) {
+    case LP_CUDA_FMT_F32: return gemv_launch<LP_CUDA_FMT_F32, false>(s, out, x, w, n);
+    case LP_CUDA_FMT_F16: return gemv_launch<LP_CUDA_FMT_F16, false>(s, out, x, w, n);
+    case LP_CUDA_FMT_BF16: return gemv_launch<LP_CUDA_FMT_BF16, false>(s, out, x, w, n);
+    case LP_CUDA_FMT_Q8:
+        return w->scale_bf16 ? gemv_launch<LP_CUDA_FMT_Q8, true>(s, out, x, w, n)
+                             : gemv_launch<LP_CUDA_FMT_Q8, false>(s, out, x, w, n);
+    case LP_CUDA_FMT_Q4:
+        return w->scale_bf16 ? gemv_launch<LP_CUDA_FMT_Q4, true>(s, out, x, w, n)
+                             : gemv_launch<LP_CUDA_FMT_Q4, false>(s, out, x, w, n);
+    }
+    return cudaErrorInvalidValue;
+}
+
+// out[i, :] = w[ids[i], :] (dequantized); an id outside [0, rows) gives zeros.
+__global__ void k_embed(float *out, struct lp_cuda_weight w, const int32_t *ids) {
+    const int i = blockIdx.x;
+    const int32_t id = ids[i];
+    for (int c = threadIdx.x; c < w.cols; c += blockDim.x)
+        out[(size_t)i * w.cols + c] = (id >= 0 && id < w.rows) ? weight_at(w, id, c) : 0.0f;
+}
+
+cudaError_t lp_cuda_embed(cudaStream_t s, float *out, const struct lp_cuda_weight *w,
+                          const int32_t *ids, int n) {
+    if (n <= 0) return cudaSuccess;
+    k_embed<<<(unsigned)n, 256, 0, s>>>(out, *w, ids);
+    return cudaGetLastError();
+}
+
+// HF Qwen3RMSNorm: one warp per row, x * (1 / sqrt(mean(x^2) + eps)) * weight.
+__global__ void k_rmsnorm(float *out, const float *x, const float *weight, int n_rows, int dim,
+                          float eps) {
+    const int row = blockIdx.x * 4 + threadIdx.x / 32, lane = threadIdx.x % 32;
+    if (row >= n_rows) return;
+    const float *xr = x + (size_t)row * dim;
+    float ss = 0.0f;
+    for (int i = lane; i < dim; i += 32) ss = __fmaf_rn(xr[i], xr[i], ss);
+    ss = warp_sum(ss);
+    const float inv = 1.0f / sqrtf(ss / (float)dim + eps);
+    float *o = out + (size_t)row * dim;
+    for (int i = lane; i < dim; i += 32) o[i] = __fmul_rn(__fmul_rn(xr[i], inv), weight[i]);
+}
+
+cudaError_t lp_cuda_rmsnorm(cudaStream_t s, float *out, const float *x, const float *weight,
+                            int n_rows, int dim, float eps) {
+    if (n_rows <= 0) return cudaSuccess;
+    k_rmsnorm<<<(unsigned)((n_rows + 3) / 4), 128, 0, s>>>(out, x, weight, n_rows, dim, eps);
+    return cudaGetLastError();
+}
+
+// HF rotate_half: [x1 cos - x2 sin, x2 cos + x1 sin] with angle pos * inv_freq[j]
+// (inv_freq computed on the host exactly as ref does).
+__global__ void k_rope(float *x, const int32_t *pos, const float *inv_freq, int n, int n_heads,
+                       int head_dim) {
+    const int half = head_dim / 2;
+    const int64_t total = (int64_t)n * n_heads * half;
+    const int64_t idx = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (idx >= total) return;
+    const int j = (int)(idx % half);
+    const int64_t ih = idx / half; // token * n_heads + head
+    const int i = (int)(ih / n_heads);
+    float *v = x + ih * head_dim;
+    const float angle = __fmul_rn((float)pos[i], inv_freq[j]);
+    const float c = cosf(angle), sn = sinf(angle);
+    const float x1 = v[j], x2 = v[j + half];
+    v[j] = __fsub_rn(__fmul_rn(x1, c), __fmul_rn(x2, sn));
+    v[j + half] = __fadd_rn(__fmul_rn(x2, c), __fmul_rn(x1, sn));
+}
+
+cudaError_t lp_cuda_rope(cudaStream_t s, float *x, const int32_t *pos, const float *inv_freq,
+                         int n, int n_heads, int head_dim) {
+    int64_t total = (int64_t)n * n_heads * (head_dim / 2);
+    if (total <= 0) return cudaSuccess;
+    k_rope<<<(unsigned)((total + 255) / 256), 256, 0, s>>>(x, pos, inv_freq, n, n_heads, head_dim);
+    return cudaGetLastError();
+}
+
+// k, v rows [n, row] into cache rows slot[i]; slots outside the cache are skipped.
+__global__ void k_kv_store(void *kc, void *vc, bool bf16, int64_t n_slots, int row,
+                           const float *k, const float *v, const int32_t *slot, int n) {
+    const int64_t idx = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (idx >= (int64_t)n * row) return;
+    const int i = (int)(idx / row), e = (int)(idx % row);
+    const int32_t sl = slot[i];
+    if (sl < 0 || sl >= n_slots) return;
+    const int64_t at = (int64_t)sl * row + e;
+    if (bf16) {
+        ((__nv_bfloat16 *)kc)[at] = __float2bfloat16_rn(k[idx]);
+        ((__nv_bfloat16 *)vc)[at] = __float2bfloat16_rn(v[idx]);
+    } else {
+        ((float *)kc)[at] = k[idx];
+        ((float *)vc)[at] = v[idx];
+    }
+}
+
+cudaError_t lp_cuda_kv_store(cudaStream_t s, void *k_cache, void *v_cache, bool bf16,
+                             int64_t n_slots, int row, const float *k, const float *v,
+                             const int32_t *slot, int n) {
+    int64_t total = (int64_t)n * row;
+    if (total <= 0) return cudaSuccess;
+    k_kv_store<<<(unsigned)((total + 255) / 256), 256, 0, s>>>(k_cache, v_cache, bf16, n_slots,
+                                                               row, k, v, slot, n);
+    return cudaGetLastError();
+}
+
+template <bool BF>
+static __device__ __forceinline__ float cache_at(const void *c, size_t i) {
+    if (BF) return bf16_bits(((const uint16_t *)c)[i]);
+    return ((const float *)c)[i];
+}
+
+// Attention, first pass. Block (row * n_heads + head, split): the split
+// takes chunks split, split + SPLITS, ... of LP_CUDA_ATTN_CHUNK positions of
+// the row's context [0, min(qpos + 1, n_blocks * block_size)); its 4 warps
+// take positions in turn, lanes take head_dim elements d = lane + 32 i, and
+// each warp keeps an online softmax (running max m, sum l, weighted v). The
+// block writes (m, l, o[head_dim]) for its split; k_attn_combine merges.
+template <int NI, bool BF>
+__global__ void __launch_bounds__(128)
+    k_attn(float *scratch, const float *__restrict__ q, const void *kc, const void *vc, int bs,
+           int n_kv, int hd, int n_heads, struct lp_cuda_attn_index ix, float scale) {
+    const int rh = blockIdx.x, split = blockIdx.y;
+    const int row = rh / n_heads, h = rh % n_heads;
+    const int kvh = h / (n_heads / n_kv);
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    const int seg = ix.row_seg[row];
+    const int32_t *bt = ix.bt + ix.seg_off[seg];
+    const int n_ctx = min(ix.row_qpos[row] + 1, ix.seg_nblk[seg] * bs);
+    float qv[NI], acc[NI];
+#pragma unroll
+    for (int i = 0; i < NI; i++) {
+        int d = lane + 32 * i;
+        qv[i] = d < hd ? q[(size_t)rh * hd + d] : 0.0f;
+        acc[i] = 0.0f;
+    }
+    float m = -INFINITY, l = 0.0f;
+    for (int c0 = split * LP_CUDA_ATTN_CHUNK; c0 < n_ctx;
+         c0 += LP_CUDA_ATTN_SPLITS * LP_CUDA_ATTN_CHUNK) {
+        const int cend = min(c0 + LP_CUDA_ATTN_CHUNK, n_ctx);
+        for (int p = c0 + warp; p < cend; p += 4) {
+            const size_t base = (((size_t)bt[p / bs] * bs + p % bs) * n_kv + kvh) * hd;
+            float dot = 0.0f;
+#pragma unroll
+            for (int i = 0; i < NI; i++) {
+                int d = lane + 32 * i;
+                if (d < hd) dot = __fmaf_rn(qv[i], cache_at<BF>(kc, base + d), dot);
+            }
+            const float sc = warp_sum(dot) * scale;
+            const float mn = fmaxf(m, sc);
+            const float corr = expf(m - mn), e = expf(sc - mn);
+            l = l * corr + e;
+#pragma unroll
+            for (int i = 0; i < NI; i++) {
+                int d = lane + 32 * i;
+                float vv = d < hd ? cache_at<BF>(vc, base + d) : 0.0f;
+                acc[i] = acc[i] * corr + e * vv;
+            }
+            m = mn;
+        }
+    }
+    __shared__ float sm_m[4], sm_l[4], sm_o[4][NI * 32];
+    if (lane == 0) {
+        sm_m[warp] = m;
+        sm_l[warp] = l;
+    }
+#pragma unroll
+    for (int i = 0; i < NI; i++) sm_o[warp][lane + 32 * i] = acc[i];
+    __syncthreads();
+    float M = -INFINITY;
+    for (int k = 0; k < 4; k++)
+        if (sm_l[k] > 0.0f) M = fmaxf(M, sm_m[k]);
+    float wk[4], L = 0.0f;
+    for (int k = 0; k < 4; k++) {
+        wk[k] = sm_l[k] > 0.0f ? expf(sm_m[k] - M) : 0.0f;
+        L += sm_l[k] * wk[k];
+    }
+    float *part = scratch + ((size_t)rh * LP_CUDA_ATTN_SPLITS + split) * (size_t)(hd + 2);
+    if (threadIdx.x == 0) {
+        part[0] = M;
+        part[1] = L;
+    }
+    for (int d = threadIdx.x; d < hd; d += blockDim.x) {
+        float o = 0.0f;
+        for (int k = 0; k < 4; k++) o += sm_o[k][d] * wk[k];
+        part[2 + d] = o;
+    }
+}
+
+// Attention, second pass: merges the splits of one (row, head) in order.
+__global__ void k_attn_combine(float *out, const float *scratch, int hd) {
+    const int rh = blockIdx.x;
+    const float *part = scratch + (size_t)rh * LP_CUDA_ATTN_SPLITS * (size_t)(hd + 2);
+    float M = -INFINITY;
+    for (int s = 0; s < LP_CUDA_ATTN_SPLITS; s++)
+        if (part[(size_t)s * (hd + 2) + 1] > 0.0f) M = fmaxf(M, part[(size_t)s * (hd + 2)]);
+    float L = 0.0f;
+    for (int s = 0; s < LP_CUDA_ATTN_SPLITS; s++) {
+        const float *p = part + (size_t)s * (hd + 2);
+        if (p[1] > 0.0f) L += p[1] * expf(p[0] - M);
+    }
+    for (int d = threadIdx.x; d < hd; d += blockDim.x) {
+        float o = 0.0f;
+        for (int s = 0; s < LP_CUDA_ATTN_SPLITS; s++) {
+            const float *p = part + (size_t)s * (hd + 2);
+            if (p[1] > 0.0f) o += p[2 + d] * expf(p[0] - M);
+        }
+        out[(size_t)rh * hd + d] = L > 0.0f ? o / L : 0.0f;
+    }
+}
+
+template <int NI>
+static cudaError_t attn_launch(cudaStream_t s, float *out, const float *q, const void *kc,
+                               const void *vc, bool bf16, int bs, int n_kv, int hd, int n_heads,
+                               const struct lp_cuda_attn_index *ix, int n, float *scratch) {
+    dim3 grid((unsigned)(n * n_heads), LP_CUDA_ATTN_SPLITS);
+    float scale = 1.0f / sqrtf((float)hd);
+    if (bf16)
+        k_attn<NI, true><<<grid, 128, 0, s>>>(scratch, q, kc, vc, bs, n_kv, hd, n_heads, *ix, scale);
+    else
+        k_attn<NI, false><<<grid, 128, 0, s>>>(scratch, q, kc, vc, bs, n_kv, hd, n_heads, *ix,
+                                               scale);
+    cudaError_t e = cudaGetLastError();
+    if (e != cudaSuccess) return e;
+    k_attn_combine<<<(unsigned)(n * n_heads), 128, 0, s>>>(out, scratch, hd);
+    return cudaGetLastError();
+}
+
+cudaError_t lp_cuda_attention(cudaStream_t s, float *out, const float *q, const void *k_cache,
+                              const void *v_cache, bool bf16, int block_size, int n_kv_heads,
+                              int head_dim, int n_heads, const struct lp_cuda_attn_index *ix,
+                              int n, float *scratch) {
+    if (n <= 0) return cudaSuccess;
+    if (head_dim > 512 || n_kv_heads <= 0 || n_heads % n_kv_heads != 0) return cudaErrorInvalidValue;
+    int hd = head_dim;
+#define LP_ATTN(NI) attn_launch<NI>(s, out, q, k_cache, v_cache, bf16, block_size, n_kv_heads, hd, \
+                                    n_heads, ix, n, scratch)
+    if (hd <= 32) return LP_ATTN(1);
+    if (hd <= 64) return LP_ATTN(2);
+    if (hd <= 128) return LP_ATTN(4);
+    if (hd <= 256) return LP_ATTN(8);
+    return LP_ATTN(16);
+#undef LP_ATTN
+}
+
+__global__ void k_silu_mul(float *out, const float *g, const float *u, int64_t n) {
+    const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    const float gi = g[i];
+    out[i] = __fmul_rn(__fdiv_rn(gi, __fadd_rn(1.0f, expf(-gi))), u[i]);
+}
+
+cudaError_t lp_cuda_silu_mul(cudaStream_t s, float *out, const float *gate, const float *up,
+                             int64_t n) {
+    if (n <= 0) return cudaSuccess;
+    k_silu_mul<<<(unsigned)((n + 255) / 256), 256, 0, s>>>(out, gate, up, n);
+    return cudaGetLastError();
+}
+
+__global__ void k_add(float *x, const float *y, int64_t n) {
+    const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) x[i] = __fadd_rn(x[i], y[i]);
+}
+
+cudaError_t lp_cuda_add(cudaStream_t s, float *x, const float *y, int64_t n) {
+    if (n <= 0) return cudaSuccess;
+    k_add<<<(unsigned)((n + 255) / 256), 256, 0, s>>>(x, y, n);
+    return cudaGetLastError();
+}
+
+__global__ void k_gather_rows(float *dst, const float *src, const int32_t *src_row, int cols) {
+    const int i = blockIdx.x;
+    const float *sr = src + (size_t)src_row[i] * cols;
+    for (int c = threadIdx.x; c < cols; c += blockDim.x) dst[(size_t)i * cols + c] = sr[c];
+}
+
+cudaError_t lp_cuda_gather_rows(cudaStream_t s, float *dst, const float *src,
+                                const int32_t *src_row, int n, int cols) {
+    if (n <= 0) return cudaSuccess;
+    k_gather_rows<<<(unsigned)n, 256, 0, s>>>(dst, src, src_row, cols);
+    return cudaGetLastError();
+}
+
+__global__ void k_read_probe(const uint4 *src, size_t n_vec, float *sink) {
+    uint32_t acc = 0;
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n_vec;
+         i += (size_t)gridDim.x * blockDim.x) {
+        uint4 v = __ldcs(src + i);
+        acc ^= v.x ^ v.y ^ v.z ^ v.w;
+    }
+    acc = __reduce_xor_sync(0xffffffffu, acc);
+    if (threadIdx.x % 32 == 0) sink[blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32] = (float)acc;
+}
+
+cudaError_t lp_cuda_read_probe(cudaStream_t s, const void *src, size_t bytes, float *sink,
+                               int n_blocks) {
+    k_read_probe<<<(unsigned)n_blocks, 256, 0, s>>>((const uint4 *)src, bytes / 16, sink);
+    return cudaGetLastError();
+}
