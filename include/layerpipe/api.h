@@ -34,8 +34,8 @@ LP_API enum lp_status lp_text_prompt_plain(const struct lp_tokenizer *tok, const
 // Renders messages with the chat template (lp_chat_render) and appends the
 // encoded ids to out.
 LP_API enum lp_status lp_text_prompt_chat(const struct lp_tokenizer *tok,
-                                          const struct lp_chat_message *messages,
-                                          size_t n_messages, const struct lp_chat_options *options,
+                                          const struct lp_chat_message *messages, size_t n_messages,
+                                          const struct lp_chat_options *options,
                                           struct lp_token_list *out, struct lp_error *err);
 
 // Same from OpenAI-style JSON (what lp_chat_render_json takes: a messages
@@ -50,11 +50,11 @@ LP_API enum lp_status lp_text_prompt_chat_json(const char *json, size_t n_json,
 struct lp_text; // opaque; one per request, used by one thread at a time
 
 struct lp_text_params {
-    const char *const *stops; // [n_stops] stop strings (copied); generation ends before one
-    int n_stops;              // 0..LP_MAX_STOP_STRINGS
-    bool reasoning;           // split a leading <think>...</think> off as reasoning
-    bool reasoning_open;      // the prompt already opened <think>: start inside it
-    bool tool_calls;          // parse <tool_call>{"name":..,"arguments":..}</tool_call>
+    const char *const *stops;   // [n_stops] stop strings (copied); generation ends before one
+    int n_stops;                // 0..LP_MAX_STOP_STRINGS
+    bool reasoning;             // split a leading <think>...</think> off as reasoning
+    bool reasoning_open;        // the prompt already opened <think>: start inside it
+    bool tool_calls;            // parse <tool_call>{"name":..,"arguments":..}</tool_call>
     const char *call_id_prefix; // tool call ids are PREFIX + index ("call_"); copied
 };
 
@@ -63,20 +63,20 @@ LP_API struct lp_text_params lp_text_params_default(void);
 
 // One parsed tool call. Strings are NUL-terminated, owned by the lp_text.
 struct lp_tool_call {
-    const char *id;        // PREFIX + index
+    const char *id; // PREFIX + index
     const char *name;
     const char *arguments; // compact JSON text of the arguments object
 };
 
 // What one push released. Pointers are borrowed until the next push/finish.
 struct lp_text_delta {
-    const char *content;   // [n_content] bytes of content, not NUL-terminated
+    const char *content; // [n_content] bytes of content, not NUL-terminated
     size_t n_content;
     const char *reasoning; // [n_reasoning] bytes of reasoning
     size_t n_reasoning;
-    int first_tool_call;   // tool calls completed by this push: indexes
-    int n_tool_calls;      // [first_tool_call, first_tool_call + n_tool_calls)
-    bool stopped;          // a stop string was seen: end the request (nothing more comes)
+    int first_tool_call; // tool calls completed by this push: indexes
+    int n_tool_calls;    // [first_tool_call, first_tool_call + n_tool_calls)
+    bool stopped;        // a stop string was seen: end the request (nothing more comes)
 };
 
 // Borrows tok (must outlive the object). On failure *out = NULL.
@@ -113,12 +113,12 @@ LP_API bool lp_text_stopped(const struct lp_text *t);
 typedef void (*lp_server_log_fn)(void *user, const char *line);
 
 struct lp_server_params {
-    const char *listen;        // "HOST:PORT" (port 0: any free port); default "127.0.0.1:8080"
-    const char *api_key;       // required as "Authorization: Bearer KEY" on /v1/*; NULL: none
-    const char *model_name;    // the id /v1/models lists and requests must name
-    size_t max_body_bytes;     // larger request bodies get 413 (default 4 MiB)
-    int max_connections;       // default 256
-    lp_server_log_fn log;      // NULL: silent
+    const char *listen;     // "HOST:PORT" (port 0: any free port); default "127.0.0.1:8080"
+    const char *api_key;    // required as "Authorization: Bearer KEY" on /v1/*; NULL: none
+    const char *model_name; // the id /v1/models lists and requests must name
+    size_t max_body_bytes;  // larger request bodies get 413 (default 4 MiB)
+    int max_connections;    // default 256
+    lp_server_log_fn log;   // NULL: silent
     void *log_user;
 };
 
@@ -130,8 +130,7 @@ struct lp_server;
 // tok and model (they must outlive the server); strings in p are copied.
 // LP_ERR_IO when the address cannot be bound. On failure *out = NULL.
 LP_API enum lp_status lp_server_create(struct lp_server **out, struct lp_sched *sched,
-                                       const struct lp_tokenizer *tok,
-                                       const struct lp_model *model,
+                                       const struct lp_tokenizer *tok, const struct lp_model *model,
                                        const struct lp_server_params *p, struct lp_error *err);
 // The port it listens on (useful with port 0).
 LP_API int lp_server_port(const struct lp_server *s);

@@ -26,15 +26,19 @@
 // A Prometheus histogram: bucket i counts observations <= bounds[i]
 // (non-cumulative here; summed when rendered). Any thread, no lock.
 struct lp_api_hist {
-    const double *bounds;  // [n_bounds], ascending, static
+    const double *bounds; // [n_bounds], ascending, static
     int n_bounds;
     atomic_uint_fast64_t buckets[LP_API_HIST_MAX + 1]; // the last one is +Inf
     atomic_uint_fast64_t count;
-    atomic_uint_fast64_t sum_ns;                       // the sum in nanoseconds
+    atomic_uint_fast64_t sum_ns; // the sum in nanoseconds
 };
 
-enum lp_api_finish { LP_API_FINISH_STOP, LP_API_FINISH_LENGTH, LP_API_FINISH_TOOL_CALLS,
-                     LP_API_FINISH_N };
+enum lp_api_finish {
+    LP_API_FINISH_STOP,
+    LP_API_FINISH_LENGTH,
+    LP_API_FINISH_TOOL_CALLS,
+    LP_API_FINISH_N
+};
 
 struct lp_api_metrics {
     struct lp_api_hist ttft, itl, e2e;
@@ -49,46 +53,48 @@ char *lp_api_metrics_render(struct lp_server *s, size_t *n_bytes);
 
 // ---- the server ----
 
+// Immutable after lp_server_create, but for the atomics (any thread).
 struct lp_server {
     struct MHD_Daemon *mhd;
-    struct lp_sched *sched;            // borrowed
-    const struct lp_tokenizer *tok;    // borrowed
-    const struct lp_model *model;      // borrowed
-    char *api_key, *model_name;        // owned copies
+    struct lp_sched *sched;         // borrowed
+    const struct lp_tokenizer *tok; // borrowed
+    const struct lp_model *model;   // borrowed
+    char *api_key, *model_name;     // owned copies
     size_t max_body_bytes;
     lp_server_log_fn log;
     void *log_user;
     int port;
-    int max_context;                   // the pipeline's limit, in tokens
-    int vocab;                         // the model's vocabulary (embedding rows)
-    time_t created;                    // for /v1/models
-    atomic_bool stopping;              // set by destroy: waiting threads give up
-    atomic_uint_fast64_t next_id;      // response ids
-    atomic_int n_active;               // requests submitted whose DONE has not returned
+    int max_context;              // the pipeline's limit, in tokens
+    int vocab;                    // the model's vocabulary (embedding rows)
+    time_t created;               // for /v1/models
+    atomic_bool stopping;         // set by destroy: waiting threads give up
+    atomic_uint_fast64_t next_id; // response ids
+    atomic_int n_active;          // requests submitted whose DONE has not returned
     struct lp_api_metrics metrics;
 };
 
-// One HTTP request on its connection thread (MHD's con_cls).
+// One HTTP request (MHD's con_cls). Only its connection's thread touches
+// it (MHD calls the handler, the streaming reader and the completion there).
 struct lp_api_conn {
     struct lp_server *srv;
     struct MHD_Connection *mhd;
     char method[8];
     char path[128];
-    char *body;           // [n_body] the upload, NUL-terminated
+    char *body; // [n_body] the upload, NUL-terminated
     size_t n_body, cap_body;
-    bool too_big;         // over max_body_bytes: answered 413 at the end
-    bool answered;        // a response was queued
+    bool too_big;  // over max_body_bytes: answered 413 at the end
+    bool answered; // a response was queued
     int http_status;
-    double started;       // lp_sched_now()
+    double started;            // lp_sched_now()
     int n_prompt, n_generated; // for the log line
 };
 
 // An error to answer: HTTP status, OpenAI error type, the field it is about.
 struct lp_api_err {
     int http;
-    const char *type;  // "invalid_request_error", ...
-    const char *code;  // NULL or a short code ("invalid_api_key")
-    char param[96];    // "" for none
+    const char *type; // "invalid_request_error", ...
+    const char *code; // NULL or a short code ("invalid_api_key")
+    char param[96];   // "" for none
     char msg[320];
 };
 

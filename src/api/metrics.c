@@ -13,12 +13,12 @@
 
 #include "api/internal.h"
 
-static const double ttft_bounds[] = {0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25,
+static const double ttft_bounds[] = {0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1,  0.25,
                                      0.5,   0.75,  1.0,  2.5,  5.0,  7.5,  10.0, 20.0, 40.0};
-static const double itl_bounds[] = {0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08,
-                                    0.1,   0.15,   0.2,   0.3,  0.4,  0.5,  0.75, 1.0, 2.5};
-static const double e2e_bounds[] = {0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0,
-                                    20.0, 30.0, 40.0, 50.0, 60.0, 120.0, 240.0, 480.0};
+static const double itl_bounds[] = {0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1,
+                                    0.15,  0.2,    0.3,   0.4,  0.5,  0.75, 1.0,  2.5};
+static const double e2e_bounds[] = {0.3,  0.5,  0.8,  1.0,  1.5,  2.0,  2.5,   5.0,   10.0,
+                                    15.0, 20.0, 30.0, 40.0, 50.0, 60.0, 120.0, 240.0, 480.0};
 
 static void hist_init(struct lp_api_hist *h, const double *bounds, int n) {
     memset(h, 0, sizeof *h);
@@ -36,7 +36,8 @@ void lp_api_metrics_init(struct lp_api_metrics *m) {
 void lp_api_hist_observe(struct lp_api_hist *h, double seconds) {
     if (!(seconds >= 0)) seconds = 0;
     int i = 0;
-    while (i < h->n_bounds && seconds > h->bounds[i]) i++;
+    while (i < h->n_bounds && seconds > h->bounds[i])
+        i++;
     atomic_fetch_add(&h->buckets[i], 1);
     atomic_fetch_add(&h->count, 1);
     atomic_fetch_add(&h->sum_ns, (uint_fast64_t)(seconds * 1e9));
@@ -107,7 +108,8 @@ static void stage_metrics(struct out *o, const struct lp_stage_stats *st, int n)
     for (int i = 0; i < n; i++)
         put(o, "layerpipe_stage_busy_seconds_total{stage=\"%d\"} %.6f\n", i, st[i].busy_seconds);
     header(o, "layerpipe_stage_up", "gauge", "1 when the stage answered its last Stats call.");
-    for (int i = 0; i < n; i++) put(o, "layerpipe_stage_up{stage=\"%d\"} %d\n", i, st[i].ok);
+    for (int i = 0; i < n; i++)
+        put(o, "layerpipe_stage_up{stage=\"%d\"} %d\n", i, st[i].ok);
     header(o, "layerpipe_stage_tokens_total", "counter", "Tokens the stage has computed.");
     for (int i = 0; i < n; i++)
         put(o, "layerpipe_stage_tokens_total{stage=\"%d\"} %llu\n", i,
@@ -117,8 +119,7 @@ static void stage_metrics(struct out *o, const struct lp_stage_stats *st, int n)
         put(o, "layerpipe_stage_kv_blocks_used{stage=\"%d\"} %d\n", i, st[i].kv_blocks_used);
     header(o, "layerpipe_stage_kv_blocks_capacity", "gauge", "KV cache blocks of the stage.");
     for (int i = 0; i < n; i++)
-        put(o, "layerpipe_stage_kv_blocks_capacity{stage=\"%d\"} %d\n", i,
-            st[i].kv_blocks_total);
+        put(o, "layerpipe_stage_kv_blocks_capacity{stage=\"%d\"} %d\n", i, st[i].kv_blocks_total);
     header(o, "layerpipe_hop_latency_seconds", "summary",
            "Latency of the hop from the stage to its successor, by quantile.");
     for (int i = 0; i < n; i++) {
@@ -157,8 +158,7 @@ char *lp_api_metrics_render(struct lp_server *s, size_t *n_bytes) {
     header(&o, "layerpipe_prompt_tokens_total", "counter", "Prompt tokens prefilled.");
     put(&o, "layerpipe_prompt_tokens_total %llu\n", (unsigned long long)ss.prompt_tokens);
     header(&o, "layerpipe_generation_tokens_total", "counter", "Tokens generated.");
-    put(&o, "layerpipe_generation_tokens_total %llu\n",
-        (unsigned long long)ss.generation_tokens);
+    put(&o, "layerpipe_generation_tokens_total %llu\n", (unsigned long long)ss.generation_tokens);
     static const char *reasons[LP_API_FINISH_N] = {"stop", "length", "tool_calls"};
     header(&o, "layerpipe_request_success_total", "counter",
            "Requests that finished, by finish reason.");
@@ -170,8 +170,7 @@ char *lp_api_metrics_render(struct lp_server *s, size_t *n_bytes) {
     put(&o, "layerpipe_request_failure_total %llu\n", (unsigned long long)ss.requests_failed);
     header(&o, "layerpipe_request_cancelled_total", "counter",
            "Requests cancelled (client gone, shutdown).");
-    put(&o, "layerpipe_request_cancelled_total %llu\n",
-        (unsigned long long)ss.requests_cancelled);
+    put(&o, "layerpipe_request_cancelled_total %llu\n", (unsigned long long)ss.requests_cancelled);
     header(&o, "layerpipe_http_responses_total", "counter", "HTTP responses, by status class.");
     for (int i = 1; i <= 5; i++)
         put(&o, "layerpipe_http_responses_total{code=\"%dxx\"} %llu\n", i,

@@ -28,7 +28,8 @@ struct sbuf {
 static bool sb_put(struct sbuf *b, const char *s, size_t n) {
     if (b->n + n + 1 > b->cap) {
         size_t cap = b->cap ? b->cap : 256;
-        while (cap < b->n + n + 1) cap *= 2;
+        while (cap < b->n + n + 1)
+            cap *= 2;
         char *d = realloc(b->s, cap);
         if (!d) return false;
         b->s = d;
@@ -51,7 +52,7 @@ struct tok_lp { // one generated token with its log-probabilities
 // What the callback has produced and the connection has not yet taken.
 struct queue {
     struct sbuf content, reasoning;
-    json_t *calls;      // array of tool-call deltas, or NULL
+    json_t *calls;       // array of tool-call deltas, or NULL
     struct tok_lp *toks; // [n_toks] (with logprobs)
     int n_toks, cap_toks;
 };
@@ -60,18 +61,18 @@ enum sse_phase { SSE_START, SSE_TOKENS, SSE_END };
 
 struct api_req {
     struct lp_server *srv;
-    pthread_mutex_t mu;   // guards refs, q, done and the fields below it
-    pthread_cond_t cv;    // signalled when q grows or done is set
-    int refs;             // 1 for the connection, 1 for the scheduler while submitted
+    pthread_mutex_t mu; // guards refs, q, done and the fields below it
+    pthread_cond_t cv;  // signalled when q grows or done is set
+    int refs;           // 1 for the connection, 1 for the scheduler while submitted
     struct queue q;
     bool done, http_gone;
     enum lp_stop_reason stop;
     enum lp_status status;
     char error[LP_ERROR_MSG_BYTES];
     int n_prompt, n_generated;
-    int n_calls;          // tool calls completed
+    int n_calls; // tool calls completed
     // set before submit, then read-only
-    uint64_t id;          // the scheduler's
+    uint64_t id; // the scheduler's
     bool chat, stream, include_usage, logprobs;
     int n_top;
     char resp_id[48];
@@ -85,7 +86,7 @@ struct api_req {
     struct sbuf out;
     size_t out_pos;
     enum sse_phase phase;
-    size_t text_offset;   // completions logprobs: bytes of text before the next token
+    size_t text_offset; // completions logprobs: bytes of text before the next token
 };
 
 static void queue_clear(struct queue *q) {
@@ -128,7 +129,8 @@ static void req_release_http(struct api_req *r, bool submitted) {
 
 static void finish_metrics(struct api_req *r, const struct lp_sched_event *ev) {
     struct lp_api_metrics *m = &r->srv->metrics;
-    if (ev->first_token_at > 0) lp_api_hist_observe(&m->ttft, ev->first_token_at - ev->submitted_at);
+    if (ev->first_token_at > 0)
+        lp_api_hist_observe(&m->ttft, ev->first_token_at - ev->submitted_at);
     if (ev->status != LP_OK) return;
     lp_api_hist_observe(&m->e2e, ev->time - ev->submitted_at);
     int reason = ev->stop == LP_STOP_LENGTH || ev->stop == LP_STOP_CONTEXT ? LP_API_FINISH_LENGTH
@@ -143,11 +145,10 @@ static bool enqueue(struct api_req *r, const struct lp_text_delta *d, const stru
     for (int i = 0; i < d->n_tool_calls && ok; i++) {
         const struct lp_tool_call *c = lp_text_tool_call(r->text, d->first_tool_call + i);
         if (!r->q.calls) r->q.calls = json_array();
-        ok = json_array_append_new(
-                 r->q.calls, json_pack("{s:i,s:s,s:s,s:{s:s,s:s}}", "index",
-                                       d->first_tool_call + i, "id", c->id, "type", "function",
-                                       "function", "name", c->name, "arguments",
-                                       c->arguments)) == 0;
+        ok = json_array_append_new(r->q.calls, json_pack("{s:i,s:s,s:s,s:{s:s,s:s}}", "index",
+                                                         d->first_tool_call + i, "id", c->id,
+                                                         "type", "function", "function", "name",
+                                                         c->name, "arguments", c->arguments)) == 0;
     }
     r->n_calls += d->n_tool_calls;
     if (t && ok) {
@@ -282,13 +283,13 @@ static bool parse_stop(const json_t *body, struct gen_job *j, struct lp_api_err 
 
 static bool parse_unsupported(const json_t *body, bool chat, struct lp_api_err *e) {
     int n = 1;
-    if (!get_int(body, "n", 1, 1, &n, e)) return lp_api_bad(e, "n", "'n' must be 1: one choice per request");
+    if (!get_int(body, "n", 1, 1, &n, e))
+        return lp_api_bad(e, "n", "'n' must be 1: one choice per request");
     json_t *v = field(body, "logit_bias");
     if (v && (!json_is_object(v) || json_object_size(v) > 0))
         return lp_api_bad(e, "logit_bias", "'logit_bias' is not supported");
     v = field(body, "response_format");
-    if (v && !(json_is_object(v) &&
-               json_is_string(json_object_get(v, "type")) &&
+    if (v && !(json_is_object(v) && json_is_string(json_object_get(v, "type")) &&
                strcmp(json_string_value(json_object_get(v, "type")), "text") == 0))
         return lp_api_bad(e, "response_format", "'response_format': only {\"type\": \"text\"}");
     if (!chat) {
@@ -374,8 +375,7 @@ static json_t *flat_content(const json_t *content, size_t i, struct lp_api_err *
     if (!content || json_is_null(content) || json_is_string(content))
         return content ? json_incref((json_t *)content) : json_null();
     if (!json_is_array(content)) {
-        lp_api_bad(e, "messages", "messages[%zu].content must be a string or an array of parts",
-                   i);
+        lp_api_bad(e, "messages", "messages[%zu].content must be a string or an array of parts", i);
         return NULL;
     }
     struct sbuf b = {0};
@@ -484,19 +484,19 @@ static bool completion_prompt(struct lp_server *s, const json_t *body, struct ge
         p = json_array_get(p, 0); // one prompt given as a list of one
     if (json_is_string(p)) {
         struct lp_error err = {0};
-        enum lp_status st =
-            lp_text_prompt_plain(s->tok, json_string_value(p), json_string_length(p), &j->prompt,
-                                 &err);
+        enum lp_status st = lp_text_prompt_plain(s->tok, json_string_value(p),
+                                                 json_string_length(p), &j->prompt, &err);
         return st == LP_OK || lp_api_err_from_status(e, st, "prompt", err.msg);
     }
     if (!json_is_array(p) || json_array_size(p) == 0)
-        return lp_api_bad(e, "prompt", "'prompt' must be a string or a non-empty array of token ids");
+        return lp_api_bad(e, "prompt",
+                          "'prompt' must be a string or a non-empty array of token ids");
     for (size_t i = 0; i < json_array_size(p); i++) {
         json_t *v = json_array_get(p, i);
         if (json_is_string(v) || json_is_array(v))
-            return lp_api_bad(e, "prompt", "one prompt per request ('n' prompts are not supported)");
-        if (!json_is_integer(v) || json_integer_value(v) < 0 ||
-            json_integer_value(v) >= s->vocab)
+            return lp_api_bad(e, "prompt",
+                              "one prompt per request ('n' prompts are not supported)");
+        if (!json_is_integer(v) || json_integer_value(v) < 0 || json_integer_value(v) >= s->vocab)
             return lp_api_bad(e, "prompt", "prompt[%zu] must be a token id in 0..%d", i,
                               s->vocab - 1);
         if (lp_token_list_push(&j->prompt, (int32_t)json_integer_value(v), NULL) != LP_OK)
@@ -521,7 +521,8 @@ static json_t *bytes_json(const struct lp_tokenizer *tok, int32_t id) {
     size_t n = 0;
     const uint8_t *b = lp_tokenizer_token_bytes(tok, id, &n);
     json_t *a = json_array();
-    for (size_t i = 0; b && i < n; i++) json_array_append_new(a, json_integer(b[i]));
+    for (size_t i = 0; b && i < n; i++)
+        json_array_append_new(a, json_integer(b[i]));
     return a;
 }
 
@@ -550,19 +551,17 @@ static json_t *chat_logprobs(const struct lp_tokenizer *tok, const struct tok_lp
                                                  lp_api_token_string(tok, t[i].top_ids[k]),
                                                  "logprob", (double)t[i].top_lp[k], "bytes",
                                                  bytes_json(tok, t[i].top_ids[k])));
-        json_array_append_new(content,
-                              json_pack("{s:o,s:f,s:o,s:o}", "token",
-                                        lp_api_token_string(tok, t[i].id), "logprob",
-                                        (double)t[i].logprob, "bytes", bytes_json(tok, t[i].id),
-                                        "top_logprobs", top));
+        json_array_append_new(content, json_pack("{s:o,s:f,s:o,s:o}", "token",
+                                                 lp_api_token_string(tok, t[i].id), "logprob",
+                                                 (double)t[i].logprob, "bytes",
+                                                 bytes_json(tok, t[i].id), "top_logprobs", top));
     }
     return json_pack("{s:o}", "content", content);
 }
 
 static json_t *completion_logprobs(const struct lp_tokenizer *tok, const struct tok_lp *t, int n,
                                    size_t *offset) {
-    json_t *tokens = json_array(), *lps = json_array(), *tops = json_array(),
-           *offs = json_array();
+    json_t *tokens = json_array(), *lps = json_array(), *tops = json_array(), *offs = json_array();
     for (int i = 0; i < n; i++) {
         json_array_append_new(tokens, lp_api_token_string(tok, t[i].id));
         json_array_append_new(lps, json_real(t[i].logprob));
@@ -578,13 +577,13 @@ static json_t *completion_logprobs(const struct lp_tokenizer *tok, const struct 
         lp_tokenizer_token_bytes(tok, t[i].id, &nb);
         *offset += nb;
     }
-    return json_pack("{s:o,s:o,s:o,s:o}", "tokens", tokens, "token_logprobs", lps,
-                     "top_logprobs", tops, "text_offset", offs);
+    return json_pack("{s:o,s:o,s:o,s:o}", "tokens", tokens, "token_logprobs", lps, "top_logprobs",
+                     tops, "text_offset", offs);
 }
 
 static json_t *envelope(const struct api_req *r, bool chunk, json_t *choice) {
-    const char *object = r->chat ? (chunk ? "chat.completion.chunk" : "chat.completion")
-                                 : "text_completion";
+    const char *object =
+        r->chat ? (chunk ? "chat.completion.chunk" : "chat.completion") : "text_completion";
     return json_pack("{s:s,s:s,s:I,s:s,s:[o]}", "id", r->resp_id, "object", object, "created",
                      (json_int_t)r->created, "model", r->srv->model_name, "choices", choice);
 }
@@ -609,17 +608,17 @@ static json_t *final_json(struct api_req *r) {
             json_t *calls = json_array();
             for (int i = 0; i < r->n_calls; i++) {
                 const struct lp_tool_call *c = lp_text_tool_call(r->text, i);
-                json_array_append_new(calls, json_pack("{s:s,s:s,s:{s:s,s:s}}", "id", c->id,
-                                                       "type", "function", "function", "name",
-                                                       c->name, "arguments", c->arguments));
+                json_array_append_new(calls, json_pack("{s:s,s:s,s:{s:s,s:s}}", "id", c->id, "type",
+                                                       "function", "function", "name", c->name,
+                                                       "arguments", c->arguments));
             }
             json_object_set_new(msg, "tool_calls", calls);
         }
         choice = json_pack("{s:i,s:o,s:o,s:s}", "index", 0, "message", msg, "logprobs", lp,
                            "finish_reason", finish_reason(r));
     } else {
-        choice = json_pack("{s:i,s:s%,s:o,s:s}", "index", 0, "text", content, n_content,
-                           "logprobs", lp, "finish_reason", finish_reason(r));
+        choice = json_pack("{s:i,s:s%,s:o,s:s}", "index", 0, "text", content, n_content, "logprobs",
+                           lp, "finish_reason", finish_reason(r));
     }
     json_t *j = envelope(r, false, choice);
     json_object_set_new(j, "usage", usage_json(r));
@@ -632,8 +631,8 @@ static bool sse_put(struct api_req *r, json_t *j) {
     char *s = json_dumps(j, JSON_COMPACT | JSON_PRESERVE_ORDER);
     json_decref(j);
     if (!s) return false;
-    bool ok = sb_put(&r->out, "data: ", 6) && sb_put(&r->out, s, strlen(s)) &&
-              sb_put(&r->out, "\n\n", 2);
+    bool ok =
+        sb_put(&r->out, "data: ", 6) && sb_put(&r->out, s, strlen(s)) && sb_put(&r->out, "\n\n", 2);
     free(s);
     return ok;
 }
@@ -653,7 +652,7 @@ static bool sse_tokens(struct api_req *r) {
     struct queue *t = &r->taken;
     if (!t->content.n && !t->reasoning.n && !t->calls && !t->n_toks) return true;
     json_t *lp = !r->logprobs || !t->n_toks ? NULL
-                 : r->chat ? chat_logprobs(r->srv->tok, t->toks, t->n_toks)
+                 : r->chat                  ? chat_logprobs(r->srv->tok, t->toks, t->n_toks)
                            : completion_logprobs(r->srv->tok, t->toks, t->n_toks, &r->text_offset);
     json_t *body;
     if (r->chat) {
@@ -678,13 +677,12 @@ static bool sse_end(struct api_req *r) {
         ok = sse_put(r, json_pack("{s:{s:s,s:s,s:n,s:i}}", "error", "message", e.msg, "type",
                                   e.type, "param", "code", e.http));
     } else {
-        ok = sse_put(r, chunk(r, r->chat ? json_object() : json_string(""), NULL,
-                              finish_reason(r)));
+        ok =
+            sse_put(r, chunk(r, r->chat ? json_object() : json_string(""), NULL, finish_reason(r)));
         if (ok && r->include_usage) {
             json_t *j = json_pack("{s:s,s:s,s:I,s:s,s:[]}", "id", r->resp_id, "object",
-                                  r->chat ? "chat.completion.chunk" : "text_completion",
-                                  "created", (json_int_t)r->created, "model", r->srv->model_name,
-                                  "choices");
+                                  r->chat ? "chat.completion.chunk" : "text_completion", "created",
+                                  (json_int_t)r->created, "model", r->srv->model_name, "choices");
             json_object_set_new(j, "usage", usage_json(r));
             ok = sse_put(r, j);
         }
@@ -742,7 +740,9 @@ static ssize_t sse_read(void *cls, uint64_t pos, char *buf, size_t max) {
     return (ssize_t)n;
 }
 
-static void sse_free(void *cls) { req_release_http(cls, true); }
+static void sse_free(void *cls) {
+    req_release_http(cls, true);
+}
 
 // ---- the handler ----
 
@@ -760,8 +760,8 @@ static bool peer_gone(struct MHD_Connection *mhd) {
 // False when the client left or the server stops: the request is released.
 static bool wait_for(struct lp_api_conn *c, struct api_req *r, bool first_event) {
     pthread_mutex_lock(&r->mu);
-    while (!r->done && !(first_event && (r->q.content.n || r->q.reasoning.n || r->q.calls ||
-                                         r->q.n_toks))) {
+    while (!r->done &&
+           !(first_event && (r->q.content.n || r->q.reasoning.n || r->q.calls || r->q.n_toks))) {
         struct timespec ts;
         clock_gettime(CLOCK_REALTIME, &ts);
         ts.tv_nsec += 200000000;
@@ -804,8 +804,8 @@ static enum MHD_Result wait_and_reply(struct lp_api_conn *c, struct api_req *r) 
 static enum MHD_Result stream_reply(struct lp_api_conn *c, struct api_req *r) {
     if (!wait_for(c, r, true)) return MHD_NO;
     pthread_mutex_lock(&r->mu);
-    bool failed = r->done && r->status != LP_OK && r->status != LP_ERR_CANCELLED &&
-                  !r->q.n_toks && !r->q.content.n && !r->q.reasoning.n;
+    bool failed = r->done && r->status != LP_OK && r->status != LP_ERR_CANCELLED && !r->q.n_toks &&
+                  !r->q.content.n && !r->q.reasoning.n;
     pthread_mutex_unlock(&r->mu);
     if (failed) return reply_failed(c, r);
     r->conn = c;
@@ -895,9 +895,11 @@ enum MHD_Result lp_api_handle_generate(struct lp_api_conn *c, bool chat) {
     json_error_t je;
     json_t *body = json_loadb(c->body ? c->body : "", c->n_body, 0, &je);
     if (!body || !json_is_object(body)) {
-        if (body) lp_api_bad(&e, NULL, "the request body must be a JSON object");
-        else lp_api_bad(&e, NULL, "invalid JSON at line %d column %d: %s", je.line, je.column,
-                        je.text);
+        if (body)
+            lp_api_bad(&e, NULL, "the request body must be a JSON object");
+        else
+            lp_api_bad(&e, NULL, "invalid JSON at line %d column %d: %s", je.line, je.column,
+                       je.text);
         goto fail;
     }
     j.tp = lp_text_params_default();
@@ -916,8 +918,8 @@ enum MHD_Result lp_api_handle_generate(struct lp_api_conn *c, bool chat) {
         atomic_fetch_sub(&s->n_active, 1);
         r->refs = 1;
         req_release_http(r, false);
-        lp_api_err_from_status(&e, st, st == LP_ERR_INVALID_ARG ? (chat ? "messages" : "prompt")
-                                                                : NULL, err.msg);
+        lp_api_err_from_status(
+            &e, st, st == LP_ERR_INVALID_ARG ? (chat ? "messages" : "prompt") : NULL, err.msg);
         c->n_prompt = (int)j.sreq.n_prompt;
         return lp_api_reply_err(c, &e);
     }

@@ -43,7 +43,9 @@ static int table_index(enum lp_status st) {
     return (int)(sizeof status_table / sizeof status_table[0]) - 1; // unknown: internal
 }
 
-int lp_api_http_status(enum lp_status st) { return status_table[table_index(st)].http; }
+int lp_api_http_status(enum lp_status st) {
+    return status_table[table_index(st)].http;
+}
 
 bool lp_api_err_from_status(struct lp_api_err *e, enum lp_status st, const char *param,
                             const char *msg) {
@@ -69,8 +71,7 @@ bool lp_api_bad(struct lp_api_err *e, const char *param, const char *fmt, ...) {
 
 static enum MHD_Result reply(struct lp_api_conn *c, int http, const char *type, char *body,
                              size_t n, const char *retry_after) {
-    struct MHD_Response *r =
-        MHD_create_response_from_buffer(n, body, MHD_RESPMEM_MUST_FREE);
+    struct MHD_Response *r = MHD_create_response_from_buffer(n, body, MHD_RESPMEM_MUST_FREE);
     if (!r) {
         free(body);
         return MHD_NO;
@@ -99,8 +100,7 @@ enum MHD_Result lp_api_reply_err(struct lp_api_conn *c, const struct lp_api_err 
     char *s = json_dumps(j, JSON_COMPACT | JSON_PRESERVE_ORDER);
     json_decref(j);
     if (!s) return MHD_NO;
-    return reply(c, e->http, "application/json", s, strlen(s),
-                 e->http == 429 ? "1" : NULL);
+    return reply(c, e->http, "application/json", s, strlen(s), e->http == 429 ? "1" : NULL);
 }
 
 // ---- small endpoints ----
@@ -109,16 +109,16 @@ enum MHD_Result lp_api_reply_err(struct lp_api_conn *c, const struct lp_api_err 
 static enum MHD_Result handle_models(struct lp_api_conn *c, const char *name) {
     struct lp_server *s = c->srv;
     if (name && strcmp(name, s->model_name) != 0) {
-        struct lp_api_err e = {.http = 404, .type = "invalid_request_error",
-                               .code = "model_not_found"};
+        struct lp_api_err e = {
+            .http = 404, .type = "invalid_request_error", .code = "model_not_found"};
         snprintf(e.param, sizeof e.param, "model");
         snprintf(e.msg, sizeof e.msg, "the model '%s' does not exist; this server serves '%s'",
                  name, s->model_name);
         return lp_api_reply_err(c, &e);
     }
-    json_t *m = json_pack("{s:s,s:s,s:I,s:s,s:i}", "id", s->model_name, "object", "model",
-                          "created", (json_int_t)s->created, "owned_by", "layerpipe",
-                          "max_model_len", s->max_context);
+    json_t *m =
+        json_pack("{s:s,s:s,s:I,s:s,s:i}", "id", s->model_name, "object", "model", "created",
+                  (json_int_t)s->created, "owned_by", "layerpipe", "max_model_len", s->max_context);
     json_t *j = name ? m : json_pack("{s:s,s:[o]}", "object", "list", "data", m);
     enum MHD_Result r = lp_api_reply_json(c, 200, j);
     json_decref(j);
@@ -132,11 +132,11 @@ static enum MHD_Result handle_health(struct lp_api_conn *c) {
     bool ok = true;
     for (int i = 0; i < n; i++) {
         ok = ok && st[i].ok;
-        json_array_append_new(
-            stages, json_pack("{s:i,s:s,s:s,s:s,s:[i,i],s:s}", "stage", i, "role", st[i].role,
-                              "address", st[i].address, "device", st[i].device, "layers",
-                              st[i].layer_begin, st[i].layer_end, "status",
-                              st[i].ok ? "ok" : "down"));
+        json_array_append_new(stages,
+                              json_pack("{s:i,s:s,s:s,s:s,s:[i,i],s:s}", "stage", i, "role",
+                                        st[i].role, "address", st[i].address, "device",
+                                        st[i].device, "layers", st[i].layer_begin, st[i].layer_end,
+                                        "status", st[i].ok ? "ok" : "down"));
     }
     struct lp_sched_stats ss;
     lp_sched_stats(c->srv->sched, &ss);
@@ -161,18 +161,20 @@ static enum MHD_Result handle_metrics(struct lp_api_conn *c) {
 static bool same_key(const char *a, const char *b) {
     size_t na = strlen(a), nb = strlen(b);
     unsigned char d = na != nb;
-    for (size_t i = 0; i < na; i++) d |= (unsigned char)(a[i] ^ b[i % (nb ? nb : 1)]);
+    for (size_t i = 0; i < na; i++)
+        d |= (unsigned char)(a[i] ^ b[i % (nb ? nb : 1)]);
     return d == 0;
 }
 
 static bool authorized(struct lp_api_conn *c) {
     const char *key = c->srv->api_key;
     if (!key) return true;
-    const char *h = MHD_lookup_connection_value(c->mhd, MHD_HEADER_KIND,
-                                                MHD_HTTP_HEADER_AUTHORIZATION);
+    const char *h =
+        MHD_lookup_connection_value(c->mhd, MHD_HEADER_KIND, MHD_HTTP_HEADER_AUTHORIZATION);
     if (!h || strncasecmp(h, "Bearer ", 7) != 0) return false;
     h += 7;
-    while (*h == ' ') h++;
+    while (*h == ' ')
+        h++;
     return same_key(h, key);
 }
 
@@ -184,8 +186,8 @@ static enum MHD_Result route(struct lp_api_conn *c) {
     if (strcmp(p, "/metrics") == 0 && get) return handle_metrics(c);
     bool v1 = strncmp(p, "/v1/", 4) == 0;
     if (v1 && !authorized(c)) {
-        e = (struct lp_api_err){.http = 401, .type = "invalid_request_error",
-                                .code = "invalid_api_key"};
+        e = (struct lp_api_err){
+            .http = 401, .type = "invalid_request_error", .code = "invalid_api_key"};
         snprintf(e.msg, sizeof e.msg,
                  "missing or wrong API key: send the header 'Authorization: Bearer KEY'");
         return lp_api_reply_err(c, &e);
@@ -197,7 +199,8 @@ static enum MHD_Result route(struct lp_api_conn *c) {
     bool known = strcmp(p, "/health") == 0 || strcmp(p, "/metrics") == 0 ||
                  strcmp(p, "/v1/models") == 0 || strcmp(p, "/v1/chat/completions") == 0 ||
                  strcmp(p, "/v1/completions") == 0;
-    e = (struct lp_api_err){.http = known ? 405 : 404, .type = "invalid_request_error",
+    e = (struct lp_api_err){.http = known ? 405 : 404,
+                            .type = "invalid_request_error",
                             .code = known ? "method_not_allowed" : "not_found"};
     snprintf(e.msg, sizeof e.msg, known ? "%s is not allowed on %s" : "no such endpoint: %s %s",
              c->method, p);
@@ -205,8 +208,8 @@ static enum MHD_Result route(struct lp_api_conn *c) {
 }
 
 static enum MHD_Result too_big(struct lp_api_conn *c) {
-    struct lp_api_err e = {.http = 413, .type = "invalid_request_error",
-                           .code = "request_too_large"};
+    struct lp_api_err e = {
+        .http = 413, .type = "invalid_request_error", .code = "request_too_large"};
     snprintf(e.msg, sizeof e.msg, "request body over the limit of %zu bytes",
              c->srv->max_body_bytes);
     return lp_api_reply_err(c, &e);
@@ -220,7 +223,8 @@ static bool take_body(struct lp_api_conn *c, const char *data, size_t n) {
     }
     if (c->n_body + n + 1 > c->cap_body) {
         size_t cap = c->cap_body ? c->cap_body : 4096;
-        while (cap < c->n_body + n + 1) cap *= 2;
+        while (cap < c->n_body + n + 1)
+            cap *= 2;
         char *b = realloc(c->body, cap);
         if (!b) return false;
         c->body = b;
@@ -246,8 +250,8 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *mhd, const ch
         snprintf(c->method, sizeof c->method, "%s", method);
         snprintf(c->path, sizeof c->path, "%s", url);
         *con_cls = c;
-        const char *len = MHD_lookup_connection_value(mhd, MHD_HEADER_KIND,
-                                                      MHD_HTTP_HEADER_CONTENT_LENGTH);
+        const char *len =
+            MHD_lookup_connection_value(mhd, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
         if (len && strtoull(len, NULL, 10) > s->max_body_bytes) return too_big(c);
         return MHD_YES;
     }
@@ -271,9 +275,8 @@ static void on_completed(void *cls, struct MHD_Connection *mhd, void **con_cls,
     if (cls_i >= 1 && cls_i <= 5) atomic_fetch_add(&s->metrics.http[cls_i], 1);
     if (s->log) {
         char line[320];
-        snprintf(line, sizeof line, "%s %s %d prompt=%d generated=%d %.3fs%s", c->method,
-                 c->path, c->http_status, c->n_prompt, c->n_generated,
-                 lp_sched_now() - c->started,
+        snprintf(line, sizeof line, "%s %s %d prompt=%d generated=%d %.3fs%s", c->method, c->path,
+                 c->http_status, c->n_prompt, c->n_generated, lp_sched_now() - c->started,
                  toe == MHD_REQUEST_TERMINATED_COMPLETED_OK ? "" : " (connection closed early)");
         s->log(s->log_user, line);
     }
@@ -338,12 +341,12 @@ enum lp_status lp_server_create(struct lp_server **out, struct lp_sched *sched,
         st = lp_error_set(err, LP_ERR_NOMEM, "server: out of memory");
         goto fail;
     }
-    s->mhd = MHD_start_daemon(
-        MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_THREAD_PER_CONNECTION, 0, NULL, NULL,
-        on_access, s, MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&sa, MHD_OPTION_NOTIFY_COMPLETED,
-        on_completed, s, MHD_OPTION_CONNECTION_LIMIT,
-        (unsigned)(p->max_connections > 0 ? p->max_connections : 256),
-        MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)120, MHD_OPTION_END);
+    s->mhd =
+        MHD_start_daemon(MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_THREAD_PER_CONNECTION, 0, NULL,
+                         NULL, on_access, s, MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&sa,
+                         MHD_OPTION_NOTIFY_COMPLETED, on_completed, s, MHD_OPTION_CONNECTION_LIMIT,
+                         (unsigned)(p->max_connections > 0 ? p->max_connections : 256),
+                         MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)120, MHD_OPTION_END);
     if (!s->mhd) {
         st = lp_error_set(err, LP_ERR_IO, "server: cannot listen on %s (in use, or not allowed)",
                           p->listen ? p->listen : "127.0.0.1:8080");
@@ -358,14 +361,17 @@ fail:
     return st;
 }
 
-int lp_server_port(const struct lp_server *s) { return s->port; }
+int lp_server_port(const struct lp_server *s) {
+    return s->port;
+}
 
 void lp_server_destroy(struct lp_server *s) {
     if (!s) return;
     atomic_store(&s->stopping, true);
     if (s->mhd) MHD_stop_daemon(s->mhd); // every connection let go: their requests are cancelled
     // The scheduler's callbacks use s until each request's DONE has returned.
-    while (atomic_load(&s->n_active) > 0) nanosleep(&(struct timespec){0, 1000000}, NULL);
+    while (atomic_load(&s->n_active) > 0)
+        nanosleep(&(struct timespec){0, 1000000}, NULL);
     free(s->api_key);
     free(s->model_name);
     free(s);

@@ -32,8 +32,8 @@ enum lp_status lp_text_prompt_plain(const struct lp_tokenizer *tok, const char *
 
 enum lp_status lp_text_prompt_chat(const struct lp_tokenizer *tok,
                                    const struct lp_chat_message *messages, size_t n_messages,
-                                   const struct lp_chat_options *options,
-                                   struct lp_token_list *out, struct lp_error *err) {
+                                   const struct lp_chat_options *options, struct lp_token_list *out,
+                                   struct lp_error *err) {
     char *rendered = NULL;
     size_t n = 0;
     enum lp_status st = lp_chat_render(messages, n_messages, options, &rendered, &n, err);
@@ -66,7 +66,8 @@ struct tbuf {
 static bool tb_put(struct tbuf *b, const char *s, size_t n) {
     if (b->n + n + 1 > b->cap) {
         size_t cap = b->cap ? b->cap : 64;
-        while (cap < b->n + n + 1) cap *= 2;
+        while (cap < b->n + n + 1)
+            cap *= 2;
         char *d = realloc(b->data, cap);
         if (!d) return false;
         b->data = d;
@@ -84,7 +85,9 @@ static void tb_consume(struct tbuf *b, size_t n) { // drops the first n bytes
     b->data[b->n] = '\0';
 }
 
-static const char *tb_str(const struct tbuf *b) { return b->data ? b->data : ""; }
+static const char *tb_str(const struct tbuf *b) {
+    return b->data ? b->data : "";
+}
 
 // ---- the object ----
 
@@ -96,16 +99,16 @@ struct text_call {
 };
 
 struct lp_text {
-    const struct lp_tokenizer *tok;    // borrowed
+    const struct lp_tokenizer *tok; // borrowed
     struct lp_token_stream *stream;
-    struct lp_stop_matcher *stops;     // NULL without stop strings
+    struct lp_stop_matcher *stops; // NULL without stop strings
     char *stop_copies[LP_MAX_STOP_STRINGS];
-    bool reasoning, tool_calls;        // parsing enabled
+    bool reasoning, tool_calls; // parsing enabled
     char id_prefix[32];
     enum text_state state;
-    bool lstrip;                       // drop leading newlines of what comes next
+    bool lstrip; // drop leading newlines of what comes next
     bool stopped, finished;
-    struct tbuf pending;               // released by the stop matcher, not yet classified
+    struct tbuf pending; // released by the stop matcher, not yet classified
     struct tbuf content, reasoning_text;
     struct text_call *calls;
     int n_calls, cap_calls;
@@ -119,7 +122,8 @@ void lp_text_destroy(struct lp_text *t) {
     if (!t) return;
     lp_token_stream_destroy(t->stream);
     lp_stop_matcher_destroy(t->stops);
-    for (int i = 0; i < LP_MAX_STOP_STRINGS; i++) free(t->stop_copies[i]);
+    for (int i = 0; i < LP_MAX_STOP_STRINGS; i++)
+        free(t->stop_copies[i]);
     free(t->pending.data);
     free(t->content.data);
     free(t->reasoning_text.data);
@@ -157,8 +161,8 @@ enum lp_status lp_text_create(struct lp_text **out, const struct lp_tokenizer *t
                 goto fail;
             }
         }
-        st = lp_stop_matcher_create(&t->stops, (const char *const *)t->stop_copies, p->n_stops,
-                                    err);
+        st =
+            lp_stop_matcher_create(&t->stops, (const char *const *)t->stop_copies, p->n_stops, err);
         if (st != LP_OK) goto fail;
     }
     // every total is a valid empty string from the start
@@ -196,8 +200,8 @@ static bool add_call(struct lp_text *t, const char *s, size_t n, enum lp_status 
     json_error_t je;
     json_t *j = json_loadb(s, n, JSON_REJECT_DUPLICATES, &je);
     const json_t *name = json_object_get(j, "name"), *args = json_object_get(j, "arguments");
-    if (!json_is_object(j) || !json_is_string(name) || (args && !json_is_object(args) &&
-                                                        !json_is_string(args))) {
+    if (!json_is_object(j) || !json_is_string(name) ||
+        (args && !json_is_object(args) && !json_is_string(args))) {
         json_decref(j);
         return false;
     }
@@ -213,7 +217,7 @@ static bool add_call(struct lp_text *t, const char *s, size_t n, enum lp_status 
     snprintf(id, sizeof id, "%s%d", t->id_prefix, t->n_calls);
     c->id = strdup(id);
     c->name = strdup(json_string_value(name));
-    c->arguments = !args ? strdup("{}")
+    c->arguments = !args                  ? strdup("{}")
                    : json_is_string(args) ? strdup(json_string_value(args))
                                           : json_dumps(args, JSON_COMPACT | JSON_PRESERVE_ORDER);
     if (!c->id || !c->name || !c->arguments) {
@@ -235,7 +239,8 @@ nomem:
 // Appends s[0..n) to out, dropping leading newlines while t->lstrip is set.
 static bool put_text(struct lp_text *t, struct tbuf *out, const char *s, size_t n) {
     if (t->lstrip) {
-        while (n > 0 && *s == '\n') s++, n--;
+        while (n > 0 && *s == '\n')
+            s++, n--;
         if (n == 0) return true;
         t->lstrip = false;
     }
@@ -250,7 +255,8 @@ static enum lp_status classify(struct lp_text *t, bool final, struct lp_error *e
         size_t n = p->n;
         if (t->state == TS_START) {
             size_t ws = 0;
-            while (ws < n && (s[ws] == '\n' || s[ws] == ' ')) ws++;
+            while (ws < n && (s[ws] == '\n' || s[ws] == ' '))
+                ws++;
             if (n - ws >= 7 && memcmp(s + ws, "<think>", 7) == 0) {
                 tb_consume(p, ws + 7);
                 t->state = TS_THINK;
@@ -267,9 +273,11 @@ static enum lp_status classify(struct lp_text *t, bool final, struct lp_error *e
             size_t k = end ? (size_t)(end - s) : final ? n : n - tag_prefix_tail(s, n, "</think>");
             size_t keep = k;
             if (end || final) // the reasoning's trailing newlines belong to the tag
-                while (keep > 0 && s[keep - 1] == '\n') keep--;
+                while (keep > 0 && s[keep - 1] == '\n')
+                    keep--;
             else // hold trailing newlines: they may precede </think>
-                while (keep > 0 && s[keep - 1] == '\n') keep--, k--;
+                while (keep > 0 && s[keep - 1] == '\n')
+                    keep--, k--;
             if (!put_text(t, &t->reasoning_text, s, keep)) goto nomem;
             if (end) {
                 tb_consume(p, k + 8);
@@ -287,7 +295,9 @@ static enum lp_status classify(struct lp_text *t, bool final, struct lp_error *e
                 return LP_OK;
             }
             const char *open = find(s, n, "<tool_call>");
-            size_t k = open ? (size_t)(open - s) : final ? n : n - tag_prefix_tail(s, n, "<tool_call>");
+            size_t k = open    ? (size_t)(open - s)
+                       : final ? n
+                               : n - tag_prefix_tail(s, n, "<tool_call>");
             if (!put_text(t, &t->content, s, k)) goto nomem;
             if (open) {
                 tb_consume(p, k + 11);
@@ -398,10 +408,14 @@ const char *lp_text_reasoning(const struct lp_text *t, size_t *n_bytes) {
     return tb_str(&t->reasoning_text);
 }
 
-int lp_text_n_tool_calls(const struct lp_text *t) { return t->n_calls; }
+int lp_text_n_tool_calls(const struct lp_text *t) {
+    return t->n_calls;
+}
 
 const struct lp_tool_call *lp_text_tool_call(const struct lp_text *t, int i) {
     return i >= 0 && i < t->n_calls ? &t->calls[i].pub : NULL;
 }
 
-bool lp_text_stopped(const struct lp_text *t) { return t->stopped; }
+bool lp_text_stopped(const struct lp_text *t) {
+    return t->stopped;
+}

@@ -26,14 +26,41 @@ static void log_line(void *user, const char *line) {
     pthread_mutex_unlock(&log_mu);
 }
 
+// The last component of the model folder ("models/foo/" -> "foo").
+static void folder_name(const char *dir, char *out, size_t cap) {
+    size_t n = strlen(dir);
+    while (n > 1 && dir[n - 1] == '/')
+        n--;
+    size_t b = n;
+    while (b > 0 && dir[b - 1] != '/')
+        b--;
+    snprintf(out, cap, "%.*s", (int)(n - b), dir + b);
+}
+
+static bool write_port_file(const char *path, int port) {
+    FILE *f = fopen(path, "w");
+    if (!f) return false;
+    bool ok = fprintf(f, "%d\n", port) > 0;
+    return fclose(f) == 0 && ok;
+}
+
+static const char summary[] =
+    "Serve the model over an OpenAI-compatible HTTP API: POST /v1/chat/completions and\n"
+    "/v1/completions (streaming with stream: true), GET /v1/models, /health and /metrics\n"
+    "(Prometheus). Many requests are decoded together; with --workers / --cluster this\n"
+    "process is the coordinator of a pipeline of stage workers.\n\n"
+    "  layerpipe serve -m models/layerpipe-tiny-8bit --listen 127.0.0.1:8080\n"
+    "  curl http://127.0.0.1:8080/v1/chat/completions -H 'Content-Type: application/json' \\\n"
+    "       -d '{\"messages\": [{\"role\": \"user\", \"content\": \"Hello\"}]}'";
+
 int lp_cli_serve(int argc, char **argv) {
     struct lp_cli_session_opts so = {.kv_dtype = "f32", .max_seqs = 4};
     struct lp_server_params sp = lp_server_params_default();
     char *listen = NULL, *api_key = NULL, *model_name = NULL, *port_file = NULL;
     int max_body_kib = 4096;
     struct lp_arg args[] = {
-        {"model", 'm', LP_ARG_STR, &so.model_dir, "DIR", "model folder (config.json, *.safetensors)",
-         true},
+        {"model", 'm', LP_ARG_STR, &so.model_dir, "DIR",
+         "model folder (config.json, *.safetensors)", true},
         {"listen", 'l', LP_ARG_STR, &listen, "HOST:PORT",
          "address to serve HTTP on (default 127.0.0.1:8080; port 0: any free port)"},
         {"api-key", 0, LP_ARG_STR, &api_key, "KEY",
@@ -51,25 +78,12 @@ int lp_cli_serve(int argc, char **argv) {
         LP_CLI_COMMON_ARGS(so),
     };
     enum lp_args_result ar = lp_args_parse(
-        "serve",
-        "Serve the model over an OpenAI-compatible HTTP API: POST /v1/chat/completions and\n"
-        "/v1/completions (streaming with stream: true), GET /v1/models, /health and /metrics\n"
-        "(Prometheus). Many requests are decoded together; with --workers / --cluster this\n"
-        "process is the coordinator of a pipeline of stage workers.\n\n"
-        "  layerpipe serve -m models/layerpipe-tiny-8bit --listen 127.0.0.1:8080\n"
-        "  curl http://127.0.0.1:8080/v1/chat/completions -H 'Content-Type: application/json' \\\n"
-        "       -d '{\"messages\": [{\"role\": \"user\", \"content\": \"Hello\"}]}'",
-        args, (int)(sizeof args / sizeof args[0]), argc, argv, NULL, 0, NULL);
+        "serve", summary, args, (int)(sizeof args / sizeof args[0]), argc, argv, NULL, 0, NULL);
     if (ar != LP_ARGS_OK) return ar == LP_ARGS_HELP ? 0 : 2;
     if (!api_key) api_key = getenv("LAYERPIPE_API_KEY");
     char default_name[256];
     if (!model_name) {
-        const char *d = so.model_dir;
-        size_t n = strlen(d);
-        while (n > 1 && d[n - 1] == '/') n--;
-        size_t b = n;
-        while (b > 0 && d[b - 1] != '/') b--;
-        snprintf(default_name, sizeof default_name, "%.*s", (int)(n - b), d + b);
+        folder_name(so.model_dir, default_name, sizeof default_name);
         model_name = default_name;
     }
     // Block the shutdown signals before any thread starts; sigwait takes them.
@@ -99,20 +113,15 @@ int lp_cli_serve(int argc, char **argv) {
         fprintf(stderr, "layerpipe serve: %s\n", err.msg);
         goto done;
     }
-    char host[128];
-    snprintf(host, sizeof host, "%s", sp.listen);
-    char *colon = strrchr(host, ':');
-    if (colon) *colon = '\0';
+    const char *colon = strrchr(sp.listen, ':');
     fprintf(stderr,
-            "layerpipe serve: model '%s' (%s), context %d, listening on http://%s:%d/v1%s\n",
-            model_name, s.device, lp_pipeline_max_context(s.pipeline), host,
-            lp_server_port(srv), api_key ? " (API key required)" : "");
-    if (port_file) {
-        FILE *f = fopen(port_file, "w");
-        if (!f || fprintf(f, "%d\n", lp_server_port(srv)) < 0 || fclose(f) != 0) {
-            fprintf(stderr, "layerpipe serve: cannot write --port-file %s\n", port_file);
-            goto done;
-        }
+            "layerpipe serve: model '%s' (%s), context %d, listening on http://%.*s:%d/v1%s\n",
+            model_name, s.device, lp_pipeline_max_context(s.pipeline),
+            (int)(colon ? colon - sp.listen : 0), sp.listen, lp_server_port(srv),
+            api_key ? " (API key required)" : "");
+    if (port_file && !write_port_file(port_file, lp_server_port(srv))) {
+        fprintf(stderr, "layerpipe serve: cannot write --port-file %s\n", port_file);
+        goto done;
     }
     int sig = 0;
     sigwait(&sigs, &sig);

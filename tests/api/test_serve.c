@@ -56,7 +56,8 @@ static int serve_start(struct server *s, const char *name, const char *const *ex
     remove(port_file);
     const char *argv[64] = {bin, "serve", "--listen", "127.0.0.1:0", "--port-file", port_file};
     int n = 6;
-    for (int i = 0; extra[i] && n < 62; i++) argv[n++] = extra[i];
+    for (int i = 0; extra[i] && n < 62; i++)
+        argv[n++] = extra[i];
     argv[n] = NULL;
     pid_t parent = getpid();
     s->pid = fork();
@@ -135,8 +136,8 @@ static struct resp http(const struct server *s, const char *method, const char *
     snprintf(cmd, sizeof cmd,
              "curl -s -m 120 -X %s %s -H 'Content-Type: application/json' %s%s%s -D '%s' -o '%s' "
              "-w '%%{http_code}' 'http://127.0.0.1:%d%s'",
-             method, auth_h, body ? "--data-binary '@" : "", body ? body_file : "",
-             body ? "'" : "", hdr_file, out_file, s->port, path);
+             method, auth_h, body ? "--data-binary '@" : "", body ? body_file : "", body ? "'" : "",
+             hdr_file, out_file, s->port, path);
     struct lpc_result res = lpc_sh(cmd, out_file, 150);
     r.code = atoi(res.out);
     lpc_result_free(&res);
@@ -163,14 +164,14 @@ static const char *jstr(const json_t *j, const char *path) { // "a.b.0.c"
 // An error reply in OpenAI's shape with this status and (if non-NULL) param.
 static void check_error(const char *what, struct resp r, int code, const char *param) {
     const json_t *e = json_object_get(r.json, "error");
-    CHECK_MSG(r.code == code && json_is_object(e) && json_is_string(json_object_get(e, "message")) &&
+    CHECK_MSG(r.code == code && json_is_object(e) &&
+                  json_is_string(json_object_get(e, "message")) &&
                   json_is_string(json_object_get(e, "type")) && json_object_get(e, "param") &&
                   json_object_get(e, "code"),
               "%s: %d (want %d): %s", what, r.code, code, r.body);
     if (param) {
         const char *p = json_string_value(json_object_get(e, "param"));
-        CHECK_MSG(p && strcmp(p, param) == 0, "%s: param %s, want %s", what, p ? p : "null",
-                  param);
+        CHECK_MSG(p && strcmp(p, param) == 0, "%s: param %s, want %s", what, p ? p : "null", param);
     }
     resp_free(&r);
 }
@@ -297,8 +298,7 @@ static void test_endpoints(const struct server *s, const char *model_dir) {
 
     // completions: a string prompt and the same prompt as token ids agree
     char cmd[2048];
-    snprintf(cmd, sizeof cmd, "'%s' tokenize -m '%s' --ids 'And it came to pass'", bin,
-             model_dir);
+    snprintf(cmd, sizeof cmd, "'%s' tokenize -m '%s' --ids 'And it came to pass'", bin, model_dir);
     struct lpc_result ids = lpc_sh(cmd, scratch, 60);
     ids.out[strcspn(ids.out, "\n")] = '\0';
     for (char *p = ids.out; *p; p++)
@@ -331,8 +331,7 @@ static void test_endpoints(const struct server *s, const char *model_dir) {
     check_error("stop type", http(s, "POST", "/v1/chat/completions", body, key), 400, "stop");
     snprintf(body, sizeof body,
              "{\"model\": \"gpt-4\", \"messages\": [{\"role\": \"user\", \"content\": \"x\"}]}");
-    check_error("unknown model", http(s, "POST", "/v1/chat/completions", body, key), 400,
-                "model");
+    check_error("unknown model", http(s, "POST", "/v1/chat/completions", body, key), 400, "model");
     check_error("bad prompt id",
                 http(s, "POST", "/v1/completions", "{\"prompt\": [1, 99999999]}", key), 400,
                 "prompt");
@@ -340,7 +339,8 @@ static void test_endpoints(const struct server *s, const char *model_dir) {
     // a prompt longer than the context (--ctx 2048)
     static char big[700000];
     int k = snprintf(big, sizeof big, "{\"prompt\": \"");
-    for (int i = 0; i < 2100; i++) k += snprintf(big + k, sizeof big - (size_t)k, "word ");
+    for (int i = 0; i < 2100; i++)
+        k += snprintf(big + k, sizeof big - (size_t)k, "word ");
     snprintf(big + k, sizeof big - (size_t)k, "\"}");
     check_error("prompt too long", http(s, "POST", "/v1/completions", big, key), 400, "prompt");
     // a body over --max-body 256 (KiB)
@@ -359,12 +359,14 @@ static void test_queue_and_disconnect(const struct server *s) {
     pid_t pids[4];
     for (int i = 0; i < 4; i++) {
         pids[i] = long_stream(s, i);
-        if (i < 2) CHECK(wait_metric(s, "layerpipe_num_requests_running", i + 1, 20));
-        else CHECK(wait_metric(s, "layerpipe_num_requests_waiting", i - 1, 20));
+        if (i < 2)
+            CHECK(wait_metric(s, "layerpipe_num_requests_running", i + 1, 20));
+        else
+            CHECK(wait_metric(s, "layerpipe_num_requests_waiting", i - 1, 20));
     }
     CHECK(metric(s, "layerpipe_kv_cache_usage_perc") > 0);
-    struct resp r = http(s, "POST", "/v1/completions", "{\"prompt\": \"Hi\", \"max_tokens\": 2}",
-                         key);
+    struct resp r =
+        http(s, "POST", "/v1/completions", "{\"prompt\": \"Hi\", \"max_tokens\": 2}", key);
     CHECK_MSG(r.code == 429 && strstr(r.headers, "Retry-After: 1"), "full queue: %d %s", r.code,
               r.headers);
     check_error("full queue", r, 429, NULL);
@@ -387,15 +389,21 @@ static void test_metrics(const struct server *s) {
     FILE *f = fopen(path, "wb");
     fwrite(r.body, 1, strlen(r.body), f);
     fclose(f);
-    const char *names[] = {
-        "layerpipe_num_requests_running ", "layerpipe_num_requests_waiting ",
-        "layerpipe_kv_cache_usage_perc ", "layerpipe_prompt_tokens_total ",
-        "layerpipe_generation_tokens_total ", "layerpipe_request_success_total{",
-        "layerpipe_time_to_first_token_seconds_bucket{", "layerpipe_inter_token_latency_seconds_count ",
-        "layerpipe_e2e_request_latency_seconds_sum ", "layerpipe_stage_busy_ratio{stage=\"0\"} ",
-        "layerpipe_stage_tokens_total{stage=\"0\"} ", "layerpipe_stage_kv_blocks_used{stage=\"0\"} ",
-        "layerpipe_stage_kv_blocks_capacity{stage=\"0\"} ", "layerpipe_hop_latency_seconds{",
-        "layerpipe_hop_sent_bytes_total{stage=\"0\"} "};
+    const char *names[] = {"layerpipe_num_requests_running ",
+                           "layerpipe_num_requests_waiting ",
+                           "layerpipe_kv_cache_usage_perc ",
+                           "layerpipe_prompt_tokens_total ",
+                           "layerpipe_generation_tokens_total ",
+                           "layerpipe_request_success_total{",
+                           "layerpipe_time_to_first_token_seconds_bucket{",
+                           "layerpipe_inter_token_latency_seconds_count ",
+                           "layerpipe_e2e_request_latency_seconds_sum ",
+                           "layerpipe_stage_busy_ratio{stage=\"0\"} ",
+                           "layerpipe_stage_tokens_total{stage=\"0\"} ",
+                           "layerpipe_stage_kv_blocks_used{stage=\"0\"} ",
+                           "layerpipe_stage_kv_blocks_capacity{stage=\"0\"} ",
+                           "layerpipe_hop_latency_seconds{",
+                           "layerpipe_hop_sent_bytes_total{stage=\"0\"} "};
     for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
         CHECK_MSG(strstr(r.body, names[i]), "/metrics lacks %s", names[i]);
     CHECK(metric(s, "layerpipe_generation_tokens_total") > 20);
@@ -422,8 +430,10 @@ static bool node_modules(char *out, size_t cap) {
     snprintf(out, cap, "%s", r.out);
     bool ok = r.rc == 0 && out[0];
     if (!ok)
-        fprintf(stderr, "could not install the openai npm package (tools/fetch-openai-node.sh): "
-                        "%s\n", r.err);
+        fprintf(stderr,
+                "could not install the openai npm package (tools/fetch-openai-node.sh): "
+                "%s\n",
+                r.err);
     lpc_result_free(&r);
     return ok;
 }
@@ -450,7 +460,8 @@ static void run_node(const struct server *s, const char *modules, const char *mo
 // one-hot "slots" and lm_head maps slot s to the token that follows it.
 // Greedy decoding then walks a fixed chain from the last prompt token
 // ("\n" after "<|im_start|>assistant"):
-//   \n -> <think> -> Let -> </think> -> And -> <tool_call> -> {call json} -> </tool_call> -> <|im_end|>
+//   \n -> <think> -> Let -> </think> -> And -> <tool_call> -> {call json} -> </tool_call> ->
+//   <|im_end|>
 // Every other token leads to <|im_end|>. The think and tool tags and the
 // call's JSON are added tokens of a copy of the bundled tokenizer.
 
@@ -518,9 +529,8 @@ static int make_scripted_model(const char *tiny, char *dir, size_t cap) {
     size_t n_file;
     char *file = lpc_read_file(path, &n_file);
     if (!file) return -1;
-    const int hidden = 64, chain[][2] = {
-        {198, 8195}, {8195, 1476}, {1476, 8196}, {8196, 324}, {324, 8197}, {8197, 8199},
-        {8199, 8198}, {8198, 8194}};
+    const int hidden = 64, chain[][2] = {{198, 8195}, {8195, 1476}, {1476, 8196}, {8196, 324},
+                                         {324, 8197}, {8197, 8199}, {8199, 8198}, {8198, 8194}};
     const int n_chain = (int)(sizeof chain / sizeof chain[0]);
     size_t n;
     float *w = st_tensor(file, "model.embed_tokens.weight", &n);
@@ -534,9 +544,11 @@ static int make_scripted_model(const char *tiny, char *dir, size_t cap) {
     w = st_tensor(file, "lm_head.weight", &n);
     memset(w, 0, n * 4);
     w[(size_t)8194 * hidden + 0] = 10.0f;
-    for (int i = 0; i < n_chain; i++) w[(size_t)chain[i][1] * hidden + i + 1] = 10.0f;
+    for (int i = 0; i < n_chain; i++)
+        w[(size_t)chain[i][1] * hidden + i + 1] = 10.0f;
     w = st_tensor(file, "model.norm.weight", &n);
-    for (size_t i = 0; i < n; i++) w[i] = 1.0f;
+    for (size_t i = 0; i < n; i++)
+        w[i] = 1.0f;
     w = st_tensor(file, "model.layers.0.self_attn.o_proj.weight", &n);
     memset(w, 0, n * 4);
     w = st_tensor(file, "model.layers.0.mlp.down_proj.weight", &n);
@@ -552,8 +564,8 @@ static void test_scripted(const char *tiny, const char *modules) {
     char dir[1100];
     CHECK(make_scripted_model(tiny, dir, sizeof dir) == 0);
     struct server s = {0};
-    const char *args[] = {"-m", dir, "--model-name", "scripted", "--api-key", key, "--threads",
-                          "1", "--ctx", "1024", NULL};
+    const char *args[] = {"-m",        dir, "--model-name", "scripted", "--api-key", key,
+                          "--threads", "1", "--ctx",        "1024",     NULL};
     CHECK(serve_start(&s, "scripted", args) == 0);
     if (s.port <= 0) return;
     // curl: the final message and the streamed deltas
@@ -563,8 +575,8 @@ static void test_scripted(const char *tiny, const char *modules) {
     char req[2048];
     snprintf(req, sizeof req, body, "");
     struct resp r = http(&s, "POST", "/v1/chat/completions", req, key);
-    const json_t *m = json_object_get(json_array_get(json_object_get(r.json, "choices"), 0),
-                                      "message");
+    const json_t *m =
+        json_object_get(json_array_get(json_object_get(r.json, "choices"), 0), "message");
     const char *args_s = jstr(m, "tool_calls.0.function.arguments");
     json_t *a = args_s ? json_loads(args_s, 0, NULL) : NULL;
     CHECK_MSG(r.code == 200 && jstr(m, "reasoning_content") &&
@@ -572,8 +584,7 @@ static void test_scripted(const char *tiny, const char *modules) {
                   strcmp(jstr(m, "content"), "And") == 0 &&
                   strcmp(jstr(m, "tool_calls.0.function.name"), "get_weather") == 0 &&
                   strcmp(jstr(m, "tool_calls.0.type"), "function") == 0 &&
-                  jstr(m, "tool_calls.0.id") && a &&
-                  strcmp(jstr(a, "city"), "Paris") == 0 &&
+                  jstr(m, "tool_calls.0.id") && a && strcmp(jstr(a, "city"), "Paris") == 0 &&
                   strcmp(jstr(r.json, "choices.0.finish_reason"), "tool_calls") == 0,
               "scripted chat: %s", r.body);
     json_decref(a);
@@ -605,8 +616,9 @@ static void test_stage_down(const char *tiny, const char *modules) {
     }
     snprintf(workers, sizeof workers, "%s,%s", w[0].addr, w[1].addr);
     struct server s = {0};
-    const char *args[] = {"-m", tiny, "--threads", "1", "--workers", workers, "--plan", "4,3,3",
-                          "--timeout", "5000", "--max-seqs", "16", "--api-key", key, NULL};
+    const char *args[] = {"-m",         tiny,     "--threads", "1",         "--workers",
+                          workers,      "--plan", "4,3,3",     "--timeout", "5000",
+                          "--max-seqs", "16",     "--api-key", key,         NULL};
     CHECK(serve_start(&s, "pipeline", args) == 0);
     if (s.port <= 0) return;
     char req[512];
@@ -633,10 +645,9 @@ static void test_stage_down(const char *tiny, const char *modules) {
               "health, stage down: %d %s", r.code, r.body);
     resp_free(&r);
     check_error("stage down", http(&s, "POST", "/v1/completions", req, key), 503, NULL);
-    const char *stream_body =
-        "{\"prompt\": \"And it came\", \"max_tokens\": 4, \"stream\": true}";
-    check_error("stage down, streaming", http(&s, "POST", "/v1/completions", stream_body, key),
-                503, NULL);
+    const char *stream_body = "{\"prompt\": \"And it came\", \"max_tokens\": 4, \"stream\": true}";
+    check_error("stage down, streaming", http(&s, "POST", "/v1/completions", stream_body, key), 503,
+                NULL);
     CHECK(metric(&s, "layerpipe_stage_up{stage=\"2\"}") == 0);
     CHECK(serve_stop(&s) == 0);
 }
@@ -645,16 +656,47 @@ static void test_stage_down(const char *tiny, const char *modules) {
 // field, never a crash or a 5xx; so are malformed messages and bodies cut
 // at every few bytes.
 static void test_malformed(const struct server *s) {
-    const char *fields[] = {"model", "messages", "stream", "stream_options", "max_tokens",
-                            "max_completion_tokens", "temperature", "top_p", "top_k", "min_p",
-                            "presence_penalty", "frequency_penalty", "repetition_penalty", "seed",
-                            "stop", "logprobs", "top_logprobs", "n", "tools", "tool_choice",
-                            "chat_template_kwargs", "response_format", "logit_bias",
-                            "ignore_eos", "stream_options"};
-    const char *values[] = {"null", "true", "1", "-1", "0.5", "1e300", "\"x\"", "[]", "{}",
-                            "[1, \"a\", null]", "{\"include_usage\": 3}"};
+    const char *fields[] = {"model",
+                            "messages",
+                            "stream",
+                            "stream_options",
+                            "max_tokens",
+                            "max_completion_tokens",
+                            "temperature",
+                            "top_p",
+                            "top_k",
+                            "min_p",
+                            "presence_penalty",
+                            "frequency_penalty",
+                            "repetition_penalty",
+                            "seed",
+                            "stop",
+                            "logprobs",
+                            "top_logprobs",
+                            "n",
+                            "tools",
+                            "tool_choice",
+                            "chat_template_kwargs",
+                            "response_format",
+                            "logit_bias",
+                            "ignore_eos",
+                            "stream_options"};
+    const char *values[] = {"null",
+                            "true",
+                            "1",
+                            "-1",
+                            "0.5",
+                            "1e300",
+                            "\"x\"",
+                            "[]",
+                            "{}",
+                            "[1, \"a\", null]",
+                            "{\"include_usage\": 3}"};
     const char *messages[] = {
-        "[1]", "[{}]", "[{\"role\": \"user\"}]", "[{\"role\": \"user\", \"content\": 5}]",
+        "[1]",
+        "[{}]",
+        "[{\"role\": \"user\"}]",
+        "[{\"role\": \"user\", \"content\": 5}]",
         "[{\"role\": \"user\", \"content\": [{\"type\": \"image_url\"}]}]",
         "[{\"role\": \"user\", \"content\": [5]}]",
         "[{\"role\": \"assistant\", \"tool_calls\": 5}]",
@@ -665,7 +707,8 @@ static void test_malformed(const struct server *s) {
         "[{\"role\": \"user\", \"content\": \"hi\", \"reasoning_content\": 1}]"};
     char body[1024];
     int bad = 0, n = 0;
-    const int nf = (int)(sizeof fields / sizeof fields[0]), nv = (int)(sizeof values / sizeof values[0]);
+    const int nf = (int)(sizeof fields / sizeof fields[0]),
+              nv = (int)(sizeof values / sizeof values[0]);
     for (int i = 0; i < nf + 1; i++)
         for (int k = 0; k < (i < nf ? nv : (int)(sizeof messages / sizeof messages[0])); k++) {
             if (i < nf)
@@ -709,9 +752,10 @@ int main(void) {
     CHECK(have_node);
 
     struct server s = {0};
-    const char *args[] = {"-m", model, "--model-name", "tiny", "--api-key", key, "--threads", "1",
-                          "--max-seqs", "2", "--max-waiting", "2", "--ctx", "2048", "--max-body",
-                          "256", NULL};
+    const char *args[] = {
+        "-m",         model, "--model-name",  "tiny", "--api-key", key,    "--threads",  "1",
+        "--max-seqs", "2",   "--max-waiting", "2",    "--ctx",     "2048", "--max-body", "256",
+        NULL};
     CHECK(serve_start(&s, "main", args) == 0);
     if (s.port > 0) {
         test_endpoints(&s, model);

@@ -47,8 +47,7 @@ static void run(const char *script, size_t split, const struct lp_text_params *p
     lp_token_list_init(&ids);
     struct lp_error err = {0};
     CHECK_OK(lp_tokenizer_encode(tok, script, split, 0, &ids, &err), &err);
-    CHECK_OK(lp_tokenizer_encode(tok, script + split, strlen(script) - split, 0, &ids, &err),
-             &err);
+    CHECK_OK(lp_tokenizer_encode(tok, script + split, strlen(script) - split, 0, &ids, &err), &err);
     struct lp_text *t = NULL;
     CHECK_OK(lp_text_create(&t, tok, p, &err), &err);
     if (!t) return;
@@ -88,8 +87,8 @@ static void expect(const char *name, const char *script, const struct lp_text_pa
             fprintf(stderr,
                     "%s, split at %zu:\n  content   [%s] want [%s]\n  reasoning [%s] want [%s]\n"
                     "  calls     [%s] want [%s]\n  stopped %d want %d\n",
-                    name, k, r.content, content, r.reasoning, reasoning, r.calls, calls,
-                    r.stopped, stopped);
+                    name, k, r.content, content, r.reasoning, reasoning, r.calls, calls, r.stopped,
+                    stopped);
     }
     CHECK_MSG(bad == 0, "%s: %d splits differ", name, bad);
 }
@@ -111,8 +110,8 @@ int main(void) {
     expect("think", "<think>\nLet me see: 2+2.\n</think>\n\nThe answer is 4.", &chat,
            "The answer is 4.", "Let me see: 2+2.", "", false);
     expect("empty think", "<think>\n\n</think>\n\nHi there", &chat, "Hi there", "", "", false);
-    expect("no think", "Just text\n\nwith lines <b>", &chat, "Just text\n\nwith lines <b>", "",
-           "", false);
+    expect("no think", "Just text\n\nwith lines <b>", &chat, "Just text\n\nwith lines <b>", "", "",
+           false);
     expect("think never closed", "<think>\nstill thinking\n", &chat, "", "still thinking", "",
            false);
     expect("think later is content", "Hi <think>x</think>", &chat, "Hi <think>x</think>", "", "",
@@ -139,8 +138,8 @@ int main(void) {
            "Hi <tool_call>{not json}</tool_call> bye", "", "", false);
     expect("unclosed tool call is content", "Hi <tool_call>{\"name\": \"a\"", &tools,
            "Hi <tool_call>{\"name\": \"a\"", "", "", false);
-    expect("tool tags without tools are content", "<tool_call>{\"name\": \"a\"}</tool_call>",
-           &chat, "<tool_call>{\"name\": \"a\"}</tool_call>", "", "", false);
+    expect("tool tags without tools are content", "<tool_call>{\"name\": \"a\"}</tool_call>", &chat,
+           "<tool_call>{\"name\": \"a\"}</tool_call>", "", "", false);
 
     const char *stops[] = {"STOP", "\n\n\n"};
     struct lp_text_params st = tools;
@@ -150,9 +149,8 @@ int main(void) {
     expect("stop string not seen", "Hello world. STO", &st, "Hello world. STO", "", "", false);
     expect("stop in reasoning", "<think>\nabc STOP def</think>x", &st, "", "abc ", "", true);
     expect("second stop string", "one\n\n\ntwo STOP", &st, "one", "", "", true);
-    expect("stop before a tool call ends",
-           "ok <tool_call>{\"name\": \"STOP\"}</tool_call>", &st, "ok <tool_call>{\"name\": \"",
-           "", "", true);
+    expect("stop before a tool call ends", "ok <tool_call>{\"name\": \"STOP\"}</tool_call>", &st,
+           "ok <tool_call>{\"name\": \"", "", "", true);
 
     // pushes after a stop add nothing
     {
