@@ -9,11 +9,13 @@
 //   run --print-ids --temp 0: the 32 greedy ids equal the reference's,
 //           except from a step whose reference top-2 margin is < 1e-3.
 // Models with the same weights in other containers (f32, sharded) must
-// match the bf16 reference too.
+// match the bf16 reference too. With a GPU, the logits and greedy checks
+// run again with --device cuda (same tolerances).
 #include <jansson.h>
 #include <stdint.h>
 #include <string.h>
 
+#include "layerpipe/backend.h"
 #include "lp_test.h"
 #include "model_fixture.h"
 
@@ -84,12 +86,12 @@ static void check_logits(const char *case_name, const char *dir, const char *ids
 
 // Runs `layerpipe run --print-ids` greedily and compares with the reference.
 static void check_greedy(const char *case_name, const char *dir, const char *ids,
-                         const char *ref_path, int n_gen) {
+                         const char *ref_path, int n_gen, const char *extra) {
     char cmd[16384];
     snprintf(cmd, sizeof cmd,
-             "'%s' run -m '%s' --prompt-ids '%s' -n %d --temp 0 --ignore-eos --print-ids "
+             "'%s' run -m '%s' --prompt-ids '%s' -n %d --temp 0 --ignore-eos --print-ids %s "
              "2>/dev/null",
-             bin, dir, ids, n_gen);
+             bin, dir, ids, n_gen, extra);
     FILE *p = popen(cmd, "r");
     int got[256], n_got = 0;
     while (p && n_got < 256 && fscanf(p, "%d", &got[n_got]) == 1) n_got++;
@@ -130,6 +132,15 @@ int main(void) {
     CHECK_MSG(doc != NULL, "%s: %s", path, jerr.text);
     if (!doc) return lp_test_finish("golden");
     json_t *models = json_object_get(doc, "models"), *cases = json_object_get(doc, "cases");
+    // With a GPU (and a build with CUDA) every case runs on cuda:0 as well.
+    struct lp_backend *probe = NULL;
+    struct lp_error perr = {0};
+    bool cuda = lp_backend_cuda_create(&probe, &(struct lp_backend_cuda_params){.device = 0},
+                                       &perr) == LP_OK;
+    lp_backend_destroy(probe);
+    printf(cuda ? "cuda:0 present: every case also runs with --device cuda\n"
+                : "no CUDA device (%s): CPU cases only\n",
+           perr.msg);
     const char *name;
     json_t *m;
     // every model: generate, and check it is the one the references saw
@@ -162,8 +173,16 @@ int main(void) {
         check_logits(case_name, dir, ids, ref, "--threads 1 --batch 7", 1e-3, vocab);
         if (strstr(case_name, "_long"))
             check_logits(case_name, dir, ids, ref, "--kv-dtype bf16", 1e-2, vocab);
-        check_greedy(case_name, dir, ids, ref_ids,
-                     (int)json_integer_value(json_object_get(c, "greedy")));
+        int n_greedy = (int)json_integer_value(json_object_get(c, "greedy"));
+        check_greedy(case_name, dir, ids, ref_ids, n_greedy, "");
+        if (cuda) { // the same references on the GPU
+            check_logits(case_name, dir, ids, ref, "--device cuda", 1e-3, vocab);
+            check_logits(case_name, dir, ids, ref, "--device cuda --batch 7", 1e-3, vocab);
+            if (strstr(case_name, "_long"))
+                check_logits(case_name, dir, ids, ref, "--device cuda --kv-dtype bf16", 1e-2,
+                             vocab);
+            check_greedy(case_name, dir, ids, ref_ids, n_greedy, "--device cuda");
+        }
         // the same weights in other containers
         json_t *aliases = json_object_get(doc, "aliases"), *a;
         const char *alias;

@@ -1,0 +1,108 @@
+#!/usr/bin/env bash
+# SPDX-License-Identifier: MIT
+# cuda-device.sh -- the CUDA backend's tests and benchmarks on the GPU machine,
+# which has no package registry (and none of gRPC, jansson, ...): build here,
+# pack the binaries with the shared libraries they need, run there.
+#   here:  tools/cuda-device.sh pack     builds build-cuda (nvcc 13, sm_90) and
+#                                        fills build-cuda-carry/{bin,lib}
+#   there: tools/cuda-device.sh run      (the device tool's command, with
+#                                        carry: ["build-cuda-carry"]) runs the
+#          CUDA kernel tests, the HF golden cases on CUDA, compute-sanitizer,
+#          and the benchmarks of bench/RESULTS.md; logs go to $OUT (or out/).
+# `run` steps: tests | sanitize | bench (default: all), e.g. `run tests bench`.
+set -u -o pipefail
+here=$(cd "$(dirname "$0")/.." && pwd)
+cd "$here"
+
+pack() {
+    local nvcc=${NVCC:-/usr/local/cuda-13.0/bin/nvcc}
+    cmake -S . -B build-cuda -DCMAKE_BUILD_TYPE=Release -DLAYERPIPE_CUDA=ON \
+        -DCMAKE_CUDA_COMPILER="$nvcc" >/dev/null || return 1
+    cmake --build build-cuda -j"$(nproc)" >/dev/null || return 1
+    rm -rf build-cuda-carry && mkdir -p build-cuda-carry/bin build-cuda-carry/lib
+    local bins="layerpipe lp_genmodel backend_test_cuda engine_test_golden backend_test_ref"
+    for b in $bins; do cp "build-cuda/$b" build-cuda-carry/bin/; done
+    # every shared library the binaries load, except the C and C++ runtimes
+    # (the GPU machine's are newer than this machine's)
+    for b in $bins; do ldd "build-cuda/$b"; done | awk '$3 ~ /^\// {print $3}' | sort -u |
+        grep -Ev '/(libc|libm|libpthread|libdl|librt|ld-linux-x86-64|libgcc_s|libstdc\+\+)\.so' |
+        while read -r lib; do cp -L "$lib" build-cuda-carry/lib/; done
+    du -sh build-cuda-carry
+}
+
+run_tests() {
+    local c=build-cuda-carry/bin work=/tmp/lp-testdata
+    mkdir -p "$work"
+    export LP_BIN=$here/$c/layerpipe LP_TOOLS_DIR=$here/$c LP_GOLDEN_DIR=$here/tests/golden
+    export LP_WORK_DIR=$work LP_SOURCE_DIR=$here
+    echo "== backend/test_cuda"
+    "$c/backend_test_cuda" 2>&1 | tee "$OUT/test_cuda.log"
+    echo "test_cuda rc=${PIPESTATUS[0]}"
+    echo "== engine/test_golden (CPU and --device cuda)"
+    "$c/engine_test_golden" >"$OUT/test_golden.log" 2>&1
+    echo "test_golden rc=$?"
+    grep -E "cuda|FAIL|fail" "$OUT/test_golden.log" | head -60
+    tail -3 "$OUT/test_golden.log"
+}
+
+run_sanitize() {
+    local c=build-cuda-carry/bin
+    echo "== compute-sanitizer memcheck (kernel tests only)"
+    LP_CUDA_TEST_KERNELS_ONLY=1 timeout 240 compute-sanitizer --tool memcheck \
+        --error-exitcode 9 "$c/backend_test_cuda" >"$OUT/memcheck.log" 2>&1
+    echo "memcheck rc=$?"
+    tail -5 "$OUT/memcheck.log"
+}
+
+run_bench() {
+    local c=build-cuda-carry/bin m=/tmp/lp-models log=$OUT/bench.log
+    mkdir -p "$m"
+    local shape="--layers 28 --hidden 2048 --heads 16 --kv-heads 8 --head-dim 128
+                 --intermediate 6144 --vocab 151936 --tied 1 --threads 16"
+    echo "== copy bandwidth (PyTorch, 4 GiB device-to-device, read + write bytes)" | tee -a "$log"
+    python3 - <<'EOF' 2>&1 | tee -a "$log"
+import torch
+a = torch.empty(1 << 30, dtype=torch.float32, device="cuda"); b = torch.empty_like(a)
+a.uniform_()
+for _ in range(3): b.copy_(a)
+s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+ts = []
+for _ in range(10):
+    s.record(); b.copy_(a); e.record(); e.synchronize(); ts.append(s.elapsed_time(e))
+ts.sort(); ms = ts[len(ts) // 2]
+print(f"copy: {torch.cuda.get_device_name()}: {2 * a.numel() * 4 / ms / 1e6:.0f} GB/s (median of 10, {ms:.3f} ms)")
+EOF
+    for fmt in mlx8 hf-bf16; do
+        local dir=$m/q17-$fmt
+        echo "== Qwen3-1.7B shape, $fmt" | tee -a "$log"
+        [ -f "$dir/config.json" ] || "$c/lp_genmodel" --out "$dir" --seed 7 --format "$fmt" $shape \
+            >/dev/null 2>&1 || { echo "lp_genmodel $fmt failed" | tee -a "$log"; continue; }
+        du -sh "$dir" | tee -a "$log"
+        "$c/layerpipe" bench -m "$dir" --device cuda -p 128 -n 256 -r 2 --json 2>&1 | tail -4 | tee -a "$log"
+        echo "-- prefill 512" | tee -a "$log"
+        "$c/layerpipe" bench -m "$dir" --device cuda -p 512 -n 4 -b 512 -r 2 --json 2>&1 | tail -4 | tee -a "$log"
+        for n in 8 32 64; do
+            echo "-- concurrency $n" | tee -a "$log"
+            "$c/layerpipe" bench -m "$dir" --device cuda -p 32 -n 64 -C "$n" -r 1 --json 2>&1 |
+                tail -4 | tee -a "$log"
+        done
+    done
+}
+
+case "${1:-}" in
+pack) pack ;;
+run)
+    shift
+    OUT=${OUT:-$here/out}
+    mkdir -p "$OUT"
+    export LD_LIBRARY_PATH=$here/build-cuda-carry/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+    nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.mem --format=csv 2>&1 |
+        tee "$OUT/gpu.txt"
+    steps=${*:-tests sanitize bench}
+    for s in $steps; do "run_$s"; done
+    ;;
+*)
+    echo "usage: tools/cuda-device.sh pack | run [tests] [sanitize] [bench]" >&2
+    exit 2
+    ;;
+esac
