@@ -108,8 +108,9 @@ void lp_mm_digits_prep_fn(void *arg, int i_thread, int n_threads) {
 // in one group: |a| <= 4 * 255 * (127 * 16384 + 64 * 128 + 64) = 2130804480
 // < 2^31), then tot[r][t] += float(a) * (sw_rg * sx_tg), the multiplier of
 // each lane's group.
-// out[t, r] = sum(tot[r][t]) / 16384 + sum_g bw_rg * xsum_tg (xsum from the
-// exact x; the power of two last keeps sw * sx normal for tiny x).
+// out[t, r] = sum over lanes of (tot[r][t] / 16384 + the lanes of sum_g bw_rg *
+// xsum_tg) (xsum from the exact x; the power of two last keeps sw * sx
+// normal for tiny x).
 // The integer sums are exact and each output's float steps (the fma per 64
 // codes in column order, the fixed lane reduction, the bias dot) do not
 // depend on RB, NT, the tile's place in the batch or the thread: a token's
@@ -127,17 +128,30 @@ void lp_mm_digits_prep_fn(void *arg, int i_thread, int n_threads) {
         xsum[t] = tk->xsum + (int64_t)(t0 + t) * ng;                                               \
     }
 
-// out[t0 + t, r0 + r] from the lane sums tot (see above).
+// out[t0 + t, r0 + r] from the lane sums tot (see above): the bias dot's 16
+// lanes (groups g = j mod 16) join tot's before the one lane reduction.
 LP_INLINE LP_VNNI void mm_dg_store(int RB, int NT, const struct mm_task *tk, int64_t r0, int t0,
                                    __m512 tot[][LP_MM_DG_NT], const float *const *xsum) {
     const struct lp_weight *w = tk->w;
     int64_t ng = w->cols / w->group_size;
+    int hfmt = w->scale_dtype == LP_DTYPE_BF16 ? FMT_BF16 : FMT_F16;
     const uint16_t *biases = w->biases;
+    __m512 bacc[LP_MM_DG_RB][LP_MM_DG_NT];
+    for (int r = 0; r < RB; r++)
+        for (int t = 0; t < NT; t++) bacc[r][t] = _mm512_setzero_ps();
+    for (int64_t g = 0; g < ng; g += 16) {
+        __mmask16 m = ng - g >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (ng - g)) - 1u);
+        for (int r = 0; r < RB; r++) {
+            __m512 bv = mm_ld16(hfmt, (const uint8_t *)(biases + (r0 + r) * ng + g), 0, m);
+            for (int t = 0; t < NT; t++)
+                bacc[r][t] = _mm512_fmadd_ps(bv, _mm512_maskz_loadu_ps(m, xsum[t] + g), bacc[r][t]);
+        }
+    }
+    const __m512 k = _mm512_set1_ps(1.0f / 16384.0f);
     for (int r = 0; r < RB; r++)
         for (int t = 0; t < NT; t++)
             tk->out[(int64_t)(t0 + t) * w->rows + r0 + r] =
-                _mm512_reduce_add_ps(tot[r][t]) * (1.0f / 16384.0f) +
-                mm_half_dot(w->scale_dtype, biases + (r0 + r) * ng, xsum[t], ng);
+                _mm512_reduce_add_ps(_mm512_fmadd_ps(tot[r][t], k, bacc[r][t]));
 }
 
 // RB rows of MLX 8-bit weights from r0 x NT tokens from t0. G32: groups of
