@@ -30,3 +30,28 @@ foreach(src ${LP_TEST_SOURCES})
                        LABELS "${labels}" TIMEOUT 900)
 endforeach()
 file(MAKE_DIRECTORY ${CMAKE_BINARY_DIR}/testdata)
+
+# The CUDA backend's sources run on the CPU through an emulated CUDA runtime
+# (tests/backend/cuda_emu), so that machines without a GPU check its kernels
+# and host logic with test_cuda.c too. Needs a C++ compiler; not under the
+# sanitizers (fibers switch stacks).
+include(CheckLanguage)
+check_language(CXX)
+if(CMAKE_CXX_COMPILER AND NOT LP_SANITIZE)
+  enable_language(CXX)
+  set(emu ${CMAKE_SOURCE_DIR}/tests/backend/cuda_emu)
+  add_executable(backend_test_cuda_emu ${CMAKE_SOURCE_DIR}/tests/backend/test_cuda.c
+                 ${emu}/cuda_emu.cpp ${emu}/emu_kernels.cpp ${emu}/emu_cuda.cpp)
+  target_include_directories(backend_test_cuda_emu BEFORE PRIVATE ${emu} ${CMAKE_SOURCE_DIR}/src
+                             ${CMAKE_SOURCE_DIR}/tests)
+  target_compile_definitions(backend_test_cuda_emu PRIVATE LP_TEST_CUDA_EMU LP_CUDA_PROBE_MIB=1
+                             lp_backend_cuda_create=lp_backend_cuda_emu_create
+                             lp_backend_cuda_built=lp_backend_cuda_emu_built)
+  target_compile_options(backend_test_cuda_emu PRIVATE
+                         "$<$<COMPILE_LANGUAGE:CXX>:-std=gnu++17;-O2;-ffp-contract=off;-Wall;-Wno-unused-parameter;-Wno-unused-function>"
+                         "$<$<COMPILE_LANGUAGE:C>:-Wno-format-truncation>")
+  target_link_libraries(backend_test_cuda_emu PRIVATE layerpipe_lib)
+  add_test(NAME backend/test_cuda_emu COMMAND backend_test_cuda_emu)
+  set_tests_properties(backend/test_cuda_emu PROPERTIES ENVIRONMENT "${LP_TEST_ENV}"
+                       LABELS "backend" TIMEOUT 900)
+endif()

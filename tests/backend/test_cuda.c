@@ -354,12 +354,21 @@ int main(void) {
         printf("LP_CUDA_TEST_KERNELS_ONLY: engine checks left out\n");
         goto done;
     }
+#ifdef LP_TEST_CUDA_EMU // small models: the emulation runs a thread at a time
+    test_engine("emu_bf16", "--seed 301 --format hf-bf16 --tied 1 --layers 2 --hidden 64 "
+                            "--heads 4 --kv-heads 2 --head-dim 16 --intermediate 128 --vocab 200");
+    test_engine("emu_mlx8", "--seed 302 --format mlx8 --group 64 --tied 0 --layers 2 --hidden 64 "
+                            "--heads 4 --kv-heads 2 --head-dim 32 --intermediate 128 --vocab 150");
+    test_engine("emu_mlx4", "--seed 303 --format mlx4 --group 32 --tied 1 --layers 1 --hidden 64 "
+                            "--heads 2 --kv-heads 1 --head-dim 32 --intermediate 128 --vocab 100");
+#else
     test_engine("cuda_bf16", "--seed 301 --format hf-bf16 --tied 1 --layers 3 --hidden 256 "
                              "--heads 4 --kv-heads 2 --head-dim 64 --intermediate 512 --vocab 1000");
     test_engine("cuda_mlx8", "--seed 302 --format mlx8 --group 64 --tied 0 --layers 3 --hidden 256 "
                              "--heads 4 --kv-heads 2 --head-dim 64 --intermediate 512 --vocab 1000");
     test_engine("cuda_mlx4", "--seed 303 --format mlx4 --group 32 --tied 1 --layers 2 --hidden 128 "
                              "--heads 4 --kv-heads 1 --head-dim 32 --intermediate 256 --vocab 700");
+#endif
 done:
     lp_backend_destroy(ref);
     lp_backend_destroy(gpu);

@@ -682,9 +682,12 @@ static enum lp_status cuda_step_end(void *ctx, struct lp_error *err) {
 
 // ---- device facts ------------------------------------------------------------
 
-// Streams 512 MiB through a read-only kernel, best of 5.
+// Streams LP_CUDA_PROBE_MIB (512) MiB through a read-only kernel, best of 5.
+#ifndef LP_CUDA_PROBE_MIB
+#define LP_CUDA_PROBE_MIB 512
+#endif
 static double cuda_measure_read(struct cuda_ctx *c) {
-    const size_t bytes = (size_t)512 << 20;
+    const size_t bytes = (size_t)LP_CUDA_PROBE_MIB << 20;
     const int n_blocks = 132 * 8;
     void *src = NULL;
     float *sink = NULL;

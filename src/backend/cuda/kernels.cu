@@ -20,6 +20,12 @@
 
 #include "backend/cuda/internal.h"
 
+// LP_LAUNCH(grid, block, stream, (args...), kernel): kernel<<<grid, block, 0, stream>>>(args...);
+// (the CPU emulation of tests/backend/cuda_emu defines its own).
+#ifndef LP_LAUNCH
+#define LP_LAUNCH(grid, block, stream, args, ...) __VA_ARGS__<<<grid, block, 0, stream>>> args
+#endif
+
 #define GEMV_THREADS 128
 #define GEMV_R 2
 #define WARPS(threads) ((threads) / 32)
@@ -210,7 +216,7 @@ template <int FMT, bool SBF, int NT>
 static cudaError_t gemv_launch_nt(cudaStream_t s, float *out, const float *x,
                                   const struct lp_cuda_weight *w, int n) {
     unsigned n_tg = (unsigned)((n + NT - 1) / NT), n_rb = (unsigned)((w->rows + GEMV_R - 1) / GEMV_R);
-    k_gemv<FMT, SBF, NT><<<n_tg * n_rb, GEMV_THREADS, 0, s>>>(out, x, *w, n);
+    LP_LAUNCH(n_tg * n_rb, GEMV_THREADS, s, (out, x, *w, n), k_gemv<FMT, SBF, NT>);
     return cudaGetLastError();
 }
 
@@ -242,7 +248,7 @@ cudaError_t lp_cuda_matmul(cudaStream_t s, float *out, const float *x,
     bool vec = w->cols % ch == 0 && (!mlx || w->group % ch == 0) &&
                ((uintptr_t)w->data % 16) == 0 && ((uintptr_t)x % 16) == 0;
     if (!vec) {
-        k_gemv_generic<<<(unsigned)w->rows, GEMV_THREADS, 0, s>>>(out, x, *w, n);
+        LP_LAUNCH((unsigned)w->rows, GEMV_THREADS, s, (out, x, *w, n), k_gemv_generic);
         return cudaGetLastError();
     }
     switch (w->fmt) {
@@ -270,7 +276,7 @@ __global__ void k_embed(float *out, struct lp_cuda_weight w, const int32_t *ids)
 cudaError_t lp_cuda_embed(cudaStream_t s, float *out, const struct lp_cuda_weight *w,
                           const int32_t *ids, int n) {
     if (n <= 0) return cudaSuccess;
-    k_embed<<<(unsigned)n, 256, 0, s>>>(out, *w, ids);
+    LP_LAUNCH((unsigned)n, 256, s, (out, *w, ids), k_embed);
     return cudaGetLastError();
 }
 
@@ -291,7 +297,7 @@ __global__ void k_rmsnorm(float *out, const float *x, const float *weight, int n
 cudaError_t lp_cuda_rmsnorm(cudaStream_t s, float *out, const float *x, const float *weight,
                             int n_rows, int dim, float eps) {
     if (n_rows <= 0) return cudaSuccess;
-    k_rmsnorm<<<(unsigned)((n_rows + 3) / 4), 128, 0, s>>>(out, x, weight, n_rows, dim, eps);
+    LP_LAUNCH((unsigned)((n_rows + 3) / 4), 128, s, (out, x, weight, n_rows, dim, eps), k_rmsnorm);
     return cudaGetLastError();
 }
 
@@ -318,7 +324,7 @@ cudaError_t lp_cuda_rope(cudaStream_t s, float *x, const int32_t *pos, const flo
                          int n, int n_heads, int head_dim) {
     int64_t total = (int64_t)n * n_heads * (head_dim / 2);
     if (total <= 0) return cudaSuccess;
-    k_rope<<<(unsigned)((total + 255) / 256), 256, 0, s>>>(x, pos, inv_freq, n, n_heads, head_dim);
+    LP_LAUNCH((unsigned)((total + 255) / 256), 256, s, (x, pos, inv_freq, n, n_heads, head_dim), k_rope);
     return cudaGetLastError();
 }
 
@@ -345,8 +351,7 @@ cudaError_t lp_cuda_kv_store(cudaStream_t s, void *k_cache, void *v_cache, bool 
                              const int32_t *slot, int n) {
     int64_t total = (int64_t)n * row;
     if (total <= 0) return cudaSuccess;
-    k_kv_store<<<(unsigned)((total + 255) / 256), 256, 0, s>>>(k_cache, v_cache, bf16, n_slots,
-                                                               row, k, v, slot, n);
+    LP_LAUNCH((unsigned)((total + 255) / 256), 256, s, (k_cache, v_cache, bf16, n_slots, row, k, v, slot, n), k_kv_store);
     return cudaGetLastError();
 }
 
@@ -462,13 +467,12 @@ static cudaError_t attn_launch(cudaStream_t s, float *out, const float *q, const
     dim3 grid((unsigned)(n * n_heads), LP_CUDA_ATTN_SPLITS);
     float scale = 1.0f / sqrtf((float)hd);
     if (bf16)
-        k_attn<NI, true><<<grid, 128, 0, s>>>(scratch, q, kc, vc, bs, n_kv, hd, n_heads, *ix, scale);
+        LP_LAUNCH(grid, 128, s, (scratch, q, kc, vc, bs, n_kv, hd, n_heads, *ix, scale), k_attn<NI, true>);
     else
-        k_attn<NI, false><<<grid, 128, 0, s>>>(scratch, q, kc, vc, bs, n_kv, hd, n_heads, *ix,
-                                               scale);
+        LP_LAUNCH(grid, 128, s, (scratch, q, kc, vc, bs, n_kv, hd, n_heads, *ix, scale), k_attn<NI, false>);
     cudaError_t e = cudaGetLastError();
     if (e != cudaSuccess) return e;
-    k_attn_combine<<<(unsigned)(n * n_heads), 128, 0, s>>>(out, scratch, hd);
+    LP_LAUNCH((unsigned)(n * n_heads), 128, s, (out, scratch, hd), k_attn_combine);
     return cudaGetLastError();
 }
 
@@ -499,7 +503,7 @@ __global__ void k_silu_mul(float *out, const float *g, const float *u, int64_t n
 cudaError_t lp_cuda_silu_mul(cudaStream_t s, float *out, const float *gate, const float *up,
                              int64_t n) {
     if (n <= 0) return cudaSuccess;
-    k_silu_mul<<<(unsigned)((n + 255) / 256), 256, 0, s>>>(out, gate, up, n);
+    LP_LAUNCH((unsigned)((n + 255) / 256), 256, s, (out, gate, up, n), k_silu_mul);
     return cudaGetLastError();
 }
 
@@ -510,7 +514,7 @@ __global__ void k_add(float *x, const float *y, int64_t n) {
 
 cudaError_t lp_cuda_add(cudaStream_t s, float *x, const float *y, int64_t n) {
     if (n <= 0) return cudaSuccess;
-    k_add<<<(unsigned)((n + 255) / 256), 256, 0, s>>>(x, y, n);
+    LP_LAUNCH((unsigned)((n + 255) / 256), 256, s, (x, y, n), k_add);
     return cudaGetLastError();
 }
 
@@ -523,7 +527,7 @@ __global__ void k_gather_rows(float *dst, const float *src, const int32_t *src_r
 cudaError_t lp_cuda_gather_rows(cudaStream_t s, float *dst, const float *src,
                                 const int32_t *src_row, int n, int cols) {
     if (n <= 0) return cudaSuccess;
-    k_gather_rows<<<(unsigned)n, 256, 0, s>>>(dst, src, src_row, cols);
+    LP_LAUNCH((unsigned)n, 256, s, (dst, src, src_row, cols), k_gather_rows);
     return cudaGetLastError();
 }
 
@@ -540,6 +544,6 @@ __global__ void k_read_probe(const uint4 *src, size_t n_vec, float *sink) {
 
 cudaError_t lp_cuda_read_probe(cudaStream_t s, const void *src, size_t bytes, float *sink,
                                int n_blocks) {
-    k_read_probe<<<(unsigned)n_blocks, 256, 0, s>>>((const uint4 *)src, bytes / 16, sink);
+    LP_LAUNCH((unsigned)n_blocks, 256, s, ((const uint4 *)src, bytes / 16, sink), k_read_probe);
     return cudaGetLastError();
 }
