@@ -1,12 +1,14 @@
 // SPDX-License-Identifier: MIT
 // test_cpu.c -- every CPU kernel against the ref backend on random data
-// (fixed seed), for the AVX-512 kernels (1, 2 and 3 threads) and the portable
-// ones (forced, 2 threads): every weight format, MLX bits 4/8, groups
-// 32/64/128, bf16 and f16 scales (half of them negative), n = 1, 3, 17, 96,
-// 100, 129 tokens (n >= 32 takes the AVX-512 prefill path: full and partial
-// 64-token tiles of 4, 2, 3 and 1 vectors), row counts that are not multiples of the
-// 4-row tile, the 6-row prefill tile or the row chunk, and
-// float-format column counts that are not multiples of 16.
+// (fixed seed), for the AVX-512 kernels (1, 2 and 3 threads), the portable
+// ones (forced, 1 and 2 threads) and int8 activations (1 and 3 threads):
+// every weight format, MLX bits 4/8, groups 32/64/128, bf16 and f16 scales
+// (half of them negative), n = 1, 3, 17, 96, 100, 129 tokens (full and
+// partial 4-token tiles), row counts that are not multiples of the 4-row
+// tile or the row chunk, and float-format column counts that are not
+// multiples of 16. Batch
+// invariance (issue 13): every row of an n-row call is memcmp-equal to the
+// row computed alone, for every format and path (test_batch_invariance).
 // Tolerances (relative L2 error ||cpu - ref|| / ||ref||):
 //   float paths (matmul, embed, norms, rope, attention):   <= 1e-5
 //     (float summation order and fused multiply-adds only)
