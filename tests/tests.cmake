@@ -48,7 +48,7 @@ if(CMAKE_CXX_COMPILER AND NOT LP_SANITIZE)
                              lp_backend_cuda_create=lp_backend_cuda_emu_create
                              lp_backend_cuda_built=lp_backend_cuda_emu_built)
   target_compile_options(backend_test_cuda_emu PRIVATE
-                         "$<$<COMPILE_LANGUAGE:CXX>:-std=gnu++17;-O2;-ffp-contract=off;-Wall;-Wno-unused-parameter;-Wno-unused-function>"
+                         "$<$<COMPILE_LANGUAGE:CXX>:-std=gnu++17;-O2;-ffp-contract=off;-Wall;-Wno-unused-parameter;-Wno-unused-function;-Wno-unknown-pragmas>"
                          "$<$<COMPILE_LANGUAGE:C>:-Wno-format-truncation>")
   target_link_libraries(backend_test_cuda_emu PRIVATE layerpipe_lib)
   add_test(NAME backend/test_cuda_emu COMMAND backend_test_cuda_emu)

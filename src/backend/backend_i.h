@@ -145,6 +145,20 @@ struct lp_backend_i {
     enum lp_status (*step_begin)(void *ctx, const struct lp_step_key *key, bool *replayed,
                                  struct lp_error *err);
     enum lp_status (*step_end)(void *ctx, struct lp_error *err);
+
+    // (optional) Fused forms of engine steps, each computing what the steps
+    // it stands for compute; NULL: the engine makes those steps.
+    // outs[j][n, ws[j].rows] = x[n, cols] @ ws[j]^T for j < n_w <= 3 (q, k, v).
+    void (*matmul_multi)(void *ctx, struct lp_buf *const *outs, const struct lp_buf *x,
+                         const struct lp_bweight *const *ws, int n_w, int n);
+    // y[n, w.rows] += x @ w^T (matmul into a scratch, then add).
+    void (*matmul_add)(void *ctx, struct lp_buf *y, const struct lp_buf *x,
+                       const struct lp_bweight *w, int n);
+    // out[n, w_gate.rows] = silu(x @ w_gate^T) * (x @ w_up^T) (two matmuls,
+    // then silu_mul); tmp [n, w_up.rows] is scratch the backend may use.
+    void (*matmul_swiglu)(void *ctx, struct lp_buf *out, struct lp_buf *tmp,
+                          const struct lp_buf *x, const struct lp_bweight *w_gate,
+                          const struct lp_bweight *w_up, int n);
 };
 
 struct lp_backend {

@@ -377,6 +377,17 @@ static enum lp_status engine_check_batch(struct lp_engine *e, const struct lp_en
     return LP_OK;
 }
 
+// y[n, d] += x @ w^T, through e->o unless the backend fuses it.
+static void engine_matmul_add(struct lp_engine *e, struct lp_buf *y, const struct lp_buf *x,
+                              const struct lp_bweight *w, int n, int d) {
+    if (e->be.matmul_add) {
+        e->be.matmul_add(e->bctx, y, x, w, n);
+        return;
+    }
+    e->be.matmul(e->bctx, e->o, x, w, n);
+    e->be.add(e->bctx, y, e->o, (int64_t)n * d);
+}
+
 static void engine_layer(struct lp_engine *e, const struct lp_engine_layer *L, int n, int n_segs) {
     const struct lp_model_config *c = &e->cfg;
     void *b = e->bctx;
@@ -385,9 +396,15 @@ static void engine_layer(struct lp_engine *e, const struct lp_engine_layer *L, i
     float eps = c->rms_norm_eps;
     // attention block: x += o_proj(attn(rope(norm_h(q_proj(n))), ...))
     be->rmsnorm(b, e->xn, e->x, L->attn_norm, n, d, eps);
-    be->matmul(b, e->q, e->xn, L->wq, n);
-    be->matmul(b, e->k, e->xn, L->wk, n);
-    be->matmul(b, e->v, e->xn, L->wv, n);
+    if (be->matmul_multi) {
+        struct lp_buf *qkv[3] = {e->q, e->k, e->v};
+        const struct lp_bweight *w_qkv[3] = {L->wq, L->wk, L->wv};
+        be->matmul_multi(b, qkv, e->xn, w_qkv, 3, n);
+    } else {
+        be->matmul(b, e->q, e->xn, L->wq, n);
+        be->matmul(b, e->k, e->xn, L->wk, n);
+        be->matmul(b, e->v, e->xn, L->wv, n);
+    }
     be->rmsnorm(b, e->q, e->q, L->q_norm, n * c->n_heads, hd, eps);
     be->rmsnorm(b, e->k, e->k, L->k_norm, n * c->n_kv_heads, hd, eps);
     be->rope(b, e->q, e->h_pos, n, c->n_heads, hd, c->rope_theta);
@@ -395,15 +412,17 @@ static void engine_layer(struct lp_engine *e, const struct lp_engine_layer *L, i
     be->kv_store(b, L->k_cache, L->v_cache, &e->kv_geom, e->k, e->v, e->h_slot, n);
     be->attention(b, e->att, e->q, L->k_cache, L->v_cache, &e->kv_geom, c->n_heads, e->h_segs,
                   n_segs);
-    be->matmul(b, e->o, e->att, L->wo, n);
-    be->add(b, e->x, e->o, (int64_t)n * d);
+    engine_matmul_add(e, e->x, e->att, L->wo, n, d);
     // MLP block: x += down_proj(silu(gate_proj(h)) * up_proj(h))
     be->rmsnorm(b, e->xn, e->x, L->ffn_norm, n, d, eps);
-    be->matmul(b, e->gate, e->xn, L->w_gate, n);
-    be->matmul(b, e->up, e->xn, L->w_up, n);
-    be->silu_mul(b, e->gate, e->gate, e->up, (int64_t)n * c->intermediate_size);
-    be->matmul(b, e->o, e->gate, L->w_down, n);
-    be->add(b, e->x, e->o, (int64_t)n * d);
+    if (be->matmul_swiglu) {
+        be->matmul_swiglu(b, e->gate, e->up, e->xn, L->w_gate, L->w_up, n);
+    } else {
+        be->matmul(b, e->gate, e->xn, L->w_gate, n);
+        be->matmul(b, e->up, e->xn, L->w_up, n);
+        be->silu_mul(b, e->gate, e->gate, e->up, (int64_t)n * c->intermediate_size);
+    }
+    engine_matmul_add(e, e->x, e->gate, L->w_down, n, d);
 }
 
 static void engine_compute(struct lp_engine *e, int n, int n_rows, int n_segs) {

@@ -14,6 +14,8 @@
 //   to 1e-6; the KV cache bit-identical to ref's
 //   engine, CUDA vs CPU logits per row: <= 1e-4
 //   batch invariance (matmul rows, engine decode): bit-identical (memcmp)
+//   fused slots (matmul_multi, matmul_add, matmul_swiglu) against the steps
+//   they stand for: bit-identical
 #include <stdio.h>
 #include <string.h>
 
@@ -134,6 +136,83 @@ static void test_batch_invariance(void) {
         free(one);
         free(got);
         tu_weight_free(w);
+    }
+}
+
+// The fused slots give exactly the bits of the steps they stand for:
+// matmul_multi = three matmuls, matmul_add = matmul + add, matmul_swiglu =
+// two matmuls + silu_mul; on the 16-byte path and the element-wise one.
+static void test_fused(void) {
+    struct shape { enum lp_weight_format f; int bits, gs; int64_t cols; } shapes[4] = {
+        {LP_WEIGHT_BF16, 0, 0, 256}, {LP_WEIGHT_MLX_AFFINE, 8, 64, 384},
+        {LP_WEIGHT_MLX_AFFINE, 4, 32, 640}, {LP_WEIGHT_BF16, 0, 0, 100}};
+    static const int ns[3] = {1, 5, 40};
+    void *c = gpu->ctx;
+    const struct lp_backend_i *be = &gpu->iface;
+    CHECK(be->matmul_multi && be->matmul_add && be->matmul_swiglu);
+    if (!be->matmul_multi || !be->matmul_add || !be->matmul_swiglu) return;
+    for (int k = 0; k < 4; k++) {
+        int64_t rows[3] = {70, 33, 33}, cols = shapes[k].cols;
+        struct lp_weight w[3];
+        struct lp_bweight *bw[3];
+        for (int j = 0; j < 3; j++) {
+            w[j] = tu_weight(shapes[k].f, rows[j], cols, shapes[k].bits, shapes[k].gs,
+                             LP_DTYPE_BF16);
+            CHECK_OK(be->weight_upload(c, &w[j], &bw[j], err), err);
+        }
+        for (int in = 0; in < 3; in++) {
+            int n = ns[in];
+            size_t xb = (size_t)n * cols * 4, ob = (size_t)n * 70 * 4;
+            float *x = tu_randv((int64_t)n * cols, 1.0f), *y0 = tu_randv((int64_t)n * 70, 1.0f);
+            float *a = malloc(ob), *b = malloc(ob);
+            struct lp_buf *xg = tu_buf(gpu, x, xb), *o[3], *p[3], *t1 = tu_buf(gpu, NULL, ob),
+                          *t2 = tu_buf(gpu, NULL, ob);
+            for (int j = 0; j < 3; j++) {
+                o[j] = tu_buf(gpu, NULL, ob);
+                p[j] = tu_buf(gpu, NULL, ob);
+            }
+            // three matmuls, one launch
+            for (int j = 0; j < 3; j++) be->matmul(c, o[j], xg, bw[j], n);
+            be->matmul_multi(c, p, xg, (const struct lp_bweight *const *)bw, 3, n);
+            for (int j = 0; j < 3; j++) {
+                size_t bytes = (size_t)n * rows[j] * 4;
+                tu_read(gpu, o[j], a, bytes);
+                tu_read(gpu, p[j], b, bytes);
+                CHECK_MSG(memcmp(a, b, bytes) == 0, "matmul_multi shape %d n=%d matrix %d", k, n, j);
+            }
+            // y += x W^T
+            struct lp_buf *ya = tu_buf(gpu, y0, ob), *yb = tu_buf(gpu, y0, ob);
+            be->matmul(c, t1, xg, bw[0], n);
+            be->add(c, ya, t1, (int64_t)n * 70);
+            be->matmul_add(c, yb, xg, bw[0], n);
+            tu_read(gpu, ya, a, ob);
+            tu_read(gpu, yb, b, ob);
+            CHECK_MSG(memcmp(a, b, ob) == 0, "matmul_add shape %d n=%d", k, n);
+            // silu(x Wg^T) * (x Wu^T) with the two 33-row matrices
+            size_t sb = (size_t)n * 33 * 4;
+            be->matmul(c, t1, xg, bw[1], n);
+            be->matmul(c, t2, xg, bw[2], n);
+            be->silu_mul(c, t1, t1, t2, (int64_t)n * 33);
+            be->matmul_swiglu(c, ya, yb, xg, bw[1], bw[2], n);
+            tu_read(gpu, t1, a, sb);
+            tu_read(gpu, ya, b, sb);
+            CHECK_MSG(memcmp(a, b, sb) == 0, "matmul_swiglu shape %d n=%d", k, n);
+            CHECK_OK(be->sync(c, err), err);
+            for (int j = 0; j < 3; j++) {
+                tu_free(gpu, o[j]);
+                tu_free(gpu, p[j]);
+            }
+            for (struct lp_buf **q = (struct lp_buf *[]){xg, t1, t2, ya, yb, NULL}; *q; q++)
+                tu_free(gpu, *q);
+            free(x);
+            free(y0);
+            free(a);
+            free(b);
+        }
+        for (int j = 0; j < 3; j++) {
+            be->weight_free(c, bw[j]);
+            tu_weight_free(&w[j]);
+        }
     }
 }
 
@@ -345,6 +424,7 @@ int main(void) {
            (double)info.free_bytes / (1 << 30), info.read_gb_s);
     test_matmul();
     test_batch_invariance();
+    test_fused();
     test_rowwise();
     test_attention(LP_DTYPE_F32, 64);
     test_attention(LP_DTYPE_BF16, 64);

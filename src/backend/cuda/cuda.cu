@@ -463,6 +463,39 @@ static void cuda_matmul(void *ctx, struct lp_buf *out, const struct lp_buf *x,
     cuda_ok(c, lp_cuda_matmul(c->stream, (float *)out->d, (const float *)x->d, &w->k, n), "matmul");
 }
 
+static void cuda_matmul_multi(void *ctx, struct lp_buf *const *outs, const struct lp_buf *x,
+                              const struct lp_bweight *const *ws, int n_w, int n) {
+    struct cuda_ctx *c = (struct cuda_ctx *)ctx;
+    float *o[3];
+    const struct lp_cuda_weight *w[3];
+    if (n_w > 3) {
+        cuda_fail(c, LP_ERR_INVALID_ARG, "matmul_multi: %d matrices, at most 3", n_w);
+        return;
+    }
+    for (int j = 0; j < n_w; j++) {
+        o[j] = (float *)outs[j]->d;
+        w[j] = &ws[j]->k;
+    }
+    cuda_ok(c, lp_cuda_matmul_multi(c->stream, o, (const float *)x->d, w, n_w, n), "matmul_multi");
+}
+
+static void cuda_matmul_add(void *ctx, struct lp_buf *y, const struct lp_buf *x,
+                            const struct lp_bweight *w, int n) {
+    struct cuda_ctx *c = (struct cuda_ctx *)ctx;
+    cuda_ok(c, lp_cuda_matmul_add(c->stream, (float *)y->d, (const float *)x->d, &w->k, n),
+            "matmul_add");
+}
+
+static void cuda_matmul_swiglu(void *ctx, struct lp_buf *out, struct lp_buf *tmp,
+                               const struct lp_buf *x, const struct lp_bweight *w_gate,
+                               const struct lp_bweight *w_up, int n) {
+    struct cuda_ctx *c = (struct cuda_ctx *)ctx;
+    cuda_ok(c,
+            lp_cuda_matmul_swiglu(c->stream, (float *)out->d, (float *)tmp->d, (const float *)x->d,
+                                  &w_gate->k, &w_up->k, n),
+            "matmul_swiglu");
+}
+
 static void cuda_rmsnorm(void *ctx, struct lp_buf *out, const struct lp_buf *x,
                          const struct lp_buf *weight, int n_rows, int dim, float eps) {
     struct cuda_ctx *c = (struct cuda_ctx *)ctx;
@@ -756,6 +789,9 @@ static const struct lp_backend_i cuda_iface = {
     /* .batch_setup   = */ cuda_batch_setup,
     /* .step_begin    = */ cuda_step_begin,
     /* .step_end      = */ cuda_step_end,
+    /* .matmul_multi  = */ cuda_matmul_multi,
+    /* .matmul_add    = */ cuda_matmul_add,
+    /* .matmul_swiglu = */ cuda_matmul_swiglu,
 };
 
 extern "C" bool lp_backend_cuda_built(void) { return true; }

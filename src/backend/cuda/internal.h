@@ -56,6 +56,17 @@ cudaError_t lp_cuda_embed(cudaStream_t s, float *out, const struct lp_cuda_weigh
                           const int32_t *ids, int n);
 cudaError_t lp_cuda_matmul(cudaStream_t s, float *out, const float *x,
                            const struct lp_cuda_weight *w, int n);
+// y[n, w.rows] += x @ w^T (bit-identical to lp_cuda_matmul then lp_cuda_add).
+cudaError_t lp_cuda_matmul_add(cudaStream_t s, float *y, const float *x,
+                               const struct lp_cuda_weight *w, int n);
+// outs[j] = x @ ws[j]^T for j < n_w (one launch when the weights share format and width).
+cudaError_t lp_cuda_matmul_multi(cudaStream_t s, float *const *outs, const float *x,
+                                 const struct lp_cuda_weight *const *ws, int n_w, int n);
+// out = silu(x Wg^T) * (x Wu^T) [n, w_gate.rows]; tmp [n, w_up.rows] is used
+// only when the two cannot share a launch.
+cudaError_t lp_cuda_matmul_swiglu(cudaStream_t s, float *out, float *tmp, const float *x,
+                                  const struct lp_cuda_weight *w_gate,
+                                  const struct lp_cuda_weight *w_up, int n);
 cudaError_t lp_cuda_rmsnorm(cudaStream_t s, float *out, const float *x, const float *weight,
                             int n_rows, int dim, float eps);
 cudaError_t lp_cuda_rope(cudaStream_t s, float *x, const int32_t *pos, const float *inv_freq,

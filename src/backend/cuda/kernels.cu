@@ -97,25 +97,57 @@ static __device__ __forceinline__ void chunk_values(uint4 raw, float *v) {
     }
 }
 
-// out[t, r] = sum_c x[t, c] w[r, c] for the block's GEMV_R rows and NT tokens.
-// Needs cols % CH == 0 (and group % CH == 0 for MLX).
-template <int FMT, bool SBF, int NT>
+// What the GEMV kernel does with a block's sums.
+enum { EPI_STORE, EPI_ACCUM, EPI_SWIGLU };
+
+// Up to three matrices of one format, width and scale type in one launch:
+// job j owns row blocks [rb0[j], rb0[j + 1]). EPI_SWIGLU: job 0 is the gate,
+// job 1 the up projection, and a block takes the same row of both.
+struct gemv_jobs {
+    struct lp_cuda_weight w[3];
+    float *out[3];
+    int rb0[3];
+    int n_jobs;
+};
+
+template <class T>
+static __device__ __forceinline__ T pick3(int j, const T &a, const T &b, const T &c) {
+    return j == 0 ? a : j == 1 ? b : c;
+}
+
+// The block's GEMV_R rows and NT tokens: out[t, r] = sum_c x[t, c] w[r, c],
+// then the epilogue (store, add to out, or silu(gate) * up). Needs
+// cols % CH == 0 (and group % CH == 0 for MLX).
+template <int FMT, bool SBF, int NT, int EPI>
 __global__ void __launch_bounds__(GEMV_THREADS)
-    k_gemv(float *__restrict__ out, const float *__restrict__ x, struct lp_cuda_weight w, int n) {
+    k_gemv(const float *__restrict__ x, struct gemv_jobs jobs, int n) {
     constexpr int CH = fmt_chunk<FMT>::n;
     constexpr bool MLX = FMT == LP_CUDA_FMT_Q8 || FMT == LP_CUDA_FMT_Q4;
     const int n_tg = (n + NT - 1) / NT;
     const int t0 = (int)(blockIdx.x % n_tg) * NT;
-    const int r0 = (int)(blockIdx.x / n_tg) * GEMV_R;
-    const int cols = w.cols, n_chunks = cols / CH;
+    const int rb = (int)(blockIdx.x / n_tg);
+    int ji = 0;
+    if (EPI != EPI_SWIGLU) {
+        if (jobs.n_jobs > 1 && rb >= jobs.rb0[1]) ji = 1;
+        if (jobs.n_jobs > 2 && rb >= jobs.rb0[2]) ji = 2;
+    }
+    const int rows = pick3(ji, jobs.w[0].rows, jobs.w[1].rows, jobs.w[2].rows);
+    const int r0 = (rb - pick3(ji, jobs.rb0[0], jobs.rb0[1], jobs.rb0[2])) *
+                   (EPI == EPI_SWIGLU ? 1 : GEMV_R);
+    const int cols = jobs.w[0].cols, n_chunks = cols / CH, group = jobs.w[0].group;
     const size_t row_bytes = (size_t)cols * fmt_chunk<FMT>::bits / 8;
-    const int groups_per_row = MLX ? cols / w.group : 1;
+    const int groups_per_row = MLX ? cols / group : 1;
     const uint4 *rowp[GEMV_R];
+    const uint16_t *sc[GEMV_R], *bi[GEMV_R];
     int rr[GEMV_R];
 #pragma unroll
     for (int r = 0; r < GEMV_R; r++) {
-        rr[r] = min(r0 + r, w.rows - 1);
-        rowp[r] = (const uint4 *)((const char *)w.data + (size_t)rr[r] * row_bytes);
+        const int j = EPI == EPI_SWIGLU ? r : ji;
+        rr[r] = EPI == EPI_SWIGLU ? r0 : min(r0 + r, rows - 1);
+        const void *data = pick3(j, jobs.w[0].data, jobs.w[1].data, jobs.w[2].data);
+        rowp[r] = (const uint4 *)((const char *)data + (size_t)rr[r] * row_bytes);
+        sc[r] = pick3(j, jobs.w[0].scales, jobs.w[1].scales, jobs.w[2].scales);
+        bi[r] = pick3(j, jobs.w[0].biases, jobs.w[1].biases, jobs.w[2].biases);
     }
     float acc[GEMV_R][NT];
 #pragma unroll
@@ -130,9 +162,9 @@ __global__ void __launch_bounds__(GEMV_THREADS)
         for (int r = 0; r < GEMV_R; r++) {
             chunk_values<FMT>(__ldg(rowp[r] + ch), wv[r]);
             if (MLX) {
-                int64_t gi = (int64_t)rr[r] * groups_per_row + (ch * CH) / w.group;
-                s[r] = half_at(w.scales, gi, SBF);
-                b[r] = half_at(w.biases, gi, SBF);
+                int64_t gi = (int64_t)rr[r] * groups_per_row + (ch * CH) / group;
+                s[r] = half_at(sc[r], gi, SBF);
+                b[r] = half_at(bi[r], gi, SBF);
             }
         }
 #pragma unroll
@@ -182,18 +214,34 @@ __global__ void __launch_bounds__(GEMV_THREADS)
             if (lane == 0) red[warp][r][t] = v;
         }
     __syncthreads();
-    if (threadIdx.x < GEMV_R * NT) {
-        int r = threadIdx.x / NT, t = threadIdx.x % NT;
+    float *out = pick3(ji, jobs.out[0], jobs.out[1], jobs.out[2]);
+    if (EPI == EPI_SWIGLU) {
+        if (threadIdx.x < NT) {
+            const int t = threadIdx.x;
+            float g = red[0][0][t], u = red[0][1][t];
+            for (int k = 1; k < WARPS(GEMV_THREADS); k++) {
+                g = __fadd_rn(g, red[k][0][t]);
+                u = __fadd_rn(u, red[k][1][t]);
+            }
+            if (t0 + t < n)
+                out[(size_t)(t0 + t) * rows + r0] = __fmul_rn(__fdiv_rn(g, __fadd_rn(1.0f, expf(-g))), u);
+        }
+    } else if (threadIdx.x < GEMV_R * NT) {
+        const int r = threadIdx.x / NT, t = threadIdx.x % NT;
         float sum = red[0][r][t];
         for (int k = 1; k < WARPS(GEMV_THREADS); k++) sum = __fadd_rn(sum, red[k][r][t]);
-        if (r0 + r < w.rows && t0 + t < n) out[(size_t)(t0 + t) * w.rows + r0 + r] = sum;
+        if (r0 + r < rows && t0 + t < n) {
+            float *o = out + (size_t)(t0 + t) * rows + r0 + r;
+            *o = EPI == EPI_ACCUM ? __fadd_rn(*o, sum) : sum;
+        }
     }
 }
 
-// Any shape: one block per weight row, element by element (awkward column counts).
+// Any shape: one block per weight row, element by element (awkward column
+// counts); accum: out += instead of out =.
 __global__ void __launch_bounds__(GEMV_THREADS)
     k_gemv_generic(float *__restrict__ out, const float *__restrict__ x, struct lp_cuda_weight w,
-                   int n) {
+                   int n, bool accum) {
     const int r = blockIdx.x;
     __shared__ float red[WARPS(GEMV_THREADS)];
     for (int t = 0; t < n; t++) {
@@ -206,28 +254,47 @@ __global__ void __launch_bounds__(GEMV_THREADS)
         if (threadIdx.x == 0) {
             float sum = red[0];
             for (int k = 1; k < WARPS(GEMV_THREADS); k++) sum = __fadd_rn(sum, red[k]);
-            out[(size_t)t * w.rows + r] = sum;
+            float *o = out + (size_t)t * w.rows + r;
+            *o = accum ? __fadd_rn(*o, sum) : sum;
         }
         __syncthreads();
     }
 }
 
-template <int FMT, bool SBF, int NT>
-static cudaError_t gemv_launch_nt(cudaStream_t s, float *out, const float *x,
-                                  const struct lp_cuda_weight *w, int n) {
-    unsigned n_tg = (unsigned)((n + NT - 1) / NT), n_rb = (unsigned)((w->rows + GEMV_R - 1) / GEMV_R);
-    LP_LAUNCH(n_tg * n_rb, GEMV_THREADS, s, (out, x, *w, n), k_gemv<FMT, SBF, NT>);
+template <int FMT, bool SBF, int NT, int EPI>
+static cudaError_t gemv_launch_nt(cudaStream_t s, const float *x, const struct gemv_jobs *jobs,
+                                  int n_rb, int n) {
+    unsigned n_tg = (unsigned)((n + NT - 1) / NT);
+    LP_LAUNCH(n_tg * (unsigned)n_rb, GEMV_THREADS, s, (x, *jobs, n), k_gemv<FMT, SBF, NT, EPI>);
     return cudaGetLastError();
 }
 
-template <int FMT, bool SBF>
-static cudaError_t gemv_launch(cudaStream_t s, float *out, const float *x,
-                               const struct lp_cuda_weight *w, int n) {
-    if (n <= 1) return gemv_launch_nt<FMT, SBF, 1>(s, out, x, w, n);
-    if (n <= 2) return gemv_launch_nt<FMT, SBF, 2>(s, out, x, w, n);
-    if (n <= 4) return gemv_launch_nt<FMT, SBF, 4>(s, out, x, w, n);
-    if (n <= 8) return gemv_launch_nt<FMT, SBF, 8>(s, out, x, w, n);
-    return gemv_launch_nt<FMT, SBF, 16>(s, out, x, w, n);
+template <int FMT, bool SBF, int EPI>
+static cudaError_t gemv_launch(cudaStream_t s, const float *x, const struct gemv_jobs *jobs,
+                               int n_rb, int n) {
+    if (n <= 1) return gemv_launch_nt<FMT, SBF, 1, EPI>(s, x, jobs, n_rb, n);
+    if (n <= 2) return gemv_launch_nt<FMT, SBF, 2, EPI>(s, x, jobs, n_rb, n);
+    if (n <= 4) return gemv_launch_nt<FMT, SBF, 4, EPI>(s, x, jobs, n_rb, n);
+    if (n <= 8) return gemv_launch_nt<FMT, SBF, 8, EPI>(s, x, jobs, n_rb, n);
+    return gemv_launch_nt<FMT, SBF, 16, EPI>(s, x, jobs, n_rb, n);
+}
+
+template <int EPI>
+static cudaError_t gemv_dispatch(cudaStream_t s, const float *x, const struct gemv_jobs *jobs,
+                                 int n_rb, int n) {
+    const struct lp_cuda_weight *w = &jobs->w[0];
+    switch (w->fmt) {
+    case LP_CUDA_FMT_F32: return gemv_launch<LP_CUDA_FMT_F32, false, EPI>(s, x, jobs, n_rb, n);
+    case LP_CUDA_FMT_F16: return gemv_launch<LP_CUDA_FMT_F16, false, EPI>(s, x, jobs, n_rb, n);
+    case LP_CUDA_FMT_BF16: return gemv_launch<LP_CUDA_FMT_BF16, false, EPI>(s, x, jobs, n_rb, n);
+    case LP_CUDA_FMT_Q8:
+        return w->scale_bf16 ? gemv_launch<LP_CUDA_FMT_Q8, true, EPI>(s, x, jobs, n_rb, n)
+                             : gemv_launch<LP_CUDA_FMT_Q8, false, EPI>(s, x, jobs, n_rb, n);
+    case LP_CUDA_FMT_Q4:
+        return w->scale_bf16 ? gemv_launch<LP_CUDA_FMT_Q4, true, EPI>(s, x, jobs, n_rb, n)
+                             : gemv_launch<LP_CUDA_FMT_Q4, false, EPI>(s, x, jobs, n_rb, n);
+    }
+    return cudaErrorInvalidValue;
 }
 
 static int fmt_ch(enum lp_cuda_fmt f) {
@@ -240,29 +307,87 @@ static int fmt_ch(enum lp_cuda_fmt f) {
     }
 }
 
+// The 16-byte chunk kernel applies to w (else the element-wise one).
+static bool gemv_vec(const struct lp_cuda_weight *w, const float *x) {
+    bool mlx = w->fmt == LP_CUDA_FMT_Q8 || w->fmt == LP_CUDA_FMT_Q4;
+    int ch = fmt_ch(w->fmt);
+    return w->cols % ch == 0 && (!mlx || w->group % ch == 0) && ((uintptr_t)w->data % 16) == 0 &&
+           ((uintptr_t)x % 16) == 0;
+}
+
+// a and b can share one launch.
+static bool gemv_same(const struct lp_cuda_weight *a, const struct lp_cuda_weight *b) {
+    return a->fmt == b->fmt && a->cols == b->cols && a->scale_bf16 == b->scale_bf16 &&
+           a->group == b->group;
+}
+
+static cudaError_t gemv_one(cudaStream_t s, float *out, const float *x,
+                            const struct lp_cuda_weight *w, int n, bool accum) {
+    if (!gemv_vec(w, x)) {
+        LP_LAUNCH((unsigned)w->rows, GEMV_THREADS, s, (out, x, *w, n, accum), k_gemv_generic);
+        return cudaGetLastError();
+    }
+    struct gemv_jobs jobs = {};
+    jobs.w[0] = *w;
+    jobs.out[0] = out;
+    jobs.n_jobs = 1;
+    int n_rb = (w->rows + GEMV_R - 1) / GEMV_R;
+    return accum ? gemv_dispatch<EPI_ACCUM>(s, x, &jobs, n_rb, n)
+                 : gemv_dispatch<EPI_STORE>(s, x, &jobs, n_rb, n);
+}
+
 cudaError_t lp_cuda_matmul(cudaStream_t s, float *out, const float *x,
                            const struct lp_cuda_weight *w, int n) {
     if (n <= 0) return cudaSuccess;
-    bool mlx = w->fmt == LP_CUDA_FMT_Q8 || w->fmt == LP_CUDA_FMT_Q4;
-    int ch = fmt_ch(w->fmt);
-    bool vec = w->cols % ch == 0 && (!mlx || w->group % ch == 0) &&
-               ((uintptr_t)w->data % 16) == 0 && ((uintptr_t)x % 16) == 0;
-    if (!vec) {
-        LP_LAUNCH((unsigned)w->rows, GEMV_THREADS, s, (out, x, *w, n), k_gemv_generic);
-        return cudaGetLastError();
+    return gemv_one(s, out, x, w, n, false);
+}
+
+cudaError_t lp_cuda_matmul_add(cudaStream_t s, float *y, const float *x,
+                               const struct lp_cuda_weight *w, int n) {
+    if (n <= 0) return cudaSuccess;
+    return gemv_one(s, y, x, w, n, true);
+}
+
+cudaError_t lp_cuda_matmul_multi(cudaStream_t s, float *const *outs, const float *x,
+                                 const struct lp_cuda_weight *const *ws, int n_w, int n) {
+    if (n <= 0 || n_w <= 0) return cudaSuccess;
+    bool one = n_w <= 3 && gemv_vec(ws[0], x);
+    for (int j = 1; j < n_w && one; j++) one = gemv_same(ws[0], ws[j]);
+    if (!one) {
+        for (int j = 0; j < n_w; j++) {
+            cudaError_t e = gemv_one(s, outs[j], x, ws[j], n, false);
+            if (e != cudaSuccess) return e;
+        }
+        return cudaSuccess;
     }
-    switch (w->fmt) {
-    case LP_CUDA_FMT_F32: return gemv_launch<LP_CUDA_FMT_F32, false>(s, out, x, w, n);
-    case LP_CUDA_FMT_F16: return gemv_launch<LP_CUDA_FMT_F16, false>(s, out, x, w, n);
-    case LP_CUDA_FMT_BF16: return gemv_launch<LP_CUDA_FMT_BF16, false>(s, out, x, w, n);
-    case LP_CUDA_FMT_Q8:
-        return w->scale_bf16 ? gemv_launch<LP_CUDA_FMT_Q8, true>(s, out, x, w, n)
-                             : gemv_launch<LP_CUDA_FMT_Q8, false>(s, out, x, w, n);
-    case LP_CUDA_FMT_Q4:
-        return w->scale_bf16 ? gemv_launch<LP_CUDA_FMT_Q4, true>(s, out, x, w, n)
-                             : gemv_launch<LP_CUDA_FMT_Q4, false>(s, out, x, w, n);
+    struct gemv_jobs jobs = {};
+    int n_rb = 0;
+    for (int j = 0; j < n_w; j++) {
+        jobs.w[j] = *ws[j];
+        jobs.out[j] = outs[j];
+        jobs.rb0[j] = n_rb;
+        n_rb += (ws[j]->rows + GEMV_R - 1) / GEMV_R;
     }
-    return cudaErrorInvalidValue;
+    jobs.n_jobs = n_w;
+    return gemv_dispatch<EPI_STORE>(s, x, &jobs, n_rb, n);
+}
+
+cudaError_t lp_cuda_matmul_swiglu(cudaStream_t s, float *out, float *tmp, const float *x,
+                                  const struct lp_cuda_weight *w_gate,
+                                  const struct lp_cuda_weight *w_up, int n) {
+    if (n <= 0) return cudaSuccess;
+    if (!gemv_vec(w_gate, x) || !gemv_same(w_gate, w_up) || w_gate->rows != w_up->rows) {
+        cudaError_t e = gemv_one(s, out, x, w_gate, n, false);
+        if (e == cudaSuccess) e = gemv_one(s, tmp, x, w_up, n, false);
+        if (e == cudaSuccess) e = lp_cuda_silu_mul(s, out, out, tmp, (int64_t)n * w_gate->rows);
+        return e;
+    }
+    struct gemv_jobs jobs = {};
+    jobs.w[0] = *w_gate;
+    jobs.w[1] = *w_up;
+    jobs.out[0] = out;
+    jobs.n_jobs = 2;
+    return gemv_dispatch<EPI_SWIGLU>(s, x, &jobs, w_gate->rows, n);
 }
 
 // out[i, :] = w[ids[i], :] (dequantized); an id outside [0, rows) gives zeros.
