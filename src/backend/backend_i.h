@@ -48,7 +48,7 @@ struct lp_kv_geom {
 
 // The index arrays of one batch (engine.c fills them), handed to the backend
 // once before the batch's compute calls. Host memory, borrowed until the next
-// batch_setup (the engine reuses the same arrays for every batch).
+// batch_setup or sync (the engine reuses the same arrays for every batch).
 struct lp_batch_index {
     int n_tokens;
     const int32_t *ids;  // [n_tokens] token ids; NULL without the embedding
@@ -159,6 +159,15 @@ struct lp_backend_i {
     void (*matmul_swiglu)(void *ctx, struct lp_buf *out, struct lp_buf *tmp,
                           const struct lp_buf *x, const struct lp_bweight *w_gate,
                           const struct lp_bweight *w_up, int n);
+    // After q, k, v ([n, n_heads * head_dim], [n, n_kv_heads * head_dim]):
+    // rmsnorm of every head of q (q_norm) and k (k_norm), rope of both at pos,
+    // then kv_store of k and v at slot.
+    void (*qk_norm_rope_store)(void *ctx, struct lp_buf *q, struct lp_buf *k,
+                               const struct lp_buf *v, const struct lp_buf *q_norm,
+                               const struct lp_buf *k_norm, struct lp_buf *k_cache,
+                               struct lp_buf *v_cache, const struct lp_kv_geom *geom,
+                               const int32_t *pos, const int32_t *slot, int n, int n_heads,
+                               float eps, float theta);
 };
 
 struct lp_backend {

@@ -405,11 +405,17 @@ static void engine_layer(struct lp_engine *e, const struct lp_engine_layer *L, i
         be->matmul(b, e->k, e->xn, L->wk, n);
         be->matmul(b, e->v, e->xn, L->wv, n);
     }
-    be->rmsnorm(b, e->q, e->q, L->q_norm, n * c->n_heads, hd, eps);
-    be->rmsnorm(b, e->k, e->k, L->k_norm, n * c->n_kv_heads, hd, eps);
-    be->rope(b, e->q, e->h_pos, n, c->n_heads, hd, c->rope_theta);
-    be->rope(b, e->k, e->h_pos, n, c->n_kv_heads, hd, c->rope_theta);
-    be->kv_store(b, L->k_cache, L->v_cache, &e->kv_geom, e->k, e->v, e->h_slot, n);
+    if (be->qk_norm_rope_store) {
+        be->qk_norm_rope_store(b, e->q, e->k, e->v, L->q_norm, L->k_norm, L->k_cache, L->v_cache,
+                               &e->kv_geom, e->h_pos, e->h_slot, n, c->n_heads, eps,
+                               c->rope_theta);
+    } else {
+        be->rmsnorm(b, e->q, e->q, L->q_norm, n * c->n_heads, hd, eps);
+        be->rmsnorm(b, e->k, e->k, L->k_norm, n * c->n_kv_heads, hd, eps);
+        be->rope(b, e->q, e->h_pos, n, c->n_heads, hd, c->rope_theta);
+        be->rope(b, e->k, e->h_pos, n, c->n_kv_heads, hd, c->rope_theta);
+        be->kv_store(b, L->k_cache, L->v_cache, &e->kv_geom, e->k, e->v, e->h_slot, n);
+    }
     be->attention(b, e->att, e->q, L->k_cache, L->v_cache, &e->kv_geom, c->n_heads, e->h_segs,
                   n_segs);
     engine_matmul_add(e, e->x, e->att, L->wo, n, d);

@@ -14,7 +14,7 @@
 //   to 1e-6; the KV cache bit-identical to ref's
 //   engine, CUDA vs CPU logits per row: <= 1e-4
 //   batch invariance (matmul rows, engine decode): bit-identical (memcmp)
-//   fused slots (matmul_multi, matmul_add, matmul_swiglu) against the steps
+//   fused slots (matmul_multi, matmul_add, matmul_swiglu, qk_norm_rope_store) against the steps
 //   they stand for: bit-identical
 #include <stdio.h>
 #include <string.h>
@@ -214,6 +214,65 @@ static void test_fused(void) {
             tu_weight_free(&w[j]);
         }
     }
+}
+
+// qk_norm_rope_store after a batch_setup (fused) equals the five separate
+// steps (memcmp of q, k and both caches), f32 and bf16 caches.
+static void test_fused_qk(enum lp_dtype dt) {
+    int n = 6, n_heads = 8, n_kv = 2, hd = 64, bs = 4, n_blocks = 8;
+    struct lp_kv_geom g = {.n_blocks = n_blocks, .block_size = bs, .n_kv_heads = n_kv,
+                           .head_dim = hd, .dtype = dt};
+    void *c = gpu->ctx;
+    const struct lp_backend_i *be = &gpu->iface;
+    if (!be->qk_norm_rope_store || !be->batch_setup) return;
+    size_t qb = (size_t)n * n_heads * hd * 4, kb = (size_t)n * n_kv * hd * 4;
+    size_t cb = (size_t)n_blocks * bs * n_kv * hd * (dt == LP_DTYPE_BF16 ? 2 : 4);
+    float *q = tu_randv((int64_t)n * n_heads * hd, 2.0f), *k = tu_randv((int64_t)n * n_kv * hd, 2.0f);
+    float *v = tu_randv((int64_t)n * n_kv * hd, 1.0f), *qn = tu_randv(hd, 1.0f), *kn = tu_randv(hd, 1.0f);
+    int32_t pos[6] = {3, 4, 5, 0, 1, 2}, slot[6] = {13, 14, 15, 20, 21, 22}, ids[6] = {0};
+    int32_t bt0[4] = {1, 3, 2, 0}, bt1[1] = {5};
+    struct lp_attn_seg segs[2] = {{.n_tokens = 3, .pos0 = 3, .block_table = bt0, .n_blocks = 4},
+                                  {.n_tokens = 3, .pos0 = 0, .block_table = bt1, .n_blocks = 1}};
+    void *res[2][4];
+    for (int f = 0; f < 2; f++) {
+        struct lp_buf *qg = tu_buf(gpu, q, qb), *kg = tu_buf(gpu, k, kb), *vg = tu_buf(gpu, v, kb);
+        struct lp_buf *qng = tu_buf(gpu, qn, (size_t)hd * 4), *kng = tu_buf(gpu, kn, (size_t)hd * 4);
+        struct lp_buf *kc = tu_buf(gpu, NULL, cb), *vc = tu_buf(gpu, NULL, cb);
+        if (f == 0) {
+            be->rmsnorm(c, qg, qg, qng, n * n_heads, hd, 1e-6f);
+            be->rmsnorm(c, kg, kg, kng, n * n_kv, hd, 1e-6f);
+            be->rope(c, qg, pos, n, n_heads, hd, 1e6f);
+            be->rope(c, kg, pos, n, n_kv, hd, 1e6f);
+            be->kv_store(c, kc, vc, &g, kg, vg, slot, n);
+        } else {
+            struct lp_batch_index ix = {.n_tokens = n, .ids = ids, .pos = pos, .slot = slot,
+                                        .n_segs = 2, .segs = segs};
+            CHECK_OK(be->batch_setup(c, &ix, err), err);
+            be->qk_norm_rope_store(c, qg, kg, vg, qng, kng, kc, vc, &g, pos, slot, n, n_heads,
+                                   1e-6f, 1e6f);
+        }
+        size_t sizes[4] = {qb, kb, cb, cb};
+        struct lp_buf *bufs[4] = {qg, kg, kc, vc};
+        for (int j = 0; j < 4; j++) {
+            res[f][j] = malloc(sizes[j]);
+            tu_read(gpu, bufs[j], res[f][j], sizes[j]);
+        }
+        CHECK_OK(be->sync(c, err), err);
+        for (struct lp_buf **p = (struct lp_buf *[]){qg, kg, vg, qng, kng, kc, vc, NULL}; *p; p++)
+            tu_free(gpu, *p);
+        if (f == 1)
+            for (int j = 0; j < 4; j++)
+                CHECK_MSG(memcmp(res[0][j], res[1][j], sizes[j]) == 0,
+                          "qk_norm_rope_store %s: output %d differs from the separate steps",
+                          lp_dtype_name(dt), j);
+    }
+    for (int f = 0; f < 2; f++)
+        for (int j = 0; j < 4; j++) free(res[f][j]);
+    free(q);
+    free(k);
+    free(v);
+    free(qn);
+    free(kn);
 }
 
 static void test_rowwise(void) {
@@ -425,6 +484,8 @@ int main(void) {
     test_matmul();
     test_batch_invariance();
     test_fused();
+    test_fused_qk(LP_DTYPE_F32);
+    test_fused_qk(LP_DTYPE_BF16);
     test_rowwise();
     test_attention(LP_DTYPE_F32, 64);
     test_attention(LP_DTYPE_BF16, 64);

@@ -43,7 +43,8 @@ struct cuda_graph {
     cudaGraphExec_t exec; // NULL until recorded
 };
 
-// Where the current batch's arrays live (batch_setup); valid until the next.
+// Where the current batch's arrays live (batch_setup); valid until the next,
+// or the next sync.
 struct cuda_batch {
     bool valid;
     int n_tokens, n_rows, n_segs;
@@ -562,6 +563,37 @@ static void cuda_kv_store(void *ctx, struct lp_buf *k_cache, struct lp_buf *v_ca
             "kv_store");
 }
 
+// Fused when pos and slot are batch_setup's (the engine's case); a caller's
+// own arrays take the separate steps.
+static void cuda_qk_norm_rope_store(void *ctx, struct lp_buf *q, struct lp_buf *k,
+                                    const struct lp_buf *v, const struct lp_buf *q_norm,
+                                    const struct lp_buf *k_norm, struct lp_buf *k_cache,
+                                    struct lp_buf *v_cache, const struct lp_kv_geom *geom,
+                                    const int32_t *pos, const int32_t *slot, int n, int n_heads,
+                                    float eps, float theta) {
+    struct cuda_ctx *c = (struct cuda_ctx *)ctx;
+    int hd = geom->head_dim, n_kv = geom->n_kv_heads;
+    if (n <= 0) return;
+    if (!(c->cur.valid && pos == c->cur.pos && slot == c->cur.slot && n <= c->cur.n_tokens)) {
+        cuda_rmsnorm(ctx, q, q, q_norm, n * n_heads, hd, eps);
+        cuda_rmsnorm(ctx, k, k, k_norm, n * n_kv, hd, eps);
+        cuda_rope(ctx, q, pos, n, n_heads, hd, theta);
+        cuda_rope(ctx, k, pos, n, n_kv, hd, theta);
+        cuda_kv_store(ctx, k_cache, v_cache, geom, k, v, slot, n);
+        return;
+    }
+    if (!cuda_inv_freq(c, hd, theta)) return;
+    const int32_t *d_pos = c->ix_d + (size_t)c->cap_t, *d_slot = c->ix_d + 2 * (size_t)c->cap_t;
+    int64_t n_slots = (int64_t)geom->n_blocks * geom->block_size;
+    cuda_ok(c,
+            lp_cuda_qk_norm_rope_store(c->stream, (float *)q->d, (float *)k->d, (const float *)v->d,
+                                       (const float *)q_norm->d, (const float *)k_norm->d,
+                                       c->inv_freq, d_pos, d_slot, k_cache->d, v_cache->d,
+                                       geom->dtype == LP_DTYPE_BF16, n_slots, n, n_heads, n_kv,
+                                       hd, eps),
+            "qk_norm_rope_store");
+}
+
 static bool cuda_attn_scratch(struct cuda_ctx *c, size_t floats) {
     if (floats <= c->attn_scratch_floats) return true;
     if (c->capturing) {
@@ -647,6 +679,7 @@ static enum lp_status cuda_sync(void *ctx, struct lp_error *err) {
     struct cuda_ctx *c = (struct cuda_ctx *)ctx;
     cudaSetDevice(c->device);
     cuda_ok(c, cudaStreamSynchronize(c->stream), "cudaStreamSynchronize");
+    c->cur.valid = false; // the batch's host arrays may be gone after sync
     if (c->status == LP_OK) return LP_OK;
     enum lp_status st = lp_error_set(err, c->status, "%s", c->msg);
     c->status = LP_OK;
@@ -792,6 +825,7 @@ static const struct lp_backend_i cuda_iface = {
     /* .matmul_multi  = */ cuda_matmul_multi,
     /* .matmul_add    = */ cuda_matmul_add,
     /* .matmul_swiglu = */ cuda_matmul_swiglu,
+    /* .qk_norm_rope_store = */ cuda_qk_norm_rope_store,
 };
 
 extern "C" bool lp_backend_cuda_built(void) { return true; }

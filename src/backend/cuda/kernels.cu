@@ -453,6 +453,69 @@ cudaError_t lp_cuda_rope(cudaStream_t s, float *x, const int32_t *pos, const flo
     return cudaGetLastError();
 }
 
+// The engine's five steps after q, k, v for one token a block (bit-identical
+// to k_rmsnorm per head, k_rope, k_kv_store): a warp per head row of q then
+// k normalizes it (q_norm / k_norm) and rotates it at pos[i]; then the
+// block stores token i's k and v rows at slot[i].
+__global__ void k_qk_norm_rope_store(float *q, float *k, const float *v, const float *q_norm,
+                                     const float *k_norm, const float *inv_freq,
+                                     const int32_t *pos, const int32_t *slot, void *kc, void *vc,
+                                     bool bf16, int64_t n_slots, int n_heads, int n_kv, int hd,
+                                     float eps) {
+    const int i = blockIdx.x, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    const int n_warps = blockDim.x / 32, half = hd / 2;
+    const float p = (float)pos[i];
+    for (int hr = warp; hr < n_heads + n_kv; hr += n_warps) {
+        const bool is_q = hr < n_heads;
+        float *xr = is_q ? q + ((size_t)i * n_heads + hr) * hd
+                         : k + ((size_t)i * n_kv + (hr - n_heads)) * hd;
+        const float *w = is_q ? q_norm : k_norm;
+        float ss = 0.0f;
+        for (int d = lane; d < hd; d += 32) ss = __fmaf_rn(xr[d], xr[d], ss);
+        ss = warp_sum(ss);
+        const float inv = 1.0f / sqrtf(ss / (float)hd + eps);
+        for (int d = lane; d < hd; d += 32) xr[d] = __fmul_rn(__fmul_rn(xr[d], inv), w[d]);
+        __syncwarp();
+        for (int j = lane; j < half; j += 32) {
+            const float angle = __fmul_rn(p, inv_freq[j]);
+            const float c = cosf(angle), sn = sinf(angle);
+            const float x1 = xr[j], x2 = xr[j + half];
+            xr[j] = __fsub_rn(__fmul_rn(x1, c), __fmul_rn(x2, sn));
+            xr[j + half] = __fadd_rn(__fmul_rn(x2, c), __fmul_rn(x1, sn));
+        }
+        __syncwarp();
+    }
+    __syncthreads();
+    const int32_t sl = slot[i];
+    if (sl < 0 || sl >= n_slots) return;
+    const int row = n_kv * hd;
+    for (int e = threadIdx.x; e < row; e += blockDim.x) {
+        const int64_t at = (int64_t)sl * row + e;
+        const float kv = k[(size_t)i * row + e], vv = v[(size_t)i * row + e];
+        if (bf16) {
+            ((__nv_bfloat16 *)kc)[at] = __float2bfloat16_rn(kv);
+            ((__nv_bfloat16 *)vc)[at] = __float2bfloat16_rn(vv);
+        } else {
+            ((float *)kc)[at] = kv;
+            ((float *)vc)[at] = vv;
+        }
+    }
+}
+
+cudaError_t lp_cuda_qk_norm_rope_store(cudaStream_t s, float *q, float *k, const float *v,
+                                       const float *q_norm, const float *k_norm,
+                                       const float *inv_freq, const int32_t *pos,
+                                       const int32_t *slot, void *k_cache, void *v_cache,
+                                       bool bf16, int64_t n_slots, int n, int n_heads,
+                                       int n_kv_heads, int head_dim, float eps) {
+    if (n <= 0) return cudaSuccess;
+    LP_LAUNCH((unsigned)n, 256, s,
+              (q, k, v, q_norm, k_norm, inv_freq, pos, slot, k_cache, v_cache, bf16, n_slots,
+               n_heads, n_kv_heads, head_dim, eps),
+              k_qk_norm_rope_store);
+    return cudaGetLastError();
+}
+
 // k, v rows [n, row] into cache rows slot[i]; slots outside the cache are skipped.
 __global__ void k_kv_store(void *kc, void *vc, bool bf16, int64_t n_slots, int row,
                            const float *k, const float *v, const int32_t *slot, int n) {

@@ -221,6 +221,7 @@ void lp_emu_submit(dim3 grid, dim3 block, cudaStream_t s, std::function<void()> 
 }
 
 void __syncthreads(void) { yield_as(F_BLOCK); }
+void __syncwarp(unsigned mask) { yield_as(F_WARP); }
 
 float __shfl_xor_sync(unsigned mask, float v, int lane_mask) {
     int me = cur, buf = fibers[me].shuffles++ & 1;

@@ -110,6 +110,7 @@ static inline void lp_emu_launch(dim3 grid, dim3 block, cudaStream_t s, void (*k
 
 // device-side
 void __syncthreads(void);
+void __syncwarp(unsigned mask = 0xffffffffu);
 float __shfl_xor_sync(unsigned mask, float v, int lane_mask);
 unsigned __reduce_xor_sync(unsigned mask, unsigned v);
 static inline float __fadd_rn(float a, float b) { return a + b; }

@@ -14,4 +14,5 @@
 #define k_add lp_emu_k_add
 #define k_gather_rows lp_emu_k_gather_rows
 #define k_read_probe lp_emu_k_read_probe
+#define k_qk_norm_rope_store lp_emu_k_qk_norm_rope_store
 #include "backend/cuda/kernels.cu"
