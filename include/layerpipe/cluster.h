@@ -72,17 +72,23 @@ struct lp_cluster_spec {
     char workers[LP_MAX_STAGES - 1][128]; // "HOST:PORT" each, checked
     char plan[512];                       // "" when not given
     char sink[128];                       // "" when not given
+    int n_standby;
+    char standby[LP_MAX_STAGES - 1][128]; // spare workers ("standby": ["H:P", ...])
 };
 
 // Reads {"stages": [{"role": "coordinator", "layers": 10, "sink": "H:P"},
 // {"address": "H:P", "layers": 9}, ...], "plan": "auto"}: the first stage is
 // the coordinator (no address), the others are workers in pipeline order;
-// layer counts are all given or none. Errors name the file, stage and field.
+// layer counts are all given or none; an optional "standby": ["H:P", ...]
+// lists spare workers. Errors name the file, stage and field.
 LP_API enum lp_status lp_cluster_spec_read_file(struct lp_cluster_spec *spec, const char *path,
                                                 struct lp_error *err);
 // Adds the workers of "HOST:PORT,HOST:PORT,..." (ports 1..65535).
 LP_API enum lp_status lp_cluster_spec_parse_workers(struct lp_cluster_spec *spec, const char *text,
                                                     struct lp_error *err);
+// Adds a standby worker "HOST:PORT".
+LP_API enum lp_status lp_cluster_spec_add_standby(struct lp_cluster_spec *spec, const char *addr,
+                                                  struct lp_error *err);
 
 // ---- coordinator ----
 
@@ -103,6 +109,11 @@ struct lp_pipeline_params {
     int timeout_ms;              // a step not answered in time fails (default 30000)
     const char *sink_listen;     // address the Sink listens on (default "127.0.0.1:0")
     const char *sink_advertise;  // address the last stage dials (default: sink_listen's)
+    // recovery (lp_pipeline_recover)
+    const char *const *standby;  // [n_standby] spare workers "HOST:PORT" for a dead stage
+    int n_standby;
+    bool replan;                 // let the surviving stages take a dead stage's layers
+    int recover_timeout_ms;      // give up on a dead stage after this (default 30000)
 };
 
 LP_API struct lp_pipeline_params lp_pipeline_params_default(void);
@@ -167,6 +178,8 @@ struct lp_pipeline_result {
                               // want_logits, every row if all_logits, none otherwise
     float *logits;            // [n_rows][vocab], borrowed until the next collect (the
                               // caller may change them: sampling works in place)
+    bool stage_down;          // the failure is a stage lost or stalled (connection, deadline):
+                              // lp_pipeline_recover can bring its layers back
 };
 
 // Waits for the oldest submitted micro-batch (up to the pipeline's
@@ -176,6 +189,19 @@ struct lp_pipeline_result {
 // reopened on the next submit). Returns LP_ERR_INVALID_ARG when nothing is
 // in flight.
 LP_API enum lp_status lp_pipeline_collect(struct lp_pipeline *p, struct lp_pipeline_result *r,
+                                          struct lp_error *err);
+// After a result with stage_down, with nothing in flight: drops every
+// session on every stage (the caller re-prefills its sequences from their
+// tokens), then brings the lost layers back, trying in order: the same
+// address again (reconnect with backoff), a standby worker, or (with
+// replan) the surviving stages taking them over, the plan one stage
+// shorter. Every stage is configured anew and fingerprints are checked (a
+// worker back with another model is refused). Blocks up to
+// recover_timeout_ms; on success *how (how_bytes) says which way it went
+// ("restarted 127.0.0.1:7001", "standby 127.0.0.1:7009", "replanned
+// 10,18"); on failure LP_ERR_NETWORK naming the stage, and the pipeline
+// stays usable for another try. Scheduler thread.
+LP_API enum lp_status lp_pipeline_recover(struct lp_pipeline *p, char *how, size_t how_bytes,
                                           struct lp_error *err);
 // Micro-batches submitted and not yet collected.
 LP_API int lp_pipeline_in_flight(const struct lp_pipeline *p);
@@ -304,6 +330,14 @@ struct lp_sched_stats {
     uint64_t requests_cancelled;
     uint64_t steps;               // micro-batches collected
     uint64_t step_failures;       // micro-batches that failed
+    // recovery: a stage lost mid-request, its layers brought back, the
+    // running sequences re-prefilled from their tokens
+    uint64_t stage_failures;      // failures that started a recovery
+    uint64_t recoveries;          // recoveries that succeeded
+    uint64_t recovery_failures;   // recoveries past the deadline (their requests failed)
+    uint64_t reprefill_tokens;    // tokens computed again after a recovery
+    double recovery_seconds;      // time spent recovering, in all
+    char last_recovery[96];       // how the last one went ("restarted H:P", "standby H:P", ...)
 };
 
 // A consistent snapshot. Any thread.

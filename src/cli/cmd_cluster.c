@@ -1,9 +1,10 @@
 // SPDX-License-Identifier: MIT
 // cmd_cluster.c -- `layerpipe cluster`: a whole pipeline on this machine
-// for demos and tests. Starts N-1 `layerpipe worker` processes on free
-// loopback ports, runs the run/logits/bench/perplexity command as their coordinator,
-// then stops them. Workers are started before this process touches gRPC
-// (forking after gRPC has started threads is unsafe).
+// for demos and tests. A supervisor process starts N-1 `layerpipe worker`
+// processes on free loopback ports (and restarts one that exits, on its
+// port); this process runs the run/serve/logits/bench/perplexity command as
+// their coordinator, then stops them. The supervisor is forked before this
+// process touches gRPC (forking after gRPC has started threads is unsafe).
 #include <errno.h>
 #include <signal.h>
 #include <stdio.h>
@@ -19,11 +20,172 @@
 
 #define MAX_LOCAL_WORKERS 16
 
-static void stop_workers(pid_t *pids, int n) {
-    for (int i = 0; i < n; i++)
-        if (pids[i] > 0) kill(pids[i], SIGTERM);
-    for (int i = 0; i < n; i++)
-        if (pids[i] > 0) waitpid(pids[i], NULL, 0);
+// ---- the supervisor: a process that owns the workers ----
+//
+// Forked before this process touches gRPC, it starts every worker on a free
+// port, reports the ports in DIR/ports, and restarts a worker that exits
+// (kill -9, a crash) on the same port, so the coordinator's recovery finds
+// it again. SIGTERM stops it and its workers.
+
+static volatile sig_atomic_t sup_stop;
+
+static void sup_on_term(int sig) {
+    (void)sig;
+    sup_stop = 1;
+}
+
+struct sup {
+    const char *self, *model, *threads, *dir;
+    int n;
+    pid_t pids[MAX_LOCAL_WORKERS];
+    int ports[MAX_LOCAL_WORKERS]; // 0 until the first start picked one
+};
+
+static pid_t sup_spawn(struct sup *s, int i) {
+    char listen[32], port_file[4200];
+    snprintf(listen, sizeof listen, "127.0.0.1:%d", s->ports[i]);
+    snprintf(port_file, sizeof port_file, "%s/worker%d.port", s->dir, i + 1);
+    remove(port_file);
+    pid_t pid = fork();
+    if (pid == 0) {
+        char *wargv[] = {(char *)s->self, "worker", "-m", (char *)s->model, "--listen", listen,
+                         "--port-file", port_file, "--threads", (char *)s->threads, NULL};
+        execv(s->self, wargv);
+        _exit(127);
+    }
+    return pid;
+}
+
+// Waits for worker i's port file; 0 when it exited or took over 60 s.
+static int sup_port(struct sup *s, int i) {
+    char port_file[4200];
+    snprintf(port_file, sizeof port_file, "%s/worker%d.port", s->dir, i + 1);
+    for (int t = 0; t < 600 && !sup_stop; t++) {
+        FILE *fp = fopen(port_file, "r");
+        int port = 0;
+        if (fp) {
+            if (fscanf(fp, "%d", &port) != 1) port = 0;
+            fclose(fp);
+        }
+        if (port > 0) return port;
+        int status;
+        if (waitpid(s->pids[i], &status, WNOHANG) == s->pids[i]) {
+            s->pids[i] = 0;
+            return 0;
+        }
+        nanosleep(&(struct timespec){0, 100000000}, NULL);
+    }
+    return 0;
+}
+
+static void sup_stop_all(struct sup *s) {
+    for (int i = 0; i < s->n; i++)
+        if (s->pids[i] > 0) kill(s->pids[i], SIGTERM);
+    for (int i = 0; i < s->n; i++)
+        if (s->pids[i] > 0) waitpid(s->pids[i], NULL, 0);
+}
+
+static bool sup_write_ports(struct sup *s) {
+    char path[4200], tmp[4300];
+    snprintf(path, sizeof path, "%s/ports", s->dir);
+    snprintf(tmp, sizeof tmp, "%s.tmp", path);
+    FILE *fp = fopen(tmp, "w");
+    if (!fp) return false;
+    for (int i = 0; i < s->n; i++) fprintf(fp, "%d\n", s->ports[i]);
+    return fclose(fp) == 0 && rename(tmp, path) == 0;
+}
+
+static int sup_main(struct sup *s) {
+    struct sigaction sa = {0};
+    sa.sa_handler = sup_on_term; // no SA_RESTART: SIGTERM must end the waitpid below
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGTERM, &sa, NULL);
+    signal(SIGINT, SIG_IGN); // Ctrl-C goes to the coordinator, which stops us
+    for (int i = 0; i < s->n; i++) s->pids[i] = sup_spawn(s, i);
+    for (int i = 0; i < s->n; i++)
+        if ((s->ports[i] = sup_port(s, i)) == 0) {
+            fprintf(stderr, "layerpipe cluster: worker %d did not start\n", i + 1);
+            sup_stop_all(s);
+            return 1;
+        }
+    if (!sup_write_ports(s)) {
+        sup_stop_all(s);
+        return 1;
+    }
+    while (!sup_stop) {
+        int status;
+        pid_t pid = waitpid(-1, &status, 0);
+        if (pid < 0) {
+            if (errno == EINTR) continue;
+            break;
+        }
+        for (int i = 0; i < s->n && !sup_stop; i++) {
+            if (s->pids[i] != pid) continue;
+            fprintf(stderr, "layerpipe cluster: worker %d (port %d) %s %d; restarting it\n",
+                    i + 1, s->ports[i], WIFSIGNALED(status) ? "was killed by signal" : "exited with",
+                    WIFSIGNALED(status) ? WTERMSIG(status) : WEXITSTATUS(status));
+            for (int tries = 0; tries < 50 && !sup_stop; tries++) { // the port may linger
+                s->pids[i] = sup_spawn(s, i);
+                if (sup_port(s, i) > 0) break;
+                nanosleep(&(struct timespec){0, 200000000}, NULL);
+            }
+        }
+    }
+    sup_stop_all(s);
+    return 0;
+}
+
+// Forks the supervisor and waits for its ports ("127.0.0.1:P,..." into
+// workers). Returns its pid, or -1 (message printed).
+static pid_t start_supervisor(struct sup *sv, char *workers, size_t cap) {
+    fflush(NULL);
+    pid_t sup = fork();
+    if (sup < 0) {
+        fprintf(stderr, "layerpipe cluster: fork: %s\n", strerror(errno));
+        return -1;
+    }
+    if (sup == 0) _exit(sup_main(sv));
+    char path[4200];
+    snprintf(path, sizeof path, "%s/ports", sv->dir);
+    FILE *fp = NULL;
+    for (int t = 0; t < 700 && !fp; t++) { // 70 s
+        if ((fp = fopen(path, "r"))) break;
+        int status;
+        if (waitpid(sup, &status, WNOHANG) == sup) {
+            fprintf(stderr, "layerpipe cluster: the workers did not start\n");
+            return -1;
+        }
+        nanosleep(&(struct timespec){0, 100000000}, NULL);
+    }
+    size_t off = 0;
+    for (int i = 0; fp && i < sv->n; i++) {
+        int port = 0;
+        if (fscanf(fp, "%d", &port) != 1) break;
+        off += (size_t)snprintf(workers + off, cap - off, "%s127.0.0.1:%d", i ? "," : "", port);
+    }
+    if (fp) fclose(fp);
+    if (off == 0) {
+        fprintf(stderr, "layerpipe cluster: the workers did not start within 70 s\n");
+        kill(sup, SIGTERM);
+        waitpid(sup, NULL, 0);
+        return -1;
+    }
+    return sup;
+}
+
+static void stop_supervisor(pid_t sup, const char *dir, int n_workers) {
+    if (sup > 0) {
+        kill(sup, SIGTERM);
+        waitpid(sup, NULL, 0);
+    }
+    char path[4200];
+    snprintf(path, sizeof path, "%s/ports", dir);
+    remove(path);
+    for (int i = 0; i < n_workers; i++) {
+        snprintf(path, sizeof path, "%s/worker%d.port", dir, i + 1);
+        remove(path);
+    }
+    rmdir(dir);
 }
 
 int lp_cli_cluster(int argc, char **argv) {
@@ -54,9 +216,10 @@ int lp_cli_cluster(int argc, char **argv) {
     if (split + 1 >= argc || (strcmp(argv[split + 1], "run") != 0 &&
                               strcmp(argv[split + 1], "logits") != 0 &&
                               strcmp(argv[split + 1], "bench") != 0 &&
+                              strcmp(argv[split + 1], "serve") != 0 &&
                               strcmp(argv[split + 1], "perplexity") != 0)) {
         fprintf(stderr, "layerpipe cluster: give the command after --: -- "
-                        "run|logits|bench|perplexity ARGS\n");
+                        "run|serve|logits|bench|perplexity ARGS\n");
         return 2;
     }
     for (int i = split + 2; i < argc; i++)
@@ -67,7 +230,6 @@ int lp_cli_cluster(int argc, char **argv) {
             return 2;
         }
     int n_workers = n_stages - 1;
-    pid_t pids[MAX_LOCAL_WORKERS] = {0};
     char dir[] = "/tmp/layerpipe-cluster-XXXXXX";
     if (!mkdtemp(dir)) {
         fprintf(stderr, "layerpipe cluster: mkdtemp: %s\n", strerror(errno));
@@ -77,64 +239,26 @@ int lp_cli_cluster(int argc, char **argv) {
     ssize_t n_self = readlink("/proc/self/exe", self, sizeof self - 1);
     if (n_self <= 0) {
         fprintf(stderr, "layerpipe cluster: cannot find its own executable\n");
+        rmdir(dir);
         return 1;
     }
     self[n_self] = '\0';
-    char port_files[MAX_LOCAL_WORKERS][4200];
     char thr[16];
     snprintf(thr, sizeof thr, "%d", threads);
-    for (int i = 0; i < n_workers; i++) {
-        snprintf(port_files[i], sizeof port_files[i], "%s/worker%d.port", dir, i + 1);
-        pid_t pid = fork();
-        if (pid < 0) {
-            fprintf(stderr, "layerpipe cluster: fork: %s\n", strerror(errno));
-            stop_workers(pids, i);
-            return 1;
-        }
-        if (pid == 0) {
-            char *wargv[] = {self, "worker", "-m", model, "--listen", "127.0.0.1:0",
-                             "--port-file", port_files[i], "--threads", thr, NULL};
-            execv(self, wargv);
-            _exit(127);
-        }
-        pids[i] = pid;
-    }
-    // wait for every worker to serve (they load only headers now)
+    struct sup sv = {.self = self, .model = model, .threads = thr, .dir = dir, .n = n_workers};
+    pid_t sup = 0;
     char workers[MAX_LOCAL_WORKERS * 24] = "";
-    size_t off = 0;
-    for (int i = 0; i < n_workers; i++) {
-        int port = 0;
-        for (int t = 0; t < 600 && port == 0; t++) { // 60 s
-            FILE *fp = fopen(port_files[i], "r");
-            if (fp) {
-                if (fscanf(fp, "%d", &port) != 1) port = 0;
-                fclose(fp);
-            }
-            int status;
-            if (port == 0 && waitpid(pids[i], &status, WNOHANG) == pids[i]) {
-                pids[i] = 0;
-                fprintf(stderr, "layerpipe cluster: worker %d exited before serving\n", i + 1);
-                stop_workers(pids, n_workers);
-                return 1;
-            }
-            if (port == 0) nanosleep(&(struct timespec){0, 100000000}, NULL);
-        }
-        if (port == 0) {
-            fprintf(stderr, "layerpipe cluster: worker %d did not start within 60 s\n", i + 1);
-            stop_workers(pids, n_workers);
-            return 1;
-        }
-        off += (size_t)snprintf(workers + off, sizeof workers - off, "%s127.0.0.1:%d",
-                                i ? "," : "", port);
-        remove(port_files[i]);
+    if (n_workers > 0 && (sup = start_supervisor(&sv, workers, sizeof workers)) < 0) {
+        rmdir(dir);
+        return 1;
     }
-    rmdir(dir);
-    fprintf(stderr, "layerpipe cluster: %d workers on %s\n", n_workers, n_workers ? workers : "-");
+    fprintf(stderr, "layerpipe cluster: %d workers on %s%s\n", n_workers,
+            n_workers ? workers : "-", n_workers ? " (restarted if one exits)" : "");
     // the coordinator's argv: CMD ARGS -m MODEL [--workers LIST] [--plan PLAN]
     int n_cmd = argc - split - 1;
     char **cargv = calloc((size_t)n_cmd + 8, sizeof *cargv);
     if (!cargv) {
-        stop_workers(pids, n_workers);
+        stop_supervisor(sup, dir, n_workers);
         return 1;
     }
     int k = 0;
@@ -152,8 +276,9 @@ int lp_cli_cluster(int argc, char **argv) {
     int rc = strcmp(cargv[0], "run") == 0          ? lp_cli_run(k, cargv)
              : strcmp(cargv[0], "logits") == 0     ? lp_cli_logits(k, cargv)
              : strcmp(cargv[0], "perplexity") == 0 ? lp_cli_perplexity(k, cargv)
+             : strcmp(cargv[0], "serve") == 0      ? lp_cli_serve(k, cargv)
                                                    : lp_cli_bench(k, cargv);
     free(cargv);
-    stop_workers(pids, n_workers);
+    stop_supervisor(sup, dir, n_workers);
     return rc;
 }

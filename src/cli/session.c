@@ -45,18 +45,28 @@ static bool read_stages(const struct lp_cli_session_opts *o, struct lp_cluster_s
         return false;
     }
     if (o->plan) snprintf(spec->plan, sizeof spec->plan, "%s", o->plan);
+    for (int i = 0; i < o->standby.n; i++)
+        if (lp_cluster_spec_add_standby(spec, o->standby.items[i], &err) != LP_OK) {
+            fprintf(stderr, "layerpipe %s: --standby: %s\n", cmd, err.msg);
+            return false;
+        }
     return true;
 }
 
 static struct lp_pipeline_params pipeline_params(const struct lp_cli_session_opts *o,
                                                  const struct lp_cluster_spec *spec,
-                                                 const char **addrs) {
+                                                 const char **addrs, const char **spares) {
     struct lp_pipeline_params pp = lp_pipeline_params_default();
     pp.model_dir = o->model_dir;
     for (int i = 0; i < spec->n_workers; i++) addrs[i] = spec->workers[i];
     pp.workers = addrs;
     pp.n_workers = spec->n_workers;
     pp.plan = spec->plan[0] ? spec->plan : NULL;
+    for (int i = 0; i < spec->n_standby; i++) spares[i] = spec->standby[i];
+    pp.standby = spares;
+    pp.n_standby = spec->n_standby;
+    pp.replan = o->replan;
+    if (o->recover_timeout_ms > 0) pp.recover_timeout_ms = o->recover_timeout_ms;
     pp.wire_dtype = !o->wire_dtype                       ? LP_DTYPE_F32
                     : strcmp(o->wire_dtype, "bf16") == 0 ? LP_DTYPE_BF16
                     : strcmp(o->wire_dtype, "f16") == 0  ? LP_DTYPE_F16
@@ -85,8 +95,8 @@ bool lp_cli_session_open(struct lp_cli_session *s, const struct lp_cli_session_o
         fprintf(stderr, "layerpipe %s: --fast is not available with a pipeline\n", cmd);
         return false;
     }
-    const char *addrs[LP_MAX_STAGES];
-    struct lp_pipeline_params pp = pipeline_params(o, &spec, addrs);
+    const char *addrs[LP_MAX_STAGES], *spares[LP_MAX_STAGES];
+    struct lp_pipeline_params pp = pipeline_params(o, &spec, addrs, spares);
     struct lp_model_load_params none = {0, 0, false, false};
     struct lp_sched_params sp = lp_sched_params_default();
     if (o->max_waiting > 0) sp.max_waiting = o->max_waiting;

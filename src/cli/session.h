@@ -9,6 +9,7 @@
 #include <stdbool.h>
 #include <stdio.h>
 
+#include "cli/args.h"
 #include "layerpipe/backend.h"
 #include "layerpipe/cluster.h"
 #include "layerpipe/engine.h"
@@ -31,6 +32,9 @@ struct lp_cli_session_opts {
     const char *wire_dtype; // "f32" or "bf16"
     const char *sink;       // where the coordinator's Sink listens
     int timeout_ms;         // per step
+    struct lp_arg_list standby; // spare workers for a dead stage
+    bool replan;            // let surviving stages take a dead stage's layers
+    int recover_timeout_ms; // give up on a dead stage after this
     bool stats;             // print the per-stage table at the end
 };
 
@@ -57,6 +61,13 @@ struct lp_cli_session_opts {
          "where the coordinator listens for the last stage (default 127.0.0.1:0)"},               \
         {"timeout", 0, LP_ARG_INT, &(so).timeout_ms, "MS",                                         \
          "fail a step not answered in time (default 30000)", false, 1, 86400000},                  \
+        {"standby", 0, LP_ARG_LIST, &(so).standby, "H:P",                                       \
+         "a spare worker that takes a dead stage's layers (repeatable)"},                          \
+        {"replan", 0, LP_ARG_FLAG, &(so).replan, NULL,                                             \
+         "when a stage dies for good, let the others take its layers"},                            \
+        {"recover-timeout", 0, LP_ARG_INT, &(so).recover_timeout_ms, "MS",                         \
+         "end requests with an error if a dead stage is not back in time (default 30000)", false,  \
+         1, 86400000},                                                                             \
         {"stats", 0, LP_ARG_FLAG, &(so).stats, NULL, "print per-stage utilization at the end"}
 
 struct lp_cli_session {

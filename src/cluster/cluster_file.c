@@ -37,6 +37,18 @@ static enum lp_status add_worker(struct lp_cluster_spec *spec, const char *a, si
     return LP_OK;
 }
 
+enum lp_status lp_cluster_spec_add_standby(struct lp_cluster_spec *spec, const char *addr,
+                                           struct lp_error *err) {
+    size_t len = strlen(addr);
+    if (spec->n_standby == MAX_WORKERS)
+        return lp_error_set(err, LP_ERR_INVALID_ARG, "more than %d standby workers", MAX_WORKERS);
+    if (len == 0 || len >= sizeof spec->standby[0] || !valid_address(addr, len))
+        return lp_error_set(err, LP_ERR_INVALID_ARG,
+                            "standby '%.120s' is not HOST:PORT (port 1..65535)", addr);
+    memcpy(spec->standby[spec->n_standby++], addr, len + 1);
+    return LP_OK;
+}
+
 enum lp_status lp_cluster_spec_parse_workers(struct lp_cluster_spec *spec, const char *text,
                                              struct lp_error *err) {
     size_t n_text = strlen(text);
@@ -116,6 +128,18 @@ enum lp_status lp_cluster_spec_read_file(struct lp_cluster_spec *spec, const cha
         const char *plan = json_string_value(json_object_get(root, "plan"));
         if (plan) snprintf(spec->plan, sizeof spec->plan, "%s", plan);
     }
+    json_t *standby = json_object_get(root, "standby");
+    if (standby && !json_is_array(standby)) {
+        st = lp_error_set(err, LP_ERR_FORMAT, "%s: 'standby' must be an array of \"host:port\"",
+                          path);
+        goto done;
+    }
+    for (size_t i = 0; i < json_array_size(standby) && st == LP_OK; i++) {
+        const char *a = json_string_value(json_array_get(standby, i));
+        st = a ? lp_cluster_spec_add_standby(spec, a, err)
+               : lp_error_set(err, LP_ERR_FORMAT, "standby %zu is not a string", i);
+    }
+    if (st != LP_OK) lp_error_prefix(err, "%s: ", path);
 done:
     json_decref(root);
     return st;

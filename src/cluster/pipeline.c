@@ -13,90 +13,12 @@
 // thread; the Sink server thread and the stage-1 stream thread fill slots
 // under `mu`. Nothing on the per-step path allocates: slots, the packing
 // buffer and the Sink's unpacking arena are sized at create.
-#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
-#include "cluster/internal.h"
-#include "cluster/rpc.h"
-#include "layerpipe/cluster.h"
-
-struct pl_stage {
-    char addr[128];
-    struct lp_rpc_channel *ch;
-    char device[96];
-    double gb_s;
-    uint64_t free_bytes;
-    int layer_begin, layer_end;
-    int kv_blocks, kv_block_size; // from its ConfigureReply
-};
-
-// One micro-batch between submit and collect.
-struct pl_slot {
-    uint64_t step;          // 0: free
-    double sent_at;         // lp_now_seconds at submit (deadline and hop latency)
-    int n_rows;             // logit rows expected
-    bool done;              // rows arrived, or the step failed
-    bool filling;           // the Sink is writing rows (collect must not free the slot)
-    enum lp_status status;
-    char error[LP_ERROR_MSG_BYTES];
-    float *rows;            // [max_rows, hidden] the rows needing logits, owned
-};
-
-// A session's sequence in the front engine.
-struct pl_session {
-    uint64_t id; // 0: free
-    int seq;
-};
-
-#define PL_MAX_SLOTS (LP_MAX_STAGES + 2)
-
-struct lp_pipeline {
-    struct lp_pipeline_params params;
-    char *model_dir;
-    struct lp_model *model;      // coordinator's share: layers [0, a), embedding, head
-    struct lp_backend *backend;
-    struct lp_engine *front;     // embedding + layers [0, a), hidden rows out
-    struct lp_engine *head;      // no layers: final norm + LM head
-    struct lp_model_config cfg;
-    uint64_t fingerprint;
-    size_t weight_bytes;         // the whole model's
-    struct lp_plan plan;
-    int n_workers;
-    struct pl_stage *stages;     // [n_workers]
-    struct lp_rpc_server *sink;
-    char sink_addr[160];
-    int max_rows, max_sessions, head_seq, kv_blocks, kv_block_size;
-    // scheduler thread only
-    struct lp_rpc_client_stream *to_first; // NULL until the first submit, or after it broke
-    struct pl_session *sessions; // [max_sessions]
-    struct lp_engine_seg *segs;  // [max_sessions]
-    int *opened;                 // [max_sessions] front seqs opened by the current submit
-    Layerpipe__V1__Segment *wsegs;   // [max_sessions]
-    Layerpipe__V1__Segment **wsegp;  // [max_sessions]
-    float *rows;                 // [max_rows, hidden] the front's output
-    uint8_t *payload;            // [max_rows * hidden * 4] wire payload
-    uint8_t *packed;             // [pack_cap] the packed Activations
-    size_t pack_cap;
-    float *logits;               // [max_rows, vocab] the head's output (collect)
-    uint64_t next_step;
-    int slot_head;               // oldest slot in flight
-    double created_at;
-    char device_name[96];        // the coordinator's backend, as its device_info says
-    // shared with the Sink and stream threads
-    pthread_mutex_t mu;
-    pthread_cond_t cv;
-    struct pl_slot slots[PL_MAX_SLOTS]; // ring from slot_head, n_in_flight long
-    int n_slots, n_in_flight;
-    bool stream_broken;          // to_first ended: reopen on the next submit
-    struct lp_pb_arena sink_arena; // Sink thread only
-    struct lp_latency hop;
-    double busy_s;
-    uint64_t tokens, steps, bytes_out, bytes_in;
-    int kv_used;                 // the front engine's blocks in use (copied after each change)
-};
+#include "cluster/pipeline_i.h"
 
 struct lp_pipeline_params lp_pipeline_params_default(void) {
     struct lp_pipeline_params p = {.model_dir = NULL,
@@ -112,6 +34,7 @@ struct lp_pipeline_params lp_pipeline_params_default(void) {
                                    .max_context = 0,
                                    .kv_bf16 = false,
                                    .timeout_ms = 30000,
+                                   .recover_timeout_ms = 30000,
                                    .sink_listen = "127.0.0.1:0",
                                    .sink_advertise = NULL};
     return p;
@@ -268,7 +191,7 @@ static enum lp_status sink_health(void *user, const uint8_t *req, size_t n_req, 
 
 // ---- setup ----
 
-static enum lp_status pl_unary(struct lp_pipeline *p, int i, const char *method,
+enum lp_status lp_pl_unary(struct lp_pipeline *p, int i, const char *method,
                                const ProtobufCMessage *req, uint8_t **resp, size_t *n_resp,
                                int timeout_ms, struct lp_error *err) {
     uint8_t *buf;
@@ -280,15 +203,18 @@ static enum lp_status pl_unary(struct lp_pipeline *p, int i, const char *method,
     return st;
 }
 
-static enum lp_status pl_hello(struct lp_pipeline *p, int i, struct lp_error *err) {
+enum lp_status lp_pl_hello(struct lp_pipeline *p, int i, struct lp_error *err) {
     struct pl_stage *s = &p->stages[i];
+    lp_rpc_channel_destroy(s->ch); // a fresh channel connects at once (no backoff left over)
+    s->ch = NULL;
     enum lp_status st = lp_rpc_channel_create(&s->ch, s->addr, LP_MAX_MESSAGE_BYTES, err);
     if (st != LP_OK) return st;
     Layerpipe__V1__HelloRequest req = LAYERPIPE__V1__HELLO_REQUEST__INIT;
     req.protocol_version = LP_PROTOCOL_VERSION;
     uint8_t *resp = NULL;
     size_t n = 0;
-    if ((st = pl_unary(p, i, LP_M_HELLO, &req.base, &resp, &n, 10000, err)) != LP_OK)
+    if ((st = lp_pl_unary(p, i, LP_M_HELLO, &req.base, &resp, &n, p->hello_timeout_ms, err)) !=
+        LP_OK)
         return lp_error_prefix(err, "worker %d is unreachable: ", i + 1);
     Layerpipe__V1__HelloReply *h = layerpipe__v1__hello_reply__unpack(NULL, n, resp);
     free(resp);
@@ -339,7 +265,7 @@ static Layerpipe__V1__DType pl_wire(const struct lp_pipeline *p) {
                                                   : LAYERPIPE__V1__DTYPE__DTYPE_F32;
 }
 
-static enum lp_status pl_configure(struct lp_pipeline *p, int i, struct lp_error *err) {
+enum lp_status lp_pl_configure(struct lp_pipeline *p, int i, struct lp_error *err) {
     struct pl_stage *s = &p->stages[i];
     Layerpipe__V1__ConfigureRequest c = LAYERPIPE__V1__CONFIGURE_REQUEST__INIT;
     c.model_fingerprint = p->fingerprint;
@@ -356,7 +282,7 @@ static enum lp_status pl_configure(struct lp_pipeline *p, int i, struct lp_error
     c.stage_index = (uint32_t)(i + 1);
     uint8_t *resp = NULL;
     size_t n = 0;
-    enum lp_status st = pl_unary(p, i, LP_M_CONFIGURE, &c.base, &resp, &n, 600000, err);
+    enum lp_status st = lp_pl_unary(p, i, LP_M_CONFIGURE, &c.base, &resp, &n, 600000, err);
     if (st != LP_OK) {
         free(resp);
         return lp_error_prefix(err, "configuring worker %d (%s): ", i + 1, s->addr);
@@ -403,7 +329,7 @@ static enum lp_status pl_alloc(struct lp_pipeline *p, struct lp_error *err) {
 }
 
 // The pipeline's KV capacity: the smallest pool of any stage that has layers.
-static void pl_kv_capacity(struct lp_pipeline *p) {
+void lp_pl_kv_capacity(struct lp_pipeline *p) {
     p->kv_block_size = lp_engine_kv_block_size(p->front);
     long long positions = p->plan.layers[0] > 0
                               ? (long long)lp_engine_kv_blocks_total(p->front) * p->kv_block_size
@@ -417,7 +343,7 @@ static void pl_kv_capacity(struct lp_pipeline *p) {
 }
 
 // (Re)opens the activation stream to stage 1.
-static enum lp_status pl_open_stream(struct lp_pipeline *p, struct lp_error *err) {
+enum lp_status lp_pl_open_stream(struct lp_pipeline *p, struct lp_error *err) {
     if (p->to_first) lp_rpc_client_stream_close(p->to_first, 0);
     p->to_first = NULL;
     pthread_mutex_lock(&p->mu);
@@ -425,6 +351,34 @@ static enum lp_status pl_open_stream(struct lp_pipeline *p, struct lp_error *err
     pthread_mutex_unlock(&p->mu);
     return lp_rpc_stream_open(p->stages[0].ch, LP_M_FORWARD, first_on_reply, first_on_end, p,
                               &p->to_first, err);
+}
+
+enum lp_status lp_pl_load_share(struct lp_pipeline *p, int a, struct lp_error *err) {
+    lp_engine_destroy(p->head);
+    lp_engine_destroy(p->front);
+    lp_model_close(p->model);
+    p->head = p->front = NULL;
+    p->model = NULL;
+    p->head_seq = -1;
+    memset(p->sessions, 0, (size_t)p->max_sessions * sizeof *p->sessions);
+    struct lp_model_load_params mine = {0, a, true, true};
+    enum lp_status st = lp_model_open(&p->model, p->model_dir, &mine, err);
+    if (st != LP_OK) return st;
+    struct lp_engine_params ep = lp_engine_params_default();
+    ep.max_batch_tokens = p->max_rows;
+    ep.max_logit_rows = 1;
+    ep.max_seqs = p->max_sessions;
+    ep.max_context = p->params.max_context;
+    ep.kv_dtype = p->params.kv_bf16 ? LP_DTYPE_BF16 : LP_DTYPE_F32;
+    ep.no_head = true;
+    if ((st = lp_engine_create(&p->front, p->model, p->backend, &ep, err)) != LP_OK) return st;
+    ep.no_head = false;
+    ep.no_embed = true;
+    ep.layer_begin = ep.layer_end = a;
+    ep.max_seqs = 1;
+    ep.max_logit_rows = p->max_rows;
+    if ((st = lp_engine_create(&p->head, p->model, p->backend, &ep, err)) != LP_OK) return st;
+    return lp_engine_seq_open(p->head, &p->head_seq, err);
 }
 
 enum lp_status lp_pipeline_create(struct lp_pipeline **out, const struct lp_pipeline_params *params,
@@ -438,6 +392,10 @@ enum lp_status lp_pipeline_create(struct lp_pipeline **out, const struct lp_pipe
     enum lp_status st;
     p->params = *params;
     p->created_at = lp_now_seconds();
+    p->hello_timeout_ms = 10000;
+    for (int i = 0; i < params->n_standby && p->n_standby < LP_MAX_STAGES; i++)
+        snprintf(p->standby[p->n_standby++], sizeof p->standby[0], "%s", params->standby[i]);
+    if (p->params.recover_timeout_ms <= 0) p->params.recover_timeout_ms = 30000;
     p->head_seq = -1;
     p->model_dir = strdup(params->model_dir ? params->model_dir : "");
     p->n_workers = params->n_workers;
@@ -477,7 +435,7 @@ enum lp_status lp_pipeline_create(struct lp_pipeline **out, const struct lp_pipe
     }
     for (int i = 0; i < p->n_workers; i++) {
         snprintf(p->stages[i].addr, sizeof p->stages[i].addr, "%s", params->workers[i]);
-        if ((st = pl_hello(p, i, err)) != LP_OK) goto fail;
+        if ((st = lp_pl_hello(p, i, err)) != LP_OK) goto fail;
     }
     if ((st = pl_choose_plan(p, layer_bytes, err)) != LP_OK) goto fail;
     int a = p->plan.layers[0], at = a;
@@ -486,26 +444,8 @@ enum lp_status lp_pipeline_create(struct lp_pipeline **out, const struct lp_pipe
         at += p->plan.layers[i + 1];
         p->stages[i].layer_end = at;
     }
-    // the coordinator's share
-    struct lp_model_load_params mine = {0, a, true, true};
-    if ((st = lp_model_open(&p->model, p->model_dir, &mine, err)) != LP_OK) goto fail;
-
-    struct lp_engine_params ep = lp_engine_params_default();
-    ep.max_batch_tokens = p->max_rows;
-    ep.max_logit_rows = 1;
-    ep.max_seqs = p->max_sessions;
-    ep.max_context = params->max_context;
-    ep.kv_dtype = params->kv_bf16 ? LP_DTYPE_BF16 : LP_DTYPE_F32;
-    ep.no_head = true;
-    if ((st = lp_engine_create(&p->front, p->model, p->backend, &ep, err)) != LP_OK) goto fail;
-    ep.no_head = false;
-    ep.no_embed = true;
-    ep.layer_begin = ep.layer_end = a;
-    ep.max_seqs = 1;
-    ep.max_logit_rows = p->max_rows;
-    if ((st = lp_engine_create(&p->head, p->model, p->backend, &ep, err)) != LP_OK) goto fail;
-    if ((st = lp_engine_seq_open(p->head, &p->head_seq, err)) != LP_OK) goto fail;
     if ((st = pl_alloc(p, err)) != LP_OK) goto fail;
+    if ((st = lp_pl_load_share(p, a, err)) != LP_OK) goto fail;
     if (p->n_workers > 0) {
         // the Sink, then the stages from last to first (each checks its successor)
         if ((st = lp_rpc_server_create(&p->sink, params->sink_listen, LP_MAX_MESSAGE_BYTES,
@@ -527,10 +467,10 @@ enum lp_status lp_pipeline_create(struct lp_pipeline **out, const struct lp_pipe
                      lp_rpc_server_port(p->sink));
         }
         for (int i = p->n_workers - 1; i >= 0; i--)
-            if ((st = pl_configure(p, i, err)) != LP_OK) goto fail;
-        if ((st = pl_open_stream(p, err)) != LP_OK) goto fail;
+            if ((st = lp_pl_configure(p, i, err)) != LP_OK) goto fail;
+        if ((st = lp_pl_open_stream(p, err)) != LP_OK) goto fail;
     }
-    pl_kv_capacity(p);
+    lp_pl_kv_capacity(p);
     *out = p;
     return LP_OK;
 fail:
@@ -655,7 +595,7 @@ static void pl_send(struct lp_pipeline *p, struct pl_slot *slot,
     pthread_mutex_lock(&p->mu);
     broken = p->stream_broken;
     pthread_mutex_unlock(&p->mu);
-    if (broken || !p->to_first) st = pl_open_stream(p, &e);
+    if (broken || !p->to_first) st = lp_pl_open_stream(p, &e);
     size_t H = (size_t)p->cfg.hidden_size;
     for (int i = 0; i < n_segs; i++) {
         Layerpipe__V1__Segment *w = &p->wsegs[i];
@@ -785,6 +725,7 @@ enum lp_status lp_pipeline_collect(struct lp_pipeline *p, struct lp_pipeline_res
         pthread_mutex_unlock(&p->mu);
     }
     r->n_rows = r->status == LP_OK ? s->n_rows : 0;
+    r->stage_down = p->n_workers > 0 && (r->status == LP_ERR_NETWORK || r->status == LP_ERR_TIMEOUT);
     if (r->status != LP_OK) snprintf(r->error, sizeof r->error, "%s", s->error);
     pthread_mutex_lock(&p->mu);
     s->step = 0;
@@ -812,7 +753,7 @@ void lp_pipeline_release(struct lp_pipeline *p, uint64_t session) {
         if (!p->stages[i].ch) continue;
         uint8_t *resp = NULL;
         size_t n = 0;
-        pl_unary(p, i, LP_M_RELEASE, &r.base, &resp, &n, 2000, NULL);
+        lp_pl_unary(p, i, LP_M_RELEASE, &r.base, &resp, &n, 2000, NULL);
         free(resp);
     }
 }
@@ -839,7 +780,7 @@ static void pl_worker_stats(struct lp_pipeline *p, int i, struct lp_stage_stats 
     Layerpipe__V1__StatsRequest req = LAYERPIPE__V1__STATS_REQUEST__INIT;
     uint8_t *resp = NULL;
     size_t nr = 0;
-    if (pl_unary(p, i, LP_M_STATS, &req.base, &resp, &nr, 2000, NULL) != LP_OK) return;
+    if (lp_pl_unary(p, i, LP_M_STATS, &req.base, &resp, &nr, 2000, NULL) != LP_OK) return;
     Layerpipe__V1__StatsReply *r = layerpipe__v1__stats_reply__unpack(NULL, nr, resp);
     free(resp);
     if (!r) return;

@@ -32,6 +32,7 @@ struct sched_req {
     int n_prompt, n_tokens;
     int n_fed;                   // tokens submitted to the pipeline (cached or in flight)
     int n_generated, max_total;  // max_total: prompt + max_new_tokens, within the context
+    int n_logits_sent;           // prompt positions whose logits were reported
     int kv_blocks;               // blocks reserved while running
     bool in_flight;
     bool cancel;                 // asked to end (mu)
@@ -73,6 +74,9 @@ struct lp_sched {
     int b_head, b_count;
     struct lp_pipeline_seg *segs;   // [max_seqs]
     float *scratch;                 // [vocab] a raw logits row, for logprobs
+    bool recovering;                // a stage was lost: drain, recover, re-prefill
+    bool down;                      // the last recovery failed: try again before the next step
+    char lost[LP_ERROR_MSG_BYTES];  // why
 };
 
 double lp_sched_now(void) {
@@ -106,7 +110,8 @@ static bool emit(struct sched_req *r, struct lp_sched_event *ev) {
 // frees it. Scheduler thread; the request is no longer in any list.
 static void finish(struct lp_sched *s, struct sched_req *r, enum lp_status st,
                    enum lp_stop_reason stop, const char *error) {
-    if (r->state == SCHED_RUNNING && r->n_fed > 0) lp_pipeline_release(s->pipeline, r->id);
+    if (r->state == SCHED_RUNNING && r->n_fed > 0 && !s->recovering)
+        lp_pipeline_release(s->pipeline, r->id);
     pthread_mutex_lock(&s->mu);
     if (r->state == SCHED_RUNNING) {
         for (int i = 0; i < s->params.max_seqs; i++)
@@ -246,6 +251,15 @@ static struct sched_req *admit(struct lp_sched *s) {
     return cancelled;
 }
 
+// Whether a running request waits for a step.
+static bool ready(const struct lp_sched *s) {
+    for (int i = 0; i < s->params.max_seqs; i++) {
+        const struct sched_req *r = s->running[i];
+        if (r && !r->in_flight && !r->cancel && r->n_fed < r->n_tokens) return true;
+    }
+    return false;
+}
+
 // Forms one micro-batch from running requests not in flight and submits it.
 // Returns false when there was nothing to submit.
 static bool submit_one(struct lp_sched *s) {
@@ -379,6 +393,18 @@ static void collect_one(struct lp_sched *s) {
     if (res.status != LP_OK) s->stats.step_failures++;
     pthread_mutex_unlock(&s->mu);
     int row = 0;
+    if (res.status != LP_OK && res.stage_down) { // recover, then re-prefill these too
+        if (!s->recovering) {
+            fprintf(stderr, "layerpipe: a stage was lost: %s; recovering\n", res.error);
+            snprintf(s->lost, sizeof s->lost, "%s", res.error);
+            pthread_mutex_lock(&s->mu);
+            s->stats.stage_failures++;
+            pthread_mutex_unlock(&s->mu);
+        }
+        s->recovering = true;
+        for (int i = 0; i < b->n; i++) b->reqs[i]->in_flight = false;
+        return;
+    }
     for (int i = 0; i < b->n; i++) {
         struct sched_req *r = b->reqs[i];
         r->in_flight = false;
@@ -401,11 +427,13 @@ static void collect_one(struct lp_sched *s) {
             finish(s, r, LP_ERR_CANCELLED, LP_STOP_NONE, "cancelled");
             continue;
         }
-        if (b->all[i]) {
-            struct lp_sched_event ev = {.kind = LP_SCHED_EV_PROMPT_LOGITS,
-                                        .pos0 = r->n_fed - b->n_tokens[i],
-                                        .n_rows = b->n_tokens[i], .vocab = s->vocab,
-                                        .logits = rows};
+        int pos0 = r->n_fed - b->n_tokens[i], skip = r->n_logits_sent - pos0;
+        if (skip < 0) skip = 0;
+        if (b->all[i] && skip < b->n_tokens[i]) { // (rows reported before a recovery are not again)
+            struct lp_sched_event ev = {.kind = LP_SCHED_EV_PROMPT_LOGITS, .pos0 = pos0 + skip,
+                                        .n_rows = b->n_tokens[i] - skip, .vocab = s->vocab,
+                                        .logits = rows + (size_t)skip * (size_t)s->vocab};
+            r->n_logits_sent = r->n_fed;
             if (emit(r, &ev)) {
                 finish(s, r, LP_OK, LP_STOP_CALLBACK, NULL);
                 continue;
@@ -431,6 +459,55 @@ static void reap_cancelled(struct lp_sched *s) {
     }
 }
 
+// With nothing in flight: brings the pipeline back and rewinds every
+// running request to re-prefill its tokens (prompt and generated: the next
+// token is sampled from the same logits, by the same sampler state), or,
+// past the deadline, ends them with the error.
+static void recover(struct lp_sched *s) {
+    double t0 = lp_sched_now();
+    char how[96];
+    struct lp_error err = {0};
+    enum lp_status st = lp_pipeline_recover(s->pipeline, how, sizeof how, &err);
+    double dt = lp_sched_now() - t0;
+    int n = 0, tokens = 0;
+    if (st == LP_OK) {
+        for (int i = 0; i < s->params.max_seqs; i++) {
+            struct sched_req *r = s->running[i];
+            if (!r) continue;
+            n++;
+            tokens += r->n_fed;
+            r->n_fed = 0;
+        }
+        fprintf(stderr, "layerpipe: recovered (%s) in %.2f s; re-prefilling %d sequences (%d "
+                        "tokens)\n",
+                how, dt, n, tokens);
+    } else {
+        fprintf(stderr, "layerpipe: recovery failed after %.2f s: %s\n", dt, err.msg);
+    }
+    pthread_mutex_lock(&s->mu);
+    s->stats.recovery_seconds += dt;
+    if (st == LP_OK) {
+        s->stats.recoveries++;
+        s->stats.reprefill_tokens += (uint64_t)tokens;
+        snprintf(s->stats.last_recovery, sizeof s->stats.last_recovery, "%s", how);
+        s->kv_total = lp_pipeline_kv_blocks(s->pipeline);
+    } else {
+        s->stats.recovery_failures++;
+    }
+    pthread_mutex_unlock(&s->mu);
+    s->recovering = false;
+    s->down = st != LP_OK;
+    if (st == LP_OK) return;
+    char msg[2 * LP_ERROR_MSG_BYTES + 16];
+    snprintf(msg, sizeof msg, "%s (after: %s)", err.msg, s->lost);
+    for (int i = 0; i < s->params.max_seqs; i++) {
+        struct sched_req *r = s->running[i];
+        if (!r) continue;
+        r->n_fed = 0; // its KV is gone everywhere: nothing to release
+        finish(s, r, LP_ERR_NETWORK, LP_STOP_NONE, msg);
+    }
+}
+
 static void *sched_main(void *arg) {
     struct lp_sched *s = arg;
     for (;;) {
@@ -446,7 +523,16 @@ static void *sched_main(void *arg) {
             finish(s, cancelled, LP_ERR_CANCELLED, LP_STOP_NONE, "cancelled while waiting");
             cancelled = next;
         }
+        if (s->recovering) { // drain what is in flight, then bring the stage back
+            if (s->b_count > 0) collect_one(s);
+            else recover(s);
+            continue;
+        }
         reap_cancelled(s);
+        if (s->down && s->b_count == 0 && ready(s)) { // new work for a pipeline still down
+            recover(s);
+            continue;
+        }
         bool submitted = false;
         while (submit_one(s)) submitted = true;
         if (s->b_count > 0) {

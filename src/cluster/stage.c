@@ -653,7 +653,7 @@ static void stage_step(struct lp_worker *w, struct stage_item *it) {
     const Layerpipe__V1__Activations *a = it->a;
     double t0 = lp_now_seconds();
     if (!w->configured) // a stream opened before a later Configure failed
-        st = lp_error_set(&err, LP_ERR_INVALID_ARG,
+        st = lp_error_set(&err, LP_ERR_NETWORK,
                           "stage %s: Forward while not configured (a Configure failed or is in "
                           "progress)",
                           w->listen);
@@ -722,8 +722,10 @@ static enum lp_status fwd_open(void *user, struct lp_rpc_stream *s, void **strea
     pthread_mutex_lock(&w->mu);
     bool configured = w->arena_cap > 0;
     pthread_mutex_unlock(&w->mu);
-    if (!configured)
-        return lp_error_set(err, LP_ERR_INVALID_ARG, "stage %s: Forward before Configure",
+    if (!configured) // UNAVAILABLE: a restarted stage serves no pipeline until configured
+        return lp_error_set(err, LP_ERR_NETWORK,
+                            "stage %s: Forward before Configure (restarted? its coordinator "
+                            "configures it again)",
                             w->listen);
     *stream_user = NULL;
     return LP_OK;

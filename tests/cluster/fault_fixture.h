@@ -149,14 +149,17 @@ struct ff_worker {
     char log[1100];
 };
 
-// Starts `layerpipe worker` on a free loopback port; waits for its port file.
-static inline int ff_worker_start(struct ff_worker *w, const char *model_dir, const char *tag) {
+// Starts `layerpipe worker` on a free loopback port (or on w->port when
+// `same_port`, to restart one); waits for its port file.
+static inline int ff_worker_start_on(struct ff_worker *w, const char *model_dir, const char *tag,
+                                     bool same_port) {
     const char *bin = lp_fixture_env("LP_BIN", "build/layerpipe");
-    char port_file[1100];
+    char port_file[1100], listen[64];
     snprintf(port_file, sizeof port_file, "%s/%s.port", ff_scratch, tag);
     snprintf(w->log, sizeof w->log, "%s/%s.log", ff_scratch, tag);
+    snprintf(listen, sizeof listen, "127.0.0.1:%d", same_port ? w->port : 0);
     unlink(port_file);
-    char *argv[] = {(char *)bin, "worker", "-m", (char *)model_dir, "--listen", "127.0.0.1:0",
+    char *argv[] = {(char *)bin, "worker", "-m", (char *)model_dir, "--listen", listen,
                     "--port-file", port_file, "--threads", "1", NULL};
     w->pid = ff_spawn(argv, NULL, w->log);
     w->port = 0;
@@ -176,6 +179,10 @@ static inline int ff_worker_start(struct ff_worker *w, const char *model_dir, co
     }
     snprintf(w->addr, sizeof w->addr, "127.0.0.1:%d", w->port);
     return 0;
+}
+
+static inline int ff_worker_start(struct ff_worker *w, const char *model_dir, const char *tag) {
+    return ff_worker_start_on(w, model_dir, tag, false);
 }
 
 // ---- the Stage service by hand ----
