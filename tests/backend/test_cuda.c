@@ -324,8 +324,10 @@ static void test_rowwise(void) {
     free(got);
 }
 
-static void test_attention(enum lp_dtype dt, int hd) {
-    int n_heads = hd > 256 ? 4 : 8, n_kv = 2, bs = 16, n_blocks = 24;
+// long: contexts of ~2200 and ~3100 positions (several splits, and a split
+// taking a second chunk), tables of 140 and 200 shuffled blocks.
+static void test_attention(enum lp_dtype dt, int hd, bool long_ctx) {
+    int n_heads = hd > 256 ? 4 : 8, n_kv = 2, bs = 16, n_blocks = long_ctx ? 220 : 24;
     struct lp_kv_geom g = {.n_blocks = n_blocks, .block_size = bs, .n_kv_heads = n_kv,
                            .head_dim = hd, .dtype = dt};
     int64_t row = (int64_t)n_kv * hd, n_slots = (int64_t)n_blocks * bs;
@@ -339,6 +341,13 @@ static void test_attention(enum lp_dtype dt, int hd) {
         {.n_tokens = 7, .pos0 = 80, .block_table = bt1, .n_blocks = 6},
         {.n_tokens = 5, .pos0 = 0, .block_table = bt2, .n_blocks = 3},
     };
+    int32_t lt0[200], lt1[140];
+    for (int i = 0; i < 200; i++) lt0[i] = (i * 37 + 11) % 220;
+    for (int i = 0; i < 140; i++) lt1[i] = (i * 53 + 7) % 220;
+    if (long_ctx) {
+        segs[0] = (struct lp_attn_seg){.n_tokens = 1, .pos0 = 3100, .block_table = lt0, .n_blocks = 200};
+        segs[1] = (struct lp_attn_seg){.n_tokens = 7, .pos0 = 2200, .block_table = lt1, .n_blocks = 140};
+    }
     int n = 13;
     float *q = tu_randv((int64_t)n * n_heads * hd, 0.5f);
     size_t out_bytes = (size_t)n * n_heads * hd * 4, es = dt == LP_DTYPE_BF16 ? 2 : 4;
@@ -362,10 +371,12 @@ static void test_attention(enum lp_dtype dt, int hd) {
             tu_free(be, *p);
     }
     double e = tu_rel_l2(res[1], res[0], (int64_t)(out_bytes / 4));
-    CHECK_MSG(e <= TOL_FLOAT, "attention %s hd %d: rel L2 %.3g", lp_dtype_name(dt), hd, e);
+    CHECK_MSG(e <= TOL_FLOAT, "attention %s hd %d%s: rel L2 %.3g", lp_dtype_name(dt), hd,
+              long_ctx ? " long" : "", e);
     CHECK_MSG(memcmp(kcache[0], kcache[1], cache_bytes) == 0, "kv_store K %s", lp_dtype_name(dt));
     CHECK_MSG(memcmp(vcache[0], vcache[1], cache_bytes) == 0, "kv_store V %s", lp_dtype_name(dt));
-    printf("attention %s hd %d: rel L2 %.3g\n", lp_dtype_name(dt), hd, e);
+    printf("attention %s hd %d%s: rel L2 %.3g\n", lp_dtype_name(dt), hd, long_ctx ? " long" : "",
+           e);
     free(k);
     free(v);
     free(slot);
@@ -487,10 +498,12 @@ int main(void) {
     test_fused_qk(LP_DTYPE_F32);
     test_fused_qk(LP_DTYPE_BF16);
     test_rowwise();
-    test_attention(LP_DTYPE_F32, 64);
-    test_attention(LP_DTYPE_BF16, 64);
-    test_attention(LP_DTYPE_F32, 320);
-    test_attention(LP_DTYPE_BF16, 320);
+    test_attention(LP_DTYPE_F32, 64, false);
+    test_attention(LP_DTYPE_BF16, 64, false);
+    test_attention(LP_DTYPE_F32, 320, false);
+    test_attention(LP_DTYPE_BF16, 320, false);
+    test_attention(LP_DTYPE_F32, 128, true);
+    test_attention(LP_DTYPE_BF16, 16, true);
     if (getenv("LP_CUDA_TEST_KERNELS_ONLY")) { // (compute-sanitizer runs)
         printf("LP_CUDA_TEST_KERNELS_ONLY: engine checks left out\n");
         goto done;

@@ -45,7 +45,7 @@ struct lp_cuda_attn_index {
 // Number of KV splits of attention (fixed, so that a row's result depends
 // only on its own context, and a launch's grid only on n), and positions per chunk.
 #define LP_CUDA_ATTN_SPLITS 16
-#define LP_CUDA_ATTN_CHUNK 64
+#define LP_CUDA_ATTN_CHUNK 128 // 4 warps x 32 positions
 
 // Floats of attention's partial-result scratch for n rows of n_heads heads.
 static inline size_t lp_cuda_attn_scratch_floats(int n, int n_heads, int head_dim) {

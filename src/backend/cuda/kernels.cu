@@ -550,11 +550,14 @@ static __device__ __forceinline__ float cache_at(const void *c, size_t i) {
 }
 
 // Attention, first pass. Block (row * n_heads + head, split): the split
-// takes chunks split, split + SPLITS, ... of LP_CUDA_ATTN_CHUNK positions of
-// the row's context [0, min(qpos + 1, n_blocks * block_size)); its 4 warps
-// take positions in turn, lanes take head_dim elements d = lane + 32 i, and
-// each warp keeps an online softmax (running max m, sum l, weighted v). The
-// block writes (m, l, o[head_dim]) for its split; k_attn_combine merges.
+// takes chunks split, split + SPLITS, ... of LP_CUDA_ATTN_CHUNK (128)
+// positions of the row's context [0, min(qpos + 1, n_blocks * block_size));
+// in a chunk, warp w takes 32 positions, one a lane: lane j computes its
+// position's score q.k (q from shared memory), the warp updates its online
+// softmax (running max m and sum l) once for the 32, then accumulates
+// sum_j e_j v_j with lanes over head_dim (d = lane + 32 i). The block merges
+// its warps and writes (m, l, o[head_dim]) for its split; k_attn_combine
+// merges the splits.
 template <int NI, bool BF>
 __global__ void __launch_bounds__(128)
     k_attn(float *scratch, const float *__restrict__ q, const void *kc, const void *vc, int bs,
@@ -566,37 +569,47 @@ __global__ void __launch_bounds__(128)
     const int seg = ix.row_seg[row];
     const int32_t *bt = ix.bt + ix.seg_off[seg];
     const int n_ctx = min(ix.row_qpos[row] + 1, ix.seg_nblk[seg] * bs);
-    float qv[NI], acc[NI];
+    __shared__ float q_s[NI * 32];
+    for (int d = threadIdx.x; d < NI * 32; d += blockDim.x)
+        q_s[d] = d < hd ? q[(size_t)rh * hd + d] : 0.0f;
+    __syncthreads();
+    float acc[NI];
 #pragma unroll
-    for (int i = 0; i < NI; i++) {
-        int d = lane + 32 * i;
-        qv[i] = d < hd ? q[(size_t)rh * hd + d] : 0.0f;
-        acc[i] = 0.0f;
-    }
+    for (int i = 0; i < NI; i++) acc[i] = 0.0f;
     float m = -INFINITY, l = 0.0f;
     for (int c0 = split * LP_CUDA_ATTN_CHUNK; c0 < n_ctx;
          c0 += LP_CUDA_ATTN_SPLITS * LP_CUDA_ATTN_CHUNK) {
-        const int cend = min(c0 + LP_CUDA_ATTN_CHUNK, n_ctx);
-        for (int p = c0 + warp; p < cend; p += 4) {
-            const size_t base = (((size_t)bt[p / bs] * bs + p % bs) * n_kv + kvh) * hd;
+        const int p0 = c0 + warp * 32;
+        if (p0 >= n_ctx) break; // warp-uniform
+        const int p = p0 + lane;
+        const bool valid = p < n_ctx;
+        size_t base = 0;
+        float sc = -INFINITY;
+        if (valid) {
+            base = (((size_t)bt[p / bs] * bs + p % bs) * n_kv + kvh) * hd;
             float dot = 0.0f;
-#pragma unroll
-            for (int i = 0; i < NI; i++) {
-                int d = lane + 32 * i;
-                if (d < hd) dot = __fmaf_rn(qv[i], cache_at<BF>(kc, base + d), dot);
-            }
-            const float sc = warp_sum(dot) * scale;
-            const float mn = fmaxf(m, sc);
-            const float corr = expf(m - mn), e = expf(sc - mn);
-            l = l * corr + e;
-#pragma unroll
-            for (int i = 0; i < NI; i++) {
-                int d = lane + 32 * i;
-                float vv = d < hd ? cache_at<BF>(vc, base + d) : 0.0f;
-                acc[i] = acc[i] * corr + e * vv;
-            }
-            m = mn;
+            for (int d = 0; d < hd; d++) dot = __fmaf_rn(q_s[d], cache_at<BF>(kc, base + d), dot);
+            sc = dot * scale;
         }
+        float mc = sc;
+        for (int o = 16; o > 0; o >>= 1) mc = fmaxf(mc, __shfl_xor_sync(0xffffffffu, mc, o));
+        const float mn = fmaxf(m, mc); // finite: lane 0 of the warp is valid
+        const float corr = expf(m - mn);
+        const float e = valid ? expf(sc - mn) : 0.0f;
+        l = l * corr + warp_sum(e);
+#pragma unroll
+        for (int i = 0; i < NI; i++) acc[i] *= corr;
+        const int n_valid = min(32, n_ctx - p0);
+        for (int j = 0; j < n_valid; j++) {
+            const float ej = __shfl_sync(0xffffffffu, e, j);
+            const size_t bj = (size_t)__shfl_sync(0xffffffffu, (long long)base, j);
+#pragma unroll
+            for (int i = 0; i < NI; i++) {
+                const int d = lane + 32 * i;
+                if (d < hd) acc[i] = __fmaf_rn(ej, cache_at<BF>(vc, bj + d), acc[i]);
+            }
+        }
+        m = mn;
     }
     __shared__ float sm_m[4], sm_l[4], sm_o[4][NI * 32];
     if (lane == 0) {

@@ -61,6 +61,7 @@ fiber_ctx sched_ctx;
 int n_fib, cur;
 const std::function<void()> *cur_fn;
 uint32_t warp_buf[2][MAX_THREADS];
+uint64_t warp_buf64[2][MAX_THREADS];
 
 void to_fiber(int i) {
 #if defined(__x86_64__)
@@ -231,6 +232,14 @@ float __shfl_xor_sync(unsigned mask, float v, int lane_mask) {
     float r;
     memcpy(&r, &warp_buf[buf][other < n_fib ? other : me], 4);
     return r;
+}
+
+uint64_t lp_emu_shfl64(uint64_t v, int src_lane) {
+    int me = cur, buf = fibers[me].shuffles++ & 1;
+    warp_buf64[buf][me] = v;
+    yield_as(F_WARP);
+    int other = (me & ~31) | (src_lane & 31);
+    return warp_buf64[buf][other < n_fib ? other : me];
 }
 
 unsigned __reduce_xor_sync(unsigned mask, unsigned v) {

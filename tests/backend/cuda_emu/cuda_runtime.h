@@ -112,6 +112,16 @@ static inline void lp_emu_launch(dim3 grid, dim3 block, cudaStream_t s, void (*k
 void __syncthreads(void);
 void __syncwarp(unsigned mask = 0xffffffffu);
 float __shfl_xor_sync(unsigned mask, float v, int lane_mask);
+uint64_t lp_emu_shfl64(uint64_t v, int src_lane);
+template <class T> static inline T __shfl_sync(unsigned mask, T v, int src_lane) {
+    static_assert(sizeof(T) <= 8, "shuffle of at most 8 bytes");
+    uint64_t u = 0;
+    memcpy(&u, &v, sizeof v);
+    u = lp_emu_shfl64(u, src_lane);
+    T r;
+    memcpy(&r, &u, sizeof r);
+    return r;
+}
 unsigned __reduce_xor_sync(unsigned mask, unsigned v);
 static inline float __fadd_rn(float a, float b) { return a + b; }
 static inline float __fsub_rn(float a, float b) { return a - b; }
