@@ -59,11 +59,11 @@ static void check_matmul(struct lp_weight w, const char *what) {
         size_t out_n = (size_t)n * w.rows + 3 * (size_t)w.cols;
         float *want = malloc(out_n * 4), *got = malloc(out_n * 4);
         run_matmul(ref, &w, x, n, want);
-        for (size_t i = 0; i < out_n; i++) got[i] = NAN; // every element must be written
+        for (size_t i = 0; i < out_n; i++)
+            got[i] = NAN; // every element must be written
         run_matmul(gpu, &w, x, n, got);
         double e = tu_rel_l2(got, want, (int64_t)n * w.rows);
-        double e_emb = tu_rel_l2(got + (int64_t)n * w.rows, want + (int64_t)n * w.rows,
-                                 3 * w.cols);
+        double e_emb = tu_rel_l2(got + (int64_t)n * w.rows, want + (int64_t)n * w.rows, 3 * w.cols);
         CHECK_MSG(e <= TOL_FLOAT, "matmul %s [%lld x %lld] n=%d: rel L2 %.3g > %.0e", what,
                   (long long)w.rows, (long long)w.cols, n, e, TOL_FLOAT);
         CHECK_MSG(e_emb <= 1e-6, "embed %s: rel L2 %.3g", what, e_emb);
@@ -93,7 +93,8 @@ static void test_matmul(void) {
             for (int sd = 0; sd < 2; sd++) {
                 enum lp_dtype sdt = sd ? LP_DTYPE_F16 : LP_DTYPE_BF16;
                 int64_t rows = ig == 1 ? 150 : 37, cols = ig == 2 ? 640 : 384;
-                struct lp_weight w = tu_weight(LP_WEIGHT_MLX_AFFINE, rows, cols, bits, gss[ig], sdt);
+                struct lp_weight w =
+                    tu_weight(LP_WEIGHT_MLX_AFFINE, rows, cols, bits, gss[ig], sdt);
                 snprintf(what, sizeof what, "mlx q%d g%d %s", bits, gss[ig], sd ? "f16" : "bf16");
                 check_matmul(w, what);
                 tu_weight_free(&w);
@@ -143,9 +144,14 @@ static void test_batch_invariance(void) {
 // matmul_multi = three matmuls, matmul_add = matmul + add, matmul_swiglu =
 // two matmuls + silu_mul; on the 16-byte path and the element-wise one.
 static void test_fused(void) {
-    struct shape { enum lp_weight_format f; int bits, gs; int64_t cols; } shapes[4] = {
-        {LP_WEIGHT_BF16, 0, 0, 256}, {LP_WEIGHT_MLX_AFFINE, 8, 64, 384},
-        {LP_WEIGHT_MLX_AFFINE, 4, 32, 640}, {LP_WEIGHT_BF16, 0, 0, 100}};
+    struct shape {
+        enum lp_weight_format f;
+        int bits, gs;
+        int64_t cols;
+    } shapes[4] = {{LP_WEIGHT_BF16, 0, 0, 256},
+                   {LP_WEIGHT_MLX_AFFINE, 8, 64, 384},
+                   {LP_WEIGHT_MLX_AFFINE, 4, 32, 640},
+                   {LP_WEIGHT_BF16, 0, 0, 100}};
     static const int ns[3] = {1, 5, 40};
     void *c = gpu->ctx;
     const struct lp_backend_i *be = &gpu->iface;
@@ -156,8 +162,8 @@ static void test_fused(void) {
         struct lp_weight w[3];
         struct lp_bweight *bw[3];
         for (int j = 0; j < 3; j++) {
-            w[j] = tu_weight(shapes[k].f, rows[j], cols, shapes[k].bits, shapes[k].gs,
-                             LP_DTYPE_BF16);
+            w[j] =
+                tu_weight(shapes[k].f, rows[j], cols, shapes[k].bits, shapes[k].gs, LP_DTYPE_BF16);
             CHECK_OK(be->weight_upload(c, &w[j], &bw[j], err), err);
         }
         for (int in = 0; in < 3; in++) {
@@ -172,13 +178,15 @@ static void test_fused(void) {
                 p[j] = tu_buf(gpu, NULL, ob);
             }
             // three matmuls, one launch
-            for (int j = 0; j < 3; j++) be->matmul(c, o[j], xg, bw[j], n);
+            for (int j = 0; j < 3; j++)
+                be->matmul(c, o[j], xg, bw[j], n);
             be->matmul_multi(c, p, xg, (const struct lp_bweight *const *)bw, 3, n);
             for (int j = 0; j < 3; j++) {
                 size_t bytes = (size_t)n * rows[j] * 4;
                 tu_read(gpu, o[j], a, bytes);
                 tu_read(gpu, p[j], b, bytes);
-                CHECK_MSG(memcmp(a, b, bytes) == 0, "matmul_multi shape %d n=%d matrix %d", k, n, j);
+                CHECK_MSG(memcmp(a, b, bytes) == 0, "matmul_multi shape %d n=%d matrix %d", k, n,
+                          j);
             }
             // y += x W^T
             struct lp_buf *ya = tu_buf(gpu, y0, ob), *yb = tu_buf(gpu, y0, ob);
@@ -220,15 +228,17 @@ static void test_fused(void) {
 // steps (memcmp of q, k and both caches), f32 and bf16 caches.
 static void test_fused_qk(enum lp_dtype dt) {
     int n = 6, n_heads = 8, n_kv = 2, hd = 64, bs = 4, n_blocks = 8;
-    struct lp_kv_geom g = {.n_blocks = n_blocks, .block_size = bs, .n_kv_heads = n_kv,
-                           .head_dim = hd, .dtype = dt};
+    struct lp_kv_geom g = {
+        .n_blocks = n_blocks, .block_size = bs, .n_kv_heads = n_kv, .head_dim = hd, .dtype = dt};
     void *c = gpu->ctx;
     const struct lp_backend_i *be = &gpu->iface;
     if (!be->qk_norm_rope_store || !be->batch_setup) return;
     size_t qb = (size_t)n * n_heads * hd * 4, kb = (size_t)n * n_kv * hd * 4;
     size_t cb = (size_t)n_blocks * bs * n_kv * hd * (dt == LP_DTYPE_BF16 ? 2 : 4);
-    float *q = tu_randv((int64_t)n * n_heads * hd, 2.0f), *k = tu_randv((int64_t)n * n_kv * hd, 2.0f);
-    float *v = tu_randv((int64_t)n * n_kv * hd, 1.0f), *qn = tu_randv(hd, 1.0f), *kn = tu_randv(hd, 1.0f);
+    float *q = tu_randv((int64_t)n * n_heads * hd, 2.0f),
+          *k = tu_randv((int64_t)n * n_kv * hd, 2.0f);
+    float *v = tu_randv((int64_t)n * n_kv * hd, 1.0f), *qn = tu_randv(hd, 1.0f),
+          *kn = tu_randv(hd, 1.0f);
     int32_t pos[6] = {3, 4, 5, 0, 1, 2}, slot[6] = {13, 14, 15, 20, 21, 22}, ids[6] = {0};
     int32_t bt0[4] = {1, 3, 2, 0}, bt1[1] = {5};
     struct lp_attn_seg segs[2] = {{.n_tokens = 3, .pos0 = 3, .block_table = bt0, .n_blocks = 4},
@@ -236,7 +246,8 @@ static void test_fused_qk(enum lp_dtype dt) {
     void *res[2][4];
     for (int f = 0; f < 2; f++) {
         struct lp_buf *qg = tu_buf(gpu, q, qb), *kg = tu_buf(gpu, k, kb), *vg = tu_buf(gpu, v, kb);
-        struct lp_buf *qng = tu_buf(gpu, qn, (size_t)hd * 4), *kng = tu_buf(gpu, kn, (size_t)hd * 4);
+        struct lp_buf *qng = tu_buf(gpu, qn, (size_t)hd * 4),
+                      *kng = tu_buf(gpu, kn, (size_t)hd * 4);
         struct lp_buf *kc = tu_buf(gpu, NULL, cb), *vc = tu_buf(gpu, NULL, cb);
         if (f == 0) {
             be->rmsnorm(c, qg, qg, qng, n * n_heads, hd, 1e-6f);
@@ -245,8 +256,8 @@ static void test_fused_qk(enum lp_dtype dt) {
             be->rope(c, kg, pos, n, n_kv, hd, 1e6f);
             be->kv_store(c, kc, vc, &g, kg, vg, slot, n);
         } else {
-            struct lp_batch_index ix = {.n_tokens = n, .ids = ids, .pos = pos, .slot = slot,
-                                        .n_segs = 2, .segs = segs};
+            struct lp_batch_index ix = {
+                .n_tokens = n, .ids = ids, .pos = pos, .slot = slot, .n_segs = 2, .segs = segs};
             CHECK_OK(be->batch_setup(c, &ix, err), err);
             be->qk_norm_rope_store(c, qg, kg, vg, qng, kng, kc, vc, &g, pos, slot, n, n_heads,
                                    1e-6f, 1e6f);
@@ -267,7 +278,8 @@ static void test_fused_qk(enum lp_dtype dt) {
                           lp_dtype_name(dt), j);
     }
     for (int f = 0; f < 2; f++)
-        for (int j = 0; j < 4; j++) free(res[f][j]);
+        for (int j = 0; j < 4; j++)
+            free(res[f][j]);
     free(q);
     free(k);
     free(v);
@@ -286,7 +298,8 @@ static void test_rowwise(void) {
     for (int v = 0; v < 2; v++) {
         struct lp_backend *be = v == 0 ? ref : gpu;
         float *o = v == 0 ? want : got;
-        struct lp_buf *xb = tu_buf(be, x, (size_t)n * dim * 4), *wb = tu_buf(be, w, (size_t)dim * 4);
+        struct lp_buf *xb = tu_buf(be, x, (size_t)n * dim * 4),
+                      *wb = tu_buf(be, w, (size_t)dim * 4);
         struct lp_buf *ab = tu_buf(be, a, (size_t)big * 4), *bb = tu_buf(be, b, (size_t)big * 4);
         struct lp_buf *ob = tu_buf(be, NULL, (size_t)big * 4);
         be->iface.rmsnorm(be->ctx, ob, xb, wb, n, dim, 1e-6f);
@@ -328,12 +341,13 @@ static void test_rowwise(void) {
 // taking a second chunk), tables of 140 and 200 shuffled blocks.
 static void test_attention(enum lp_dtype dt, int hd, bool long_ctx) {
     int n_heads = hd > 256 ? 4 : 8, n_kv = 2, bs = 16, n_blocks = long_ctx ? 220 : 24;
-    struct lp_kv_geom g = {.n_blocks = n_blocks, .block_size = bs, .n_kv_heads = n_kv,
-                           .head_dim = hd, .dtype = dt};
+    struct lp_kv_geom g = {
+        .n_blocks = n_blocks, .block_size = bs, .n_kv_heads = n_kv, .head_dim = hd, .dtype = dt};
     int64_t row = (int64_t)n_kv * hd, n_slots = (int64_t)n_blocks * bs;
     float *k = tu_randv(n_slots * row, 1.0f), *v = tu_randv(n_slots * row, 1.0f);
     int32_t *slot = malloc((size_t)n_slots * 4);
-    for (int64_t i = 0; i < n_slots; i++) slot[i] = (int32_t)((i * 7) % n_slots);
+    for (int64_t i = 0; i < n_slots; i++)
+        slot[i] = (int32_t)((i * 7) % n_slots);
     int32_t bt0[8] = {5, 3, 17, 0, 9, 11, 2, 23}, bt1[6] = {1, 4, 6, 8, 10, 12},
             bt2[3] = {13, 14, 15};
     struct lp_attn_seg segs[3] = {
@@ -342,11 +356,15 @@ static void test_attention(enum lp_dtype dt, int hd, bool long_ctx) {
         {.n_tokens = 5, .pos0 = 0, .block_table = bt2, .n_blocks = 3},
     };
     int32_t lt0[200], lt1[140];
-    for (int i = 0; i < 200; i++) lt0[i] = (i * 37 + 11) % 220;
-    for (int i = 0; i < 140; i++) lt1[i] = (i * 53 + 7) % 220;
+    for (int i = 0; i < 200; i++)
+        lt0[i] = (i * 37 + 11) % 220;
+    for (int i = 0; i < 140; i++)
+        lt1[i] = (i * 53 + 7) % 220;
     if (long_ctx) {
-        segs[0] = (struct lp_attn_seg){.n_tokens = 1, .pos0 = 3100, .block_table = lt0, .n_blocks = 200};
-        segs[1] = (struct lp_attn_seg){.n_tokens = 7, .pos0 = 2200, .block_table = lt1, .n_blocks = 140};
+        segs[0] =
+            (struct lp_attn_seg){.n_tokens = 1, .pos0 = 3100, .block_table = lt0, .n_blocks = 200};
+        segs[1] =
+            (struct lp_attn_seg){.n_tokens = 7, .pos0 = 2200, .block_table = lt1, .n_blocks = 140};
     }
     int n = 13;
     float *q = tu_randv((int64_t)n * n_heads * hd, 0.5f);
@@ -410,13 +428,14 @@ static void engine_run(struct lp_backend *be, const struct lp_model *m, bool tog
     int32_t toks[E_SEQS][E_PROMPT + E_STEPS];
     for (int s = 0; s < E_SEQS; s++) {
         CHECK_OK(lp_engine_seq_open(e, &seq[s], err), err);
-        for (int t = 0; t < E_PROMPT + E_STEPS; t++) toks[s][t] = (int32_t)((s * 131 + t * 17) % vocab);
+        for (int t = 0; t < E_PROMPT + E_STEPS; t++)
+            toks[s][t] = (int32_t)((s * 131 + t * 17) % vocab);
         for (int t0 = 0; t0 < E_PROMPT; t0 += 16) {
             int nt = E_PROMPT - t0 < 16 ? E_PROMPT - t0 : 16;
-            struct lp_engine_seg seg = {.seq = seq[s], .pos0 = -1, .n_tokens = nt,
-                                        .tokens = toks[s] + t0};
-            struct lp_engine_batch b = {.n_segs = 1, .segs = &seg,
-                                        .logits = logits + ((size_t)s * (1 + E_STEPS)) * vocab};
+            struct lp_engine_seg seg = {
+                .seq = seq[s], .pos0 = -1, .n_tokens = nt, .tokens = toks[s] + t0};
+            struct lp_engine_batch b = {
+                .n_segs = 1, .segs = &seg, .logits = logits + ((size_t)s * (1 + E_STEPS)) * vocab};
             CHECK_OK(lp_engine_forward(e, &b, err), err);
         }
     }
@@ -424,8 +443,8 @@ static void engine_run(struct lp_backend *be, const struct lp_model *m, bool tog
     for (int step = 0; step < E_STEPS; step++) {
         struct lp_engine_seg segs[E_SEQS];
         for (int s = 0; s < E_SEQS; s++)
-            segs[s] = (struct lp_engine_seg){.seq = seq[s], .pos0 = -1, .n_tokens = 1,
-                                             .tokens = &toks[s][E_PROMPT + step]};
+            segs[s] = (struct lp_engine_seg){
+                .seq = seq[s], .pos0 = -1, .n_tokens = 1, .tokens = &toks[s][E_PROMPT + step]};
         for (int s = 0; s < (together ? 1 : E_SEQS); s++) {
             struct lp_engine_batch b = {.n_segs = together ? E_SEQS : 1,
                                         .segs = together ? segs : &segs[s],
@@ -516,10 +535,12 @@ int main(void) {
     test_engine("emu_mlx4", "--seed 303 --format mlx4 --group 32 --tied 1 --layers 1 --hidden 64 "
                             "--heads 2 --kv-heads 1 --head-dim 32 --intermediate 128 --vocab 100");
 #else
-    test_engine("cuda_bf16", "--seed 301 --format hf-bf16 --tied 1 --layers 3 --hidden 256 "
-                             "--heads 4 --kv-heads 2 --head-dim 64 --intermediate 512 --vocab 1000");
-    test_engine("cuda_mlx8", "--seed 302 --format mlx8 --group 64 --tied 0 --layers 3 --hidden 256 "
-                             "--heads 4 --kv-heads 2 --head-dim 64 --intermediate 512 --vocab 1000");
+    test_engine("cuda_bf16",
+                "--seed 301 --format hf-bf16 --tied 1 --layers 3 --hidden 256 "
+                "--heads 4 --kv-heads 2 --head-dim 64 --intermediate 512 --vocab 1000");
+    test_engine("cuda_mlx8",
+                "--seed 302 --format mlx8 --group 64 --tied 0 --layers 3 --hidden 256 "
+                "--heads 4 --kv-heads 2 --head-dim 64 --intermediate 512 --vocab 1000");
     test_engine("cuda_mlx4", "--seed 303 --format mlx4 --group 32 --tied 1 --layers 2 --hidden 128 "
                              "--heads 4 --kv-heads 1 --head-dim 32 --intermediate 256 --vocab 700");
 #endif

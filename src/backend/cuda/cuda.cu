@@ -55,8 +55,8 @@ struct cuda_batch {
 // Mutated only by the thread calling the backend (one at a time).
 struct cuda_ctx {
     int device;
-    char name[32];    // "cuda:N"
-    char gpu[64];     // cudaDeviceProp.name (shortened)
+    char name[32]; // "cuda:N"
+    char gpu[64];  // cudaDeviceProp.name (shortened)
     cudaStream_t stream;
     enum lp_status status; // first failure since the last sync
     char msg[256];
@@ -85,7 +85,8 @@ static void cuda_fail(struct cuda_ctx *c, enum lp_status st, const char *fmt, ..
     int off = snprintf(c->msg, sizeof c->msg, "%s: ", c->name);
     va_list ap;
     va_start(ap, fmt);
-    if (off > 0 && (size_t)off < sizeof c->msg) vsnprintf(c->msg + off, sizeof c->msg - off, fmt, ap);
+    if (off > 0 && (size_t)off < sizeof c->msg)
+        vsnprintf(c->msg + off, sizeof c->msg - off, fmt, ap);
     va_end(ap);
 }
 
@@ -111,8 +112,12 @@ static void cuda_drop_graphs(struct cuda_ctx *c) {
     }
 }
 
-static const char *cuda_name(void *ctx) { return ((struct cuda_ctx *)ctx)->name; }
-static int cuda_n_threads(void *ctx) { return 1; }
+static const char *cuda_name(void *ctx) {
+    return ((struct cuda_ctx *)ctx)->name;
+}
+static int cuda_n_threads(void *ctx) {
+    return 1;
+}
 
 static void cuda_destroy(void *ctx) {
     struct cuda_ctx *c = (struct cuda_ctx *)ctx;
@@ -181,9 +186,9 @@ static enum lp_status cuda_buf_write(void *ctx, struct lp_buf *dst, size_t offse
     enum lp_status st = cuda_range(c, "buf_write", dst, offset, bytes, err);
     if (st != LP_OK || !bytes) return st;
     cudaSetDevice(c->device);
-    return cuda_err(c, cudaMemcpyAsync((char *)dst->d + offset, src, bytes, cudaMemcpyHostToDevice,
-                                       c->stream),
-                    "buf_write: cudaMemcpyAsync", err);
+    return cuda_err(
+        c, cudaMemcpyAsync((char *)dst->d + offset, src, bytes, cudaMemcpyHostToDevice, c->stream),
+        "buf_write: cudaMemcpyAsync", err);
 }
 
 // Device -> host, after the queued work; returns when the bytes are there.
@@ -193,10 +198,10 @@ static enum lp_status cuda_buf_read(void *ctx, const struct lp_buf *src, size_t 
     enum lp_status st = cuda_range(c, "buf_read", src, offset, bytes, err);
     if (st != LP_OK) return st;
     cudaSetDevice(c->device);
-    if (bytes &&
-        (st = cuda_err(c, cudaMemcpyAsync(dst, (const char *)src->d + offset, bytes,
-                                          cudaMemcpyDeviceToHost, c->stream),
-                       "buf_read: cudaMemcpyAsync", err)) != LP_OK)
+    if (bytes && (st = cuda_err(c,
+                                cudaMemcpyAsync(dst, (const char *)src->d + offset, bytes,
+                                                cudaMemcpyDeviceToHost, c->stream),
+                                "buf_read: cudaMemcpyAsync", err)) != LP_OK)
         return st;
     return cuda_err(c, cudaStreamSynchronize(c->stream), "buf_read: cudaStreamSynchronize", err);
 }
@@ -214,9 +219,13 @@ static enum lp_status cuda_weight_sizes(struct cuda_ctx *c, const struct lp_weig
     size_t n = (size_t)w->rows * (size_t)w->cols;
     *scale_bytes = 0;
     switch (w->format) {
-    case LP_WEIGHT_F32: *data_bytes = n * 4; return LP_OK;
+    case LP_WEIGHT_F32:
+        *data_bytes = n * 4;
+        return LP_OK;
     case LP_WEIGHT_F16:
-    case LP_WEIGHT_BF16: *data_bytes = n * 2; return LP_OK;
+    case LP_WEIGHT_BF16:
+        *data_bytes = n * 2;
+        return LP_OK;
     case LP_WEIGHT_MLX_AFFINE:
         if (w->bits != 4 && w->bits != 8)
             return lp_error_set(err, LP_ERR_UNSUPPORTED,
@@ -281,9 +290,15 @@ static enum lp_status cuda_weight_upload(void *ctx, const struct lp_weight *w,
     k->cols = (int)w->cols;
     k->data = mem;
     switch (w->format) {
-    case LP_WEIGHT_F32: k->fmt = LP_CUDA_FMT_F32; break;
-    case LP_WEIGHT_F16: k->fmt = LP_CUDA_FMT_F16; break;
-    case LP_WEIGHT_BF16: k->fmt = LP_CUDA_FMT_BF16; break;
+    case LP_WEIGHT_F32:
+        k->fmt = LP_CUDA_FMT_F32;
+        break;
+    case LP_WEIGHT_F16:
+        k->fmt = LP_CUDA_FMT_F16;
+        break;
+    case LP_WEIGHT_BF16:
+        k->fmt = LP_CUDA_FMT_BF16;
+        break;
     case LP_WEIGHT_MLX_AFFINE:
         k->fmt = w->bits == 8 ? LP_CUDA_FMT_Q8 : LP_CUDA_FMT_Q4;
         k->scales = (const uint16_t *)(mem + db_pad);
@@ -308,11 +323,14 @@ static void cuda_weight_free(void *ctx, struct lp_bweight *w) {
 
 // ---- index arrays ------------------------------------------------------------
 
-static size_t ix_elems(int t, int s, int b) { return 6 * (size_t)t + 2 * (size_t)s + (size_t)b; }
+static size_t ix_elems(int t, int s, int b) {
+    return 6 * (size_t)t + 2 * (size_t)s + (size_t)b;
+}
 
 static int grow_cap(int have, int need, int floor) {
     int cap = have > floor ? have : floor;
-    while (cap < need) cap *= 2;
+    while (cap < need)
+        cap *= 2;
     return cap;
 }
 
@@ -366,7 +384,8 @@ static void ix_pack_segs(int32_t *base, int ct, int cs, const struct lp_attn_seg
 
 static int segs_blocks(const struct lp_attn_seg *segs, int n_segs) {
     int b = 0;
-    for (int s = 0; s < n_segs; s++) b += segs[s].n_blocks > 0 ? segs[s].n_blocks : 0;
+    for (int s = 0; s < n_segs; s++)
+        b += segs[s].n_blocks > 0 ? segs[s].n_blocks : 0;
     return b;
 }
 
@@ -409,13 +428,15 @@ static enum lp_status cuda_batch_setup(void *ctx, const struct lp_batch_index *i
 // Device room for a call's own arrays (not from batch_setup): n int32.
 static int32_t *cuda_adhoc_reserve(struct cuda_ctx *c, size_t n) {
     if (c->capturing) {
-        cuda_fail(c, LP_ERR_INTERNAL, "a call inside a recorded step passed index arrays that "
-                                      "did not come through batch_setup");
+        cuda_fail(c, LP_ERR_INTERNAL,
+                  "a call inside a recorded step passed index arrays that "
+                  "did not come through batch_setup");
         return NULL;
     }
     if (n <= c->adhoc_cap) return c->adhoc_d;
     size_t cap = c->adhoc_cap ? c->adhoc_cap : 1024;
-    while (cap < n) cap *= 2;
+    while (cap < n)
+        cap *= 2;
     if (!cuda_ok(c, cudaStreamSynchronize(c->stream), "cudaStreamSynchronize")) return NULL;
     cudaFree(c->adhoc_d);
     free(c->adhoc_h);
@@ -433,9 +454,9 @@ static int32_t *cuda_adhoc_reserve(struct cuda_ctx *c, size_t n) {
 
 // Copies adhoc_h[0, n) to the device (staged before return, ordered in the stream).
 static bool cuda_adhoc_send(struct cuda_ctx *c, size_t n) {
-    return cuda_ok(c, cudaMemcpyAsync(c->adhoc_d, c->adhoc_h, n * 4, cudaMemcpyHostToDevice,
-                                      c->stream),
-                   "cudaMemcpyAsync (index arrays)");
+    return cuda_ok(
+        c, cudaMemcpyAsync(c->adhoc_d, c->adhoc_h, n * 4, cudaMemcpyHostToDevice, c->stream),
+        "cudaMemcpyAsync (index arrays)");
 }
 
 // The device copy of one [n] array: batch_setup's when arr is its array at
@@ -519,17 +540,19 @@ static bool cuda_inv_freq(struct cuda_ctx *c, int head_dim, float theta) {
         cuda_fail(c, LP_ERR_NOMEM, "rope: out of memory");
         return false;
     }
-    for (int j = 0; j < half; j++) h[j] = 1.0f / powf(theta, (float)(2 * j) / (float)head_dim);
+    for (int j = 0; j < half; j++)
+        h[j] = 1.0f / powf(theta, (float)(2 * j) / (float)head_dim);
     bool ok = cuda_ok(c, cudaStreamSynchronize(c->stream), "cudaStreamSynchronize");
     if (ok) {
         cuda_drop_graphs(c);
         cudaFree(c->inv_freq);
         c->inv_freq = NULL;
-        ok = cuda_ok(c, cudaMalloc(&c->inv_freq, (size_t)(half > 0 ? half : 1) * sizeof(float)),
-                     "cudaMalloc (rope)") &&
-             cuda_ok(c, cudaMemcpy(c->inv_freq, h, (size_t)half * sizeof(float),
-                                   cudaMemcpyHostToDevice),
-                     "cudaMemcpy (rope)");
+        ok =
+            cuda_ok(c, cudaMalloc(&c->inv_freq, (size_t)(half > 0 ? half : 1) * sizeof(float)),
+                    "cudaMalloc (rope)") &&
+            cuda_ok(
+                c, cudaMemcpy(c->inv_freq, h, (size_t)half * sizeof(float), cudaMemcpyHostToDevice),
+                "cudaMemcpy (rope)");
     }
     free(h);
     if (!ok) return false;
@@ -589,8 +612,8 @@ static void cuda_qk_norm_rope_store(void *ctx, struct lp_buf *q, struct lp_buf *
             lp_cuda_qk_norm_rope_store(c->stream, (float *)q->d, (float *)k->d, (const float *)v->d,
                                        (const float *)q_norm->d, (const float *)k_norm->d,
                                        c->inv_freq, d_pos, d_slot, k_cache->d, v_cache->d,
-                                       geom->dtype == LP_DTYPE_BF16, n_slots, n, n_heads, n_kv,
-                                       hd, eps),
+                                       geom->dtype == LP_DTYPE_BF16, n_slots, n, n_heads, n_kv, hd,
+                                       eps),
             "qk_norm_rope_store");
 }
 
@@ -618,7 +641,8 @@ static void cuda_attention(void *ctx, struct lp_buf *out, const struct lp_buf *q
                            const struct lp_attn_seg *segs, int n_segs) {
     struct cuda_ctx *c = (struct cuda_ctx *)ctx;
     int n = 0;
-    for (int s = 0; s < n_segs; s++) n += segs[s].n_tokens;
+    for (int s = 0; s < n_segs; s++)
+        n += segs[s].n_tokens;
     if (n <= 0) return;
     if (!cuda_attn_scratch(c, lp_cuda_attn_scratch_floats(n, n_heads, geom->head_dim))) return;
     const int32_t *base;
@@ -701,7 +725,8 @@ static enum lp_status cuda_step_begin(void *ctx, const struct lp_step_key *key, 
     if (c->status != LP_OK || c->capturing || getenv("LP_CUDA_NO_GRAPHS")) return LP_OK;
     cudaSetDevice(c->device);
     int i = 0;
-    while (i < c->n_graphs && !key_eq(&c->graphs[i].key, key)) i++;
+    while (i < c->n_graphs && !key_eq(&c->graphs[i].key, key))
+        i++;
     if (i == c->n_graphs) {
         if (c->n_graphs == CUDA_MAX_GRAPHS) return LP_OK; // table full: run directly
         c->graphs[c->n_graphs++] = (struct cuda_graph){.key = *key, .seen = 0, .exec = NULL};
@@ -712,9 +737,9 @@ static enum lp_status cuda_step_begin(void *ctx, const struct lp_step_key *key, 
         return cuda_err(c, cudaGraphLaunch(g->exec, c->stream), "cudaGraphLaunch", err);
     }
     if (g->seen++ == 0) return LP_OK; // first time: run directly (scratch grows now)
-    enum lp_status st = cuda_err(
-        c, cudaStreamBeginCapture(c->stream, cudaStreamCaptureModeThreadLocal),
-        "cudaStreamBeginCapture", err);
+    enum lp_status st =
+        cuda_err(c, cudaStreamBeginCapture(c->stream, cudaStreamCaptureModeThreadLocal),
+                 "cudaStreamBeginCapture", err);
     if (st == LP_OK) c->capturing = i + 1;
     return st;
 }
@@ -828,7 +853,9 @@ static const struct lp_backend_i cuda_iface = {
     /* .qk_norm_rope_store = */ cuda_qk_norm_rope_store,
 };
 
-extern "C" bool lp_backend_cuda_built(void) { return true; }
+extern "C" bool lp_backend_cuda_built(void) {
+    return true;
+}
 
 extern "C" enum lp_status lp_backend_cuda_create(struct lp_backend **out,
                                                  const struct lp_backend_cuda_params *params,

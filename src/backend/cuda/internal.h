@@ -69,24 +69,24 @@ cudaError_t lp_cuda_matmul_swiglu(cudaStream_t s, float *out, float *tmp, const 
                                   const struct lp_cuda_weight *w_up, int n);
 cudaError_t lp_cuda_rmsnorm(cudaStream_t s, float *out, const float *x, const float *weight,
                             int n_rows, int dim, float eps);
-cudaError_t lp_cuda_rope(cudaStream_t s, float *x, const int32_t *pos, const float *inv_freq,
-                         int n, int n_heads, int head_dim);
+cudaError_t lp_cuda_rope(cudaStream_t s, float *x, const int32_t *pos, const float *inv_freq, int n,
+                         int n_heads, int head_dim);
 // rmsnorm per head of q and k (q_norm, k_norm [head_dim]), rope at pos, then
 // k and v into the cache at slot: what lp_cuda_rmsnorm x2, lp_cuda_rope x2 and
 // lp_cuda_kv_store compute, in one launch (n tokens).
 cudaError_t lp_cuda_qk_norm_rope_store(cudaStream_t s, float *q, float *k, const float *v,
                                        const float *q_norm, const float *k_norm,
                                        const float *inv_freq, const int32_t *pos,
-                                       const int32_t *slot, void *k_cache, void *v_cache,
-                                       bool bf16, int64_t n_slots, int n, int n_heads,
-                                       int n_kv_heads, int head_dim, float eps);
+                                       const int32_t *slot, void *k_cache, void *v_cache, bool bf16,
+                                       int64_t n_slots, int n, int n_heads, int n_kv_heads,
+                                       int head_dim, float eps);
 cudaError_t lp_cuda_kv_store(cudaStream_t s, void *k_cache, void *v_cache, bool bf16,
                              int64_t n_slots, int row, const float *k, const float *v,
                              const int32_t *slot, int n);
 cudaError_t lp_cuda_attention(cudaStream_t s, float *out, const float *q, const void *k_cache,
                               const void *v_cache, bool bf16, int block_size, int n_kv_heads,
-                              int head_dim, int n_heads, const struct lp_cuda_attn_index *ix,
-                              int n, float *scratch);
+                              int head_dim, int n_heads, const struct lp_cuda_attn_index *ix, int n,
+                              float *scratch);
 cudaError_t lp_cuda_silu_mul(cudaStream_t s, float *out, const float *gate, const float *up,
                              int64_t n);
 cudaError_t lp_cuda_add(cudaStream_t s, float *x, const float *y, int64_t n);

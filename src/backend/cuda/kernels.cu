@@ -31,11 +31,14 @@
 #define WARPS(threads) ((threads) / 32)
 
 static __device__ __forceinline__ float warp_sum(float v) {
-    for (int o = 16; o > 0; o >>= 1) v = __fadd_rn(v, __shfl_xor_sync(0xffffffffu, v, o));
+    for (int o = 16; o > 0; o >>= 1)
+        v = __fadd_rn(v, __shfl_xor_sync(0xffffffffu, v, o));
     return v;
 }
 
-static __device__ __forceinline__ float bf16_bits(uint32_t h) { return __uint_as_float(h << 16); }
+static __device__ __forceinline__ float bf16_bits(uint32_t h) {
+    return __uint_as_float(h << 16);
+}
 
 static __device__ __forceinline__ float f16_bits(uint32_t h) {
     return __half2float(__ushort_as_half((unsigned short)h));
@@ -50,9 +53,12 @@ static __device__ __forceinline__ float half_at(const uint16_t *p, int64_t i, bo
 static __device__ float weight_at(const struct lp_cuda_weight &w, int64_t r, int64_t c) {
     int64_t i = r * w.cols + c;
     switch (w.fmt) {
-    case LP_CUDA_FMT_F32: return ((const float *)w.data)[i];
-    case LP_CUDA_FMT_F16: return f16_bits(((const uint16_t *)w.data)[i]);
-    case LP_CUDA_FMT_BF16: return bf16_bits(((const uint16_t *)w.data)[i]);
+    case LP_CUDA_FMT_F32:
+        return ((const float *)w.data)[i];
+    case LP_CUDA_FMT_F16:
+        return f16_bits(((const uint16_t *)w.data)[i]);
+    case LP_CUDA_FMT_BF16:
+        return bf16_bits(((const uint16_t *)w.data)[i]);
     default: {
         int bits = w.fmt == LP_CUDA_FMT_Q8 ? 8 : 4, per_word = 32 / bits;
         int64_t words_per_row = w.cols / per_word;
@@ -74,8 +80,7 @@ template <> struct fmt_chunk<LP_CUDA_FMT_Q8> { static constexpr int n = 16, bits
 template <> struct fmt_chunk<LP_CUDA_FMT_Q4> { static constexpr int n = 32, bits = 4; };
 
 // The CH values of one 16-byte chunk (MLX: the integer codes, not yet scaled).
-template <int FMT>
-static __device__ __forceinline__ void chunk_values(uint4 raw, float *v) {
+template <int FMT> static __device__ __forceinline__ void chunk_values(uint4 raw, float *v) {
     uint32_t word[4] = {raw.x, raw.y, raw.z, raw.w};
 #pragma unroll
     for (int j = 0; j < 4; j++) {
@@ -89,10 +94,12 @@ static __device__ __forceinline__ void chunk_values(uint4 raw, float *v) {
             v[2 * j + 1] = f16_bits(word[j] >> 16);
         } else if (FMT == LP_CUDA_FMT_Q8) {
 #pragma unroll
-            for (int b = 0; b < 4; b++) v[4 * j + b] = (float)((word[j] >> (8 * b)) & 0xffu);
+            for (int b = 0; b < 4; b++)
+                v[4 * j + b] = (float)((word[j] >> (8 * b)) & 0xffu);
         } else {
 #pragma unroll
-            for (int b = 0; b < 8; b++) v[8 * j + b] = (float)((word[j] >> (4 * b)) & 0xfu);
+            for (int b = 0; b < 8; b++)
+                v[8 * j + b] = (float)((word[j] >> (4 * b)) & 0xfu);
         }
     }
 }
@@ -132,8 +139,8 @@ __global__ void __launch_bounds__(GEMV_THREADS)
         if (jobs.n_jobs > 2 && rb >= jobs.rb0[2]) ji = 2;
     }
     const int rows = pick3(ji, jobs.w[0].rows, jobs.w[1].rows, jobs.w[2].rows);
-    const int r0 = (rb - pick3(ji, jobs.rb0[0], jobs.rb0[1], jobs.rb0[2])) *
-                   (EPI == EPI_SWIGLU ? 1 : GEMV_R);
+    const int r0 =
+        (rb - pick3(ji, jobs.rb0[0], jobs.rb0[1], jobs.rb0[2])) * (EPI == EPI_SWIGLU ? 1 : GEMV_R);
     const int cols = jobs.w[0].cols, n_chunks = cols / CH, group = jobs.w[0].group;
     const size_t row_bytes = (size_t)cols * fmt_chunk<FMT>::bits / 8;
     const int groups_per_row = MLX ? cols / group : 1;
@@ -153,7 +160,8 @@ __global__ void __launch_bounds__(GEMV_THREADS)
 #pragma unroll
     for (int r = 0; r < GEMV_R; r++)
 #pragma unroll
-        for (int t = 0; t < NT; t++) acc[r][t] = 0.0f;
+        for (int t = 0; t < NT; t++)
+            acc[r][t] = 0.0f;
 
     for (int ch = threadIdx.x; ch < n_chunks; ch += GEMV_THREADS) {
         float wv[GEMV_R][CH];
@@ -174,7 +182,8 @@ __global__ void __launch_bounds__(GEMV_THREADS)
             if (MLX) {
                 float sx = 0.0f, dq[GEMV_R];
 #pragma unroll
-                for (int r = 0; r < GEMV_R; r++) dq[r] = 0.0f;
+                for (int r = 0; r < GEMV_R; r++)
+                    dq[r] = 0.0f;
 #pragma unroll
                 for (int i4 = 0; i4 < CH / 4; i4++) {
                     float4 xv = __ldg(xp + i4);
@@ -224,12 +233,14 @@ __global__ void __launch_bounds__(GEMV_THREADS)
                 u = __fadd_rn(u, red[k][1][t]);
             }
             if (t0 + t < n)
-                out[(size_t)(t0 + t) * rows + r0] = __fmul_rn(__fdiv_rn(g, __fadd_rn(1.0f, expf(-g))), u);
+                out[(size_t)(t0 + t) * rows + r0] =
+                    __fmul_rn(__fdiv_rn(g, __fadd_rn(1.0f, expf(-g))), u);
         }
     } else if (threadIdx.x < GEMV_R * NT) {
         const int r = threadIdx.x / NT, t = threadIdx.x % NT;
         float sum = red[0][r][t];
-        for (int k = 1; k < WARPS(GEMV_THREADS); k++) sum = __fadd_rn(sum, red[k][r][t]);
+        for (int k = 1; k < WARPS(GEMV_THREADS); k++)
+            sum = __fadd_rn(sum, red[k][r][t]);
         if (r0 + r < rows && t0 + t < n) {
             float *o = out + (size_t)(t0 + t) * rows + r0 + r;
             *o = EPI == EPI_ACCUM ? __fadd_rn(*o, sum) : sum;
@@ -253,7 +264,8 @@ __global__ void __launch_bounds__(GEMV_THREADS)
         __syncthreads();
         if (threadIdx.x == 0) {
             float sum = red[0];
-            for (int k = 1; k < WARPS(GEMV_THREADS); k++) sum = __fadd_rn(sum, red[k]);
+            for (int k = 1; k < WARPS(GEMV_THREADS); k++)
+                sum = __fadd_rn(sum, red[k]);
             float *o = out + (size_t)t * w.rows + r;
             *o = accum ? __fadd_rn(*o, sum) : sum;
         }
@@ -284,9 +296,12 @@ static cudaError_t gemv_dispatch(cudaStream_t s, const float *x, const struct ge
                                  int n_rb, int n) {
     const struct lp_cuda_weight *w = &jobs->w[0];
     switch (w->fmt) {
-    case LP_CUDA_FMT_F32: return gemv_launch<LP_CUDA_FMT_F32, false, EPI>(s, x, jobs, n_rb, n);
-    case LP_CUDA_FMT_F16: return gemv_launch<LP_CUDA_FMT_F16, false, EPI>(s, x, jobs, n_rb, n);
-    case LP_CUDA_FMT_BF16: return gemv_launch<LP_CUDA_FMT_BF16, false, EPI>(s, x, jobs, n_rb, n);
+    case LP_CUDA_FMT_F32:
+        return gemv_launch<LP_CUDA_FMT_F32, false, EPI>(s, x, jobs, n_rb, n);
+    case LP_CUDA_FMT_F16:
+        return gemv_launch<LP_CUDA_FMT_F16, false, EPI>(s, x, jobs, n_rb, n);
+    case LP_CUDA_FMT_BF16:
+        return gemv_launch<LP_CUDA_FMT_BF16, false, EPI>(s, x, jobs, n_rb, n);
     case LP_CUDA_FMT_Q8:
         return w->scale_bf16 ? gemv_launch<LP_CUDA_FMT_Q8, true, EPI>(s, x, jobs, n_rb, n)
                              : gemv_launch<LP_CUDA_FMT_Q8, false, EPI>(s, x, jobs, n_rb, n);
@@ -299,11 +314,15 @@ static cudaError_t gemv_dispatch(cudaStream_t s, const float *x, const struct ge
 
 static int fmt_ch(enum lp_cuda_fmt f) {
     switch (f) {
-    case LP_CUDA_FMT_F32: return 4;
+    case LP_CUDA_FMT_F32:
+        return 4;
     case LP_CUDA_FMT_F16:
-    case LP_CUDA_FMT_BF16: return 8;
-    case LP_CUDA_FMT_Q8: return 16;
-    default: return 32;
+    case LP_CUDA_FMT_BF16:
+        return 8;
+    case LP_CUDA_FMT_Q8:
+        return 16;
+    default:
+        return 32;
     }
 }
 
@@ -352,7 +371,8 @@ cudaError_t lp_cuda_matmul_multi(cudaStream_t s, float *const *outs, const float
                                  const struct lp_cuda_weight *const *ws, int n_w, int n) {
     if (n <= 0 || n_w <= 0) return cudaSuccess;
     bool one = n_w <= 3 && gemv_vec(ws[0], x);
-    for (int j = 1; j < n_w && one; j++) one = gemv_same(ws[0], ws[j]);
+    for (int j = 1; j < n_w && one; j++)
+        one = gemv_same(ws[0], ws[j]);
     if (!one) {
         for (int j = 0; j < n_w; j++) {
             cudaError_t e = gemv_one(s, outs[j], x, ws[j], n, false);
@@ -412,11 +432,13 @@ __global__ void k_rmsnorm(float *out, const float *x, const float *weight, int n
     if (row >= n_rows) return;
     const float *xr = x + (size_t)row * dim;
     float ss = 0.0f;
-    for (int i = lane; i < dim; i += 32) ss = __fmaf_rn(xr[i], xr[i], ss);
+    for (int i = lane; i < dim; i += 32)
+        ss = __fmaf_rn(xr[i], xr[i], ss);
     ss = warp_sum(ss);
     const float inv = 1.0f / sqrtf(ss / (float)dim + eps);
     float *o = out + (size_t)row * dim;
-    for (int i = lane; i < dim; i += 32) o[i] = __fmul_rn(__fmul_rn(xr[i], inv), weight[i]);
+    for (int i = lane; i < dim; i += 32)
+        o[i] = __fmul_rn(__fmul_rn(xr[i], inv), weight[i]);
 }
 
 cudaError_t lp_cuda_rmsnorm(cudaStream_t s, float *out, const float *x, const float *weight,
@@ -445,11 +467,12 @@ __global__ void k_rope(float *x, const int32_t *pos, const float *inv_freq, int 
     v[j + half] = __fadd_rn(__fmul_rn(x2, c), __fmul_rn(x1, sn));
 }
 
-cudaError_t lp_cuda_rope(cudaStream_t s, float *x, const int32_t *pos, const float *inv_freq,
-                         int n, int n_heads, int head_dim) {
+cudaError_t lp_cuda_rope(cudaStream_t s, float *x, const int32_t *pos, const float *inv_freq, int n,
+                         int n_heads, int head_dim) {
     int64_t total = (int64_t)n * n_heads * (head_dim / 2);
     if (total <= 0) return cudaSuccess;
-    LP_LAUNCH((unsigned)((total + 255) / 256), 256, s, (x, pos, inv_freq, n, n_heads, head_dim), k_rope);
+    LP_LAUNCH((unsigned)((total + 255) / 256), 256, s, (x, pos, inv_freq, n, n_heads, head_dim),
+              k_rope);
     return cudaGetLastError();
 }
 
@@ -458,10 +481,9 @@ cudaError_t lp_cuda_rope(cudaStream_t s, float *x, const int32_t *pos, const flo
 // k normalizes it (q_norm / k_norm) and rotates it at pos[i]; then the
 // block stores token i's k and v rows at slot[i].
 __global__ void k_qk_norm_rope_store(float *q, float *k, const float *v, const float *q_norm,
-                                     const float *k_norm, const float *inv_freq,
-                                     const int32_t *pos, const int32_t *slot, void *kc, void *vc,
-                                     bool bf16, int64_t n_slots, int n_heads, int n_kv, int hd,
-                                     float eps) {
+                                     const float *k_norm, const float *inv_freq, const int32_t *pos,
+                                     const int32_t *slot, void *kc, void *vc, bool bf16,
+                                     int64_t n_slots, int n_heads, int n_kv, int hd, float eps) {
     const int i = blockIdx.x, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     const int n_warps = blockDim.x / 32, half = hd / 2;
     const float p = (float)pos[i];
@@ -471,10 +493,12 @@ __global__ void k_qk_norm_rope_store(float *q, float *k, const float *v, const f
                          : k + ((size_t)i * n_kv + (hr - n_heads)) * hd;
         const float *w = is_q ? q_norm : k_norm;
         float ss = 0.0f;
-        for (int d = lane; d < hd; d += 32) ss = __fmaf_rn(xr[d], xr[d], ss);
+        for (int d = lane; d < hd; d += 32)
+            ss = __fmaf_rn(xr[d], xr[d], ss);
         ss = warp_sum(ss);
         const float inv = 1.0f / sqrtf(ss / (float)hd + eps);
-        for (int d = lane; d < hd; d += 32) xr[d] = __fmul_rn(__fmul_rn(xr[d], inv), w[d]);
+        for (int d = lane; d < hd; d += 32)
+            xr[d] = __fmul_rn(__fmul_rn(xr[d], inv), w[d]);
         __syncwarp();
         for (int j = lane; j < half; j += 32) {
             const float angle = __fmul_rn(p, inv_freq[j]);
@@ -505,9 +529,9 @@ __global__ void k_qk_norm_rope_store(float *q, float *k, const float *v, const f
 cudaError_t lp_cuda_qk_norm_rope_store(cudaStream_t s, float *q, float *k, const float *v,
                                        const float *q_norm, const float *k_norm,
                                        const float *inv_freq, const int32_t *pos,
-                                       const int32_t *slot, void *k_cache, void *v_cache,
-                                       bool bf16, int64_t n_slots, int n, int n_heads,
-                                       int n_kv_heads, int head_dim, float eps) {
+                                       const int32_t *slot, void *k_cache, void *v_cache, bool bf16,
+                                       int64_t n_slots, int n, int n_heads, int n_kv_heads,
+                                       int head_dim, float eps) {
     if (n <= 0) return cudaSuccess;
     LP_LAUNCH((unsigned)n, 256, s,
               (q, k, v, q_norm, k_norm, inv_freq, pos, slot, k_cache, v_cache, bf16, n_slots,
@@ -517,8 +541,8 @@ cudaError_t lp_cuda_qk_norm_rope_store(cudaStream_t s, float *q, float *k, const
 }
 
 // k, v rows [n, row] into cache rows slot[i]; slots outside the cache are skipped.
-__global__ void k_kv_store(void *kc, void *vc, bool bf16, int64_t n_slots, int row,
-                           const float *k, const float *v, const int32_t *slot, int n) {
+__global__ void k_kv_store(void *kc, void *vc, bool bf16, int64_t n_slots, int row, const float *k,
+                           const float *v, const int32_t *slot, int n) {
     const int64_t idx = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (idx >= (int64_t)n * row) return;
     const int i = (int)(idx / row), e = (int)(idx % row);
@@ -539,12 +563,12 @@ cudaError_t lp_cuda_kv_store(cudaStream_t s, void *k_cache, void *v_cache, bool 
                              const int32_t *slot, int n) {
     int64_t total = (int64_t)n * row;
     if (total <= 0) return cudaSuccess;
-    LP_LAUNCH((unsigned)((total + 255) / 256), 256, s, (k_cache, v_cache, bf16, n_slots, row, k, v, slot, n), k_kv_store);
+    LP_LAUNCH((unsigned)((total + 255) / 256), 256, s,
+              (k_cache, v_cache, bf16, n_slots, row, k, v, slot, n), k_kv_store);
     return cudaGetLastError();
 }
 
-template <bool BF>
-static __device__ __forceinline__ float cache_at(const void *c, size_t i) {
+template <bool BF> static __device__ __forceinline__ float cache_at(const void *c, size_t i) {
     if (BF) return bf16_bits(((const uint16_t *)c)[i]);
     return ((const float *)c)[i];
 }
@@ -575,7 +599,8 @@ __global__ void __launch_bounds__(128)
     __syncthreads();
     float acc[NI];
 #pragma unroll
-    for (int i = 0; i < NI; i++) acc[i] = 0.0f;
+    for (int i = 0; i < NI; i++)
+        acc[i] = 0.0f;
     float m = -INFINITY, l = 0.0f;
     for (int c0 = split * LP_CUDA_ATTN_CHUNK; c0 < n_ctx;
          c0 += LP_CUDA_ATTN_SPLITS * LP_CUDA_ATTN_CHUNK) {
@@ -588,17 +613,20 @@ __global__ void __launch_bounds__(128)
         if (valid) {
             base = (((size_t)bt[p / bs] * bs + p % bs) * n_kv + kvh) * hd;
             float dot = 0.0f;
-            for (int d = 0; d < hd; d++) dot = __fmaf_rn(q_s[d], cache_at<BF>(kc, base + d), dot);
+            for (int d = 0; d < hd; d++)
+                dot = __fmaf_rn(q_s[d], cache_at<BF>(kc, base + d), dot);
             sc = dot * scale;
         }
         float mc = sc;
-        for (int o = 16; o > 0; o >>= 1) mc = fmaxf(mc, __shfl_xor_sync(0xffffffffu, mc, o));
+        for (int o = 16; o > 0; o >>= 1)
+            mc = fmaxf(mc, __shfl_xor_sync(0xffffffffu, mc, o));
         const float mn = fmaxf(m, mc); // finite: lane 0 of the warp is valid
         const float corr = expf(m - mn);
         const float e = valid ? expf(sc - mn) : 0.0f;
         l = l * corr + warp_sum(e);
 #pragma unroll
-        for (int i = 0; i < NI; i++) acc[i] *= corr;
+        for (int i = 0; i < NI; i++)
+            acc[i] *= corr;
         const int n_valid = min(32, n_ctx - p0);
         for (int j = 0; j < n_valid; j++) {
             const float ej = __shfl_sync(0xffffffffu, e, j);
@@ -617,7 +645,8 @@ __global__ void __launch_bounds__(128)
         sm_l[warp] = l;
     }
 #pragma unroll
-    for (int i = 0; i < NI; i++) sm_o[warp][lane + 32 * i] = acc[i];
+    for (int i = 0; i < NI; i++)
+        sm_o[warp][lane + 32 * i] = acc[i];
     __syncthreads();
     float M = -INFINITY;
     for (int k = 0; k < 4; k++)
@@ -634,7 +663,8 @@ __global__ void __launch_bounds__(128)
     }
     for (int d = threadIdx.x; d < hd; d += blockDim.x) {
         float o = 0.0f;
-        for (int k = 0; k < 4; k++) o += sm_o[k][d] * wk[k];
+        for (int k = 0; k < 4; k++)
+            o += sm_o[k][d] * wk[k];
         part[2 + d] = o;
     }
 }
@@ -668,9 +698,11 @@ static cudaError_t attn_launch(cudaStream_t s, float *out, const float *q, const
     dim3 grid((unsigned)(n * n_heads), LP_CUDA_ATTN_SPLITS);
     float scale = 1.0f / sqrtf((float)hd);
     if (bf16)
-        LP_LAUNCH(grid, 128, s, (scratch, q, kc, vc, bs, n_kv, hd, n_heads, *ix, scale), k_attn<NI, true>);
+        LP_LAUNCH(grid, 128, s, (scratch, q, kc, vc, bs, n_kv, hd, n_heads, *ix, scale),
+                  k_attn<NI, true>);
     else
-        LP_LAUNCH(grid, 128, s, (scratch, q, kc, vc, bs, n_kv, hd, n_heads, *ix, scale), k_attn<NI, false>);
+        LP_LAUNCH(grid, 128, s, (scratch, q, kc, vc, bs, n_kv, hd, n_heads, *ix, scale),
+                  k_attn<NI, false>);
     cudaError_t e = cudaGetLastError();
     if (e != cudaSuccess) return e;
     LP_LAUNCH((unsigned)(n * n_heads), 128, s, (out, scratch, hd), k_attn_combine);
@@ -679,13 +711,15 @@ static cudaError_t attn_launch(cudaStream_t s, float *out, const float *q, const
 
 cudaError_t lp_cuda_attention(cudaStream_t s, float *out, const float *q, const void *k_cache,
                               const void *v_cache, bool bf16, int block_size, int n_kv_heads,
-                              int head_dim, int n_heads, const struct lp_cuda_attn_index *ix,
-                              int n, float *scratch) {
+                              int head_dim, int n_heads, const struct lp_cuda_attn_index *ix, int n,
+                              float *scratch) {
     if (n <= 0) return cudaSuccess;
-    if (head_dim > 512 || n_kv_heads <= 0 || n_heads % n_kv_heads != 0) return cudaErrorInvalidValue;
+    if (head_dim > 512 || n_kv_heads <= 0 || n_heads % n_kv_heads != 0)
+        return cudaErrorInvalidValue;
     int hd = head_dim;
-#define LP_ATTN(NI) attn_launch<NI>(s, out, q, k_cache, v_cache, bf16, block_size, n_kv_heads, hd, \
-                                    n_heads, ix, n, scratch)
+#define LP_ATTN(NI)                                                                                \
+    attn_launch<NI>(s, out, q, k_cache, v_cache, bf16, block_size, n_kv_heads, hd, n_heads, ix, n, \
+                    scratch)
     if (hd <= 32) return LP_ATTN(1);
     if (hd <= 64) return LP_ATTN(2);
     if (hd <= 128) return LP_ATTN(4);
@@ -722,7 +756,8 @@ cudaError_t lp_cuda_add(cudaStream_t s, float *x, const float *y, int64_t n) {
 __global__ void k_gather_rows(float *dst, const float *src, const int32_t *src_row, int cols) {
     const int i = blockIdx.x;
     const float *sr = src + (size_t)src_row[i] * cols;
-    for (int c = threadIdx.x; c < cols; c += blockDim.x) dst[(size_t)i * cols + c] = sr[c];
+    for (int c = threadIdx.x; c < cols; c += blockDim.x)
+        dst[(size_t)i * cols + c] = sr[c];
 }
 
 cudaError_t lp_cuda_gather_rows(cudaStream_t s, float *dst, const float *src,

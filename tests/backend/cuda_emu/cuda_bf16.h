@@ -9,6 +9,8 @@
 struct __nv_bfloat16 {
     uint16_t x;
 };
-static inline __nv_bfloat16 __float2bfloat16_rn(float f) { return __nv_bfloat16{lp_f32_to_bf16(f)}; }
+static inline __nv_bfloat16 __float2bfloat16_rn(float f) {
+    return __nv_bfloat16{lp_f32_to_bf16(f)};
+}
 
 #endif

@@ -90,9 +90,10 @@ void fiber_start(fiber &f) {
 #if defined(__x86_64__)
     uintptr_t top = ((uintptr_t)f.stack + STACK_BYTES) & ~(uintptr_t)15;
     void **sp = (void **)top;
-    *--sp = NULL;                   // fiber_main's return address (never used)
-    *--sp = (void *)fiber_main;     // where lp_emu_switch's ret goes
-    for (int i = 0; i < 6; i++) *--sp = NULL; // rbp rbx r12..r15
+    *--sp = NULL;               // fiber_main's return address (never used)
+    *--sp = (void *)fiber_main; // where lp_emu_switch's ret goes
+    for (int i = 0; i < 6; i++)
+        *--sp = NULL; // rbp rbx r12..r15
     f.ctx.sp = sp;
 #else
     getcontext(&f.ctx.uc);
@@ -159,11 +160,13 @@ void run_block(const std::function<void()> &fn) {
         }
         if (ran) continue;
         bool all_done = true;
-        for (int i = 0; i < n_fib; i++) all_done = all_done && fibers[i].state == F_DONE;
+        for (int i = 0; i < n_fib; i++)
+            all_done = all_done && fibers[i].state == F_DONE;
         if (all_done) return;
         if (!open_barriers()) {
-            fprintf(stderr, "cuda_emu: block (%u, %u): barrier that can never open (a thread "
-                            "left while others wait)\n",
+            fprintf(stderr,
+                    "cuda_emu: block (%u, %u): barrier that can never open (a thread "
+                    "left while others wait)\n",
                     blockIdx.x, blockIdx.y);
             exit(3);
         }
@@ -221,8 +224,12 @@ void lp_emu_submit(dim3 grid, dim3 block, cudaStream_t s, std::function<void()> 
     run_grid(grid, block, fn);
 }
 
-void __syncthreads(void) { yield_as(F_BLOCK); }
-void __syncwarp(unsigned mask) { yield_as(F_WARP); }
+void __syncthreads(void) {
+    yield_as(F_BLOCK);
+}
+void __syncwarp(unsigned mask) {
+    yield_as(F_WARP);
+}
 
 float __shfl_xor_sync(unsigned mask, float v, int lane_mask) {
     int me = cur, buf = fibers[me].shuffles++ & 1;
@@ -247,7 +254,8 @@ unsigned __reduce_xor_sync(unsigned mask, unsigned v) {
     warp_buf[buf][me] = v;
     yield_as(F_WARP);
     unsigned r = 0;
-    for (int i = me & ~31; i < (me & ~31) + 32 && i < n_fib; i++) r ^= warp_buf[buf][i];
+    for (int i = me & ~31; i < (me & ~31) + 32 && i < n_fib; i++)
+        r ^= warp_buf[buf][i];
     return r;
 }
 
@@ -256,13 +264,19 @@ cudaError_t cudaGetLastError(void) {
     last_error = cudaSuccess;
     return e;
 }
-const char *cudaGetErrorString(cudaError_t e) { return e ? "emulated CUDA error" : "no error"; }
-const char *cudaGetErrorName(cudaError_t e) { return e ? "cudaErrorEmulated" : "cudaSuccess"; }
+const char *cudaGetErrorString(cudaError_t e) {
+    return e ? "emulated CUDA error" : "no error";
+}
+const char *cudaGetErrorName(cudaError_t e) {
+    return e ? "cudaErrorEmulated" : "cudaSuccess";
+}
 cudaError_t cudaGetDeviceCount(int *n) {
     *n = 1;
     return cudaSuccess;
 }
-cudaError_t cudaSetDevice(int d) { return d == 0 ? cudaSuccess : fail(cudaErrorInvalidValue); }
+cudaError_t cudaSetDevice(int d) {
+    return d == 0 ? cudaSuccess : fail(cudaErrorInvalidValue);
+}
 cudaError_t cudaGetDeviceProperties(cudaDeviceProp *p, int d) {
     memset(p, 0, sizeof *p);
     snprintf(p->name, sizeof p->name, "CPU emulation");
@@ -280,12 +294,16 @@ cudaError_t cudaMalloc(void **p, size_t bytes) {
     memset(*p, 0xa5, bytes); // like device memory: not zero
     return cudaSuccess;
 }
-cudaError_t cudaMallocHost(void **p, size_t bytes) { return cudaMalloc(p, bytes); }
+cudaError_t cudaMallocHost(void **p, size_t bytes) {
+    return cudaMalloc(p, bytes);
+}
 cudaError_t cudaFree(void *p) {
     free(p);
     return cudaSuccess;
 }
-cudaError_t cudaFreeHost(void *p) { return cudaFree(p); }
+cudaError_t cudaFreeHost(void *p) {
+    return cudaFree(p);
+}
 cudaError_t cudaMemcpy(void *dst, const void *src, size_t bytes, cudaMemcpyKind k) {
     memcpy(dst, src, bytes);
     return cudaSuccess;
@@ -330,7 +348,8 @@ cudaError_t cudaGraphInstantiate(cudaGraphExec_t *e, cudaGraph_t g, unsigned lon
 }
 cudaError_t cudaGraphLaunch(cudaGraphExec_t e, cudaStream_t s) {
     if (s->capturing) return fail(cudaErrorStreamCaptureUnsupported);
-    for (size_t i = 0; i < e->rec.size(); i++) run_grid(e->cfg[i].first, e->cfg[i].second, e->rec[i]);
+    for (size_t i = 0; i < e->rec.size(); i++)
+        run_grid(e->cfg[i].first, e->cfg[i].second, e->rec[i]);
     return cudaSuccess;
 }
 cudaError_t cudaGraphDestroy(cudaGraph_t g) {
@@ -345,7 +364,9 @@ cudaError_t cudaEventCreate(cudaEvent_t *e) {
     *e = new lp_emu_event{0};
     return cudaSuccess;
 }
-cudaError_t cudaEventCreateWithFlags(cudaEvent_t *e, unsigned flags) { return cudaEventCreate(e); }
+cudaError_t cudaEventCreateWithFlags(cudaEvent_t *e, unsigned flags) {
+    return cudaEventCreate(e);
+}
 cudaError_t cudaEventDestroy(cudaEvent_t e) {
     delete e;
     return cudaSuccess;
@@ -356,7 +377,9 @@ cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t s) {
     e->t = ts.tv_sec * 1e3 + ts.tv_nsec * 1e-6;
     return cudaSuccess;
 }
-cudaError_t cudaEventSynchronize(cudaEvent_t e) { return cudaSuccess; }
+cudaError_t cudaEventSynchronize(cudaEvent_t e) {
+    return cudaSuccess;
+}
 cudaError_t cudaEventElapsedTime(float *ms, cudaEvent_t a, cudaEvent_t b) {
     *ms = (float)(b->t - a->t);
     if (*ms <= 0) *ms = 1e-3f;

@@ -9,7 +9,11 @@
 struct __half {
     uint16_t x;
 };
-static inline __half __ushort_as_half(unsigned short h) { return __half{h}; }
-static inline float __half2float(__half h) { return lp_f16_to_f32(h.x); }
+static inline __half __ushort_as_half(unsigned short h) {
+    return __half{h};
+}
+static inline float __half2float(__half h) {
+    return lp_f16_to_f32(h.x);
+}
 
 #endif

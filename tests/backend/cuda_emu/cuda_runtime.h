@@ -27,13 +27,19 @@
 #define __shared__ static
 #define __launch_bounds__(...)
 
-struct uint3 { unsigned x, y, z; };
+struct uint3 {
+    unsigned x, y, z;
+};
 struct dim3 {
     unsigned x, y, z;
     dim3(unsigned x_ = 1, unsigned y_ = 1, unsigned z_ = 1) : x(x_), y(y_), z(z_) {}
 };
-struct uint4 { unsigned x, y, z, w; };
-struct float4 { float x, y, z, w; };
+struct uint4 {
+    unsigned x, y, z, w;
+};
+struct float4 {
+    float x, y, z, w;
+};
 
 extern uint3 threadIdx, blockIdx;
 extern dim3 blockDim, gridDim;
@@ -99,8 +105,7 @@ cudaError_t cudaEventElapsedTime(float *ms, cudaEvent_t a, cudaEvent_t b);
 void lp_emu_submit(dim3 grid, dim3 block, cudaStream_t s, std::function<void()> fn);
 
 template <class... P, class... A>
-static inline void lp_emu_launch(dim3 grid, dim3 block, cudaStream_t s, void (*k)(P...),
-                                 A &&...a) {
+static inline void lp_emu_launch(dim3 grid, dim3 block, cudaStream_t s, void (*k)(P...), A &&...a) {
     std::tuple<typename std::decay<P>::type...> args(std::forward<A>(a)...);
     lp_emu_submit(grid, block, s, [k, args]() { std::apply(k, args); });
 }
@@ -123,19 +128,37 @@ template <class T> static inline T __shfl_sync(unsigned mask, T v, int src_lane)
     return r;
 }
 unsigned __reduce_xor_sync(unsigned mask, unsigned v);
-static inline float __fadd_rn(float a, float b) { return a + b; }
-static inline float __fsub_rn(float a, float b) { return a - b; }
-static inline float __fmul_rn(float a, float b) { return a * b; }
-static inline float __fdiv_rn(float a, float b) { return a / b; }
-static inline float __fmaf_rn(float a, float b, float c) { return fmaf(a, b, c); }
+static inline float __fadd_rn(float a, float b) {
+    return a + b;
+}
+static inline float __fsub_rn(float a, float b) {
+    return a - b;
+}
+static inline float __fmul_rn(float a, float b) {
+    return a * b;
+}
+static inline float __fdiv_rn(float a, float b) {
+    return a / b;
+}
+static inline float __fmaf_rn(float a, float b, float c) {
+    return fmaf(a, b, c);
+}
 static inline float __uint_as_float(unsigned u) {
     float f;
     memcpy(&f, &u, 4);
     return f;
 }
-template <class T> static inline T __ldg(const T *p) { return *p; }
-template <class T> static inline T __ldcs(const T *p) { return *p; }
-static inline int min(int a, int b) { return a < b ? a : b; }
-static inline int max(int a, int b) { return a > b ? a : b; }
+template <class T> static inline T __ldg(const T *p) {
+    return *p;
+}
+template <class T> static inline T __ldcs(const T *p) {
+    return *p;
+}
+static inline int min(int a, int b) {
+    return a < b ? a : b;
+}
+static inline int max(int a, int b) {
+    return a > b ? a : b;
+}
 
 #endif
