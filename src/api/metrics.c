@@ -171,6 +171,19 @@ char *lp_api_metrics_render(struct lp_server *s, size_t *n_bytes) {
     header(&o, "layerpipe_request_cancelled_total", "counter",
            "Requests cancelled (client gone, shutdown).");
     put(&o, "layerpipe_request_cancelled_total %llu\n", (unsigned long long)ss.requests_cancelled);
+    header(&o, "layerpipe_stage_failures_total", "counter",
+           "Stages lost mid-request (connection, deadline) that started a recovery.");
+    put(&o, "layerpipe_stage_failures_total %llu\n", (unsigned long long)ss.stage_failures);
+    header(&o, "layerpipe_recoveries_total", "counter",
+           "Recoveries, by outcome (ok: the sequences went on; failed: past the deadline).");
+    put(&o, "layerpipe_recoveries_total{outcome=\"ok\"} %llu\n", (unsigned long long)ss.recoveries);
+    put(&o, "layerpipe_recoveries_total{outcome=\"failed\"} %llu\n",
+        (unsigned long long)ss.recovery_failures);
+    header(&o, "layerpipe_reprefill_tokens_total", "counter",
+           "Tokens computed again to restore sequences after a recovery.");
+    put(&o, "layerpipe_reprefill_tokens_total %llu\n", (unsigned long long)ss.reprefill_tokens);
+    header(&o, "layerpipe_recovery_seconds_total", "counter", "Time spent recovering lost stages.");
+    put(&o, "layerpipe_recovery_seconds_total %.6f\n", ss.recovery_seconds);
     header(&o, "layerpipe_http_responses_total", "counter", "HTTP responses, by status class.");
     for (int i = 1; i <= 5; i++)
         put(&o, "layerpipe_http_responses_total{code=\"%dxx\"} %llu\n", i,

@@ -164,6 +164,15 @@ void lp_cli_session_print_stats(struct lp_cli_session *s, FILE *fp) {
     }
     fprintf(fp, "(busy%%: share of the stage's time spent computing; tok/s: rows per busy "
                 "second; hop: round trip to the successor minus its compute)\n");
+    struct lp_sched_stats ss;
+    lp_sched_stats(s->sched, &ss);
+    if (ss.stage_failures > 0)
+        fprintf(fp, "recovery: %llu stage failure%s, %llu recovered (last: %s), %llu failed; "
+                    "%llu tokens re-prefilled; %.2f s recovering\n",
+                (unsigned long long)ss.stage_failures, ss.stage_failures > 1 ? "s" : "",
+                (unsigned long long)ss.recoveries, ss.last_recovery[0] ? ss.last_recovery : "-",
+                (unsigned long long)ss.recovery_failures, (unsigned long long)ss.reprefill_tokens,
+                ss.recovery_seconds);
 }
 
 void lp_cli_session_close(struct lp_cli_session *s) {

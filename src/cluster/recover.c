@@ -5,7 +5,7 @@
 // scheduler re-prefills its sequences from their tokens, so nothing cached
 // matters), then the ways are tried in order, as long as the deadline allows:
 //   1. restarted: every worker answers Hello again (same model) -- probed
-//      with backoff for a while (the whole deadline when nothing else is set);
+//      with backoff for up to 2 s (the whole deadline when nothing else is set);
 //   2. standby: a spare worker (--standby) that answers takes a dead stage's
 //      place and layers;
 //   3. replanned (--replan): the surviving workers share the dead stages'
@@ -145,7 +145,7 @@ enum lp_status lp_pipeline_recover(struct lp_pipeline *p, char *how, size_t how_
     bool alternatives = p->n_standby_used < p->n_standby || p->params.replan;
     // wait for a restart for a while, then turn to the standbys and the replan
     double reconnect_until = alternatives ? t0 + (deadline - t0) / 3 : deadline;
-    if (reconnect_until > t0 + 5 && alternatives) reconnect_until = t0 + 5;
+    if (reconnect_until > t0 + 2 && alternatives) reconnect_until = t0 + 2; // a launcher restarts in ~0.3 s
     snprintf(how, how_bytes, "restarted");
     // drop everything: the stream, the coordinator's sessions (the workers'
     // go with Configure)

@@ -13,7 +13,8 @@
 //  - past the deadline the request ends with an error naming the stage, and
 //    the coordinator serves the next request once the worker is back;
 //  - a worker back with another model is refused.
-// bench/faults.sh runs the longer loop (20 kills per way).
+// bench/faults.sh runs the longer loop (LP_FAULT_ROUNDS=20 kills per way)
+// and records the pause a client sees: from the kill to the next token.
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -46,6 +47,7 @@ struct got {
     pthread_mutex_t mu;
     pthread_cond_t cv;
     int32_t ids[N_GEN];
+    double at[N_GEN]; // event time of each token (lp_sched_now: CLOCK_MONOTONIC, as ff_now)
     int n;
     bool done;
     enum lp_status status;
@@ -61,7 +63,10 @@ static void got_init(struct got *g) {
 static bool on_event(void *user, const struct lp_sched_event *ev) {
     struct got *g = user;
     pthread_mutex_lock(&g->mu);
-    if (ev->kind == LP_SCHED_EV_TOKEN && g->n < N_GEN) g->ids[g->n++] = ev->token;
+    if (ev->kind == LP_SCHED_EV_TOKEN && g->n < N_GEN) {
+        g->at[g->n] = ev->time;
+        g->ids[g->n++] = ev->token;
+    }
     if (ev->kind == LP_SCHED_EV_DONE) {
         g->done = true;
         g->status = ev->status;
@@ -161,6 +166,37 @@ static bool same(const struct got *a, const struct got *b) {
     return a->status == LP_OK && a->n == b->n && memcmp(a->ids, b->ids, sizeof a->ids) == 0;
 }
 
+// Pauses per way, for bench/faults.sh's table.
+struct pauses {
+    char what[48];
+    double ms[64];
+    int n;
+};
+static struct pauses pauses[16];
+static int n_pauses;
+
+static void pauses_add(const char *what, double s) {
+    int i = 0;
+    while (i < n_pauses && strcmp(pauses[i].what, what) != 0) i++;
+    if (i == n_pauses && n_pauses < 16) snprintf(pauses[n_pauses++].what, 48, "%s", what);
+    if (i < 16 && pauses[i].n < 64) pauses[i].ms[pauses[i].n++] = s * 1e3;
+}
+
+static int cmp_d(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+static void pauses_print(void) {
+    printf("\n%-44s %6s %10s %10s\n", "pause from kill to the next token", "kills", "p50 ms",
+           "max ms");
+    for (int i = 0; i < n_pauses; i++) {
+        struct pauses *p = &pauses[i];
+        qsort(p->ms, (size_t)p->n, sizeof p->ms[0], cmp_d);
+        printf("%-44s %6d %10.0f %10.0f\n", p->what, p->n, p->ms[p->n / 2], p->ms[p->n - 1]);
+    }
+}
+
 // Starts n requests (sampled or not), kills worker `victim` once the first
 // has `at` tokens; `after` runs then (restart, SIGCONT, nothing). Checks
 // every request against the reference.
@@ -188,9 +224,20 @@ static void kill_during(struct rig *r, int n, bool sampled, int victim, int at, 
                   g[i].status == LP_OK ? "differs from the undisturbed run" : "failed",
                   lp_status_str(g[i].status), g[i].n, g[i].error);
     }
-    printf("%-44s worker %d at token %3d: %d/%d identical, %.2f s after the kill\n", what,
-           victim + 1, at, ok, n, ff_now() - t0);
+    // the pause a client sees: the longest wait for a token after the kill
+    // (tokens already in flight at the kill may still come just after it)
+    double pause = 0;
+    for (int i = 0; i < n; i++)
+        for (int k = 1; k < g[i].n; k++) {
+            double from = g[i].at[k - 1] > t0 ? g[i].at[k - 1] : t0;
+            if (g[i].at[k] > t0 && g[i].at[k] - from > pause) pause = g[i].at[k] - from;
+        }
+    pauses_add(what, pause);
+    printf("%-44s worker %d at token %3d: %d/%d identical, pause %.3f s\n", what, victim + 1, at,
+           ok, n, pause);
 }
+
+static int rounds = 1; // kills per way (LP_FAULT_ROUNDS)
 
 static void restart(struct rig *r, int victim) {
     char tag[32];
@@ -207,11 +254,12 @@ static void test_restart(void) {
     struct rig r;
     if (!rig_open(&r, 2, false, false, 30000)) return;
     make_reference(&r);
-    for (int k = 0; k < 4; k++)
+    for (int k = 0; k < 4 * rounds; k++)
         kill_during(&r, 1, k % 2 == 1, draw(2), 1 + draw(N_GEN - 10), SIGKILL, restart,
                     k % 2 ? "restarted, seeded sampling" : "restarted, greedy");
-    kill_during(&r, N_CROWD, false, draw(2), 1 + draw(N_GEN - 20), SIGKILL, restart,
-                "restarted, 8 at once");
+    for (int k = 0; k < rounds; k++)
+        kill_during(&r, N_CROWD, false, draw(2), 1 + draw(N_GEN - 20), SIGKILL, restart,
+                    "restarted, 8 at once");
     kill_during(&r, 2, false, draw(2), 1 + draw(N_GEN - 20), SIGSTOP, resume,
                 "stalled past the deadline (SIGSTOP)");
     struct lp_sched_stats st;
@@ -228,27 +276,30 @@ static void test_restart(void) {
 static void test_standby(void) {
     struct rig r;
     if (!rig_open(&r, 2, true, false, 30000)) return;
-    kill_during(&r, 2, false, 1, 1 + draw(N_GEN - 10), SIGKILL, NULL, "standby");
+    int victim = draw(2);
+    kill_during(&r, 2, false, victim, 1 + draw(N_GEN - 10), SIGKILL, NULL, "standby");
     struct lp_sched_stats st;
     lp_sched_stats(r.s, &st);
     CHECK_MSG(strstr(st.last_recovery, "standby") && strstr(st.last_recovery, r.w[2].addr),
               "last recovery: '%s'", st.last_recovery);
-    r.w[1].pid = 0;
+    r.w[victim].pid = 0;
     rig_close(&r);
 }
 
 static void test_replan(void) {
     struct rig r;
     if (!rig_open(&r, 2, false, true, 30000)) return;
-    kill_during(&r, 2, true, 0, 1 + draw(N_GEN - 10), SIGKILL, NULL, "replan");
+    int victim = draw(2);
+    kill_during(&r, 2, true, victim, 1 + draw(N_GEN - 10), SIGKILL, NULL, "replan");
     const struct lp_plan *plan = lp_pipeline_plan(r.p);
     CHECK_MSG(plan->n_stages == 2 && plan->layers[0] + plan->layers[1] == 10,
               "plan after replan: %d stages", plan->n_stages);
-    r.w[0].pid = 0;
+    r.w[victim].pid = 0;
     // and once more, with no worker left: the coordinator takes every layer
-    kill_during(&r, 1, false, 1, 1 + draw(N_GEN - 10), SIGKILL, NULL, "replan onto the coordinator");
+    kill_during(&r, 1, false, 1 - victim, 1 + draw(N_GEN - 10), SIGKILL, NULL,
+                "replan onto the coordinator");
     CHECK(lp_pipeline_plan(r.p)->n_stages == 1);
-    r.w[1].pid = 0;
+    r.w[1 - victim].pid = 0;
     rig_close(&r);
 }
 
@@ -311,10 +362,15 @@ int main(void) {
         lp_token_list_init(&prompts[i]);
         CHECK_OK(lp_tokenizer_encode(tok, texts[i], strlen(texts[i]), 0, &prompts[i], &err), &err);
     }
+    const char *env = getenv("LP_FAULT_ROUNDS");
+    if (env && atoi(env) > 0) rounds = atoi(env) > 64 ? 64 : atoi(env);
     test_restart();
-    test_standby();
-    test_replan();
+    for (int k = 0; k < rounds; k++) {
+        test_standby();
+        test_replan();
+    }
     test_deadline_and_other_model();
+    pauses_print();
     for (int i = 0; i < N_CROWD; i++) lp_token_list_deinit(&prompts[i]);
     lp_tokenizer_destroy(tok);
     return lp_test_finish("cluster/test_recover");
