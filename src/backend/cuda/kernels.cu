@@ -9,7 +9,7 @@
 //
 // matmul, one kernel for every batch size (batch invariance: row t of an
 // n-row call is computed by exactly the same operations as alone):
-//   a block of 128 threads owns GEMV_R weight rows and NT tokens; thread i
+//   a block of 128 threads owns R (4; 2 for 4-bit) weight rows and NT tokens; thread i
 //   takes 16-byte chunks i, i + 128, ... of each row, keeps a running sum
 //   per (row, token) in the same order whatever NT is, then the block adds
 //   its four warps in a fixed order. MLX groups: per chunk (inside one group)
@@ -27,7 +27,9 @@
 #endif
 
 #define GEMV_THREADS 128
-#define GEMV_R 2
+// Weight rows a GEMV block owns: four (two loads of 16 bytes in flight per
+// row pair), two for 4-bit (its 32-element chunks take the registers).
+template <int FMT> struct gemv_rows { static constexpr int n = FMT == LP_CUDA_FMT_Q4 ? 2 : 4; };
 #define WARPS(threads) ((threads) / 32)
 
 static __device__ __forceinline__ float warp_sum(float v) {
@@ -122,7 +124,7 @@ static __device__ __forceinline__ T pick3(int j, const T &a, const T &b, const T
     return j == 0 ? a : j == 1 ? b : c;
 }
 
-// The block's GEMV_R rows and NT tokens: out[t, r] = sum_c x[t, c] w[r, c],
+// The block's R rows and NT tokens: out[t, r] = sum_c x[t, c] w[r, c],
 // then the epilogue (store, add to out, or silu(gate) * up). Needs
 // cols % CH == 0 (and group % CH == 0 for MLX).
 template <int FMT, bool SBF, int NT, int EPI>
@@ -130,6 +132,9 @@ __global__ void __launch_bounds__(GEMV_THREADS)
     k_gemv(const float *__restrict__ x, struct gemv_jobs jobs, int n) {
     constexpr int CH = fmt_chunk<FMT>::n;
     constexpr bool MLX = FMT == LP_CUDA_FMT_Q8 || FMT == LP_CUDA_FMT_Q4;
+    constexpr int GEMV_R = gemv_rows<FMT>::n;
+    // rows of one matrix per block: SWIGLU takes RH rows of the gate, then the same of up
+    constexpr int RH = EPI == EPI_SWIGLU ? GEMV_R / 2 : GEMV_R;
     const int n_tg = (n + NT - 1) / NT;
     const int t0 = (int)(blockIdx.x % n_tg) * NT;
     const int rb = (int)(blockIdx.x / n_tg);
@@ -139,8 +144,7 @@ __global__ void __launch_bounds__(GEMV_THREADS)
         if (jobs.n_jobs > 2 && rb >= jobs.rb0[2]) ji = 2;
     }
     const int rows = pick3(ji, jobs.w[0].rows, jobs.w[1].rows, jobs.w[2].rows);
-    const int r0 =
-        (rb - pick3(ji, jobs.rb0[0], jobs.rb0[1], jobs.rb0[2])) * (EPI == EPI_SWIGLU ? 1 : GEMV_R);
+    const int r0 = (rb - pick3(ji, jobs.rb0[0], jobs.rb0[1], jobs.rb0[2])) * RH;
     const int cols = jobs.w[0].cols, n_chunks = cols / CH, group = jobs.w[0].group;
     const size_t row_bytes = (size_t)cols * fmt_chunk<FMT>::bits / 8;
     const int groups_per_row = MLX ? cols / group : 1;
@@ -149,8 +153,8 @@ __global__ void __launch_bounds__(GEMV_THREADS)
     int rr[GEMV_R];
 #pragma unroll
     for (int r = 0; r < GEMV_R; r++) {
-        const int j = EPI == EPI_SWIGLU ? r : ji;
-        rr[r] = EPI == EPI_SWIGLU ? r0 : min(r0 + r, rows - 1);
+        const int j = EPI == EPI_SWIGLU ? r / RH : ji;
+        rr[r] = min(r0 + r % RH, rows - 1);
         const void *data = pick3(j, jobs.w[0].data, jobs.w[1].data, jobs.w[2].data);
         rowp[r] = (const uint4 *)((const char *)data + (size_t)rr[r] * row_bytes);
         sc[r] = pick3(j, jobs.w[0].scales, jobs.w[1].scales, jobs.w[2].scales);
@@ -225,15 +229,15 @@ __global__ void __launch_bounds__(GEMV_THREADS)
     __syncthreads();
     float *out = pick3(ji, jobs.out[0], jobs.out[1], jobs.out[2]);
     if (EPI == EPI_SWIGLU) {
-        if (threadIdx.x < NT) {
-            const int t = threadIdx.x;
-            float g = red[0][0][t], u = red[0][1][t];
+        if (threadIdx.x < RH * NT) {
+            const int r = threadIdx.x / NT, t = threadIdx.x % NT;
+            float g = red[0][r][t], u = red[0][r + RH][t];
             for (int k = 1; k < WARPS(GEMV_THREADS); k++) {
-                g = __fadd_rn(g, red[k][0][t]);
-                u = __fadd_rn(u, red[k][1][t]);
+                g = __fadd_rn(g, red[k][r][t]);
+                u = __fadd_rn(u, red[k][r + RH][t]);
             }
-            if (t0 + t < n)
-                out[(size_t)(t0 + t) * rows + r0] =
+            if (r0 + r < rows && t0 + t < n)
+                out[(size_t)(t0 + t) * rows + r0 + r] =
                     __fmul_rn(__fdiv_rn(g, __fadd_rn(1.0f, expf(-g))), u);
         }
     } else if (threadIdx.x < GEMV_R * NT) {
@@ -281,33 +285,39 @@ static cudaError_t gemv_launch_nt(cudaStream_t s, const float *x, const struct g
     return cudaGetLastError();
 }
 
+// Lays the jobs' row blocks out (rb0) for FMT's rows per block and launches.
 template <int FMT, bool SBF, int EPI>
-static cudaError_t gemv_launch(cudaStream_t s, const float *x, const struct gemv_jobs *jobs,
-                               int n_rb, int n) {
-    if (n <= 1) return gemv_launch_nt<FMT, SBF, 1, EPI>(s, x, jobs, n_rb, n);
-    if (n <= 2) return gemv_launch_nt<FMT, SBF, 2, EPI>(s, x, jobs, n_rb, n);
-    if (n <= 4) return gemv_launch_nt<FMT, SBF, 4, EPI>(s, x, jobs, n_rb, n);
-    if (n <= 8) return gemv_launch_nt<FMT, SBF, 8, EPI>(s, x, jobs, n_rb, n);
-    return gemv_launch_nt<FMT, SBF, 16, EPI>(s, x, jobs, n_rb, n);
+static cudaError_t gemv_launch(cudaStream_t s, const float *x, struct gemv_jobs jobs, int n) {
+    constexpr int RH = EPI == EPI_SWIGLU ? gemv_rows<FMT>::n / 2 : gemv_rows<FMT>::n;
+    int n_rb = 0;
+    for (int j = 0; j < (EPI == EPI_SWIGLU ? 1 : jobs.n_jobs); j++) {
+        jobs.rb0[j] = n_rb;
+        n_rb += (jobs.w[j].rows + RH - 1) / RH;
+    }
+    if (n <= 1) return gemv_launch_nt<FMT, SBF, 1, EPI>(s, x, &jobs, n_rb, n);
+    if (n <= 2) return gemv_launch_nt<FMT, SBF, 2, EPI>(s, x, &jobs, n_rb, n);
+    if (n <= 4) return gemv_launch_nt<FMT, SBF, 4, EPI>(s, x, &jobs, n_rb, n);
+    if (n <= 8) return gemv_launch_nt<FMT, SBF, 8, EPI>(s, x, &jobs, n_rb, n);
+    return gemv_launch_nt<FMT, SBF, 16, EPI>(s, x, &jobs, n_rb, n);
 }
 
 template <int EPI>
 static cudaError_t gemv_dispatch(cudaStream_t s, const float *x, const struct gemv_jobs *jobs,
-                                 int n_rb, int n) {
+                                 int n) {
     const struct lp_cuda_weight *w = &jobs->w[0];
     switch (w->fmt) {
     case LP_CUDA_FMT_F32:
-        return gemv_launch<LP_CUDA_FMT_F32, false, EPI>(s, x, jobs, n_rb, n);
+        return gemv_launch<LP_CUDA_FMT_F32, false, EPI>(s, x, *jobs, n);
     case LP_CUDA_FMT_F16:
-        return gemv_launch<LP_CUDA_FMT_F16, false, EPI>(s, x, jobs, n_rb, n);
+        return gemv_launch<LP_CUDA_FMT_F16, false, EPI>(s, x, *jobs, n);
     case LP_CUDA_FMT_BF16:
-        return gemv_launch<LP_CUDA_FMT_BF16, false, EPI>(s, x, jobs, n_rb, n);
+        return gemv_launch<LP_CUDA_FMT_BF16, false, EPI>(s, x, *jobs, n);
     case LP_CUDA_FMT_Q8:
-        return w->scale_bf16 ? gemv_launch<LP_CUDA_FMT_Q8, true, EPI>(s, x, jobs, n_rb, n)
-                             : gemv_launch<LP_CUDA_FMT_Q8, false, EPI>(s, x, jobs, n_rb, n);
+        return w->scale_bf16 ? gemv_launch<LP_CUDA_FMT_Q8, true, EPI>(s, x, *jobs, n)
+                             : gemv_launch<LP_CUDA_FMT_Q8, false, EPI>(s, x, *jobs, n);
     case LP_CUDA_FMT_Q4:
-        return w->scale_bf16 ? gemv_launch<LP_CUDA_FMT_Q4, true, EPI>(s, x, jobs, n_rb, n)
-                             : gemv_launch<LP_CUDA_FMT_Q4, false, EPI>(s, x, jobs, n_rb, n);
+        return w->scale_bf16 ? gemv_launch<LP_CUDA_FMT_Q4, true, EPI>(s, x, *jobs, n)
+                             : gemv_launch<LP_CUDA_FMT_Q4, false, EPI>(s, x, *jobs, n);
     }
     return cudaErrorInvalidValue;
 }
@@ -350,9 +360,8 @@ static cudaError_t gemv_one(cudaStream_t s, float *out, const float *x,
     jobs.w[0] = *w;
     jobs.out[0] = out;
     jobs.n_jobs = 1;
-    int n_rb = (w->rows + GEMV_R - 1) / GEMV_R;
-    return accum ? gemv_dispatch<EPI_ACCUM>(s, x, &jobs, n_rb, n)
-                 : gemv_dispatch<EPI_STORE>(s, x, &jobs, n_rb, n);
+    return accum ? gemv_dispatch<EPI_ACCUM>(s, x, &jobs, n)
+                 : gemv_dispatch<EPI_STORE>(s, x, &jobs, n);
 }
 
 cudaError_t lp_cuda_matmul(cudaStream_t s, float *out, const float *x,
@@ -381,15 +390,12 @@ cudaError_t lp_cuda_matmul_multi(cudaStream_t s, float *const *outs, const float
         return cudaSuccess;
     }
     struct gemv_jobs jobs = {};
-    int n_rb = 0;
     for (int j = 0; j < n_w; j++) {
         jobs.w[j] = *ws[j];
         jobs.out[j] = outs[j];
-        jobs.rb0[j] = n_rb;
-        n_rb += (ws[j]->rows + GEMV_R - 1) / GEMV_R;
     }
     jobs.n_jobs = n_w;
-    return gemv_dispatch<EPI_STORE>(s, x, &jobs, n_rb, n);
+    return gemv_dispatch<EPI_STORE>(s, x, &jobs, n);
 }
 
 cudaError_t lp_cuda_matmul_swiglu(cudaStream_t s, float *out, float *tmp, const float *x,
@@ -407,7 +413,7 @@ cudaError_t lp_cuda_matmul_swiglu(cudaStream_t s, float *out, float *tmp, const 
     jobs.w[1] = *w_up;
     jobs.out[0] = out;
     jobs.n_jobs = 2;
-    return gemv_dispatch<EPI_SWIGLU>(s, x, &jobs, w_gate->rows, n);
+    return gemv_dispatch<EPI_SWIGLU>(s, x, &jobs, n);
 }
 
 // out[i, :] = w[ids[i], :] (dequantized); an id outside [0, rows) gives zeros.
