@@ -9,7 +9,9 @@
 #                                        carry: ["build-cuda-carry"]) runs the
 #          CUDA kernel tests, the HF golden cases on CUDA, compute-sanitizer,
 #          and the benchmarks of bench/RESULTS.md; logs go to $OUT (or out/).
-# `run` steps: tests | sanitize | bench (default: all), e.g. `run tests bench`.
+# `run` steps: tests | ring | sanitize | bench (default: all), e.g. `run tests bench`.
+# Only layerpipe's own programs see the carried libraries (LD_LIBRARY_PATH):
+# python3 and the CUDA tools keep the machine's.
 set -u -o pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 cd "$here"
@@ -30,16 +32,19 @@ pack() {
     du -sh build-cuda-carry
 }
 
+# Runs a command with the carried libraries first on the library path.
+lp() { LD_LIBRARY_PATH=$here/build-cuda-carry/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH} "$@"; }
+
 run_tests() {
     local c=build-cuda-carry/bin work=/tmp/lp-testdata
     mkdir -p "$work"
     export LP_BIN=$here/$c/layerpipe LP_TOOLS_DIR=$here/$c LP_GOLDEN_DIR=$here/tests/golden
     export LP_WORK_DIR=$work LP_SOURCE_DIR=$here
     echo "== backend/test_cuda"
-    "$c/backend_test_cuda" 2>&1 | tee "$OUT/test_cuda.log"
+    lp "$c/backend_test_cuda" 2>&1 | tee "$OUT/test_cuda.log"
     echo "test_cuda rc=${PIPESTATUS[0]}"
     echo "== engine/test_golden (CPU and --device cuda)"
-    "$c/engine_test_golden" >"$OUT/test_golden.log" 2>&1
+    lp "$c/engine_test_golden" >"$OUT/test_golden.log" 2>&1
     echo "test_golden rc=$?"
     grep -E "cuda|FAIL|fail" "$OUT/test_golden.log" | head -60
     tail -3 "$OUT/test_golden.log"
@@ -48,7 +53,7 @@ run_tests() {
 run_sanitize() {
     local c=build-cuda-carry/bin
     echo "== compute-sanitizer memcheck (kernel tests only)"
-    LP_CUDA_TEST_KERNELS_ONLY=1 timeout 240 compute-sanitizer --tool memcheck \
+    LP_CUDA_TEST_KERNELS_ONLY=1 lp timeout 240 compute-sanitizer --tool memcheck \
         --error-exitcode 9 "$c/backend_test_cuda" >"$OUT/memcheck.log" 2>&1
     echo "memcheck rc=$?"
     tail -5 "$OUT/memcheck.log"
@@ -75,18 +80,48 @@ EOF
     for fmt in mlx8 hf-bf16; do
         local dir=$m/q17-$fmt
         echo "== Qwen3-1.7B shape, $fmt" | tee -a "$log"
-        [ -f "$dir/config.json" ] || "$c/lp_genmodel" --out "$dir" --seed 7 --format "$fmt" $shape \
+        [ -f "$dir/config.json" ] || lp "$c/lp_genmodel" --out "$dir" --seed 7 --format "$fmt" $shape \
             >/dev/null 2>&1 || { echo "lp_genmodel $fmt failed" | tee -a "$log"; continue; }
         du -sh "$dir" | tee -a "$log"
-        "$c/layerpipe" bench -m "$dir" --device cuda -p 128 -n 256 -r 2 --json 2>&1 | tail -4 | tee -a "$log"
+        lp "$c/layerpipe" bench -m "$dir" --device cuda -p 128 -n 256 -r 2 --json 2>&1 | tail -4 | tee -a "$log"
         echo "-- prefill 512" | tee -a "$log"
-        "$c/layerpipe" bench -m "$dir" --device cuda -p 512 -n 4 -b 512 -r 2 --json 2>&1 | tail -4 | tee -a "$log"
+        lp "$c/layerpipe" bench -m "$dir" --device cuda -p 512 -n 4 -b 512 -r 2 --json 2>&1 | tail -4 | tee -a "$log"
         for n in 8 32 64; do
             echo "-- concurrency $n" | tee -a "$log"
-            "$c/layerpipe" bench -m "$dir" --device cuda -p 32 -n 64 -C "$n" -r 1 --json 2>&1 |
+            lp "$c/layerpipe" bench -m "$dir" --device cuda -p 32 -n 64 -C "$n" -r 1 --json 2>&1 |
                 tail -4 | tee -a "$log"
         done
     done
+}
+
+# A ring of a CPU coordinator (14 layers) and a GPU worker (14 layers) against
+# one CPU process, on a 28-layer MLX 8-bit model: logits within 1e-4 per row.
+run_ring() {
+    local c=build-cuda-carry/bin m=/tmp/lp-ring-model port=/tmp/lp-ring.port
+    local ids="1 17 33 49 65 81 97 113 129 145 161 177 193 209 225 241"
+    echo "== mixed ring: CPU coordinator + GPU worker"
+    [ -f "$m/config.json" ] || lp "$c/lp_genmodel" --out "$m" --seed 202 --format mlx8 --group 64 \
+        --tied 1 --layers 28 --hidden 64 --heads 4 --kv-heads 2 --head-dim 32 --intermediate 128 \
+        --vocab 256 >/dev/null 2>&1
+    rm -f "$port"
+    lp "$c/layerpipe" worker -m "$m" --device cuda --listen 127.0.0.1:0 --port-file "$port" \
+        >"$OUT/ring_worker.log" 2>&1 &
+    local wpid=$!
+    for _ in $(seq 100); do [ -s "$port" ] && break; sleep 0.1; done
+    lp "$c/layerpipe" logits -m "$m" --tokens "$ids" -o /tmp/lp-ring.f32 \
+        --workers "127.0.0.1:$(cat "$port")" --plan 14,14 >"$OUT/ring.log" 2>&1
+    echo "ring rc=$?"
+    lp "$c/layerpipe" logits -m "$m" --tokens "$ids" -o /tmp/lp-one.f32 >>"$OUT/ring.log" 2>&1
+    kill "$wpid" 2>/dev/null
+    wait "$wpid" 2>/dev/null
+    python3 - <<'EOF' 2>&1 | tee -a "$OUT/ring.log"
+import numpy as np
+a = np.fromfile("/tmp/lp-ring.f32", dtype=np.float32).reshape(-1, 256)
+b = np.fromfile("/tmp/lp-one.f32", dtype=np.float32).reshape(-1, 256)
+e = max(np.linalg.norm(x - y) / np.linalg.norm(y) for x, y in zip(a, b))
+print(f"ring (CPU + NVIDIA H200 worker) vs one CPU process: {len(a)} rows, worst rel L2 {e:.3g}",
+      "ok" if e <= 1e-4 else "FAIL")
+EOF
 }
 
 case "${1:-}" in
@@ -95,14 +130,13 @@ run)
     shift
     OUT=${OUT:-$here/out}
     mkdir -p "$OUT"
-    export LD_LIBRARY_PATH=$here/build-cuda-carry/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
     nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.mem --format=csv 2>&1 |
         tee "$OUT/gpu.txt"
-    steps=${*:-tests sanitize bench}
+    steps=${*:-tests ring sanitize bench}
     for s in $steps; do "run_$s"; done
     ;;
 *)
-    echo "usage: tools/cuda-device.sh pack | run [tests] [sanitize] [bench]" >&2
+    echo "usage: tools/cuda-device.sh pack | run [tests] [ring] [sanitize] [bench]" >&2
     exit 2
     ;;
 esac
