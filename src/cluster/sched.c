@@ -340,6 +340,16 @@ static void logprobs(const float *row, int vocab, int32_t token, int n_top, floa
 // Returns true when the request finished (and was freed).
 static bool next_token(struct lp_sched *s, struct sched_req *r, float *row) {
     struct lp_sched_event ev = {.kind = LP_SCHED_EV_TOKEN};
+    for (int i = 0; i < s->vocab; i++)
+        if (!isfinite(row[i])) { // never sample from garbage
+            char msg[160];
+            snprintf(msg, sizeof msg,
+                     "the model produced a %s logit (token %d at position %d): the weights or "
+                     "a stage are broken",
+                     isnan(row[i]) ? "NaN" : "infinite", i, r->n_tokens);
+            finish(s, r, LP_ERR_INTERNAL, LP_STOP_NONE, msg);
+            return true;
+        }
     int32_t top_ids[LP_SCHED_MAX_TOP_LOGPROBS];
     float top_lp[LP_SCHED_MAX_TOP_LOGPROBS];
     bool want_lp = r->rq.logprobs || r->rq.n_top_logprobs > 0;

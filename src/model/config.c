@@ -112,6 +112,10 @@ static enum lp_status cfg_eos(const json_t *v, struct lp_model_config *cfg, cons
                                 "%s: field 'eos_token_id' must be a token id or a list of ids",
                                 file);
         int32_t id = (int32_t)json_integer_value(e);
+        if (cfg->vocab_size > 0 && id >= cfg->vocab_size)
+            return lp_error_set(err, LP_ERR_FORMAT,
+                                "%s: eos_token_id %d is past the vocabulary (vocab_size %d)", file,
+                                id, cfg->vocab_size);
         bool seen = false;
         for (int k = 0; k < cfg->n_eos_ids; k++) seen |= cfg->eos_ids[k] == id;
         if (seen) continue;
@@ -179,6 +183,16 @@ enum lp_status lp_config_parse(struct lp_model_config *cfg, const char *json_tex
             goto done;
         }
         theta_default = (float)t;
+    }
+    if (json_is_object(rope_params)) { // a RoPE other than the default would run as plain RoPE
+        const char *rt = json_string_value(json_object_get(rope_params, "rope_type"));
+        if (!rt) rt = json_string_value(json_object_get(rope_params, "type"));
+        if (rt && strcmp(rt, "default") != 0) {
+            st = lp_error_set(err, LP_ERR_UNSUPPORTED,
+                              "%s: rope_parameters.rope_type '%s' is not supported (only default)",
+                              file, rt);
+            goto done;
+        }
     }
     CFG_TRY(cfg_float(root, "rope_theta", theta_default, 1.0f, 1e12f, &cfg->rope_theta, file,
                       err));

@@ -295,6 +295,25 @@ static enum lp_status model_read_configs(struct lp_model *m, struct lp_error *er
     return st;
 }
 
+// A weight file with layers past num_hidden_layers means another model (or
+// a wrong config): refuse it rather than run a truncated one.
+static enum lp_status model_check_layer_names(const struct lp_model *m, struct lp_error *err) {
+    for (int i = 0; i < m->n_files; i++)
+        for (int j = 0; j < m->files[i]->n_tensors; j++) {
+            const char *name = m->files[i]->tensors[j].name;
+            if (strncmp(name, "model.layers.", 13) != 0) continue;
+            char *end = NULL;
+            long layer = strtol(name + 13, &end, 10);
+            if (end == name + 13 || *end != '.') continue;
+            if (layer >= m->config.n_layers)
+                return lp_error_set(err, LP_ERR_FORMAT,
+                                    "%s: tensor '%s' is for layer %ld, but config.json has "
+                                    "num_hidden_layers %d",
+                                    m->dir, name, layer, m->config.n_layers);
+        }
+    return LP_OK;
+}
+
 enum lp_status lp_model_open(struct lp_model **out, const char *dir,
                              const struct lp_model_load_params *params, struct lp_error *err) {
     *out = NULL;
@@ -318,6 +337,7 @@ enum lp_status lp_model_open(struct lp_model **out, const char *dir,
         goto fail;
     }
     if ((st = model_open_weights(m, err)) != LP_OK) goto fail;
+    if ((st = model_check_layer_names(m, err)) != LP_OK) goto fail;
     m->layers = calloc((size_t)c->n_layers, sizeof *m->layers);
     if (!m->layers) {
         st = lp_error_set(err, LP_ERR_NOMEM, "out of memory");

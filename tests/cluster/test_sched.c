@@ -11,12 +11,16 @@
 //    the workers behind the scheduler's back), the others finish intact;
 //  - cancel ends a request and frees its KV on every stage (Stats);
 //  - a full waiting queue is LP_ERR_BUSY, a prompt past the context
-//    LP_ERR_INVALID_ARG, both before any event.
+//    LP_ERR_INVALID_ARG, both before any event;
+//  - NaN logits (a model whose final norm is NaN) end the request with an
+//    error instead of sampling garbage.
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+
+#include <jansson.h>
 
 #include "cluster/internal.h"
 #include "cluster/rpc.h"
@@ -400,6 +404,65 @@ static void test_long_prompt(void) {
     rig_close(&r);
 }
 
+// A copy of the bundled model whose final norm weights are NaN.
+static bool write_nan_model(char *dir, size_t cap) {
+    const char *work = getenv("LP_WORK_DIR");
+    snprintf(dir, cap, "%s/sched_nan_model", work ? work : "/tmp");
+    char cmd[4096];
+    snprintf(cmd, sizeof cmd, "mkdir -p '%s' && cp '%s'/* '%s'/", dir, model_dir, dir);
+    if (system(cmd) != 0) return false;
+    char path[1200];
+    snprintf(path, sizeof path, "%s/model.safetensors", dir);
+    FILE *fp = fopen(path, "r+b");
+    if (!fp) return false;
+    uint64_t n = 0;
+    bool ok = fread(&n, 8, 1, fp) == 1 && n < (1u << 24);
+    char *hdr = ok ? calloc(1, n + 1) : NULL;
+    ok = hdr && fread(hdr, 1, n, fp) == n;
+    json_t *root = ok ? json_loads(hdr, 0, NULL) : NULL;
+    json_t *t = json_object_get(root, "model.norm.weight");
+    json_t *offs = json_object_get(t, "data_offsets");
+    const char *dtype = json_string_value(json_object_get(t, "dtype"));
+    ok = offs && dtype;
+    if (ok) {
+        long begin = (long)json_integer_value(json_array_get(offs, 0));
+        long end = (long)json_integer_value(json_array_get(offs, 1));
+        fseek(fp, (long)(8 + n) + begin, SEEK_SET);
+        for (long b = begin; b < end; b += strcmp(dtype, "F32") == 0 ? 4 : 2) {
+            uint32_t f32 = 0x7fc00000u;
+            uint16_t h = strcmp(dtype, "F16") == 0 ? 0x7e00 : 0x7fc0;
+            ok &= strcmp(dtype, "F32") == 0 ? fwrite(&f32, 4, 1, fp) == 1 : fwrite(&h, 2, 1, fp) == 1;
+        }
+    }
+    json_decref(root);
+    free(hdr);
+    return fclose(fp) == 0 && ok;
+}
+
+static void test_nan_logits(void) {
+    char dir[1200];
+    CHECK(write_nan_model(dir, sizeof dir));
+    struct lp_pipeline_params pp = lp_pipeline_params_default();
+    pp.model_dir = dir;
+    pp.n_threads = 1;
+    pp.max_context = 128;
+    struct lp_pipeline *p = NULL;
+    struct lp_sched *s = NULL;
+    struct lp_error err = {0};
+    CHECK_OK(lp_pipeline_create(&p, &pp, &err), &err);
+    struct lp_sched_params sp = lp_sched_params_default();
+    if (p) CHECK_OK(lp_sched_create(&s, p, &sp, &err), &err);
+    if (s) {
+        struct got g;
+        got_init(&g);
+        struct lp_sched_request rq = greedy(0, &g, 8);
+        CHECK(lp_sched_run(s, &rq, NULL, &err) == LP_ERR_INTERNAL && strstr(err.msg, "NaN"));
+        CHECK(g.n == 0);
+    }
+    lp_sched_destroy(s);
+    lp_pipeline_destroy(p);
+}
+
 int main(void) {
     const char *src = getenv("LP_SOURCE_DIR");
     snprintf(model_dir, sizeof model_dir, "%s/models/layerpipe-tiny-8bit", src ? src : ".");
@@ -416,6 +479,7 @@ int main(void) {
     test_pipeline();
     test_limits();
     test_long_prompt();
+    test_nan_logits();
     for (int i = 0; i < N_REQ; i++) lp_token_list_deinit(&prompts[i]);
     lp_tokenizer_destroy(tok);
     return lp_test_finish("cluster/test_sched");

@@ -189,6 +189,19 @@ static void test_types_and_ranges(void) {
                LP_ERR_UNSUPPORTED, "rope_scaling", "yarn");
     EXPECT_CFG(with("rope_scaling", json_pack("{s:s}", "type", "linear")), LP_ERR_UNSUPPORTED,
                "rope_scaling", "linear");
+    // a RoPE type under the newer rope_parameters that would silently run as plain RoPE
+    EXPECT_CFG(with("rope_parameters", json_pack("{s:s, s:f}", "rope_type", "yarn", "rope_theta",
+                                                 1e6)),
+               LP_ERR_UNSUPPORTED, "rope_parameters", "yarn");
+    {
+        struct lp_model_config c;
+        struct lp_error err;
+        CHECK_OK(parse_cfg(with("rope_parameters", json_pack("{s:s, s:f}", "rope_type", "default",
+                                                             "rope_theta", 1e6)),
+                           &c, &err),
+                 &err);
+        CHECK_NEAR(c.rope_theta, 1e6, 1.0);
+    }
     // odd head_dim
     EXPECT_CFG(with("head_dim", json_integer(7)), LP_ERR_FORMAT, "head_dim", "7");
     // heads not a multiple of kv heads (and kv > heads)
@@ -263,7 +276,9 @@ static void test_eos_and_generation(void) {
     struct lp_generation_config g;
     struct lp_error err;
     // config eos as a number, generation as a list overlapping it
-    CHECK_OK(parse_cfg(with("eos_token_id", json_integer(151645)), &c, &err), &err);
+    json_t *big = with("eos_token_id", json_integer(151645));
+    json_object_set_new(big, "vocab_size", json_integer(151936));
+    CHECK_OK(parse_cfg(big, &c, &err), &err);
     CHECK(c.n_eos_ids == 1 && c.eos_ids[0] == 151645);
     lp_error_clear(&err);
     CHECK_OK(lp_generation_config_parse(&g, &c,
@@ -294,7 +309,12 @@ static void test_eos_and_generation(void) {
     CHECK(c.n_eos_ids == 0);
     CHECK_OK(parse_cfg(with("eos_token_id", json_null()), &c, &err), &err);
     CHECK(c.n_eos_ids == 0);
-    // bad eos values
+    // bad eos values: past the vocabulary (the base config's vocab_size is 16), not ids
+    EXPECT_CFG(with("eos_token_id", json_integer(16)), LP_ERR_FORMAT, "eos_token_id",
+               "past the vocabulary");
+    CHECK(lp_generation_config_parse(&g, &c, "{\"eos_token_id\": [2, 999999]}", GEN_FILE, &err) ==
+              LP_ERR_FORMAT &&
+          strstr(err.msg, "past the vocabulary"));
     EXPECT_CFG(with("eos_token_id", json_string("2")), LP_ERR_FORMAT, "eos_token_id", NONE);
     EXPECT_CFG(with("eos_token_id", json_integer(-1)), LP_ERR_FORMAT, "eos_token_id", NONE);
     EXPECT_CFG(with("eos_token_id", json_pack("[i, s]", 1, "x")), LP_ERR_FORMAT, "eos_token_id",

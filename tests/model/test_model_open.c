@@ -414,6 +414,13 @@ static void test_bad_tensors(void) {
         dir = write_model("missing", &s);
         EXPECT_FAIL(dir, NULL, LP_ERR_FORMAT, missing[i], dir);
     }
+    // weight files with a layer past num_hidden_layers: another model, refused
+    s = tiny(true);
+    s.layers = 3;
+    build(&s);
+    s.layers = 2; // config.json says 2
+    dir = write_model("extra_layer", &s);
+    EXPECT_FAIL(dir, NULL, LP_ERR_FORMAT, "model.layers.2.", "num_hidden_layers 2");
     // shape disagreeing with config: names tensor and expected shape
     s = tiny(true);
     build(&s);
