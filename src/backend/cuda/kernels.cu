@@ -9,11 +9,19 @@
 //
 // matmul, one kernel for every batch size (batch invariance: row t of an
 // n-row call is computed by exactly the same operations as alone):
-//   a block of 128 threads owns R (4; 2 for 4-bit) weight rows and NT tokens; thread i
-//   takes 16-byte chunks i, i + 128, ... of each row, keeps a running sum
-//   per (row, token) in the same order whatever NT is, then the block adds
-//   its four warps in a fixed order. MLX groups: per chunk (inside one group)
-//   s * sum(x q) + b * sum(x), i.e. sum_c x_c (s q_c + b) regrouped.
+//   a block of 128 threads owns R (4; 2 for 4-bit) weight rows and NT (1, 2,
+//   4, 8 or 16) tokens; thread i takes 16-byte chunks i, i + 128, ... of
+//   each row, keeps a running sum per (row, token) in the same order
+//   whatever NT is, then the block adds its four warps in a fixed order.
+//   MLX groups: per chunk (inside one group) s * sum(x q) + b * sum(x), i.e.
+//   sum_c x_c (s q_c + b) regrouped. The same kernel serves the fused slots
+//   (up to three matrices a launch; epilogues: store, add into the output,
+//   silu(gate) * up), so fused and separate steps give the same bits.
+//   Prefill runs it too, 16 tokens a block, on CUDA cores (no tensor cores yet).
+// attention: split over the KV length in fixed chunks (k_attn, then
+//   k_attn_combine), so that a row's result depends on its own context only.
+// A decode layer is 9 launches: rmsnorm, q/k/v, q/k norms + rope + KV store,
+//   attention, its merge, o + residual, rmsnorm, gate/up/silu, down + residual.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <math.h>
