@@ -20,9 +20,10 @@ pack() {
     local nvcc=${NVCC:-/usr/local/cuda-13.0/bin/nvcc}
     cmake -S . -B build-cuda -DCMAKE_BUILD_TYPE=Release -DLAYERPIPE_CUDA=ON \
         -DCMAKE_CUDA_COMPILER="$nvcc" >/dev/null || return 1
-    cmake --build build-cuda -j"$(nproc)" >/dev/null || return 1
-    rm -rf build-cuda-carry && mkdir -p build-cuda-carry/bin build-cuda-carry/lib
     local bins="layerpipe lp_genmodel backend_test_cuda engine_test_golden backend_test_ref"
+    # shellcheck disable=SC2086
+    cmake --build build-cuda -j"$(nproc)" --target $bins >/dev/null || return 1
+    rm -rf build-cuda-carry && mkdir -p build-cuda-carry/bin build-cuda-carry/lib
     for b in $bins; do cp "build-cuda/$b" build-cuda-carry/bin/; done
     # every shared library the binaries load, except the C and C++ runtimes
     # (the GPU machine's are newer than this machine's)
