@@ -79,7 +79,7 @@ int main(int argc, char **argv) {
     struct lp_rpc_channel *ch = NULL;
     const struct lp_rpc_stream_handler echo = {b_open, b_echo, b_close};
     const struct lp_rpc_stream_handler ack = {b_open, b_ack, b_close};
-    if (lp_rpc_server_create(&srv, "127.0.0.1:0", (size_t)64 << 20, &err) ||
+    if (lp_rpc_server_create(&srv, "127.0.0.1:0", (size_t)64 << 20, NULL, &err) ||
         lp_rpc_server_add_stream(srv, M_ECHO, &echo, NULL, &err) ||
         lp_rpc_server_add_stream(srv, M_ACK, &ack, NULL, &err) ||
         lp_rpc_server_start(srv, &err)) {
@@ -89,7 +89,7 @@ int main(int argc, char **argv) {
     }
     char target[64];
     snprintf(target, sizeof target, "127.0.0.1:%d", lp_rpc_server_port(srv));
-    if (lp_rpc_channel_create(&ch, target, (size_t)64 << 20, &err)) {
+    if (lp_rpc_channel_create(&ch, target, (size_t)64 << 20, NULL, &err)) {
         fprintf(stderr, "bench_rpc: %s\n", err.msg);
         lp_rpc_server_destroy(srv);
         return 1;

@@ -20,6 +20,27 @@
 #define LP_PROTOCOL_VERSION 2 // 2: per-step failure Acks, Segment.no_logits
 #define LP_MAX_STAGES 64
 
+// ---- transport security (workers and the coordinator alike) ----
+
+// One line about a refused call ("refused /layerpipe.v1.Stage/Configure
+// from ipv4:10.0.0.9:5512: wrong cluster token"), on a gRPC thread.
+typedef void (*lp_security_log_fn)(void *user, const char *line);
+
+// TLS with gRPC's own credentials, and the cluster token. All NULL/false:
+// plaintext and no token (then keep the ports on loopback or a trusted net).
+struct lp_security_params {
+    const char *tls_cert;   // PEM file: this process's certificate (chain); TLS with tls_key
+    const char *tls_key;    // PEM file: its private key
+    const char *tls_ca;     // PEM file: the cluster CA. Given: mutual TLS (servers require a
+                            // client certificate it signed; clients check the server's
+                            // against it). Not given: clients use the system's roots.
+    const char *token_file; // file whose first line is the cluster token: every call sends
+                            // it (metadata "x-layerpipe-token"), every server requires it
+    bool health_open;       // grpc.health.v1.Health answers callers without the token
+    lp_security_log_fn log; // refused calls, one line each (NULL: silent); borrowed
+    void *log_user;
+};
+
 // ---- worker ----
 
 struct lp_worker_params {
@@ -28,6 +49,7 @@ struct lp_worker_params {
     const char *device;     // backend spec: "cpu" (default), "cuda", "cuda:N"
     int n_threads;          // CPU threads, <= 0 all cores
     int idle_timeout_s;     // a session untouched this long is freed (default 600)
+    struct lp_security_params security; // its server and the channel to its successor
 };
 
 LP_API struct lp_worker_params lp_worker_params_default(void);
@@ -74,13 +96,19 @@ struct lp_cluster_spec {
     char sink[128];                       // "" when not given
     int n_standby;
     char standby[LP_MAX_STAGES - 1][128]; // spare workers ("standby": ["H:P", ...])
+    // "security": {"tls_cert", "tls_key", "tls_ca", "cluster_token_file": PATH,
+    // "health_open": bool}; relative paths are read from the file's folder.
+    char tls_cert[1024], tls_key[1024], tls_ca[1024], token_file[1024]; // "" when not given
+    bool health_open;
 };
 
 // Reads {"stages": [{"role": "coordinator", "layers": 10, "sink": "H:P"},
 // {"address": "H:P", "layers": 9}, ...], "plan": "auto"}: the first stage is
 // the coordinator (no address), the others are workers in pipeline order;
 // layer counts are all given or none; an optional "standby": ["H:P", ...]
-// lists spare workers. Errors name the file, stage and field.
+// lists spare workers; an optional "security" object names the TLS files
+// and the token file (see struct lp_cluster_spec). Errors name the file,
+// stage and field.
 LP_API enum lp_status lp_cluster_spec_read_file(struct lp_cluster_spec *spec, const char *path,
                                                 struct lp_error *err);
 // Adds the workers of "HOST:PORT,HOST:PORT,..." (ports 1..65535).
@@ -114,6 +142,7 @@ struct lp_pipeline_params {
     int n_standby;
     bool replan;                 // let the surviving stages take a dead stage's layers
     int recover_timeout_ms;      // give up on a dead stage after this (default 30000)
+    struct lp_security_params security; // channels to the workers and the Sink
 };
 
 LP_API struct lp_pipeline_params lp_pipeline_params_default(void);

@@ -207,7 +207,8 @@ enum lp_status lp_pl_hello(struct lp_pipeline *p, int i, struct lp_error *err) {
     struct pl_stage *s = &p->stages[i];
     lp_rpc_channel_destroy(s->ch); // a fresh channel connects at once (no backoff left over)
     s->ch = NULL;
-    enum lp_status st = lp_rpc_channel_create(&s->ch, s->addr, LP_MAX_MESSAGE_BYTES, err);
+    enum lp_status st =
+        lp_rpc_channel_create(&s->ch, s->addr, LP_MAX_MESSAGE_BYTES, p->sec, err);
     if (st != LP_OK) return st;
     Layerpipe__V1__HelloRequest req = LAYERPIPE__V1__HELLO_REQUEST__INIT;
     req.protocol_version = LP_PROTOCOL_VERSION;
@@ -428,6 +429,7 @@ enum lp_status lp_pipeline_create(struct lp_pipeline **out, const struct lp_pipe
     else
         snprintf(p->device_name, sizeof p->device_name, "%s (%d threads)", bname,
                  lp_backend_n_threads(p->backend));
+    if ((st = lp_rpc_security_create(&p->sec, &params->security, err)) != LP_OK) goto fail;
     p->stages = calloc((size_t)(p->n_workers ? p->n_workers : 1), sizeof *p->stages);
     if (!p->stages) {
         st = lp_error_set(err, LP_ERR_NOMEM, "pipeline: out of memory");
@@ -449,7 +451,7 @@ enum lp_status lp_pipeline_create(struct lp_pipeline **out, const struct lp_pipe
     if (p->n_workers > 0) {
         // the Sink, then the stages from last to first (each checks its successor)
         if ((st = lp_rpc_server_create(&p->sink, params->sink_listen, LP_MAX_MESSAGE_BYTES,
-                                       err)) != LP_OK)
+                                       p->sec, err)) != LP_OK)
             goto fail;
         static const struct lp_rpc_stream_handler sink = {sink_open, sink_message, sink_close};
         if ((st = lp_rpc_server_add_stream(p->sink, LP_M_SINK, &sink, p, err)) != LP_OK ||
@@ -485,6 +487,7 @@ void lp_pipeline_destroy(struct lp_pipeline *p) {
     lp_rpc_client_stream_close(p->to_first, 2000);
     lp_rpc_server_destroy(p->sink);
     for (int i = 0; p->stages && i < p->n_workers; i++) lp_rpc_channel_destroy(p->stages[i].ch);
+    lp_rpc_security_destroy(p->sec); // after the Sink and the channels
     for (int i = 0; i < PL_MAX_SLOTS; i++) free(p->slots[i].rows);
     lp_pb_arena_deinit(&p->sink_arena);
     lp_engine_destroy(p->head);

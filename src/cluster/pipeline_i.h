@@ -55,6 +55,7 @@ struct lp_pipeline {
     int n_workers;
     struct pl_stage *stages;     // [n_workers]
     struct lp_rpc_server *sink;
+    struct lp_rpc_security *sec; // TLS and the cluster token: the Sink and every channel
     char sink_addr[160];
     int max_rows, max_sessions, head_seq, kv_blocks, kv_block_size;
     // scheduler thread only

@@ -1,7 +1,10 @@
 // SPDX-License-Identifier: MIT
 // rpc.h -- the cluster's transport: unary calls and bidirectional streams of
-// raw bytes over gRPC's C core (insecure HTTP/2). Protobuf encoding lives on
-// top of this module; nothing here knows a message type.
+// raw bytes over gRPC's C core: plaintext HTTP/2, or TLS / mutual TLS with
+// gRPC's own credentials, and an optional cluster token that every call
+// carries in its metadata and every server checks before routing the call.
+// Protobuf encoding lives on top of this module; nothing here knows a
+// message type.
 //
 // Threads: every server and every channel owns one completion queue and one
 // polling thread; all callbacks of that server/channel run on it, in order.
@@ -16,6 +19,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "layerpipe/cluster.h"
 #include "layerpipe/status.h"
 
 // Process-wide, reference-counted grpc_init/grpc_shutdown. Every create
@@ -23,6 +27,32 @@
 // program calls them to keep gRPC's threads alive between servers. Thread-safe.
 void lp_rpc_init(void);
 void lp_rpc_shutdown(void);
+
+// -------------------------------------------------------------- security ---
+
+// The metadata key that carries the cluster token on every call.
+#define LP_RPC_TOKEN_KEY "x-layerpipe-token"
+
+// Loaded transport settings (immutable once created; any thread may read):
+// the PEM texts of --tls-cert/--tls-key/--tls-ca and the cluster token.
+// TLS is on when cert and key are given; mutual TLS when a CA is given too.
+struct lp_rpc_security {
+    char *cert_pem, *key_pem, *ca_pem; // NUL-terminated PEM, NULL when not given
+    char *token;                       // the cluster token, NULL when not given
+    bool health_open;                  // Health answers without the token
+    lp_security_log_fn log;            // refused calls (NULL: silent)
+    void *log_user;
+};
+
+// Reads the files named in p (NULL p or no settings: plaintext, no token).
+// Errors name the flag and the file: a certificate without its key, a CA
+// without a certificate, an unreadable or empty file, a token with bytes a
+// header cannot carry. On failure *out = NULL.
+enum lp_status lp_rpc_security_create(struct lp_rpc_security **out,
+                                      const struct lp_security_params *p, struct lp_error *err);
+void lp_rpc_security_destroy(struct lp_rpc_security *sec); // accepts NULL
+// 1 when TLS is on.
+int lp_rpc_security_tls(const struct lp_rpc_security *sec);
 
 // ---------------------------------------------------------------- server ---
 
@@ -61,10 +91,16 @@ struct lp_rpc_stream_handler {
 // Creates a server listening on `listen_addr` ("host:port", port 0 picks a
 // free one; SO_REUSEPORT is off, so a busy port fails with LP_ERR_NETWORK
 // naming the address). Messages larger than max_message_bytes are refused in
-// both directions (0 means 64 MiB). Not started yet: add methods, then start.
+// both directions (0 means 64 MiB). `sec` (NULL: plaintext, no token) is
+// borrowed until destroy: with TLS the port serves TLS only (and asks for a
+// client certificate signed by sec's CA when it has one); with a token every
+// call without the right one ends UNAUTHENTICATED before its handler runs
+// (Health too unless health_open), and sec->log gets one line naming the
+// method and the peer. Not started yet: add methods, then start.
 // On failure *out = NULL.
 enum lp_status lp_rpc_server_create(struct lp_rpc_server **out, const char *listen_addr,
-                                    size_t max_message_bytes, struct lp_error *err);
+                                    size_t max_message_bytes, const struct lp_rpc_security *sec,
+                                    struct lp_error *err);
 
 // The bound TCP port (the real one when created with port 0).
 int lp_rpc_server_port(const struct lp_rpc_server *s);
@@ -73,6 +109,12 @@ int lp_rpc_server_port(const struct lp_rpc_server *s);
 // `user` is borrowed until destroy. Unknown methods get UNIMPLEMENTED.
 enum lp_status lp_rpc_server_add_unary(struct lp_rpc_server *s, const char *method,
                                        lp_rpc_unary_fn fn, void *user, struct lp_error *err);
+// As add_unary, but each call's handler runs on a thread of its own (the
+// handler must be thread-safe against the server's other handlers): a slow
+// call (Configure loading layers) stalls nothing else. Destroy still waits
+// for the call to end.
+enum lp_status lp_rpc_server_add_unary_slow(struct lp_rpc_server *s, const char *method,
+                                            lp_rpc_unary_fn fn, void *user, struct lp_error *err);
 enum lp_status lp_rpc_server_add_stream(struct lp_rpc_server *s, const char *method,
                                         const struct lp_rpc_stream_handler *h, void *user,
                                         struct lp_error *err);
@@ -114,11 +156,16 @@ void lp_rpc_stream_unhold(struct lp_rpc_stream *s);
 struct lp_rpc_channel;
 struct lp_rpc_client_stream;
 
-// Creates a channel to "host:port" (connects lazily; keepalive 10 s / 5 s;
-// reconnect backoff 0.2..2 s). max_message_bytes as for the server. On
-// failure *out = NULL.
+// Creates a channel to "host:port" (connects lazily; keepalive every 6 min
+// while a call is open, see lp_rpc_args_fill; reconnect backoff 0.2..2 s).
+// max_message_bytes as for the server. `sec` (NULL: plaintext, no token) is
+// borrowed until destroy: with TLS the server's certificate must chain to
+// sec's CA and name the target's host (DNS or IP SAN), and the channel
+// presents sec's certificate; every call sends sec's token. On failure
+// *out = NULL.
 enum lp_status lp_rpc_channel_create(struct lp_rpc_channel **out, const char *target,
-                                     size_t max_message_bytes, struct lp_error *err);
+                                     size_t max_message_bytes, const struct lp_rpc_security *sec,
+                                     struct lp_error *err);
 
 // Frees the channel and joins its thread. Every client stream on it must be
 // closed first. Accepts NULL.

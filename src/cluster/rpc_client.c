@@ -21,6 +21,9 @@ struct lp_rpc_channel {
     pthread_t thread;
     char *target; // "host:port", owned
     size_t max_message_bytes;
+    const struct lp_rpc_security *sec; // borrowed; NULL: plaintext, no token
+    grpc_metadata token_md;            // the token as call metadata (n_md 0 or 1)
+    size_t n_md;
 };
 
 struct lp_rpc_client_stream {
@@ -62,8 +65,23 @@ static void *channel_thread_main(void *arg) {
     return NULL;
 }
 
+// TLS from sec (its CA as the roots, its certificate presented to the
+// server), else plaintext.
+static grpc_channel_credentials *channel_creds(const struct lp_rpc_security *sec) {
+    if (!lp_rpc_security_tls(sec)) return grpc_insecure_credentials_create();
+    grpc_ssl_pem_key_cert_pair pair = {sec->key_pem, sec->cert_pem};
+    return grpc_ssl_credentials_create(sec->ca_pem, &pair, NULL, NULL);
+}
+
+// The initial metadata of every call: the token, when there is one.
+static void op_send_md(grpc_op *op, const struct lp_rpc_channel *c) {
+    op->data.send_initial_metadata.count = c->n_md;
+    op->data.send_initial_metadata.metadata = c->n_md ? (grpc_metadata *)&c->token_md : NULL;
+}
+
 enum lp_status lp_rpc_channel_create(struct lp_rpc_channel **out, const char *target,
-                                     size_t max_message_bytes, struct lp_error *err) {
+                                     size_t max_message_bytes, const struct lp_rpc_security *sec,
+                                     struct lp_error *err) {
     if (!out || !target)
         return lp_error_set(err, LP_ERR_INVALID_ARG, "lp_rpc_channel_create: NULL argument");
     *out = NULL;
@@ -76,8 +94,19 @@ enum lp_status lp_rpc_channel_create(struct lp_rpc_channel **out, const char *ta
     }
     c->max_message_bytes =
         max_message_bytes ? max_message_bytes : LP_RPC_DEFAULT_MAX_MESSAGE_BYTES;
+    c->sec = sec;
+    if (sec && sec->token) { // static slices: the token outlives the channel
+        c->token_md.key = grpc_slice_from_static_string(LP_RPC_TOKEN_KEY);
+        c->token_md.value = grpc_slice_from_static_string(sec->token);
+        c->n_md = 1;
+    }
     struct lp_rpc_args args;
-    grpc_channel_credentials *creds = grpc_insecure_credentials_create();
+    grpc_channel_credentials *creds = channel_creds(sec);
+    if (!creds) {
+        st = lp_error_set(err, LP_ERR_INVALID_ARG,
+                          "rpc channel %s: gRPC refused the TLS certificate, key or CA", target);
+        goto fail;
+    }
     c->channel = grpc_channel_create(target, creds, lp_rpc_args_fill(&args, 0, max_message_bytes));
     grpc_channel_credentials_release(creds);
     if (!c->channel) {
@@ -117,12 +146,32 @@ void lp_rpc_channel_destroy(struct lp_rpc_channel *c) {
 }
 
 // "target method: CODE: details", the message of every failed call.
+// A connection that failed in its TLS handshake, or a plaintext one that
+// the peer dropped before HTTP/2 started, gets a hint about the settings.
+static const char *call_hint(const struct lp_rpc_channel *c, grpc_status_code code,
+                             const char *d) {
+    if (code == GRPC_STATUS_UNAUTHENTICATED) return "";
+    if (code != GRPC_STATUS_UNAVAILABLE || !d) return "";
+    if (lp_rpc_security_tls(c->sec)) {
+        if (strstr(d, "andshake") || strstr(d, "SSL") || strstr(d, "ssl") || strstr(d, "ocket closed"))
+            return " (TLS: the peer must serve TLS with a certificate that is valid now, chains "
+                   "to --tls-ca and names this host; with mutual TLS it must accept ours)";
+        return "";
+    }
+    if (strstr(d, "ocket closed") || strstr(d, "Connection reset") || strstr(d, "onnection reset") ||
+        strstr(d, "end of file") || strstr(d, "EOF"))
+        return " (the peer closed the connection: if it serves TLS, give this process "
+               "--tls-cert, --tls-key and --tls-ca)";
+    return "";
+}
+
+// "target method: CODE: details", the message of every failed call.
 static enum lp_status call_error(struct lp_error *err, const struct lp_rpc_channel *c,
                                  const char *method, grpc_status_code code, grpc_slice details) {
     char *d = lp_rpc_slice_strdup(details);
-    enum lp_status st = lp_error_set(err, lp_rpc_status_from_grpc(code), "%s %s: %s: %s",
+    enum lp_status st = lp_error_set(err, lp_rpc_status_from_grpc(code), "%s %s: %s: %s%s",
                                      c->target, method, lp_rpc_grpc_code_name(code),
-                                     d ? d : "");
+                                     d ? d : "", call_hint(c, code, d));
     free(d);
     return st;
 }
@@ -155,6 +204,7 @@ enum lp_status lp_rpc_call_unary(struct lp_rpc_channel *c, const char *method,
     grpc_slice details = grpc_empty_slice();
     grpc_op ops[6];
     op_init(&ops[0], GRPC_OP_SEND_INITIAL_METADATA);
+    op_send_md(&ops[0], c);
     op_init(&ops[1], GRPC_OP_SEND_MESSAGE);
     ops[1].data.send_message.send_message = send_bb;
     op_init(&ops[2], GRPC_OP_SEND_CLOSE_FROM_CLIENT);
@@ -392,6 +442,7 @@ enum lp_status lp_rpc_stream_open(struct lp_rpc_channel *c, const char *method,
     }
     // Initial metadata now, so the server's on_open runs before any message.
     op_init(&op, GRPC_OP_SEND_INITIAL_METADATA);
+    op_send_md(&op, c);
     s->send_busy = 1;
     s->n_pending++;
     if (grpc_call_start_batch(s->call, &op, 1, &s->send_tag, NULL) != GRPC_CALL_OK) {

@@ -2,10 +2,13 @@
 // rpc_common.c -- pieces shared by the rpc server and client: the process-wide
 // gRPC reference, the one lp_status <-> gRPC status table of the cluster
 // module, channel arguments (message limits, keepalive, reuseport), the
+// transport security settings (PEM files, the cluster token), the
 // completion-queue loop and the byte-buffer glue.
+#include <errno.h>
 #include <grpc/byte_buffer_reader.h>
 #include <grpc/support/time.h>
 #include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -86,12 +89,30 @@ const grpc_channel_args *lp_rpc_args_fill(struct lp_rpc_args *st, int is_server,
     size_t n = 0;
     rpc_arg_int(&st->args[n++], GRPC_ARG_MAX_RECEIVE_MESSAGE_LENGTH, max_msg);
     rpc_arg_int(&st->args[n++], GRPC_ARG_MAX_SEND_MESSAGE_LENGTH, max_msg);
-    // A dead peer (power loss, partition) is noticed within ~15 s; a killed
-    // process is noticed at once through the connection reset.
-    rpc_arg_int(&st->args[n++], GRPC_ARG_KEEPALIVE_TIME_MS, 10000);
-    rpc_arg_int(&st->args[n++], GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 5000);
-    rpc_arg_int(&st->args[n++], GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
-    rpc_arg_int(&st->args[n++], GRPC_ARG_HTTP2_MAX_PINGS_WITHOUT_DATA, 0);
+    if (is_server) {
+        // Our servers ping their clients (clients never police pings): a dead
+        // client (power loss, partition) is noticed within ~15 s, a killed one
+        // at once through the connection reset.
+        rpc_arg_int(&st->args[n++], GRPC_ARG_KEEPALIVE_TIME_MS, 10000);
+        rpc_arg_int(&st->args[n++], GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 5000);
+        rpc_arg_int(&st->args[n++], GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
+        rpc_arg_int(&st->args[n++], GRPC_ARG_HTTP2_MAX_PINGS_WITHOUT_DATA, 0);
+        // ...and tolerate clients that ping every 5 s or more (older
+        // layerpipe versions pinged every 10 s), idle or not.
+        rpc_arg_int(&st->args[n++], GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS, 5000);
+    } else {
+        // Client pings must suit a stock gRPC server (a Sink or stage written
+        // in another language), which allows one ping per 5 min while no
+        // data flows (GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS)
+        // and none at all without an open call; past two strikes it sends
+        // GOAWAY "too_many_pings". Pinging every 10 s broke an idle ring after
+        // ~50 s that way. So: every 6 min (a margin over 5 min for jitter),
+        // only while a call is open. A dead server is then found by the
+        // step deadline and the reconnect (a fresh channel), not by pings.
+        rpc_arg_int(&st->args[n++], GRPC_ARG_KEEPALIVE_TIME_MS, 6 * 60 * 1000);
+        rpc_arg_int(&st->args[n++], GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 20000);
+        rpc_arg_int(&st->args[n++], GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 0);
+    }
     // Throughput of prefill chunks (MBs per message): big HTTP/2 windows and
     // frames and big socket reads, so a chunk is not cut into 16 KiB pieces
     // that wait for window updates.
@@ -100,9 +121,6 @@ const grpc_channel_args *lp_rpc_args_fill(struct lp_rpc_args *st, int is_server,
     rpc_arg_int(&st->args[n++], GRPC_ARG_TCP_READ_CHUNK_SIZE, 1 << 20);
     rpc_arg_int(&st->args[n++], GRPC_ARG_TCP_MAX_READ_CHUNK_SIZE, 16 << 20);
     if (is_server) {
-        // Accept the clients' 10 s keepalive pings (the default policy allows
-        // one per 5 min and answers more with GOAWAY "too_many_pings").
-        rpc_arg_int(&st->args[n++], GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS, 5000);
         // On by default: a second server would silently share the port.
         rpc_arg_int(&st->args[n++], GRPC_ARG_ALLOW_REUSEPORT, 0);
     } else {
@@ -114,6 +132,151 @@ const grpc_channel_args *lp_rpc_args_fill(struct lp_rpc_args *st, int is_server,
     st->list.num_args = n;
     st->list.args = st->args;
     return &st->list;
+}
+
+// -------------------------------------------------------------- security ---
+
+// Reads a whole file (at most max_bytes) as a NUL-terminated string.
+static enum lp_status rpc_read_text(const char *flag, const char *path, size_t max_bytes,
+                                    char **out, struct lp_error *err) {
+    *out = NULL;
+    FILE *fp = fopen(path, "rb");
+    if (!fp) return lp_error_set(err, LP_ERR_IO, "%s %s: %s", flag, path, strerror(errno));
+    char *buf = malloc(max_bytes + 1);
+    if (!buf) {
+        fclose(fp);
+        return lp_error_set(err, LP_ERR_NOMEM, "%s %s: out of memory", flag, path);
+    }
+    size_t n = fread(buf, 1, max_bytes + 1, fp);
+    int bad = ferror(fp);
+    fclose(fp);
+    enum lp_status st = LP_OK;
+    if (bad) st = lp_error_set(err, LP_ERR_IO, "%s %s: read error", flag, path);
+    else if (n > max_bytes)
+        st = lp_error_set(err, LP_ERR_FORMAT, "%s %s: larger than %zu bytes", flag, path,
+                          max_bytes);
+    else if (n == 0) st = lp_error_set(err, LP_ERR_FORMAT, "%s %s: the file is empty", flag, path);
+    else if (memchr(buf, '\0', n))
+        st = lp_error_set(err, LP_ERR_FORMAT, "%s %s: holds a NUL byte (not PEM text)", flag, path);
+    if (st != LP_OK) {
+        free(buf);
+        return st;
+    }
+    buf[n] = '\0';
+    *out = buf;
+    return LP_OK;
+}
+
+// The token is the file's first line without surrounding blanks; it travels
+// as an HTTP/2 header value, so only printable ASCII is accepted.
+static enum lp_status rpc_read_token(const char *path, char **out, struct lp_error *err) {
+    char *t;
+    enum lp_status st = rpc_read_text("--cluster-token-file", path, 4096, &t, err);
+    if (st != LP_OK) return st;
+    size_t b = 0, e = strcspn(t, "\r\n");
+    while (b < e && (t[b] == ' ' || t[b] == '\t')) b++;
+    while (e > b && (t[e - 1] == ' ' || t[e - 1] == '\t')) e--;
+    for (size_t i = b; i < e; i++)
+        if (t[i] < 0x21 || t[i] > 0x7e) {
+            free(t);
+            return lp_error_set(err, LP_ERR_FORMAT,
+                                "--cluster-token-file %s: byte %zu (0x%02x) is not printable "
+                                "ASCII (use e.g. `openssl rand -hex 32`)",
+                                path, i, (unsigned)(unsigned char)t[i]);
+        }
+    if (e - b < 16) {
+        free(t);
+        return lp_error_set(err, LP_ERR_FORMAT,
+                            "--cluster-token-file %s: the token has %zu characters, at least 16 "
+                            "expected (use e.g. `openssl rand -hex 32`)",
+                            path, e - b);
+    }
+    memmove(t, t + b, e - b);
+    t[e - b] = '\0';
+    *out = t;
+    return LP_OK;
+}
+
+enum lp_status lp_rpc_security_create(struct lp_rpc_security **out,
+                                      const struct lp_security_params *p, struct lp_error *err) {
+    if (!out) return lp_error_set(err, LP_ERR_INVALID_ARG, "lp_rpc_security_create: NULL out");
+    *out = NULL;
+    struct lp_rpc_security *sec = calloc(1, sizeof *sec);
+    if (!sec) return lp_error_set(err, LP_ERR_NOMEM, "transport security: out of memory");
+    if (!p) {
+        *out = sec;
+        return LP_OK;
+    }
+    enum lp_status st = LP_OK;
+    if (!p->tls_cert != !p->tls_key) {
+        st = lp_error_set(err, LP_ERR_INVALID_ARG, "%s given without %s: TLS needs both",
+                          p->tls_cert ? "--tls-cert" : "--tls-key",
+                          p->tls_cert ? "--tls-key" : "--tls-cert");
+        goto fail;
+    }
+    if (p->tls_ca && !p->tls_cert) {
+        st = lp_error_set(err, LP_ERR_INVALID_ARG,
+                          "--tls-ca given without --tls-cert and --tls-key: mutual TLS needs this "
+                          "process's own certificate too");
+        goto fail;
+    }
+    if (p->tls_cert &&
+        ((st = rpc_read_text("--tls-cert", p->tls_cert, 1 << 20, &sec->cert_pem, err)) != LP_OK ||
+         (st = rpc_read_text("--tls-key", p->tls_key, 1 << 20, &sec->key_pem, err)) != LP_OK))
+        goto fail;
+    if (p->tls_ca && (st = rpc_read_text("--tls-ca", p->tls_ca, 1 << 20, &sec->ca_pem, err)) != LP_OK)
+        goto fail;
+    if (p->tls_cert && !strstr(sec->cert_pem, "-----BEGIN CERTIFICATE-----")) {
+        st = lp_error_set(err, LP_ERR_FORMAT, "--tls-cert %s: no PEM certificate in it",
+                          p->tls_cert);
+        goto fail;
+    }
+    if (p->tls_key && !strstr(sec->key_pem, "PRIVATE KEY-----")) {
+        st = lp_error_set(err, LP_ERR_FORMAT, "--tls-key %s: no PEM private key in it", p->tls_key);
+        goto fail;
+    }
+    if (p->tls_ca && !strstr(sec->ca_pem, "-----BEGIN CERTIFICATE-----")) {
+        st = lp_error_set(err, LP_ERR_FORMAT, "--tls-ca %s: no PEM certificate in it", p->tls_ca);
+        goto fail;
+    }
+    if (p->token_file && (st = rpc_read_token(p->token_file, &sec->token, err)) != LP_OK) goto fail;
+    sec->health_open = p->health_open;
+    sec->log = p->log;
+    sec->log_user = p->log_user;
+    *out = sec;
+    return LP_OK;
+fail:
+    lp_rpc_security_destroy(sec);
+    return st;
+}
+
+void lp_rpc_security_destroy(struct lp_rpc_security *sec) {
+    if (!sec) return;
+    free(sec->cert_pem);
+    if (sec->key_pem) { // private key material: do not leave it in freed memory
+        volatile char *k = sec->key_pem;
+        for (size_t i = 0; k[i]; i++) k[i] = 0;
+    }
+    free(sec->key_pem);
+    free(sec->ca_pem);
+    free(sec->token);
+    free(sec);
+}
+
+int lp_rpc_security_tls(const struct lp_rpc_security *sec) { return sec && sec->cert_pem; }
+
+int lp_rpc_token_equal(const char *want, const uint8_t *got, size_t n_got) {
+    // Constant time in the received bytes: every byte of the longer of the
+    // two is compared, the length difference folds into the result.
+    size_t n_want = strlen(want);
+    size_t n = n_want > n_got ? n_want : n_got;
+    unsigned diff = (unsigned)(n_want != n_got);
+    for (size_t i = 0; i < n; i++) {
+        unsigned a = i < n_want ? (unsigned char)want[i] : 0u;
+        unsigned b = i < n_got ? got[i] : 0u;
+        diff |= a ^ b;
+    }
+    return diff == 0;
 }
 
 // ---------------------------------------------------------------- cq loop ---

@@ -69,6 +69,10 @@ void lp_rpc_view_deinit(struct lp_rpc_view *v);
 // Copies a slice into a NUL-terminated malloc'd string ("" on NULL slice).
 char *lp_rpc_slice_strdup(grpc_slice s);
 
+// 1 when the received token equals want; its time does not depend on
+// where the bytes differ.
+int lp_rpc_token_equal(const char *want, const uint8_t *got, size_t n_got);
+
 // Absolute deadline timeout_ms from now (< 0: infinite).
 gpr_timespec lp_rpc_deadline(int timeout_ms);
 

@@ -9,6 +9,7 @@
 // shutdown notification arrived and n_live reached 0. A stream sends one
 // message at a time (gRPC allows one SEND_MESSAGE batch in flight per call):
 // lp_rpc_stream_send appends to a queue that the send completions drain.
+#include <grpc/support/alloc.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -19,6 +20,7 @@
 struct rpc_method {
     char *name;                          // "/pkg.Service/Method", owned
     lp_rpc_unary_fn unary;               // NULL for a stream method
+    int slow;                            // unary: run on a thread of its own (lp_rpc_server_add_unary_slow)
     struct lp_rpc_stream_handler stream; // used when unary is NULL
     void *user;                          // borrowed
 };
@@ -39,6 +41,7 @@ struct lp_rpc_server {
     int port;
     char *addr;               // listen address, owned
     size_t max_message_bytes; // effective limit (never 0)
+    const struct lp_rpc_security *sec; // borrowed; NULL: plaintext, no token
     struct rpc_method *methods;
     size_t n_methods; // fixed once started
     // Below: server thread only (or the destroying thread when never started).
@@ -54,7 +57,9 @@ struct lp_rpc_server {
 struct rpc_unary_call {
     struct lp_rpc_tag recv_tag, final_tag;
     struct lp_rpc_server *server;
-    const struct rpc_method *method; // NULL: unknown method
+    const struct rpc_method *method; // NULL: unknown method (or refused)
+    grpc_status_code refuse_code;    // != OK: end the call with it at once
+    char refuse_msg[LP_ERROR_MSG_BYTES];
     grpc_call *call;
     grpc_byte_buffer *recv_bb;
     grpc_byte_buffer *send_bb;
@@ -139,6 +144,13 @@ static void unary_finish(struct rpc_unary_call *c, int send_md, grpc_status_code
     if (e != GRPC_CALL_OK) unary_final_done(&c->final_tag, 0); // cannot happen: ops are valid
 }
 
+static void unary_handle(struct rpc_unary_call *c);
+
+static void *unary_slow_main(void *arg) {
+    unary_handle(arg);
+    return NULL;
+}
+
 static void unary_recv_done(struct lp_rpc_tag *tag, int ok) {
     struct rpc_unary_call *c = LP_RPC_CONTAINER(tag, struct rpc_unary_call, recv_tag);
     if (!ok || !c->recv_bb) {
@@ -147,6 +159,20 @@ static void unary_recv_done(struct lp_rpc_tag *tag, int ok) {
         unary_finish(c, 0, GRPC_STATUS_INVALID_ARGUMENT, "unary call without a request message");
         return;
     }
+    if (c->method->slow) { // off the server thread: Health and the streams go on meanwhile
+        pthread_t t;
+        pthread_attr_t attr;
+        pthread_attr_init(&attr);
+        pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+        int rc = pthread_create(&t, &attr, unary_slow_main, c);
+        pthread_attr_destroy(&attr);
+        if (rc == 0) return;
+    }
+    unary_handle(c);
+}
+
+// Runs the handler and ends the call (server thread, or a slow call's own).
+static void unary_handle(struct rpc_unary_call *c) {
     struct lp_error err = {LP_OK, ""};
     struct lp_rpc_view view;
     uint8_t *resp = NULL;
@@ -172,7 +198,8 @@ static void unary_recv_done(struct lp_rpc_tag *tag, int ok) {
     unary_finish(c, 0, GRPC_STATUS_OK, "");
 }
 
-static void unary_start(struct lp_rpc_server *s, grpc_call *call, const struct rpc_method *m) {
+static void unary_start(struct lp_rpc_server *s, grpc_call *call, const struct rpc_method *m,
+                        grpc_status_code refuse_code, const char *refuse_msg) {
     struct rpc_unary_call *c = calloc(1, sizeof *c);
     if (!c) { // out of memory: drop the call; gRPC cancels it when unreffed
         grpc_call_cancel(call, NULL);
@@ -185,6 +212,10 @@ static void unary_start(struct lp_rpc_server *s, grpc_call *call, const struct r
     c->server = s;
     c->method = m;
     c->call = call;
+    if (refuse_code != GRPC_STATUS_OK) {
+        unary_finish(c, 1, refuse_code, refuse_msg);
+        return;
+    }
     if (!m) {
         unary_finish(c, 1, GRPC_STATUS_UNIMPLEMENTED, "unknown method");
         return;
@@ -482,15 +513,54 @@ size_t lp_rpc_stream_queued_bytes(struct lp_rpc_stream *st) {
 
 static void server_post_request(struct lp_rpc_server *s);
 
+// The cluster token check, before any handler: "" when the call may go on,
+// else why not (for the caller's status details and the server's log).
+static const char *server_check_token(const struct lp_rpc_server *s, const grpc_metadata_array *md,
+                                      const char *method) {
+    if (!s->sec || !s->sec->token) return "";
+    if (s->sec->health_open && strncmp(method, "/grpc.health.v1.Health/", 23) == 0) return "";
+    const grpc_metadata *found = NULL;
+    for (size_t i = 0; i < md->count; i++)
+        if (grpc_slice_str_cmp(md->metadata[i].key, LP_RPC_TOKEN_KEY) == 0)
+            found = &md->metadata[i];
+    if (!found)
+        return "no cluster token (metadata " LP_RPC_TOKEN_KEY "): this server requires "
+               "--cluster-token-file";
+    if (!lp_rpc_token_equal(s->sec->token, GRPC_SLICE_START_PTR(found->value),
+                            GRPC_SLICE_LENGTH(found->value)))
+        return "wrong cluster token: give every process the same --cluster-token-file";
+    return "";
+}
+
+// Logs a refused call through sec->log, naming the method and the peer.
+static void server_log_refusal(const struct lp_rpc_server *s, grpc_call *call, const char *method,
+                               const char *why) {
+    if (!s->sec || !s->sec->log) return;
+    char *peer = grpc_call_get_peer(call);
+    char line[LP_ERROR_MSG_BYTES + 256];
+    snprintf(line, sizeof line, "rpc server %s: refused %s from %s: %s", s->addr, method,
+             peer ? peer : "?", why);
+    gpr_free(peer);
+    s->sec->log(s->sec->log_user, line);
+}
+
 static void server_request_done(struct lp_rpc_tag *tag, int ok) {
     struct lp_rpc_server *s = LP_RPC_CONTAINER(tag, struct lp_rpc_server, request.tag);
     s->request_pending = 0;
     grpc_call *call = s->request.call;
     const struct rpc_method *m = NULL;
+    char refused[LP_ERROR_MSG_BYTES] = "";
     if (ok && call) {
         for (size_t i = 0; i < s->n_methods && !m; i++)
             if (grpc_slice_str_cmp(s->request.details.method, s->methods[i].name) == 0)
                 m = &s->methods[i];
+        char *method = lp_rpc_slice_strdup(s->request.details.method);
+        const char *why = server_check_token(s, &s->request.md, method ? method : "");
+        if (why[0]) {
+            snprintf(refused, sizeof refused, "%s", why);
+            server_log_refusal(s, call, method ? method : "?", why);
+        }
+        free(method);
     }
     grpc_call_details_destroy(&s->request.details);
     grpc_metadata_array_destroy(&s->request.md);
@@ -502,8 +572,9 @@ static void server_request_done(struct lp_rpc_tag *tag, int ok) {
     }
     server_post_request(s); // accept the next call while this one runs
     s->n_live++;
-    if (m && !m->unary) stream_start(s, call, m);
-    else unary_start(s, call, m); // m == NULL: UNIMPLEMENTED
+    if (refused[0]) unary_start(s, call, NULL, GRPC_STATUS_UNAUTHENTICATED, refused);
+    else if (m && !m->unary) stream_start(s, call, m);
+    else unary_start(s, call, m, GRPC_STATUS_OK, NULL); // m == NULL: UNIMPLEMENTED
 }
 
 static void server_post_request(struct lp_rpc_server *s) {
@@ -532,8 +603,21 @@ static void *server_thread_main(void *arg) {
     return NULL;
 }
 
+// The port's credentials: TLS from sec's PEM texts (requiring a client
+// certificate signed by its CA when it has one), else plaintext.
+static grpc_server_credentials *server_creds(const struct lp_rpc_security *sec) {
+    if (!lp_rpc_security_tls(sec)) return grpc_insecure_server_credentials_create();
+    grpc_ssl_pem_key_cert_pair pair = {sec->key_pem, sec->cert_pem};
+    return grpc_ssl_server_credentials_create_ex(
+        sec->ca_pem, &pair, 1,
+        sec->ca_pem ? GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY
+                    : GRPC_SSL_DONT_REQUEST_CLIENT_CERTIFICATE,
+        NULL);
+}
+
 enum lp_status lp_rpc_server_create(struct lp_rpc_server **out, const char *listen_addr,
-                                    size_t max_message_bytes, struct lp_error *err) {
+                                    size_t max_message_bytes, const struct lp_rpc_security *sec,
+                                    struct lp_error *err) {
     if (!out || !listen_addr)
         return lp_error_set(err, LP_ERR_INVALID_ARG, "lp_rpc_server_create: NULL argument");
     *out = NULL;
@@ -545,19 +629,28 @@ enum lp_status lp_rpc_server_create(struct lp_rpc_server **out, const char *list
         goto fail;
     }
     s->max_message_bytes = max_message_bytes ? max_message_bytes : LP_RPC_DEFAULT_MAX_MESSAGE_BYTES;
+    s->sec = sec;
     s->request.tag.done = server_request_done;
     s->shutdown_tag.done = server_shutdown_done;
     struct lp_rpc_args args;
     s->cq = grpc_completion_queue_create_for_next(NULL);
     s->server = grpc_server_create(lp_rpc_args_fill(&args, 1, max_message_bytes), NULL);
     grpc_server_register_completion_queue(s->server, s->cq, NULL);
-    grpc_server_credentials *creds = grpc_insecure_server_credentials_create();
+    grpc_server_credentials *creds = server_creds(sec);
+    if (!creds) {
+        st = lp_error_set(err, LP_ERR_INVALID_ARG,
+                          "rpc server %s: gRPC refused the TLS certificate, key or CA",
+                          listen_addr);
+        goto fail;
+    }
     s->port = grpc_server_add_http2_port(s->server, listen_addr, creds);
     grpc_server_credentials_release(creds);
     if (s->port <= 0) {
         st = lp_error_set(err, LP_ERR_NETWORK,
-                          "rpc server: cannot listen on %s (address in use, or not host:port)",
-                          listen_addr);
+                          "rpc server: cannot listen on %s (address in use, not host:port%s)",
+                          listen_addr,
+                          lp_rpc_security_tls(sec) ? ", or a TLS certificate/key gRPC cannot load"
+                                                   : "");
         goto fail;
     }
     *out = s;
@@ -610,6 +703,13 @@ enum lp_status lp_rpc_server_add_unary(struct lp_rpc_server *s, const char *meth
                                        lp_rpc_unary_fn fn, void *user, struct lp_error *err) {
     if (!fn) return lp_error_set(err, LP_ERR_INVALID_ARG, "rpc server: NULL unary handler");
     return server_add(s, method, fn, NULL, user, err);
+}
+
+enum lp_status lp_rpc_server_add_unary_slow(struct lp_rpc_server *s, const char *method,
+                                            lp_rpc_unary_fn fn, void *user, struct lp_error *err) {
+    enum lp_status st = lp_rpc_server_add_unary(s, method, fn, user, err);
+    if (st == LP_OK) s->methods[s->n_methods - 1].slow = 1;
+    return st;
 }
 
 enum lp_status lp_rpc_server_add_stream(struct lp_rpc_server *s, const char *method,

@@ -56,6 +56,7 @@ struct lp_worker {
     char device[96];
     struct lp_backend *backend;
     struct lp_rpc_server *server;
+    struct lp_rpc_security *sec; // TLS and the cluster token: server and successor channel
     pthread_t compute;
     bool compute_started;
     // configuration and the engine (engine_mu)
@@ -326,7 +327,8 @@ static enum lp_status stage_configure(struct lp_worker *w, const Layerpipe__V1__
     w->stage_index = (int)r->stage_index;
     w->layer_begin = (int)r->layer_begin;
     w->layer_end = (int)r->layer_end;
-    if ((st = lp_rpc_channel_create(&w->succ_ch, w->successor, LP_MAX_MESSAGE_BYTES, err)) !=
+    if ((st = lp_rpc_channel_create(&w->succ_ch, w->successor, LP_MAX_MESSAGE_BYTES, w->sec,
+                                    err)) !=
         LP_OK)
         goto fail;
     if ((st = stage_connect(w, err)) != LP_OK) goto fail;
@@ -821,7 +823,9 @@ enum lp_status lp_worker_create(struct lp_worker **out, const struct lp_worker_p
         goto fail;
     }
     w->compute_started = true;
-    if ((st = lp_rpc_server_create(&w->server, w->listen, LP_MAX_MESSAGE_BYTES, err)) != LP_OK)
+    if ((st = lp_rpc_security_create(&w->sec, &p->security, err)) != LP_OK ||
+        (st = lp_rpc_server_create(&w->server, w->listen, LP_MAX_MESSAGE_BYTES, w->sec, err)) !=
+            LP_OK)
         goto fail;
     static const struct lp_rpc_stream_handler fwd = {fwd_open, fwd_message, fwd_close};
     if ((st = lp_rpc_server_add_unary(w->server, LP_M_HELLO, h_hello, w, err)) != LP_OK ||
@@ -864,6 +868,7 @@ void lp_worker_destroy(struct lp_worker *w) {
         pthread_join(w->compute, NULL);
     }
     stage_unconfigure(w);
+    lp_rpc_security_destroy(w->sec); // after the server and the successor channel
     lp_backend_destroy(w->backend);
     pthread_cond_destroy(&w->cv);
     pthread_mutex_destroy(&w->engine_mu);

@@ -191,7 +191,7 @@ static inline enum lp_status ff_call(const char *addr, const char *method,
                                      const ProtobufCMessage *req, uint8_t **resp, size_t *n_resp,
                                      int timeout_ms, struct lp_error *err) {
     struct lp_rpc_channel *ch = NULL;
-    enum lp_status st = lp_rpc_channel_create(&ch, addr, LP_MAX_MESSAGE_BYTES, err);
+    enum lp_status st = lp_rpc_channel_create(&ch, addr, LP_MAX_MESSAGE_BYTES, NULL, err);
     if (st != LP_OK) return st;
     uint8_t *buf;
     size_t n;

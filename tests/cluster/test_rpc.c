@@ -87,7 +87,7 @@ static const struct lp_rpc_stream_handler stream_handler = {st_open, st_message,
 static struct lp_rpc_server *start_server(const char *addr, struct srv_state *ss) {
     struct lp_error err = {0};
     struct lp_rpc_server *s = NULL;
-    CHECK_OK(lp_rpc_server_create(&s, addr, MAX_MSG, &err), &err);
+    CHECK_OK(lp_rpc_server_create(&s, addr, MAX_MSG, NULL, &err), &err);
     if (!s) return NULL;
     CHECK_OK(lp_rpc_server_add_unary(s, M_ECHO, echo_unary, NULL, &err), &err);
     CHECK_OK(lp_rpc_server_add_unary(s, M_FAIL, fail_unary, NULL, &err), &err);
@@ -204,7 +204,7 @@ static void test_killed_server(void) {
     snprintf(target, sizeof target, "127.0.0.1:%d", port);
     struct lp_error err = {0};
     struct lp_rpc_channel *c = NULL;
-    CHECK_OK(lp_rpc_channel_create(&c, target, MAX_MSG, &err), &err);
+    CHECK_OK(lp_rpc_channel_create(&c, target, MAX_MSG, NULL, &err), &err);
     struct sink k;
     sink_init(&k, 0);
     struct lp_rpc_client_stream *cs = NULL;
@@ -269,13 +269,13 @@ static void test_no_server(void) {
     // A port that was free a moment ago.
     struct lp_error err = {0};
     struct lp_rpc_server *s = NULL;
-    CHECK_OK(lp_rpc_server_create(&s, "127.0.0.1:0", 0, &err), &err);
+    CHECK_OK(lp_rpc_server_create(&s, "127.0.0.1:0", 0, NULL, &err), &err);
     int port = lp_rpc_server_port(s);
     lp_rpc_server_destroy(s); // never started
     char target[64];
     snprintf(target, sizeof target, "127.0.0.1:%d", port);
     struct lp_rpc_channel *c = NULL;
-    CHECK_OK(lp_rpc_channel_create(&c, target, 0, &err), &err);
+    CHECK_OK(lp_rpc_channel_create(&c, target, 0, NULL, &err), &err);
     uint8_t *resp = NULL;
     size_t n = 0;
     double t0 = now_s();
@@ -376,7 +376,7 @@ static void test_server_destroy_under_stream(void) {
     snprintf(target, sizeof target, "127.0.0.1:%d", lp_rpc_server_port(s));
     struct lp_error err = {0};
     struct lp_rpc_channel *c = NULL;
-    CHECK_OK(lp_rpc_channel_create(&c, target, MAX_MSG, &err), &err);
+    CHECK_OK(lp_rpc_channel_create(&c, target, MAX_MSG, NULL, &err), &err);
     struct sink k;
     sink_init(&k, 0);
     struct lp_rpc_client_stream *cs = NULL;
@@ -415,7 +415,7 @@ static void test_busy_port(int port) {
     snprintf(addr, sizeof addr, "127.0.0.1:%d", port);
     struct lp_error err = {0};
     struct lp_rpc_server *s = (struct lp_rpc_server *)&err; // must be reset to NULL
-    enum lp_status st = lp_rpc_server_create(&s, addr, 0, &err);
+    enum lp_status st = lp_rpc_server_create(&s, addr, 0, NULL, &err);
     CHECK_MSG(st == LP_ERR_NETWORK && s == NULL && strstr(err.msg, addr), "%s: %s",
               lp_status_str(st), err.msg);
     printf("busy port: %s\n", err.msg);
@@ -469,7 +469,7 @@ int main(void) {
     snprintf(target, sizeof target, "127.0.0.1:%d", port);
     struct lp_error err = {0};
     struct lp_rpc_channel *c = NULL;
-    CHECK_OK(lp_rpc_channel_create(&c, target, MAX_MSG, &err), &err);
+    CHECK_OK(lp_rpc_channel_create(&c, target, MAX_MSG, NULL, &err), &err);
 
     test_unary(c, target);
     test_busy_port(port);

@@ -146,7 +146,7 @@ static void release_on_worker(struct lp_worker *w, uint64_t session) {
     snprintf(addr, sizeof addr, "127.0.0.1:%d", lp_worker_port(w));
     struct lp_rpc_channel *ch = NULL;
     struct lp_error err = {0};
-    CHECK_OK(lp_rpc_channel_create(&ch, addr, 0, &err), &err);
+    CHECK_OK(lp_rpc_channel_create(&ch, addr, 0, NULL, &err), &err);
     Layerpipe__V1__ReleaseRequest req = LAYERPIPE__V1__RELEASE_REQUEST__INIT;
     req.n_sessions = 1;
     req.sessions = &session;

@@ -279,7 +279,7 @@ int main(void) {
         return lp_test_finish("cluster/test_stage_protocol");
     }
     struct lp_error err = {0};
-    CHECK_OK(lp_rpc_channel_create(&ch, worker.addr, BIG_MSG, &err), &err);
+    CHECK_OK(lp_rpc_channel_create(&ch, worker.addr, BIG_MSG, NULL, &err), &err);
 
     // Hello
     Layerpipe__V1__HelloReply *h = ff_hello(worker.addr, &err);
@@ -314,7 +314,7 @@ int main(void) {
 
     // the Sink the worker's last stage streams to
     struct lp_rpc_server *srv = NULL;
-    CHECK_OK(lp_rpc_server_create(&srv, "127.0.0.1:0", 0, &err), &err);
+    CHECK_OK(lp_rpc_server_create(&srv, "127.0.0.1:0", 0, NULL, &err), &err);
     if (!srv) return lp_test_finish("cluster/test_stage_protocol");
     static const struct lp_rpc_stream_handler sh = {sink_open, sink_msg, sink_close};
     CHECK_OK(lp_rpc_server_add_stream(srv, LP_M_SINK, &sh, NULL, &err), &err);
