@@ -60,8 +60,8 @@ struct lp_device_info {
     double read_gb_s;    // streaming read bandwidth, measured once (0: unknown)
 };
 
-// Fills *out (measuring the bandwidth on the first call: ~0.1 s). Not
-// concurrently with compute on the same backend.
+// Fills *out (measuring the bandwidth on the first call: ~0.1 s; call it
+// once before compute starts). Later calls may run beside compute.
 LP_API enum lp_status lp_backend_device_info(struct lp_backend *backend, struct lp_device_info *out,
                                              struct lp_error *err);
 

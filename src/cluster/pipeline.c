@@ -138,6 +138,9 @@ static enum lp_status sink_message(void *user, void *stream_user, struct lp_rpc_
                             "Sink: a %zu-byte message that is not Activations (or is larger "
                             "than %d rows)",
                             bytes, p->max_rows);
+    if (a->sink_key != p->sink_key) // only the configured last stage may deliver rows
+        return lp_error_set(err, LP_ERR_PROTOCOL,
+                            "Sink: Activations without this pipeline's key: not its last stage");
     pthread_mutex_lock(&p->mu);
     struct pl_slot *slot = pl_slot_of(p, a->step);
     if (!slot || slot->done) {
@@ -281,6 +284,8 @@ enum lp_status lp_pl_configure(struct lp_pipeline *p, int i, struct lp_error *er
                                    : LAYERPIPE__V1__DTYPE__DTYPE_F32;
     c.max_batch_tokens = (uint32_t)p->max_rows;
     c.stage_index = (uint32_t)(i + 1);
+    c.protocol_version = LP_PROTOCOL_VERSION;
+    c.sink_key = i + 1 == p->n_workers ? p->sink_key : 0;
     uint8_t *resp = NULL;
     size_t n = 0;
     enum lp_status st = lp_pl_unary(p, i, LP_M_CONFIGURE, &c.base, &resp, &n, 600000, err);
@@ -354,6 +359,21 @@ enum lp_status lp_pl_open_stream(struct lp_pipeline *p, struct lp_error *err) {
                               &p->to_first, err);
 }
 
+// A key the Sink expects from the last stage: not guessable by a process
+// that merely reaches the Sink's port (with TLS and the cluster token, not
+// even that).
+static uint64_t pl_random_key(void) {
+    uint64_t k = 0;
+    FILE *fp = fopen("/dev/urandom", "rb");
+    if (!fp || fread(&k, sizeof k, 1, fp) != 1) {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        k = (uint64_t)ts.tv_nsec * 0x9e3779b97f4a7c15ull ^ (uint64_t)ts.tv_sec;
+    }
+    if (fp) fclose(fp);
+    return k ? k : 1;
+}
+
 enum lp_status lp_pl_load_share(struct lp_pipeline *p, int a, struct lp_error *err) {
     lp_engine_destroy(p->head);
     lp_engine_destroy(p->front);
@@ -394,6 +414,7 @@ enum lp_status lp_pipeline_create(struct lp_pipeline **out, const struct lp_pipe
     p->params = *params;
     p->created_at = lp_now_seconds();
     p->hello_timeout_ms = 10000;
+    p->sink_key = pl_random_key();
     for (int i = 0; i < params->n_standby && p->n_standby < LP_MAX_STAGES; i++)
         snprintf(p->standby[p->n_standby++], sizeof p->standby[0], "%s", params->standby[i]);
     if (p->params.recover_timeout_ms <= 0) p->params.recover_timeout_ms = 30000;

@@ -73,6 +73,7 @@ struct lp_pipeline {
     uint64_t next_step;
     int slot_head;               // oldest slot in flight
     double created_at;
+    uint64_t sink_key;           // the last stage's key to the Sink (Configure gives it)
     int hello_timeout_ms;        // 10 s at setup, shorter while recovering
     char standby[LP_MAX_STAGES][128]; // spare workers, in the order given (copied)
     int n_standby, n_standby_used;    // standby workers given, and already taken

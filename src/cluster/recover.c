@@ -136,6 +136,20 @@ static bool replan(struct lp_pipeline *p, const bool *down, char *how, size_t ho
     return true;
 }
 
+// Releases sessions on every worker that answers within a second.
+static void release_everywhere(struct lp_pipeline *p, uint64_t *ids, int n_ids) {
+    if (n_ids == 0) return;
+    Layerpipe__V1__ReleaseRequest r = LAYERPIPE__V1__RELEASE_REQUEST__INIT;
+    r.n_sessions = (size_t)n_ids;
+    r.sessions = ids;
+    for (int i = 0; i < p->n_workers; i++) {
+        uint8_t *resp = NULL;
+        size_t n = 0;
+        if (p->stages[i].ch) lp_pl_unary(p, i, LP_M_RELEASE, &r.base, &resp, &n, 1000, NULL);
+        free(resp);
+    }
+}
+
 enum lp_status lp_pipeline_recover(struct lp_pipeline *p, char *how, size_t how_bytes,
                                    struct lp_error *err) {
     if (p->n_in_flight > 0)
@@ -147,15 +161,20 @@ enum lp_status lp_pipeline_recover(struct lp_pipeline *p, char *how, size_t how_
     double reconnect_until = alternatives ? t0 + (deadline - t0) / 3 : deadline;
     if (reconnect_until > t0 + 2 && alternatives) reconnect_until = t0 + 2; // a launcher restarts in ~0.3 s
     snprintf(how, how_bytes, "restarted");
-    // drop everything: the stream, the coordinator's sessions (the workers'
-    // go with Configure)
+    // drop everything: the stream, the coordinator's sessions, and the
+    // sessions on every stage that still answers (Configure drops them again
+    // when the layers come back; this matters when they do not)
     if (p->to_first) lp_rpc_client_stream_close(p->to_first, 0);
     p->to_first = NULL;
+    uint64_t ids[LP_MAX_STAGES * 64];
+    int n_ids = 0;
     for (int i = 0; i < p->max_sessions; i++)
         if (p->sessions[i].id) {
+            if (n_ids < (int)(sizeof ids / sizeof ids[0])) ids[n_ids++] = p->sessions[i].id;
             lp_engine_seq_close(p->front, p->sessions[i].seq);
             p->sessions[i].id = 0;
         }
+    release_everywhere(p, ids, n_ids);
     p->hello_timeout_ms = 2000;
     bool down[LP_MAX_STAGES] = {0};
     struct lp_error why = {0};

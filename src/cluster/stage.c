@@ -52,6 +52,9 @@ struct lp_worker {
     char *model_dir, *listen;
     uint64_t fingerprint;
     int n_layers, hidden;
+    struct lp_model_config cfg;           // the model's
+    size_t weight_bytes;                  // every layer's (for Configure's memory check)
+    uint64_t sink_key;                    // (last stage) carried to the Sink
     double measured_gb_s;
     char device[96];
     struct lp_backend *backend;
@@ -248,6 +251,77 @@ static enum lp_status stage_connect(struct lp_worker *w, struct lp_error *err) {
                               succ_on_end, w, &w->succ, err);
 }
 
+// What a Configure asks for, against the memory free now, before anything
+// is allocated: the KV pool (as the engine sizes it), the step buffers and
+// queue arenas, and the layers' weights.
+static enum lp_status stage_check_memory(struct lp_worker *w,
+                                         const Layerpipe__V1__ConfigureRequest *r,
+                                         struct lp_error *err) {
+    const struct lp_model_config *c = &w->cfg;
+    double layers = (double)(r->layer_end - r->layer_begin);
+    double kv_elem = r->kv_dtype == LAYERPIPE__V1__DTYPE__DTYPE_BF16 ? 2.0 : 4.0;
+    double per_block = 32.0 * c->n_kv_heads * c->head_dim * 2.0 * kv_elem * layers;
+    double blocks = r->kv_blocks ? (double)r->kv_blocks
+                                 : (double)r->max_sessions * ((r->max_context + 31) / 32 + 1);
+    double kv = blocks * per_block;
+    if (!r->kv_blocks && kv > (double)((size_t)2 << 30)) kv = (double)((size_t)2 << 30); // engine cap
+    double rows = (double)r->max_batch_tokens;
+    double act = rows * 4.0 * (c->hidden_size * (8.0 + STAGE_QUEUE) + 2.0 * c->intermediate_size +
+                               (c->n_heads + 2.0 * c->n_kv_heads) * c->head_dim);
+    double weights = (double)w->weight_bytes * layers / c->n_layers;
+    struct lp_device_info info;
+    lp_backend_device_info(w->backend, &info, NULL);
+    double need = kv + act + weights;
+    if (info.free_bytes > 0 && need > (double)info.free_bytes)
+        return lp_error_set(err, LP_ERR_NOMEM,
+                            "stage %s: this Configure needs %.2f GB (KV %.2f GB, buffers %.2f GB, "
+                            "weights %.2f GB), %.2f GB are free: fewer sessions, a shorter "
+                            "context or fewer layers",
+                            w->listen, need / 1e9, kv / 1e9, act / 1e9, weights / 1e9,
+                            (double)info.free_bytes / 1e9);
+    return LP_OK;
+}
+
+// A stage must not be its own successor, nor close a loop of stages: walk
+// the ring through each stage's Hello (its successor) up to the Sink.
+static enum lp_status stage_check_ring(struct lp_worker *w, const char *successor, bool to_sink,
+                                       struct lp_error *err) {
+    char cur[128];
+    snprintf(cur, sizeof cur, "%s", successor);
+    for (int hop = 0; hop < LP_MAX_STAGES && !to_sink; hop++) {
+        if (strcmp(cur, w->listen) == 0)
+            return lp_error_set(err, LP_ERR_INVALID_ARG,
+                                hop == 0 ? "stage %s: its own address is not a successor"
+                                         : "stage %s: successor %s leads back to this stage: a "
+                                           "loop of stages",
+                                w->listen, successor);
+        struct lp_rpc_channel *ch = NULL;
+        if (lp_rpc_channel_create(&ch, cur, 0, w->sec, NULL) != LP_OK) return LP_OK;
+        Layerpipe__V1__HelloRequest req = LAYERPIPE__V1__HELLO_REQUEST__INIT;
+        req.protocol_version = LP_PROTOCOL_VERSION;
+        uint8_t buf[32], *resp = NULL;
+        size_t n = 0, n_resp = 0;
+        Layerpipe__V1__HelloReply *h = NULL;
+        if (lp_pb_pack_into(&req.base, buf, sizeof buf, &n, NULL) == LP_OK &&
+            lp_rpc_call_unary(ch, LP_M_HELLO, buf, n, &resp, &n_resp, 2000, NULL) == LP_OK)
+            h = layerpipe__v1__hello_reply__unpack(NULL, n_resp, resp);
+        free(resp);
+        lp_rpc_channel_destroy(ch);
+        // not a stage (the Sink), unreachable (checked later), or the ring's end
+        if (!h) return LP_OK;
+        bool end = !h->successor || !h->successor[0];
+        snprintf(cur, sizeof cur, "%s", end ? "" : h->successor);
+        bool is_me = h->listen_address && strcmp(h->listen_address, w->listen) == 0;
+        layerpipe__v1__hello_reply__free_unpacked(h, NULL);
+        if (is_me)
+            return lp_error_set(err, LP_ERR_INVALID_ARG,
+                                "stage %s: successor %s leads back to this stage: a loop of stages",
+                                w->listen, successor);
+        if (end) return LP_OK;
+    }
+    return LP_OK;
+}
+
 static enum lp_status stage_configure(struct lp_worker *w, const Layerpipe__V1__ConfigureRequest *r,
                                       Layerpipe__V1__ConfigureReply *reply, struct lp_error *err) {
     if (r->model_fingerprint != w->fingerprint)
@@ -281,6 +355,13 @@ static enum lp_status stage_configure(struct lp_worker *w, const Layerpipe__V1__
         r->kv_dtype != LAYERPIPE__V1__DTYPE__DTYPE_BF16)
         return lp_error_set(err, LP_ERR_INVALID_ARG, "stage %s: KV dtype %d, expected F32 or BF16",
                             w->listen, (int)r->kv_dtype);
+    if (r->protocol_version != LP_PROTOCOL_VERSION)
+        return lp_error_set(err, LP_ERR_UNSUPPORTED,
+                            "stage %s: Configure for protocol %u, this stage speaks %d", w->listen,
+                            r->protocol_version, LP_PROTOCOL_VERSION);
+    enum lp_status cst = stage_check_memory(w, r, err);
+    if (cst != LP_OK) return cst;
+    if ((cst = stage_check_ring(w, r->successor, r->successor_is_sink, err)) != LP_OK) return cst;
     stage_unconfigure(w);
     struct lp_model_load_params lp = {.layer_begin = (int)r->layer_begin,
                                       .layer_end = (int)r->layer_end,
@@ -321,8 +402,11 @@ static enum lp_status stage_configure(struct lp_worker *w, const Layerpipe__V1__
     pthread_mutex_unlock(&w->mu);
     if (st != LP_OK) goto fail;
     for (int i = 0; i < w->max_sessions; i++) w->sessions[i].seq = -1;
+    pthread_mutex_lock(&w->mu);
     snprintf(w->successor, sizeof w->successor, "%s", r->successor);
+    pthread_mutex_unlock(&w->mu);
     w->to_sink = r->successor_is_sink;
+    w->sink_key = r->sink_key;
     w->wire = r->wire_dtype;
     w->stage_index = (int)r->stage_index;
     w->layer_begin = (int)r->layer_begin;
@@ -357,7 +441,13 @@ static enum lp_status h_hello(void *user, const uint8_t *req, size_t n_req, uint
     struct lp_worker *w = user;
     Layerpipe__V1__HelloRequest *r = layerpipe__v1__hello_request__unpack(NULL, n_req, req);
     if (!r) return lp_error_set(err, LP_ERR_PROTOCOL, "Hello: malformed request");
+    uint32_t version = r->protocol_version;
     layerpipe__v1__hello_request__free_unpacked(r, NULL);
+    if (version != LP_PROTOCOL_VERSION)
+        return lp_error_set(err, LP_ERR_UNSUPPORTED,
+                            "stage %s speaks protocol %d (layerpipe %s), the caller %u: run the "
+                            "same layerpipe version everywhere",
+                            w->listen, LP_PROTOCOL_VERSION, LP_VERSION_STRING, version);
     Layerpipe__V1__HelloReply h = LAYERPIPE__V1__HELLO_REPLY__INIT;
     h.protocol_version = LP_PROTOCOL_VERSION;
     h.version = LP_VERSION_STRING;
@@ -365,18 +455,24 @@ static enum lp_status h_hello(void *user, const uint8_t *req, size_t n_req, uint
     h.n_layers = (uint32_t)w->n_layers;
     h.device = w->device;
     struct lp_device_info info;
-    pthread_mutex_lock(&w->engine_mu); // the backend is the compute thread's meanwhile
     lp_backend_device_info(w->backend, &info, NULL);
-    pthread_mutex_unlock(&w->engine_mu);
     h.free_memory_bytes = info.free_bytes;
     h.measured_gb_s = w->measured_gb_s;
     h.listen_address = w->listen;
+    pthread_mutex_lock(&w->mu);
+    char successor[128];
+    snprintf(successor, sizeof successor, "%s", w->arena_cap ? w->successor : "");
+    pthread_mutex_unlock(&w->mu);
+    h.successor = successor;
     return lp_pb_pack(&h.base, resp, n_resp, err);
 }
 
 static enum lp_status h_configure(void *user, const uint8_t *req, size_t n_req, uint8_t **resp,
                                   size_t *n_resp, struct lp_error *err) {
     struct lp_worker *w = user;
+    if (n_req > 64 * 1024)
+        return lp_error_set(err, LP_ERR_INVALID_ARG, "stage %s: a %zu-byte Configure request",
+                            w->listen, n_req);
     Layerpipe__V1__ConfigureRequest *r =
         layerpipe__v1__configure_request__unpack(NULL, n_req, req);
     if (!r) return lp_error_set(err, LP_ERR_PROTOCOL, "Configure: malformed request");
@@ -413,9 +509,18 @@ static int stage_release_session(struct lp_worker *w, uint64_t id) {
 static enum lp_status h_release(void *user, const uint8_t *req, size_t n_req, uint8_t **resp,
                                 size_t *n_resp, struct lp_error *err) {
     struct lp_worker *w = user;
+    if (n_req > 64 * 1024) // 4096 ids take under 40 KB: refuse before unpacking
+        return lp_error_set(err, LP_ERR_INVALID_ARG, "stage %s: a %zu-byte Release request",
+                            w->listen, n_req);
     Layerpipe__V1__ReleaseRequest *r = layerpipe__v1__release_request__unpack(NULL, n_req, req);
     if (!r) return lp_error_set(err, LP_ERR_PROTOCOL, "Release: malformed request");
     Layerpipe__V1__ReleaseReply reply = LAYERPIPE__V1__RELEASE_REPLY__INIT;
+    if (r->n_sessions > 4096) {
+        size_t n = r->n_sessions;
+        layerpipe__v1__release_request__free_unpacked(r, NULL);
+        return lp_error_set(err, LP_ERR_INVALID_ARG,
+                            "stage %s: Release of %zu sessions, at most 4096 a call", w->listen, n);
+    }
     pthread_mutex_lock(&w->engine_mu);
     for (size_t i = 0; i < r->n_sessions; i++)
         reply.released += (uint32_t)stage_release_session(w, r->sessions[i]);
@@ -618,6 +723,7 @@ static enum lp_status stage_pass_on(struct lp_worker *w, const Layerpipe__V1__Ac
     out.dtype = lp_wire_encode_rows(send, (size_t)n_send * H, w->wire, w->payload, &out.data.len);
     out.data.data = w->payload;
     out.sent_at = lp_now_seconds();
+    if (w->to_sink) out.sink_key = w->sink_key;
     size_t n = 0;
     enum lp_status st = lp_pb_pack_into(&out.base, w->packed, w->pack_cap, &n, err);
     if (st != LP_OK) return st;
@@ -729,21 +835,22 @@ static enum lp_status fwd_open(void *user, struct lp_rpc_stream *s, void **strea
                             "stage %s: Forward before Configure (restarted? its coordinator "
                             "configures it again)",
                             w->listen);
-    *stream_user = NULL;
+    uint64_t *last_step = calloc(1, sizeof *last_step); // the stream's last step
+    if (!last_step) return lp_error_set(err, LP_ERR_NOMEM, "stage %s: out of memory", w->listen);
+    *stream_user = last_step;
     return LP_OK;
 }
 
 static void fwd_close(void *user, void *stream_user, enum lp_status st, const char *msg) {
     (void)user;
-    (void)stream_user;
     (void)st;
     (void)msg;
+    free(stream_user);
 }
 
 static enum lp_status fwd_message(void *user, void *stream_user, struct lp_rpc_stream *s,
                                   const uint8_t *msg, size_t bytes, struct lp_error *err) {
     struct lp_worker *w = user;
-    (void)stream_user;
     pthread_mutex_lock(&w->mu);
     if (w->arena_cap == 0 || w->q_count == STAGE_QUEUE) {
         bool full = w->arena_cap > 0;
@@ -762,21 +869,32 @@ static enum lp_status fwd_message(void *user, void *stream_user, struct lp_rpc_s
         layerpipe__v1__activations__free_unpacked(a, NULL);
         return LP_OK;
     }
+    // the tail slot, under mu: a Configure (on its own thread) may free the arenas
     struct stage_item *it = &w->queue[(w->q_head + w->q_count) % STAGE_QUEUE];
-    pthread_mutex_unlock(&w->mu);
-    // only the server thread fills the tail slot: unpack outside the lock
     lp_pb_arena_reset(&it->arena);
     Layerpipe__V1__Activations *a =
         bytes <= it->arena.cap ? layerpipe__v1__activations__unpack(&it->arena.alloc, bytes, msg)
                                : NULL;
-    if (!a)
+    if (!a) {
+        pthread_mutex_unlock(&w->mu);
         return lp_error_set(err, LP_ERR_PROTOCOL,
                             "stage %d: Forward: a %zu-byte message that is not Activations of "
                             "at most %d rows",
                             w->stage_index, bytes, w->max_rows);
+    }
+    uint64_t *last_step = stream_user;
+    if (a->step <= *last_step) { // steps increase per stream: a replay or a confused sender
+        pthread_mutex_unlock(&w->mu);
+        char m[LP_ERROR_MSG_BYTES];
+        snprintf(m, sizeof m, "stage %d (%s): step %llu after step %llu on this stream",
+                 w->stage_index, w->listen, (unsigned long long)a->step,
+                 (unsigned long long)*last_step);
+        stage_ack_failure(s, a->step, LP_ERR_PROTOCOL, w->stage_index, m);
+        return LP_OK;
+    }
+    *last_step = a->step;
     lp_rpc_stream_ref(s);
     lp_rpc_stream_hold(s);
-    pthread_mutex_lock(&w->mu);
     it->a = a;
     it->from = s;
     w->q_count++;
@@ -807,6 +925,8 @@ enum lp_status lp_worker_create(struct lp_worker **out, const struct lp_worker_p
     struct lp_model_load_params none = {0, 0, false, false};
     if ((st = lp_model_open(&headers, w->model_dir, &none, err)) != LP_OK) goto fail;
     w->fingerprint = lp_model_fingerprint(headers);
+    w->cfg = *lp_model_config(headers);
+    w->weight_bytes = lp_model_weight_bytes(headers);
     w->n_layers = lp_model_config(headers)->n_layers;
     w->hidden = lp_model_config(headers)->hidden_size;
     // unmap: the fingerprint's samples (and read-around) must not stay
@@ -829,8 +949,9 @@ enum lp_status lp_worker_create(struct lp_worker **out, const struct lp_worker_p
         goto fail;
     static const struct lp_rpc_stream_handler fwd = {fwd_open, fwd_message, fwd_close};
     if ((st = lp_rpc_server_add_unary(w->server, LP_M_HELLO, h_hello, w, err)) != LP_OK ||
-        (st = lp_rpc_server_add_unary(w->server, LP_M_CONFIGURE, h_configure, w, err)) != LP_OK ||
-        (st = lp_rpc_server_add_unary(w->server, LP_M_RELEASE, h_release, w, err)) != LP_OK ||
+        (st = lp_rpc_server_add_unary_slow(w->server, LP_M_CONFIGURE, h_configure, w, err)) !=
+            LP_OK ||
+        (st = lp_rpc_server_add_unary_slow(w->server, LP_M_RELEASE, h_release, w, err)) != LP_OK ||
         (st = lp_rpc_server_add_unary(w->server, LP_M_STATS, h_stats, w, err)) != LP_OK ||
         (st = lp_rpc_server_add_unary(w->server, LP_M_HEALTH, h_health, w, err)) != LP_OK ||
         (st = lp_rpc_server_add_stream(w->server, LP_M_FORWARD, &fwd, w, err)) != LP_OK ||

@@ -166,7 +166,7 @@ enum lp_status lp_wire_decode_rows(const Layerpipe__V1__Activations *a, int hidd
             memcpy(&h, a->data.data + 2 * i, 2);
             rows[i] = bf ? lp_bf16_to_f32(h) : lp_f16_to_f32(h);
         }
-    } else {
+    } else if (n_elems > 0) { // (no rows for the Sink: data is NULL)
         memcpy(rows, a->data.data, n_elems * 4);
     }
     return LP_OK;

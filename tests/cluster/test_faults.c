@@ -1,8 +1,10 @@
 // SPDX-License-Identifier: MIT
 // test_faults.c -- a pipeline of real processes on loopback losing a stage:
 // a worker killed (SIGKILL) mid-generation, the middle one and the last one
-// in turn, and a worker stalled (SIGSTOP). Each time the coordinator must
-// end the request with a clear error naming the stage within its deadline,
+// in turn, and a worker stalled (SIGSTOP), with no way back: nothing restarts
+// the worker within --recover-timeout (2 s here; test_recover covers the
+// ways back). Each time the coordinator must end the request with a clear
+// error naming the stage within its deadlines,
 // not crash, release its sessions on the stage that survived (Stats shows 0
 // open sessions), and leave that stage healthy: Health/Check answers
 // SERVING and a new coordinator runs a 1-worker pipeline through it to the
@@ -64,6 +66,8 @@ static pid_t coord_start(struct coord *c, const char *model, const char *workers
         argv[k++] = (char *)plan;
         argv[k++] = "--timeout";
         argv[k++] = timeout;
+        argv[k++] = "--recover-timeout";
+        argv[k++] = "2000";
     }
     argv[k] = NULL;
     c->pid = ff_spawn(argv, c->out, c->err);
@@ -155,8 +159,9 @@ static void fault_case(int victim, bool stall) {
     CHECK_MSG(rc != -1, "%s: coordinator still running 30 s after the fault", tag);
     CHECK_MSG(rc > 0 && rc < 128, "%s: coordinator should fail cleanly (exit 1), got %d", tag, rc);
     if (stall) {
-        CHECK_MSG(dt < TIMEOUT_MS / 1e3 + 6.0, "%s: failed after %.2f s, deadline %d ms + 6 s",
-                  tag, dt, TIMEOUT_MS);
+        CHECK_MSG(dt < TIMEOUT_MS / 1e3 + 8.0,
+                  "%s: failed after %.2f s, deadline %d ms + recovery 2 s + 6 s", tag, dt,
+                  TIMEOUT_MS);
         CHECK_MSG(dt > TIMEOUT_MS / 1e3 - 0.5, "%s: failed after %.2f s, before its deadline",
                   tag, dt);
         CHECK_MSG(strstr(errtxt, "within 5000 ms") || strstr(errtxt, "timed out") ||

@@ -261,6 +261,7 @@ static enum lp_status configure(uint64_t fp, uint32_t begin, uint32_t end, const
     c.kv_dtype = LAYERPIPE__V1__DTYPE__DTYPE_F32;
     c.max_batch_tokens = MAX_ROWS;
     c.stage_index = 1;
+    c.protocol_version = LP_PROTOCOL_VERSION;
     uint8_t *resp = NULL;
     size_t n = 0;
     enum lp_status st = ff_call(worker.addr, LP_M_CONFIGURE, &c.base, &resp, &n, 30000, err);

@@ -201,7 +201,7 @@ static void test_corpus(const struct lp_tokenizer *tok) {
     free(ref);
 }
 
-// Long inputs stay linear: 1 MB words and whitespace runs in well under a second each.
+// Long inputs stay linear: 1 MB words and whitespace runs in seconds, not hours.
 static void test_long(const struct lp_tokenizer *tok) {
     size_t n = 1 << 20;
     char *text = malloc(n + 1);
@@ -215,7 +215,9 @@ static void test_long(const struct lp_tokenizer *tok) {
         double t0 = now_s();
         CHECK_OK(lp_tokenizer_encode(tok, text, n, 0, &ids, &err), &err);
         double dt = now_s() - t0;
-        CHECK_MSG(dt < 2.0, "1 MB of '%c' took %.2f s", fill[k], dt);
+        // a guard against quadratic blowup (hours on 1 MB), not a speed test: the bound
+        // leaves room for a sanitizer build on a loaded 2-core machine
+        CHECK_MSG(dt < 30.0, "1 MB of '%c' took %.2f s", fill[k], dt);
         char *dec = malloc(n + 1);
         size_t n_dec;
         CHECK_OK(lp_tokenizer_decode(tok, ids.ids, ids.n_ids, 0, dec, n + 1, &n_dec, &err), &err);
