@@ -57,7 +57,7 @@ run_sanitize() {
     cs=$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer 2>/dev/null | head -1)
     echo "== compute-sanitizer memcheck (kernel tests only): ${cs:-not found}"
     [ -n "$cs" ] || return 0
-    LP_CUDA_TEST_KERNELS_ONLY=1 lp timeout 240 "$cs" --tool memcheck \
+    LP_CUDA_TEST_KERNELS_ONLY=1 lp timeout 150 "$cs" --tool memcheck \
         --error-exitcode 9 "$c/backend_test_cuda" >"$OUT/memcheck.log" 2>&1
     echo "memcheck rc=$?"
     tail -5 "$OUT/memcheck.log"
@@ -136,7 +136,7 @@ run)
     mkdir -p "$OUT"
     nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.mem --format=csv 2>&1 |
         tee "$OUT/gpu.txt"
-    steps=${*:-tests ring sanitize bench}
+    steps=${*:-tests ring bench sanitize}
     for s in $steps; do "run_$s"; done
     ;;
 *)
