@@ -53,6 +53,11 @@ static bool read_stages(const struct lp_cli_session_opts *o, struct lp_cluster_s
     return true;
 }
 
+// Refused calls on the Sink, as the workers print theirs.
+static void security_log(void *user, const char *line) {
+    fprintf(stderr, "layerpipe %s: %s\n", (const char *)user, line);
+}
+
 static struct lp_pipeline_params pipeline_params(const struct lp_cli_session_opts *o,
                                                  const struct lp_cluster_spec *spec,
                                                  const char **addrs, const char **spares) {
@@ -81,6 +86,15 @@ static struct lp_pipeline_params pipeline_params(const struct lp_cli_session_opt
     if (o->timeout_ms > 0) pp.timeout_ms = o->timeout_ms;
     if (o->sink) pp.sink_listen = o->sink;
     else if (spec->sink[0]) pp.sink_listen = spec->sink;
+    // a flag wins over the cluster file's "security"
+    pp.security.tls_cert = o->tls_cert ? o->tls_cert : spec->tls_cert[0] ? spec->tls_cert : NULL;
+    pp.security.tls_key = o->tls_key ? o->tls_key : spec->tls_key[0] ? spec->tls_key : NULL;
+    pp.security.tls_ca = o->tls_ca ? o->tls_ca : spec->tls_ca[0] ? spec->tls_ca : NULL;
+    pp.security.token_file =
+        o->token_file ? o->token_file : spec->token_file[0] ? spec->token_file : NULL;
+    pp.security.health_open = o->health_open || spec->health_open;
+    pp.security.log = security_log;
+    pp.security.log_user = (void *)"coordinator";
     return pp;
 }
 

@@ -36,6 +36,9 @@ struct lp_cli_session_opts {
     bool replan;            // let surviving stages take a dead stage's layers
     int recover_timeout_ms; // give up on a dead stage after this
     bool stats;             // print the per-stage table at the end
+    // transport security (over the cluster file's "security")
+    const char *tls_cert, *tls_key, *tls_ca, *token_file;
+    bool health_open;
 };
 
 // The option-table entries every model command takes (args.h).
@@ -68,7 +71,21 @@ struct lp_cli_session_opts {
         {"recover-timeout", 0, LP_ARG_INT, &(so).recover_timeout_ms, "MS",                         \
          "end requests with an error if a dead stage is not back in time (default 30000)", false,  \
          1, 86400000},                                                                             \
-        {"stats", 0, LP_ARG_FLAG, &(so).stats, NULL, "print per-stage utilization at the end"}
+        {"stats", 0, LP_ARG_FLAG, &(so).stats, NULL, "print per-stage utilization at the end"}, \
+        LP_CLI_SECURITY_ARGS(so)
+
+// The transport security options, shared by the coordinator commands and
+// `worker` (`so` has tls_cert, tls_key, tls_ca, token_file, health_open).
+#define LP_CLI_SECURITY_ARGS(so)                                                                   \
+    {"tls-cert", 0, LP_ARG_STR, &(so).tls_cert, "PEM",                                             \
+     "this process's certificate: gRPC between stages over TLS (with --tls-key)"},                 \
+        {"tls-key", 0, LP_ARG_STR, &(so).tls_key, "PEM", "the private key of --tls-cert"},         \
+        {"tls-ca", 0, LP_ARG_STR, &(so).tls_ca, "PEM",                                             \
+         "the cluster CA: mutual TLS, each side checks the other's certificate against it"},      \
+        {"cluster-token-file", 0, LP_ARG_STR, &(so).token_file, "FILE",                            \
+         "a shared secret (first line) every call carries and every stage requires"},             \
+        {"health-open", 0, LP_ARG_FLAG, &(so).health_open, NULL,                                   \
+         "answer grpc.health.v1.Health without the cluster token"}
 
 struct lp_cli_session {
     struct lp_model *model;       // the whole model's headers: config, generation defaults

@@ -93,6 +93,55 @@ static enum lp_status read_stage(struct lp_cluster_spec *spec, json_t *st, size_
     return LP_OK;
 }
 
+// One path of the "security" object into dst: relative to the cluster
+// file's folder (so the file and its certificates travel together).
+static enum lp_status read_security_path(const char *path, json_t *sec, const char *key,
+                                         char *dst, size_t cap, struct lp_error *err) {
+    json_t *v = json_object_get(sec, key);
+    if (!v) return LP_OK;
+    const char *t = json_string_value(v);
+    if (!t || !t[0])
+        return lp_error_set(err, LP_ERR_FORMAT, "security.%s must be a non-empty path", key);
+    const char *slash = strrchr(path, '/');
+    int dir = t[0] == '/' || !slash ? 0 : (int)(slash - path + 1);
+    if ((size_t)snprintf(dst, cap, "%.*s%s", dir, path, t) >= cap)
+        return lp_error_set(err, LP_ERR_FORMAT, "security.%s: path longer than %zu bytes", key,
+                            cap - 1);
+    return LP_OK;
+}
+
+static enum lp_status read_security(struct lp_cluster_spec *spec, const char *path, json_t *sec,
+                                    struct lp_error *err) {
+    if (!sec) return LP_OK;
+    if (!json_is_object(sec))
+        return lp_error_set(err, LP_ERR_FORMAT, "'security' must be an object");
+    const char *k;
+    json_t *v;
+    json_object_foreach(sec, k, v) {
+        if (strcmp(k, "tls_cert") && strcmp(k, "tls_key") && strcmp(k, "tls_ca") &&
+            strcmp(k, "cluster_token_file") && strcmp(k, "health_open"))
+            return lp_error_set(err, LP_ERR_FORMAT,
+                                "security.%s: unknown key (tls_cert, tls_key, tls_ca, "
+                                "cluster_token_file, health_open)",
+                                k);
+    }
+    enum lp_status st;
+    if ((st = read_security_path(path, sec, "tls_cert", spec->tls_cert, sizeof spec->tls_cert,
+                                 err)) != LP_OK ||
+        (st = read_security_path(path, sec, "tls_key", spec->tls_key, sizeof spec->tls_key,
+                                 err)) != LP_OK ||
+        (st = read_security_path(path, sec, "tls_ca", spec->tls_ca, sizeof spec->tls_ca, err)) !=
+            LP_OK ||
+        (st = read_security_path(path, sec, "cluster_token_file", spec->token_file,
+                                 sizeof spec->token_file, err)) != LP_OK)
+        return st;
+    json_t *open = json_object_get(sec, "health_open");
+    if (open && !json_is_boolean(open))
+        return lp_error_set(err, LP_ERR_FORMAT, "security.health_open must be true or false");
+    spec->health_open = open && json_is_true(open);
+    return LP_OK;
+}
+
 enum lp_status lp_cluster_spec_read_file(struct lp_cluster_spec *spec, const char *path,
                                          struct lp_error *err) {
     json_error_t jerr;
@@ -139,6 +188,7 @@ enum lp_status lp_cluster_spec_read_file(struct lp_cluster_spec *spec, const cha
         st = a ? lp_cluster_spec_add_standby(spec, a, err)
                : lp_error_set(err, LP_ERR_FORMAT, "standby %zu is not a string", i);
     }
+    if (st == LP_OK) st = read_security(spec, path, json_object_get(root, "security"), err);
     if (st != LP_OK) lp_error_prefix(err, "%s: ", path);
 done:
     json_decref(root);

@@ -146,32 +146,29 @@ void lp_rpc_channel_destroy(struct lp_rpc_channel *c) {
 }
 
 // "target method: CODE: details", the message of every failed call.
-// A connection that failed in its TLS handshake, or a plaintext one that
-// the peer dropped before HTTP/2 started, gets a hint about the settings.
+// A connection that could not be set up although something answered on
+// the port (no "Connection refused"): a TLS handshake that failed, or a
+// plaintext client that a TLS server dropped. The hint goes before gRPC's
+// long details so that the 256-byte message keeps it.
 static const char *call_hint(const struct lp_rpc_channel *c, grpc_status_code code,
                              const char *d) {
-    if (code == GRPC_STATUS_UNAUTHENTICATED) return "";
-    if (code != GRPC_STATUS_UNAVAILABLE || !d) return "";
-    if (lp_rpc_security_tls(c->sec)) {
-        if (strstr(d, "andshake") || strstr(d, "SSL") || strstr(d, "ssl") || strstr(d, "ocket closed"))
-            return " (TLS: the peer must serve TLS with a certificate that is valid now, chains "
-                   "to --tls-ca and names this host; with mutual TLS it must accept ours)";
+    if (code != GRPC_STATUS_UNAVAILABLE || !d || !strstr(d, "failed to connect") ||
+        strstr(d, "onnection refused"))
         return "";
-    }
-    if (strstr(d, "ocket closed") || strstr(d, "Connection reset") || strstr(d, "onnection reset") ||
-        strstr(d, "end of file") || strstr(d, "EOF"))
-        return " (the peer closed the connection: if it serves TLS, give this process "
-               "--tls-cert, --tls-key and --tls-ca)";
-    return "";
+    if (lp_rpc_security_tls(c->sec))
+        return " TLS handshake failed (both certificates must chain to --tls-ca, be valid now "
+               "and name their host):";
+    return " the peer closed the connection (serving TLS? give --tls-cert, --tls-key, "
+           "--tls-ca):";
 }
 
 // "target method: CODE: details", the message of every failed call.
 static enum lp_status call_error(struct lp_error *err, const struct lp_rpc_channel *c,
                                  const char *method, grpc_status_code code, grpc_slice details) {
     char *d = lp_rpc_slice_strdup(details);
-    enum lp_status st = lp_error_set(err, lp_rpc_status_from_grpc(code), "%s %s: %s: %s%s",
+    enum lp_status st = lp_error_set(err, lp_rpc_status_from_grpc(code), "%s %s: %s:%s %s",
                                      c->target, method, lp_rpc_grpc_code_name(code),
-                                     d ? d : "", call_hint(c, code, d));
+                                     call_hint(c, code, d), d ? d : "");
     free(d);
     return st;
 }

@@ -653,6 +653,16 @@ enum lp_status lp_rpc_server_create(struct lp_rpc_server **out, const char *list
                                                    : "");
         goto fail;
     }
+    const char *colon = strrchr(listen_addr, ':');
+    if (colon && strcmp(colon, ":0") == 0) { // name the real port (in refusal logs)
+        char real[300];
+        snprintf(real, sizeof real, "%.*s:%d", (int)(colon - listen_addr), listen_addr, s->port);
+        char *r = strdup(real);
+        if (r) {
+            free(s->addr);
+            s->addr = r;
+        }
+    }
     *out = s;
     return LP_OK;
 fail:
