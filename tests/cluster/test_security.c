@@ -12,9 +12,17 @@
 //   --health-open;
 //   a secured pipeline (coordinator + 2 TLS workers with the token, set in a
 //   cluster file) generates the same ids as an insecure one;
-//   a worker listening beyond loopback without security warns.
+//   the coordinator's Sink refuses a caller without the token (Health and
+//   its stream);
+//   a worker listening beyond loopback without security warns;
+//   the client keepalive suits a stock gRPC server (>= 5 min, no pings
+//   without a call).
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <stdarg.h>
+#include <sys/socket.h>
 
+#include "cluster/rpc_internal.h"
 #include "fault_fixture.h"
 #include "lp_test.h"
 
@@ -258,6 +266,75 @@ static int run_ids(const char *tag, char *ids, size_t n, const char *first, ...)
     return rc;
 }
 
+static int free_port(void) {
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t n = sizeof a;
+    int port = 0;
+    if (fd >= 0 && bind(fd, (struct sockaddr *)&a, sizeof a) == 0 &&
+        getsockname(fd, (struct sockaddr *)&a, &n) == 0)
+        port = ntohs(a.sin_port);
+    if (fd >= 0) close(fd);
+    return port;
+}
+
+// A secured coordinator in this process: its Sink refuses callers without
+// the token, and serves its stages.
+static void sink_case(const struct ff_worker *s1, const struct ff_worker *s2, const char *cert,
+                      const char *key, const char *ca, const char *token) {
+    char sink[64];
+    snprintf(sink, sizeof sink, "127.0.0.1:%d", free_port());
+    const char *workers[2] = {s1->addr, s2->addr};
+    struct lp_pipeline_params pp = lp_pipeline_params_default();
+    pp.model_dir = model_dir;
+    pp.workers = workers;
+    pp.n_workers = 2;
+    pp.plan = "2,1,1";
+    pp.n_threads = 1;
+    pp.sink_listen = sink;
+    pp.security = (struct lp_security_params){cert, key, ca, token, false, NULL, NULL};
+    struct lp_pipeline *p = NULL;
+    struct lp_error err = {0};
+    CHECK_OK(lp_pipeline_create(&p, &pp, &err), &err);
+    if (!p) return;
+    struct lp_rpc_security *tp = client_sec(pki, "localhost", NULL);
+    struct lp_rpc_security *good = client_sec(pki, "localhost", token);
+    char msg[512];
+    Grpc__Health__V1__HealthCheckRequest h = GRPC__HEALTH__V1__HEALTH_CHECK_REQUEST__INIT;
+    CHECK(call(sink, tp, LP_M_HEALTH, &h.base, msg, sizeof msg) != LP_OK &&
+          strstr(msg, "UNAUTHENTICATED: no cluster token"));
+    printf("Sink Health without token    -> %s\n", msg);
+    CHECK_MSG(call(sink, good, LP_M_HEALTH, &h.base, msg, sizeof msg) == LP_OK, "%s", msg);
+    struct lp_rpc_channel *ch = NULL;
+    CHECK_OK(lp_rpc_channel_create(&ch, sink, LP_MAX_MESSAGE_BYTES, tp, &err), &err);
+    struct lp_rpc_client_stream *cs = NULL;
+    fwd_status = LP_OK;
+    CHECK_OK(lp_rpc_stream_open(ch, LP_M_SINK, fwd_reply, fwd_end, NULL, &cs, &err), &err);
+    if (cs) lp_rpc_client_stream_close(cs, 3000);
+    lp_rpc_channel_destroy(ch);
+    printf("Sink stream without token    -> %s\n", fwd_msg);
+    CHECK_MSG(fwd_status != LP_OK && strstr(fwd_msg, "UNAUTHENTICATED"), "Sink: %s", fwd_msg);
+    lp_rpc_security_destroy(tp);
+    lp_rpc_security_destroy(good);
+    lp_pipeline_destroy(p);
+}
+
+// Client channel arguments a stock server accepts (its default policy: one
+// ping per 5 min without data, none without a call, GOAWAY after 2 strikes).
+static void keepalive_case(void) {
+    struct lp_rpc_args st;
+    const grpc_channel_args *a = lp_rpc_args_fill(&st, 0, 0);
+    int time_ms = -1, permit = -1;
+    for (size_t i = 0; i < a->num_args; i++) {
+        if (strcmp(a->args[i].key, GRPC_ARG_KEEPALIVE_TIME_MS) == 0) time_ms = a->args[i].value.integer;
+        if (strcmp(a->args[i].key, GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS) == 0)
+            permit = a->args[i].value.integer;
+    }
+    CHECK_MSG(time_ms >= 5 * 60 * 1000, "client keepalive %d ms, a stock server allows 5 min",
+              time_ms);
+    CHECK_MSG(permit == 0, "client pings without a call: %d", permit);
+}
+
 int main(void) {
     if (ff_setup("security") != 0 || lp_fixture_model("security", GEN, model_dir, sizeof model_dir)) {
         fprintf(stderr, "cannot make the scratch folder or the test model\n");
@@ -318,6 +395,7 @@ int main(void) {
     refusals(&s1, good);
     third_party(&s1, good);
     lp_rpc_security_destroy(good);
+    keepalive_case();
 
     // the same ids through the secured ring (its settings in a cluster file)
     // as through plaintext workers
@@ -351,5 +429,6 @@ int main(void) {
     char e[4096];
     ff_read_file(strcat(strcpy(cmd, ff_scratch), "/no-token.err"), e, sizeof e);
     CHECK_MSG(strstr(e, "no cluster token"), "coordinator without the token: %s", e);
+    sink_case(&s1, &s2, cert, key, ca, token);
     return lp_test_finish("cluster/test_security");
 }
