@@ -20,7 +20,7 @@ pack() {
     local nvcc=${NVCC:-/usr/local/cuda-13.0/bin/nvcc}
     cmake -S . -B build-cuda -DCMAKE_BUILD_TYPE=Release -DLAYERPIPE_CUDA=ON \
         -DCMAKE_CUDA_COMPILER="$nvcc" >/dev/null || return 1
-    local bins="layerpipe lp_genmodel backend_test_cuda engine_test_golden backend_test_ref"
+    local bins="layerpipe lp_genmodel backend_test_cuda engine_test_golden"
     # shellcheck disable=SC2086
     cmake --build build-cuda -j"$(nproc)" --target $bins >/dev/null || return 1
     rm -rf build-cuda-carry && mkdir -p build-cuda-carry/bin build-cuda-carry/lib
@@ -30,6 +30,7 @@ pack() {
     for b in $bins; do ldd "build-cuda/$b"; done | awk '$3 ~ /^\// {print $3}' | sort -u |
         grep -Ev '/(libc|libm|libpthread|libdl|librt|ld-linux-x86-64|libgcc_s|libstdc\+\+)\.so' |
         while read -r lib; do cp -L "$lib" build-cuda-carry/lib/; done
+    strip build-cuda-carry/bin/*
     du -sh build-cuda-carry
 }
 
