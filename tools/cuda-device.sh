@@ -9,7 +9,8 @@
 #                                        carry: ["build-cuda-carry"]) runs the
 #          CUDA kernel tests, the HF golden cases on CUDA, compute-sanitizer,
 #          and the benchmarks of bench/RESULTS.md; logs go to $OUT (or out/).
-# `run` steps: tests | ring | sanitize | bench (default: all), e.g. `run tests bench`.
+# `run` steps: tests | ring | sanitize | bench | profile (default: all but
+# profile), e.g. `run tests bench`.
 # Only layerpipe's own programs see the carried libraries (LD_LIBRARY_PATH):
 # python3 and the CUDA tools keep the machine's.
 set -u -o pipefail
@@ -129,6 +130,32 @@ print(f"ring (CPU + NVIDIA H200 worker) vs one CPU process: {len(a)} rows, worst
 EOF
 }
 
+# Where a batch-1 decode step's time goes: decode with and without CUDA
+# graphs, then Nsight Compute's per-kernel summary of one decode step
+# (graphs off, so that every kernel is a plain launch).
+run_profile() {
+    local c=build-cuda-carry/bin dir=/tmp/lp-models/q17-mlx8 log=$OUT/profile.log
+    local shape="--layers 28 --hidden 2048 --heads 16 --kv-heads 8 --head-dim 128
+                 --intermediate 6144 --vocab 151936 --tied 1 --threads 16"
+    mkdir -p /tmp/lp-models
+    # shellcheck disable=SC2086
+    [ -f "$dir/config.json" ] || lp "$c/lp_genmodel" --out "$dir" --seed 7 --format mlx8 $shape \
+        >/dev/null 2>&1
+    echo "== decode, graphs on / off" | tee -a "$log"
+    lp "$c/layerpipe" bench -m "$dir" --device cuda -p 16 -n 128 -r 1 2>&1 | grep decode: | tee -a "$log"
+    LP_CUDA_NO_GRAPHS=1 lp "$c/layerpipe" bench -m "$dir" --device cuda -p 16 -n 128 -r 1 2>&1 |
+        grep decode: | tee -a "$log"
+    local ncu
+    ncu=$(command -v ncu || ls /usr/local/cuda*/bin/ncu /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
+    echo "== ncu: ${ncu:-not found}" | tee -a "$log"
+    [ -n "$ncu" ] || return 0
+    LP_CUDA_NO_GRAPHS=1 lp timeout 200 "$ncu" --clock-control none --launch-skip 2600 \
+        --launch-count 256 --metrics gpu__time_duration.sum --print-summary per-kernel \
+        "$c/layerpipe" bench -m "$dir" --device cuda -p 16 -b 16 -n 16 -r 1 >"$OUT/ncu.log" 2>&1
+    echo "ncu rc=$?" | tee -a "$log"
+    grep -E "k_|gpu__time_duration|invocations" "$OUT/ncu.log" | head -80 | tee -a "$log"
+}
+
 case "${1:-}" in
 pack) pack ;;
 run)
@@ -141,7 +168,7 @@ run)
     for s in $steps; do "run_$s"; done
     ;;
 *)
-    echo "usage: tools/cuda-device.sh pack | run [tests] [ring] [sanitize] [bench]" >&2
+    echo "usage: tools/cuda-device.sh pack | run [tests] [ring] [sanitize] [bench] [profile]" >&2
     exit 2
     ;;
 esac
