@@ -10,6 +10,8 @@
 #      (`bench --concurrency`), with each stage's busy share (--stats);
 #   3. one stream through a 3-stage pipeline (2 threads each) against one
 #      process, side by side.
+# Without node (the GPU machine) or with SKIP_SERVE=1, part 1 runs the same
+# levels through `bench --concurrency` instead of the HTTP API.
 # The model needs a tokenizer for the chat API: the real Qwen3 tokenizer is
 # copied in (tools/fetch-qwen3-tokenizer.sh) when the folder has none.
 # Usage: bench/serve.sh BUILD_DIR MODEL_DIR [LEVELS] [MAX_TOKENS] [PLAN2]
@@ -23,12 +25,20 @@ max_tokens=${4:-64}
 plan2=${5:-11,17}
 here=$(cd "$(dirname "$0")/.." && pwd)
 lp="$build/layerpipe"
+echo "== machine: $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')"
+if [ -n "${SKIP_SERVE:-}" ] || ! command -v node >/dev/null 2>&1; then
+  echo "== 1. serve under the openai SDK: skipped (SKIP_SERVE set or no node here)"
+  echo "== 1b. the same levels through bench --concurrency (2 threads)"
+  for n in ${levels//,/ }; do
+    taskset -c 0,1 "$lp" bench -m "$model" -p 16 -n "$max_tokens" --reps 1 --threads 2 \
+      --concurrency "$n" --json | tail -1
+  done
+else
 if [ ! -f "$model/tokenizer.json" ]; then
   tokdir=$("$here/tools/fetch-qwen3-tokenizer.sh" "$build/testdata/qwen3-tokenizer")
   cp "$tokdir/tokenizer.json" "$tokdir/tokenizer_config.json" "$model/"
 fi
 node_path=$("$here/tools/fetch-openai-node.sh" "$build/testdata/openai-node")
-echo "== machine: $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')"
 
 echo "== 1. serve, one process, 2 threads, openai SDK load ($levels streams, $max_tokens tokens each)"
 portfile=$(mktemp)
@@ -42,6 +52,7 @@ for _ in $(seq 100); do curl -sf "http://127.0.0.1:$port/health" >/dev/null && b
 LP_NODE_MODULES="$node_path" node "$here/bench/serve_load.mjs" "http://127.0.0.1:$port" "$levels" "$max_tokens"
 kill $srv; wait $srv 2>/dev/null || true
 trap - EXIT
+fi
 
 echo "== 2. pipeline speed-up on 2 cores (1 thread per process, pinned)"
 for n in 1 4 8; do
@@ -60,6 +71,7 @@ done
 
 echo "== 3. one stream: one process against 3 stages (2 threads each), side by side"
 for rep in 1 2; do
-  "$lp" bench -m "$model" -p 16 -n 64 --reps 1 --json | tail -1
-  "$lp" cluster -m "$model" --stages 3 --plan 10,9,9 -- bench -p 16 -n 64 --reps 1 --json 2>&1 | tail -1
+  "$lp" bench -m "$model" -p 16 -n 64 --reps 1 --threads 2 --json | tail -1
+  "$lp" cluster -m "$model" --stages 3 --plan 10,9,9 --worker-threads 2 -- \
+    bench -p 16 -n 64 --reps 1 --threads 2 --json 2>&1 | tail -1
 done
