@@ -7,14 +7,16 @@
 // tokens per second of all n rows together (batched decode: each row one
 // sequence's next token). Weights cycle through copies (~100 MB per shape)
 // so that they stream from DRAM, not from the last-level cache.
-// Usage: bench_matmul [n_threads] [q8|q4|bf16|q8fast] [rounds]
-//   (defaults: all cores, q8, 5; each figure is the best of `rounds`)
+// Usage: bench_matmul [n_threads] [q8|q4|bf16|q8fast|q8g32|q8novnni] [rounds]
+//   (defaults: all cores, q8, 5; each figure is the best of `rounds`;
+//   q8g32: groups of 32; q8novnni: the kernels of an AVX-512 CPU without VNNI)
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
 #include "backend/backend_i.h"
+#include "backend/cpu/internal.h"
 
 #define BM_MAX_COPIES 8
 #define BM_N_SHAPES 5
@@ -59,8 +61,9 @@ int main(int argc, char **argv) {
     const char *fmt = argc > 2 ? argv[2] : "q8";
     int rounds = argc > 3 ? atoi(argv[3]) : 5;
     bool bf16 = strcmp(fmt, "bf16") == 0, fast = strcmp(fmt, "q8fast") == 0;
+    bool novnni = strcmp(fmt, "q8novnni") == 0;
     int bits = strcmp(fmt, "q4") == 0 ? 4 : 8;
-    const int64_t gs = 64, n_max = 64;
+    const int64_t gs = strcmp(fmt, "q8g32") == 0 ? 32 : 64, n_max = 64;
     struct lp_backend_cpu_params p = lp_backend_cpu_params_default();
     p.n_threads = n_threads;
     p.quantize_activations = fast;
@@ -70,8 +73,13 @@ int main(int argc, char **argv) {
         fprintf(stderr, "bench_matmul: %s\n", err.msg);
         return 1;
     }
-    printf("%s%s, %d threads: us per call (best of %d)\n", bf16 ? "bf16" : bits == 4 ? "mlx q4 g64" : "mlx q8 g64",
-           fast ? " (int8 activations)" : "", lp_backend_n_threads(be), rounds);
+    if (novnni) ((struct lp_cpu_ctx *)be->ctx)->vnni = false; // a bench may poke the backend
+    char name[64];
+    if (bf16) snprintf(name, sizeof name, "bf16");
+    else snprintf(name, sizeof name, "mlx q%d g%d", bits, (int)gs);
+    printf("%s%s, %d threads: us per call (best of %d)\n", name,
+           fast ? " (int8 activations)" : novnni ? " (no VNNI)" : "", lp_backend_n_threads(be),
+           rounds);
     printf("%-18s", "shape");
     for (int in = 0; in < BM_N_NS; in++) printf(" %9s%-2d", "n=", bm_ns[in]);
     printf("\n");

@@ -17,17 +17,19 @@
 //               dot it with every token row (16 lanes, portable C).
 //  - vnni digits (matmul_digits.c; MLX 8-bit and 4-bit, AVX512-VNNI, float
 //               activations, groups of 32 or a multiple of 64, columns a
-//               multiple of 64): each token's x split
-//               per call into three int8 digits per element (error ~2^-22 of
-//               the group's max |x|), u8 x s8 dot products combined in int32
-//               (exact), one float FMA per 64 codes in column order; register
-//               tiles of 4 rows x 4 tokens load each weight vector once per 4
-//               tokens (decode n = 1 is the 4 x 1 tile).
+//               multiple of 64): each token's x split per call into three
+//               int8 digits per element (error ~2^-22 of the group's max |x|),
+//               u8 x s8 dot products combined in int32 (exact), one float FMA
+//               per 64 codes in column order; register tiles of 4 rows x 4
+//               tokens load each weight vector once per 4 tokens (decode,
+//               n = 1, is the 4 x 1 tile), over row blocks that stay in L2.
 //  - avx512 tile (f32, f16, bf16; MLX without VNNI or off the digits shapes):
 //               4 weight rows x 4 tokens per pass, weights loaded (MLX:
 //               dequantized, s * q + b) once and reused against the 4 tokens;
 //               per output 16 lanes over columns c = j mod 16, then a fixed
-//               lane reduction.
+//               lane reduction. (The former 6 x 64 prefill tile summed each
+//               output in one chain over c, an order a small n cannot
+//               reproduce at speed; dropping it costs large-n calls ~12%.)
 //  - vnni int8 (MLX 8-bit with quantize_activations, opt-in, not exact): x
 //               quantized per token and group to int8 (symmetric, scale
 //               max|x|/127), u8 x s8 dot products (vpdpbusd): dot = sum_g sw_g *
