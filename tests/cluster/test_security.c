@@ -11,7 +11,8 @@
 //   Release, Forward (a stream) nor read Stats; Health only with
 //   --health-open;
 //   a secured pipeline (coordinator + 2 TLS workers with the token, set in a
-//   cluster file) generates the same ids as an insecure one;
+//   cluster file) generates the same ids (sampled with a seed) as an
+//   insecure one;
 //   the coordinator's Sink refuses a caller without the token (Health and
 //   its stream);
 //   a worker listening beyond loopback without security warns;
@@ -247,9 +248,14 @@ static int run_ids(const char *tag, char *ids, size_t n, const char *first, ...)
     snprintf(out, sizeof out, "%s/%s.out", ff_scratch, tag);
     snprintf(errp, sizeof errp, "%s/%s.err", ff_scratch, tag);
     char *argv[40] = {(char *)bin, "run",  "-m",          model_dir, "--prompt-ids", "1 2 3 4 5",
-                      "-n",        "12",   "--temp",      "0",       "--ignore-eos", "--print-ids",
+                      "-n",        "24",   "--temp",      "1.5",     "--ignore-eos", "--print-ids",
                       "--threads", "1"};
     int k = 14;
+    // sampled (seeded) rather than greedy: a tiny random model repeats one
+    // token greedily, and sampling turns any difference in logits into
+    // other ids
+    argv[k++] = "--seed";
+    argv[k++] = "7";
     va_list ap;
     va_start(ap, first);
     for (const char *a = first; a && k < 39; a = va_arg(ap, const char *)) argv[k++] = (char *)a;
