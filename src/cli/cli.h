@@ -16,5 +16,6 @@ int lp_cli_worker(int argc, char **argv);
 int lp_cli_cluster(int argc, char **argv);
 int lp_cli_quantize(int argc, char **argv);
 int lp_cli_perplexity(int argc, char **argv);
+int lp_cli_certs(int argc, char **argv);
 
 #endif

@@ -22,6 +22,7 @@ static const struct lp_command commands[] = {
     {"cluster", lp_cli_cluster, "run a command through a local pipeline of N stages"},
     {"quantize", lp_cli_quantize, "convert an HF folder to MLX 8-bit or 4-bit"},
     {"perplexity", lp_cli_perplexity, "perplexity of the model over a text file"},
+    {"certs", lp_cli_certs, "make a cluster CA, host certificates and a token (openssl)"},
 };
 
 static void usage(FILE *fp) {

@@ -1,8 +1,8 @@
 // SPDX-License-Identifier: MIT
 // test_security.c -- the secured data plane on loopback, with certificates
-// made here by tools/make-certs.sh (openssl): `layerpipe worker` processes
-// serving gRPC over mutual TLS with a cluster token, probed from this
-// process through the rpc client.
+// made here by `layerpipe certs` and tools/make-certs.sh (openssl):
+// `layerpipe worker` processes serving gRPC over mutual TLS with a cluster
+// token, probed from this process through the rpc client.
 //   refused, with a clear message on both sides (the caller's error, the
 //   worker's stderr), while the stage keeps serving the right clients: a
 //   plaintext client, a client of another CA, a client with an expired
@@ -352,11 +352,11 @@ int main(void) {
     path(other, sizeof other, ff_scratch, "other");
     char cmd[4096];
     snprintf(cmd, sizeof cmd,
-             "sh '%s/tools/make-certs.sh' --out '%s' --hosts localhost >/dev/null && "
+             "'%s' certs --out '%s' --hosts localhost >/dev/null && "
              "sh '%s/tools/make-certs.sh' --out '%s' --hosts expired --expired >/dev/null && "
              "sh '%s/tools/make-certs.sh' --out '%s' --hosts localhost >/dev/null && "
              "echo 0123456789abcdef-not-the-token > '%s/wrong-token'",
-             src, pki, src, pki, src, other, ff_scratch);
+             lp_fixture_env("LP_BIN", "build/layerpipe"), pki, src, pki, src, other, ff_scratch);
     if (system(cmd) != 0) {
         fprintf(stderr, "cannot make the certificates (is openssl installed?): %s\n", cmd);
         return 1;
