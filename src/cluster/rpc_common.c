@@ -178,11 +178,12 @@ static enum lp_status rpc_read_token(const char *path, char **out, struct lp_err
     while (e > b && (t[e - 1] == ' ' || t[e - 1] == '\t')) e--;
     for (size_t i = b; i < e; i++)
         if (t[i] < 0x21 || t[i] > 0x7e) {
+            unsigned byte = (unsigned char)t[i];
             free(t);
             return lp_error_set(err, LP_ERR_FORMAT,
                                 "--cluster-token-file %s: byte %zu (0x%02x) is not printable "
                                 "ASCII (use e.g. `openssl rand -hex 32`)",
-                                path, i, (unsigned)(unsigned char)t[i]);
+                                path, i, byte);
         }
     if (e - b < 16) {
         free(t);

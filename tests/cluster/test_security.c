@@ -341,6 +341,42 @@ static void keepalive_case(void) {
     CHECK_MSG(permit == 0, "client pings without a call: %d", permit);
 }
 
+// The cluster file's "security": paths relative to the file, unknown keys refused.
+static void cluster_file_case(void) {
+    char f[1200];
+    path(f, sizeof f, ff_scratch, "sec.json");
+    struct lp_cluster_spec spec;
+    struct lp_error err = {0};
+    FILE *fp = fopen(f, "w");
+    if (!fp) return;
+    fprintf(fp, "{\"stages\": [{\"role\": \"coordinator\"}, {\"address\": \"h:1\"}],"
+                " \"security\": {\"tls_cert\": \"c.pem\", \"tls_key\": \"/k.pem\","
+                " \"cluster_token_file\": \"t\", \"health_open\": true}}");
+    fclose(fp);
+    memset(&spec, 0, sizeof spec);
+    CHECK_OK(lp_cluster_spec_read_file(&spec, f, &err), &err);
+    char want[1300];
+    snprintf(want, sizeof want, "%s/c.pem", ff_scratch);
+    CHECK_MSG(strcmp(spec.tls_cert, want) == 0, "tls_cert '%s'", spec.tls_cert);
+    CHECK(strcmp(spec.tls_key, "/k.pem") == 0 && spec.tls_ca[0] == '\0' && spec.health_open);
+    fp = fopen(f, "w");
+    if (!fp) return;
+    fprintf(fp, "{\"stages\": [{\"role\": \"coordinator\"}], \"security\": {\"tls_crt\": \"x\"}}");
+    fclose(fp);
+    memset(&spec, 0, sizeof spec);
+    CHECK(lp_cluster_spec_read_file(&spec, f, &err) == LP_ERR_FORMAT &&
+          strstr(err.msg, "security.tls_crt: unknown key"));
+    printf("cluster file typo            -> %s\n", err.msg);
+    // settings that cannot work are refused before anything starts
+    struct lp_rpc_security *sec = NULL;
+    struct lp_security_params only_cert = {.tls_cert = "c.pem"};
+    CHECK(lp_rpc_security_create(&sec, &only_cert, &err) == LP_ERR_INVALID_ARG && !sec &&
+          strstr(err.msg, "--tls-cert given without --tls-key"));
+    struct lp_security_params short_token = {.token_file = f}; // not one printable line >= 16
+    CHECK(lp_rpc_security_create(&sec, &short_token, &err) == LP_ERR_FORMAT && !sec);
+    printf("bad token file               -> %s\n", err.msg);
+}
+
 int main(void) {
     if (ff_setup("security") != 0 || lp_fixture_model("security", GEN, model_dir, sizeof model_dir)) {
         fprintf(stderr, "cannot make the scratch folder or the test model\n");
@@ -402,6 +438,7 @@ int main(void) {
     third_party(&s1, good);
     lp_rpc_security_destroy(good);
     keepalive_case();
+    cluster_file_case();
 
     // the same ids through the secured ring (its settings in a cluster file)
     // as through plaintext workers
