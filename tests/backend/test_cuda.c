@@ -287,6 +287,36 @@ static void test_fused_qk(enum lp_dtype dt) {
     free(kn);
 }
 
+// rmsnorm of model-width rows (the block-per-row kernel), in place too.
+static void test_rmsnorm_wide(void) {
+    int n = 3, dim = 2048;
+    float *x = tu_randv((int64_t)n * dim, 3.0f), *w = tu_randv(dim, 1.0f);
+    float *res[2][2];
+    for (int v = 0; v < 2; v++) {
+        struct lp_backend *be = v == 0 ? ref : gpu;
+        struct lp_buf *xb = tu_buf(be, x, (size_t)n * dim * 4),
+                      *wb = tu_buf(be, w, (size_t)dim * 4);
+        struct lp_buf *ob = tu_buf(be, NULL, (size_t)n * dim * 4);
+        be->iface.rmsnorm(be->ctx, ob, xb, wb, n, dim, 1e-6f);
+        be->iface.rmsnorm(be->ctx, xb, xb, wb, n, dim, 1e-6f);
+        for (int k = 0; k < 2; k++) {
+            res[v][k] = malloc((size_t)n * dim * 4);
+            tu_read(be, k ? xb : ob, res[v][k], (size_t)n * dim * 4);
+        }
+        if (be->iface.sync) CHECK_OK(be->iface.sync(be->ctx, err), err);
+        for (struct lp_buf **p = (struct lp_buf *[]){xb, wb, ob, NULL}; *p; p++)
+            tu_free(be, *p);
+    }
+    for (int k = 0; k < 2; k++) {
+        double e = tu_rel_l2(res[1][k], res[0][k], (int64_t)n * dim);
+        CHECK_MSG(e <= TOL_FLOAT, "rmsnorm dim %d%s: %.3g", dim, k ? " in place" : "", e);
+        free(res[0][k]);
+        free(res[1][k]);
+    }
+    free(x);
+    free(w);
+}
+
 static void test_rowwise(void) {
     int n = 9, dim = 320, n_heads = 5, hd = 64;
     float *x = tu_randv((int64_t)n * dim, 2.0f), *w = tu_randv(dim, 1.0f);
@@ -517,6 +547,7 @@ int main(void) {
     test_fused_qk(LP_DTYPE_F32);
     test_fused_qk(LP_DTYPE_BF16);
     test_rowwise();
+    test_rmsnorm_wide();
     test_attention(LP_DTYPE_F32, 64, false);
     test_attention(LP_DTYPE_BF16, 64, false);
     test_attention(LP_DTYPE_F32, 320, false);

@@ -425,17 +425,20 @@ cudaError_t lp_cuda_matmul_swiglu(cudaStream_t s, float *out, float *tmp, const 
 }
 
 // out[i, :] = w[ids[i], :] (dequantized); an id outside [0, rows) gives zeros.
+// Block (i, column block): 256 columns of row i.
 __global__ void k_embed(float *out, struct lp_cuda_weight w, const int32_t *ids) {
     const int i = blockIdx.x;
     const int32_t id = ids[i];
-    for (int c = threadIdx.x; c < w.cols; c += blockDim.x)
+    const int c = blockIdx.y * blockDim.x + threadIdx.x;
+    if (c < w.cols)
         out[(size_t)i * w.cols + c] = (id >= 0 && id < w.rows) ? weight_at(w, id, c) : 0.0f;
 }
 
 cudaError_t lp_cuda_embed(cudaStream_t s, float *out, const struct lp_cuda_weight *w,
                           const int32_t *ids, int n) {
     if (n <= 0) return cudaSuccess;
-    LP_LAUNCH((unsigned)n, 256, s, (out, *w, ids), k_embed);
+    LP_LAUNCH(dim3((unsigned)n, (unsigned)((w->cols + 255) / 256)), 256, s, (out, *w, ids),
+              k_embed);
     return cudaGetLastError();
 }
 
@@ -455,10 +458,43 @@ __global__ void k_rmsnorm(float *out, const float *x, const float *weight, int n
         o[i] = __fmul_rn(__fmul_rn(xr[i], inv), weight[i]);
 }
 
+// The same for wide rows (the model width): a block of 256 threads per row,
+// so that a lone row's loads are in flight together rather than one warp's
+// 64 in turn (one warp took 27 us for a row of 2048 on an H200).
+__global__ void __launch_bounds__(256)
+    k_rmsnorm_wide(float *out, const float *x, const float *weight, int dim, float eps) {
+    const int row = blockIdx.x, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    const float *xr = x + (size_t)row * dim;
+    float ss = 0.0f;
+#pragma unroll 4
+    for (int i = threadIdx.x; i < dim; i += 256)
+        ss = __fmaf_rn(xr[i], xr[i], ss);
+    ss = warp_sum(ss);
+    __shared__ float part[8], total;
+    if (lane == 0) part[warp] = ss;
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        float t = part[0];
+        for (int k = 1; k < 8; k++)
+            t = __fadd_rn(t, part[k]);
+        total = t;
+    }
+    __syncthreads();
+    const float inv = 1.0f / sqrtf(total / (float)dim + eps);
+    float *o = out + (size_t)row * dim;
+#pragma unroll 4
+    for (int i = threadIdx.x; i < dim; i += 256)
+        o[i] = __fmul_rn(__fmul_rn(xr[i], inv), weight[i]);
+}
+
 cudaError_t lp_cuda_rmsnorm(cudaStream_t s, float *out, const float *x, const float *weight,
                             int n_rows, int dim, float eps) {
     if (n_rows <= 0) return cudaSuccess;
-    LP_LAUNCH((unsigned)((n_rows + 3) / 4), 128, s, (out, x, weight, n_rows, dim, eps), k_rmsnorm);
+    if (dim >= 512)
+        LP_LAUNCH((unsigned)n_rows, 256, s, (out, x, weight, dim, eps), k_rmsnorm_wide);
+    else
+        LP_LAUNCH((unsigned)((n_rows + 3) / 4), 128, s, (out, x, weight, n_rows, dim, eps),
+                  k_rmsnorm);
     return cudaGetLastError();
 }
 
@@ -547,7 +583,8 @@ cudaError_t lp_cuda_qk_norm_rope_store(cudaStream_t s, float *q, float *k, const
                                        int64_t n_slots, int n, int n_heads, int n_kv_heads,
                                        int head_dim, float eps) {
     if (n <= 0) return cudaSuccess;
-    LP_LAUNCH((unsigned)n, 256, s,
+    int rows = n_heads + n_kv_heads, threads = 32 * (rows < 32 ? rows : 32); // a warp a head row
+    LP_LAUNCH((unsigned)n, (unsigned)threads, s,
               (q, k, v, q_norm, k_norm, inv_freq, pos, slot, k_cache, v_cache, bf16, n_slots,
                n_heads, n_kv_heads, head_dim, eps),
               k_qk_norm_rope_store);
@@ -627,6 +664,7 @@ __global__ void __launch_bounds__(128)
         if (valid) {
             base = (((size_t)bt[p / bs] * bs + p % bs) * n_kv + kvh) * hd;
             float dot = 0.0f;
+#pragma unroll 8
             for (int d = 0; d < hd; d++)
                 dot = __fmaf_rn(q_s[d], cache_at<BF>(kc, base + d), dot);
             sc = dot * scale;
@@ -641,14 +679,28 @@ __global__ void __launch_bounds__(128)
 #pragma unroll
         for (int i = 0; i < NI; i++)
             acc[i] *= corr;
+        // U positions at a time: their v loads are issued before the FMAs use them
+        constexpr int U = NI >= 8 ? 2 : 8;
         const int n_valid = min(32, n_ctx - p0);
-        for (int j = 0; j < n_valid; j++) {
-            const float ej = __shfl_sync(0xffffffffu, e, j);
-            const size_t bj = (size_t)__shfl_sync(0xffffffffu, (long long)base, j);
+        for (int j0 = 0; j0 < n_valid; j0 += U) {
+            float ej[U], vv[U][NI];
 #pragma unroll
-            for (int i = 0; i < NI; i++) {
-                const int d = lane + 32 * i;
-                if (d < hd) acc[i] = __fmaf_rn(ej, cache_at<BF>(vc, bj + d), acc[i]);
+            for (int u = 0; u < U; u++) {
+                const int j = (j0 + u) & 31;
+                ej[u] = __shfl_sync(0xffffffffu, e, j);
+                const size_t bj = (size_t)__shfl_sync(0xffffffffu, (long long)base, j);
+#pragma unroll
+                for (int i = 0; i < NI; i++) {
+                    const int d = lane + 32 * i;
+                    vv[u][i] = (j0 + u < n_valid && d < hd) ? cache_at<BF>(vc, bj + d) : 0.0f;
+                }
+            }
+#pragma unroll
+            for (int u = 0; u < U; u++) {
+                if (j0 + u >= n_valid) break;
+#pragma unroll
+                for (int i = 0; i < NI; i++)
+                    acc[i] = __fmaf_rn(ej[u], vv[u][i], acc[i]);
             }
         }
         m = mn;
@@ -683,24 +735,35 @@ __global__ void __launch_bounds__(128)
     }
 }
 
-// Attention, second pass: merges the splits of one (row, head) in order.
+// Attention, second pass: merges the splits of one (row, head) in order
+// (the splits' weights exp(m_s - M) computed once, in shared memory).
 __global__ void k_attn_combine(float *out, const float *scratch, int hd) {
     const int rh = blockIdx.x;
     const float *part = scratch + (size_t)rh * LP_CUDA_ATTN_SPLITS * (size_t)(hd + 2);
-    float M = -INFINITY;
-    for (int s = 0; s < LP_CUDA_ATTN_SPLITS; s++)
-        if (part[(size_t)s * (hd + 2) + 1] > 0.0f) M = fmaxf(M, part[(size_t)s * (hd + 2)]);
-    float L = 0.0f;
-    for (int s = 0; s < LP_CUDA_ATTN_SPLITS; s++) {
-        const float *p = part + (size_t)s * (hd + 2);
-        if (p[1] > 0.0f) L += p[1] * expf(p[0] - M);
+    __shared__ float m_s[LP_CUDA_ATTN_SPLITS], l_s[LP_CUDA_ATTN_SPLITS], w_s[LP_CUDA_ATTN_SPLITS];
+    __shared__ float L_s;
+    if (threadIdx.x < LP_CUDA_ATTN_SPLITS) {
+        m_s[threadIdx.x] = part[(size_t)threadIdx.x * (hd + 2)];
+        l_s[threadIdx.x] = part[(size_t)threadIdx.x * (hd + 2) + 1];
     }
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        float M = -INFINITY, L = 0.0f;
+        for (int sp = 0; sp < LP_CUDA_ATTN_SPLITS; sp++)
+            if (l_s[sp] > 0.0f) M = fmaxf(M, m_s[sp]);
+        for (int sp = 0; sp < LP_CUDA_ATTN_SPLITS; sp++) {
+            w_s[sp] = l_s[sp] > 0.0f ? expf(m_s[sp] - M) : 0.0f;
+            L += l_s[sp] * w_s[sp];
+        }
+        L_s = L;
+    }
+    __syncthreads();
+    const float L = L_s;
     for (int d = threadIdx.x; d < hd; d += blockDim.x) {
         float o = 0.0f;
-        for (int s = 0; s < LP_CUDA_ATTN_SPLITS; s++) {
-            const float *p = part + (size_t)s * (hd + 2);
-            if (p[1] > 0.0f) o += p[2 + d] * expf(p[0] - M);
-        }
+#pragma unroll
+        for (int sp = 0; sp < LP_CUDA_ATTN_SPLITS; sp++)
+            if (w_s[sp] != 0.0f) o += part[(size_t)sp * (hd + 2) + 2 + d] * w_s[sp];
         out[(size_t)rh * hd + d] = L > 0.0f ? o / L : 0.0f;
     }
 }

@@ -6,6 +6,7 @@
 #define k_gemv_generic lp_emu_k_gemv_generic
 #define k_embed lp_emu_k_embed
 #define k_rmsnorm lp_emu_k_rmsnorm
+#define k_rmsnorm_wide lp_emu_k_rmsnorm_wide
 #define k_rope lp_emu_k_rope
 #define k_kv_store lp_emu_k_kv_store
 #define k_attn lp_emu_k_attn
