@@ -111,6 +111,12 @@ enum MHD_Result lp_api_reply_err(struct lp_api_conn *c, const struct lp_api_err 
 
 // POST /v1/chat/completions and /v1/completions (openai.c).
 enum MHD_Result lp_api_handle_generate(struct lp_api_conn *c, bool chat);
+// The parse step of those, without submitting: the body (text[n]) checked
+// and its prompt tokenized as the handler does; *n_prompt gets its tokens.
+// False with e filled for a body the handler answers with an error (the
+// fuzz harness tests/fuzz/fuzz_openai.c).
+bool lp_api_parse_generate(struct lp_server *s, const char *text, size_t n, bool chat,
+                           int *n_prompt, struct lp_api_err *e);
 
 // Token bytes as a JSON string: invalid UTF-8 bytes become U+FFFD.
 json_t *lp_api_token_string(const struct lp_tokenizer *tok, int32_t id);

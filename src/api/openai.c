@@ -886,24 +886,50 @@ static bool prepare(struct lp_server *s, const json_t *body, bool chat, struct g
     return true;
 }
 
+// The request body (text[n], NULL for none) parsed into j; *body gets the
+// JSON, which j's stop strings borrow (the caller decrefs it, also on failure).
+static bool parse_body(struct lp_server *s, const char *text, size_t n, bool chat,
+                       struct gen_job *j, json_t **body, struct lp_api_err *e) {
+    json_error_t je;
+    *body = json_loadb(text ? text : "", n, 0, &je);
+    if (!*body)
+        return lp_api_bad(e, NULL, "invalid JSON at line %d column %d: %s", je.line, je.column,
+                          je.text);
+    if (!json_is_object(*body))
+        return lp_api_bad(e, NULL, "the request body must be a JSON object");
+    j->tp = lp_text_params_default();
+    return prepare(s, *body, chat, j, e);
+}
+
+bool lp_api_parse_generate(struct lp_server *s, const char *text, size_t n, bool chat,
+                           int *n_prompt, struct lp_api_err *e) {
+    struct gen_job j = {0};
+    lp_token_list_init(&j.prompt);
+    json_t *body = NULL;
+    bool ok = parse_body(s, text, n, chat, &j, &body, e);
+    if (ok) { // the stop strings, as req_create checks them
+        struct lp_text *t = NULL;
+        struct lp_text_params tp = j.tp;
+        tp.call_id_prefix = "call_0_";
+        struct lp_error err = {0};
+        enum lp_status st = lp_text_create(&t, s->tok, &tp, &err);
+        if (st != LP_OK) ok = lp_api_err_from_status(e, st, "stop", err.msg);
+        lp_text_destroy(t);
+    }
+    *n_prompt = ok ? (int)j.prompt.n_ids : 0;
+    json_decref(body);
+    lp_token_list_deinit(&j.prompt);
+    return ok;
+}
+
 enum MHD_Result lp_api_handle_generate(struct lp_api_conn *c, bool chat) {
     struct lp_server *s = c->srv;
     struct lp_api_err e;
     struct gen_job j = {0};
     lp_token_list_init(&j.prompt);
     enum MHD_Result ret;
-    json_error_t je;
-    json_t *body = json_loadb(c->body ? c->body : "", c->n_body, 0, &je);
-    if (!body || !json_is_object(body)) {
-        if (body)
-            lp_api_bad(&e, NULL, "the request body must be a JSON object");
-        else
-            lp_api_bad(&e, NULL, "invalid JSON at line %d column %d: %s", je.line, je.column,
-                       je.text);
-        goto fail;
-    }
-    j.tp = lp_text_params_default();
-    if (!prepare(s, body, chat, &j, &e)) goto fail;
+    json_t *body = NULL;
+    if (!parse_body(s, c->body, c->n_body, chat, &j, &body, &e)) goto fail;
     struct api_req *r = req_create(s, &j, chat, &e);
     if (!r) goto fail;
     json_decref(body);

@@ -72,6 +72,16 @@ enum lp_status lp_wire_decode_rows(const Layerpipe__V1__Activations *a, int hidd
                                    int max_segments, bool rows_are_tokens, float *rows,
                                    struct lp_error *err);
 
+// The checks of a Configure request that need nothing but the stage's model
+// (fingerprint, layer count) and its successor buffer (successor_cap bytes):
+// layer range, sizes, KV blocks, successor, dtypes, protocol version.
+// listen and model_dir name the stage in messages. Before anything is freed
+// or allocated; the stage then checks memory and the ring.
+enum lp_status lp_wire_check_configure(const Layerpipe__V1__ConfigureRequest *r,
+                                       uint64_t fingerprint, int n_layers, size_t successor_cap,
+                                       const char *listen, const char *model_dir,
+                                       struct lp_error *err);
+
 // A ring of latency samples (milliseconds); percentiles over what it holds.
 #define LP_LAT_SAMPLES 1024
 struct lp_latency {

@@ -324,43 +324,10 @@ static enum lp_status stage_check_ring(struct lp_worker *w, const char *successo
 
 static enum lp_status stage_configure(struct lp_worker *w, const Layerpipe__V1__ConfigureRequest *r,
                                       Layerpipe__V1__ConfigureReply *reply, struct lp_error *err) {
-    if (r->model_fingerprint != w->fingerprint)
-        return lp_error_set(err, LP_ERR_INVALID_ARG,
-                            "stage %s: model fingerprint %016llx differs from this worker's "
-                            "%016llx (%s): the coordinator and the worker have different models",
-                            w->listen, (unsigned long long)r->model_fingerprint,
-                            (unsigned long long)w->fingerprint, w->model_dir);
-    if (r->layer_begin >= r->layer_end || r->layer_end > (uint32_t)w->n_layers)
-        return lp_error_set(err, LP_ERR_INVALID_ARG,
-                            "stage %s: layers [%u, %u) are not a non-empty range of the model's %d",
-                            w->listen, r->layer_begin, r->layer_end, w->n_layers);
-    if (r->max_sessions == 0 || r->max_sessions > 4096 || r->max_batch_tokens == 0 ||
-        r->max_batch_tokens > 65536 || r->max_context > (1u << 24))
-        return lp_error_set(err, LP_ERR_INVALID_ARG,
-                            "stage %s: sessions %u, batch %u, context %u out of range", w->listen,
-                            r->max_sessions, r->max_batch_tokens, r->max_context);
-    uint64_t max_blocks = (uint64_t)r->max_sessions * ((r->max_context + 31) / 32 + 1);
-    if (r->kv_blocks > max_blocks)
-        return lp_error_set(err, LP_ERR_INVALID_ARG,
-                            "stage %s: %u KV blocks, more than %llu sessions x context need",
-                            w->listen, r->kv_blocks, (unsigned long long)max_blocks);
-    if (!r->successor || !r->successor[0] || strlen(r->successor) >= sizeof w->successor)
-        return lp_error_set(err, LP_ERR_INVALID_ARG, "stage %s: no successor address", w->listen);
-    if (r->wire_dtype != LAYERPIPE__V1__DTYPE__DTYPE_F32 &&
-        r->wire_dtype != LAYERPIPE__V1__DTYPE__DTYPE_BF16 &&
-        r->wire_dtype != LAYERPIPE__V1__DTYPE__DTYPE_F16)
-        return lp_error_set(err, LP_ERR_INVALID_ARG, "stage %s: unknown wire dtype %d", w->listen,
-                            (int)r->wire_dtype);
-    if (r->kv_dtype != LAYERPIPE__V1__DTYPE__DTYPE_F32 &&
-        r->kv_dtype != LAYERPIPE__V1__DTYPE__DTYPE_BF16)
-        return lp_error_set(err, LP_ERR_INVALID_ARG, "stage %s: KV dtype %d, expected F32 or BF16",
-                            w->listen, (int)r->kv_dtype);
-    if (r->protocol_version != LP_PROTOCOL_VERSION)
-        return lp_error_set(err, LP_ERR_UNSUPPORTED,
-                            "stage %s: Configure for protocol %u, this stage speaks %d", w->listen,
-                            r->protocol_version, LP_PROTOCOL_VERSION);
-    enum lp_status cst = stage_check_memory(w, r, err);
+    enum lp_status cst = lp_wire_check_configure(r, w->fingerprint, w->n_layers,
+                                                 sizeof w->successor, w->listen, w->model_dir, err);
     if (cst != LP_OK) return cst;
+    if ((cst = stage_check_memory(w, r, err)) != LP_OK) return cst;
     if ((cst = stage_check_ring(w, r->successor, r->successor_is_sink, err)) != LP_OK) return cst;
     stage_unconfigure(w);
     struct lp_model_load_params lp = {.layer_begin = (int)r->layer_begin,

@@ -11,6 +11,7 @@
 #include <time.h>
 
 #include "backend/convert.h"
+#include "layerpipe/cluster.h"
 #include "cluster/internal.h"
 
 double lp_now_seconds(void) {
@@ -169,6 +170,48 @@ enum lp_status lp_wire_decode_rows(const Layerpipe__V1__Activations *a, int hidd
     } else if (n_elems > 0) { // (no rows for the Sink: data is NULL)
         memcpy(rows, a->data.data, n_elems * 4);
     }
+    return LP_OK;
+}
+
+enum lp_status lp_wire_check_configure(const Layerpipe__V1__ConfigureRequest *r,
+                                       uint64_t fingerprint, int n_layers, size_t successor_cap,
+                                       const char *listen, const char *model_dir,
+                                       struct lp_error *err) {
+    if (r->model_fingerprint != fingerprint)
+        return lp_error_set(err, LP_ERR_INVALID_ARG,
+                            "stage %s: model fingerprint %016llx differs from this worker's "
+                            "%016llx (%s): the coordinator and the worker have different models",
+                            listen, (unsigned long long)r->model_fingerprint,
+                            (unsigned long long)fingerprint, model_dir);
+    if (r->layer_begin >= r->layer_end || r->layer_end > (uint32_t)n_layers)
+        return lp_error_set(err, LP_ERR_INVALID_ARG,
+                            "stage %s: layers [%u, %u) are not a non-empty range of the model's %d",
+                            listen, r->layer_begin, r->layer_end, n_layers);
+    if (r->max_sessions == 0 || r->max_sessions > 4096 || r->max_batch_tokens == 0 ||
+        r->max_batch_tokens > 65536 || r->max_context > (1u << 24))
+        return lp_error_set(err, LP_ERR_INVALID_ARG,
+                            "stage %s: sessions %u, batch %u, context %u out of range", listen,
+                            r->max_sessions, r->max_batch_tokens, r->max_context);
+    uint64_t max_blocks = (uint64_t)r->max_sessions * ((r->max_context + 31) / 32 + 1);
+    if (r->kv_blocks > max_blocks)
+        return lp_error_set(err, LP_ERR_INVALID_ARG,
+                            "stage %s: %u KV blocks, more than %llu sessions x context need",
+                            listen, r->kv_blocks, (unsigned long long)max_blocks);
+    if (!r->successor || !r->successor[0] || strlen(r->successor) >= successor_cap)
+        return lp_error_set(err, LP_ERR_INVALID_ARG, "stage %s: no successor address", listen);
+    if (r->wire_dtype != LAYERPIPE__V1__DTYPE__DTYPE_F32 &&
+        r->wire_dtype != LAYERPIPE__V1__DTYPE__DTYPE_BF16 &&
+        r->wire_dtype != LAYERPIPE__V1__DTYPE__DTYPE_F16)
+        return lp_error_set(err, LP_ERR_INVALID_ARG, "stage %s: unknown wire dtype %d", listen,
+                            (int)r->wire_dtype);
+    if (r->kv_dtype != LAYERPIPE__V1__DTYPE__DTYPE_F32 &&
+        r->kv_dtype != LAYERPIPE__V1__DTYPE__DTYPE_BF16)
+        return lp_error_set(err, LP_ERR_INVALID_ARG, "stage %s: KV dtype %d, expected F32 or BF16",
+                            listen, (int)r->kv_dtype);
+    if (r->protocol_version != LP_PROTOCOL_VERSION)
+        return lp_error_set(err, LP_ERR_UNSUPPORTED,
+                            "stage %s: Configure for protocol %u, this stage speaks %d", listen,
+                            r->protocol_version, LP_PROTOCOL_VERSION);
     return LP_OK;
 }
 

@@ -19,6 +19,13 @@
 #else
 #define LP_HAVE_X86 0
 #endif
+// clang before 15 does not know "f16c" in __builtin_cpu_supports (the fuzz
+// build); every AVX-512 CPU has F16C
+#if defined(__clang__) && __clang_major__ < 15
+#define CPU_HAS_F16C() 1
+#else
+#define CPU_HAS_F16C() __builtin_cpu_supports("f16c")
+#endif
 
 #include "backend/cpu/internal.h"
 
@@ -584,7 +591,7 @@ enum lp_status lp_cpu_backend_create_ex(struct lp_backend **out,
     __builtin_cpu_init();
     if (!force_generic && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
-        __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c")) {
+        __builtin_cpu_supports("fma") && CPU_HAS_F16C()) {
         ctx->isa = LP_CPU_ISA_AVX512;
         ctx->vnni = __builtin_cpu_supports("avx512vnni");
     }
