@@ -3,7 +3,10 @@
 # make_corpus.py -- writes the seed corpora of tests/fuzz/corpus/<harness>/
 # from the bundled model and tests/golden: real files, small hand-made ones,
 # truncated and mutated copies. Run from the repository root; the output is
-# committed (rerunning rewrites the same files).
+# committed (rerunning rewrites the same files). The found-<sha1> files
+# beside them are not made here: inputs the long runs found, minimized with
+# `fuzz_<h> -merge=1 NEW tests/fuzz/corpus/<h> WORK` (bench/RESULTS.md), so
+# that a short CI run starts from their coverage.
 import json, os, random, struct
 
 ROOT = os.getcwd()
