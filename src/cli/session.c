@@ -114,6 +114,7 @@ bool lp_cli_session_open(struct lp_cli_session *s, const struct lp_cli_session_o
     struct lp_model_load_params none = {0, 0, false, false};
     struct lp_sched_params sp = lp_sched_params_default();
     if (o->max_waiting > 0) sp.max_waiting = o->max_waiting;
+    if (o->max_in_flight > 0) sp.max_in_flight = o->max_in_flight;
     if (lp_model_open(&s->model, o->model_dir, &none, &err) != LP_OK ||
         lp_pipeline_create(&s->pipeline, &pp, &err) != LP_OK ||
         lp_sched_create(&s->sched, s->pipeline, &sp, &err) != LP_OK) {

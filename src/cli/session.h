@@ -25,6 +25,7 @@ struct lp_cli_session_opts {
     bool fast;            // int8 activations for 8-bit MLX weights
     int max_seqs;         // sequences at once (default 1)
     int max_waiting;      // requests queued beyond them (default 64)
+    int max_in_flight;    // micro-batches in flight (default: the number of stages)
     // the pipeline (any of these makes this process a coordinator)
     const char *workers;    // "HOST:PORT,HOST:PORT,..."
     const char *plan;       // "10,9,9" or "auto"
@@ -71,6 +72,9 @@ struct lp_cli_session_opts {
         {"recover-timeout", 0, LP_ARG_INT, &(so).recover_timeout_ms, "MS",                         \
          "end requests with an error if a dead stage is not back in time (default 30000)", false,  \
          1, 86400000},                                                                             \
+        {"max-in-flight", 0, LP_ARG_INT, &(so).max_in_flight, "N",                              \
+         "micro-batches in flight at once (default: one per stage; at most stages + 1)", false,   \
+         1, LP_MAX_STAGES + 1},                                                                    \
         {"stats", 0, LP_ARG_FLAG, &(so).stats, NULL, "print per-stage utilization at the end"}, \
         LP_CLI_SECURITY_ARGS(so)
 
