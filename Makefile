@@ -7,7 +7,7 @@
 #               the parser fuzz harnesses (regression inputs, 20 s each)
 #   make fuzz   the libFuzzer harnesses of tests/fuzz, FUZZ_SECONDS each
 JOBS ?= $(shell nproc)
-APT_PACKAGES := cmake pkg-config gcc make libjansson-dev libpcre2-dev libutf8proc-dev \
+APT_PACKAGES := cmake pkg-config gcc g++ make libjansson-dev libpcre2-dev libutf8proc-dev \
                 libgrpc-dev libprotobuf-c-dev protobuf-c-compiler libmicrohttpd-dev \
                 prometheus curl openssl
 DEMO_MODEL ?= models/layerpipe-tiny-8bit
