@@ -9,8 +9,8 @@
 #                                        carry: ["build-cuda-carry"]) runs the
 #          CUDA kernel tests, the HF golden cases on CUDA, compute-sanitizer,
 #          and the benchmarks of bench/RESULTS.md; logs go to $OUT (or out/).
-# `run` steps: tests | ring | sanitize | bench | profile (default: all but
-# profile), e.g. `run tests bench`.
+# `run` steps: tests | ring | sanitize | bench | profile | serve (default:
+# tests ring bench sanitize), e.g. `run tests bench`.
 # Only layerpipe's own programs see the carried libraries (LD_LIBRARY_PATH):
 # python3 and the CUDA tools keep the machine's.
 set -u -o pipefail
@@ -156,6 +156,38 @@ run_profile() {
     grep -E "k_|gpu__time_duration|invocations" "$OUT/ncu.log" | head -80 | tee -a "$log"
 }
 
+# serve --device cuda with 64 streams at once (curl, temperature 0), each
+# against the same request alone: the text must be equal.
+run_serve() {
+    local c=build-cuda-carry/bin m=/tmp/lp-models/q17-mlx8 port=/tmp/lp-serve.port
+    local shape="--layers 28 --hidden 2048 --heads 16 --kv-heads 8 --head-dim 128
+                 --intermediate 6144 --vocab 151936 --tied 1 --threads 16"
+    mkdir -p /tmp/lp-models
+    # shellcheck disable=SC2086
+    [ -f "$m/config.json" ] || lp "$c/lp_genmodel" --out "$m" --seed 7 --format mlx8 $shape \
+        >/dev/null 2>&1
+    rm -f "$port"
+    lp "$c/layerpipe" serve -m "$m" --device cuda --listen 127.0.0.1:0 --port-file "$port" \
+        --max-seqs 64 --ctx 256 >"$OUT/serve.log" 2>&1 &
+    local spid=$!
+    for _ in $(seq 600); do [ -s "$port" ] && break; sleep 0.1; done
+    local url="http://127.0.0.1:$(cat "$port")/v1/completions" dir=/tmp/lp-serve-out
+    rm -rf "$dir" && mkdir -p "$dir/alone" "$dir/crowd"
+    req() { curl -s "$url" -H 'Content-Type: application/json' \
+        -d "{\"prompt\": [$(( $1 * 7 + 1 )), $(( $1 * 13 + 5 )), 42], \"max_tokens\": 32, \"temperature\": 0, \"ignore_eos\": true}" |
+        python3 -c 'import sys, json; print(json.load(sys.stdin)["choices"][0]["text"])'; }
+    for i in $(seq 0 63); do req "$i" >"$dir/alone/$i"; done
+    local t0; t0=$(date +%s.%N)
+    for i in $(seq 0 63); do req "$i" >"$dir/crowd/$i" & done
+    wait $(jobs -p | grep -v "^$spid$")
+    local t1; t1=$(date +%s.%N)
+    local same=0
+    for i in $(seq 0 63); do cmp -s "$dir/alone/$i" "$dir/crowd/$i" && same=$((same + 1)); done
+    echo "serve --device cuda, 64 streams at once: $same/64 equal to alone, $(python3 -c "print(f'{64 * 32 / ($t1 - $t0):.0f}')") tok/s through HTTP" | tee -a "$OUT/serve.log"
+    kill "$spid" 2>/dev/null
+    wait "$spid" 2>/dev/null
+}
+
 case "${1:-}" in
 pack) pack ;;
 run)
@@ -168,7 +200,7 @@ run)
     for s in $steps; do "run_$s"; done
     ;;
 *)
-    echo "usage: tools/cuda-device.sh pack | run [tests] [ring] [sanitize] [bench] [profile]" >&2
+    echo "usage: tools/cuda-device.sh pack | run [tests] [ring] [sanitize] [bench] [profile] [serve]" >&2
     exit 2
     ;;
 esac
