@@ -13,89 +13,12 @@
 // thread; successor callbacks on the successor channel's thread.
 // `engine_mu` guards the engine and sessions (compute thread, Release,
 // Configure); `mu` guards the queue, counters and what the successor
-// callbacks touch.
-#include <pthread.h>
+// callbacks touch. The Forward path is in stage_forward.c.
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "cluster/internal.h"
-#include "cluster/rpc.h"
-#include "layerpipe/cluster.h"
-#include "layerpipe/model.h"
-
-struct stage_session {
-    uint64_t id;
-    int seq;          // engine sequence, -1 when the slot is free
-    double last_used; // lp_now_seconds
-};
-
-// One received step waiting for the compute thread.
-struct stage_item {
-    struct lp_rpc_stream *from;     // referenced: the stream that sent it
-    Layerpipe__V1__Activations *a;  // unpacked into arena
-    struct lp_pb_arena arena;
-};
-
-// A step passed to the successor and not yet acknowledged by it.
-struct stage_sent {
-    uint64_t step;                  // 0: free
-    double at;
-    struct lp_rpc_stream *from;     // referenced: where its failure goes
-};
-
-#define STAGE_QUEUE 8      // steps queued for compute; past it a step fails with BUSY
-#define STAGE_INFLIGHT 64  // steps sent on and not yet acknowledged that we remember
-
-struct lp_worker {
-    struct lp_worker_params params;
-    char *model_dir, *listen;
-    uint64_t fingerprint;
-    int n_layers, hidden;
-    struct lp_model_config cfg;           // the model's
-    size_t weight_bytes;                  // every layer's (for Configure's memory check)
-    uint64_t sink_key;                    // (last stage) carried to the Sink
-    double measured_gb_s;
-    char device[96];
-    struct lp_backend *backend;
-    struct lp_rpc_server *server;
-    struct lp_rpc_security *sec; // TLS and the cluster token: server and successor channel
-    pthread_t compute;
-    bool compute_started;
-    // configuration and the engine (engine_mu)
-    pthread_mutex_t engine_mu;
-    bool configured;
-    int stage_index, layer_begin, layer_end, max_rows, max_sessions;
-    bool to_sink;
-    Layerpipe__V1__DType wire;
-    char successor[128];
-    struct lp_model *model;
-    struct lp_engine *engine;
-    struct stage_session *sessions;       // [max_sessions]
-    float *rows_in, *rows_out, *rows_sel; // [max_rows, hidden]
-    uint8_t *payload;                     // [max_rows * hidden * 4]
-    uint8_t *packed;                      // [pack_cap] the outgoing Activations
-    size_t pack_cap;
-    struct lp_engine_seg *segs;           // [max_sessions]
-    int *opened_now;                      // [max_sessions] sessions opened by this step
-    struct lp_rpc_channel *succ_ch;
-    struct lp_rpc_client_stream *succ;
-    // the queue and counters (mu)
-    pthread_mutex_t mu;
-    pthread_cond_t cv;
-    bool stopping;
-    struct stage_item queue[STAGE_QUEUE];
-    int q_head, q_count;
-    size_t arena_cap;                     // each queue slot's arena (0: not configured)
-    double busy_s, idle_s, last_done;
-    uint64_t tokens, steps, bytes_in, bytes_out;
-    // what the successor's callbacks touch (mu)
-    bool succ_failed;
-    char succ_error[LP_ERROR_MSG_BYTES];
-    struct stage_sent sent[STAGE_INFLIGHT]; // by step % STAGE_INFLIGHT
-    struct lp_latency hop;
-    int kv_used, kv_total, n_sessions_open;
-};
+#include "cluster/stage_i.h"
 
 struct lp_worker_params lp_worker_params_default(void) {
     struct lp_worker_params p = {.model_dir = NULL, .listen = "127.0.0.1:7070", .device = "cpu",
@@ -104,8 +27,8 @@ struct lp_worker_params lp_worker_params_default(void) {
 }
 
 // Sends a failure Ack for one step (0: the stream as a whole) to a stream.
-static void stage_ack_failure(struct lp_rpc_stream *to, uint64_t step, enum lp_status st,
-                              int stage_index, const char *error) {
+void lp_stage_ack_failure(struct lp_rpc_stream *to, uint64_t step, enum lp_status st,
+                          int stage_index, const char *error) {
     if (!to) return;
     Layerpipe__V1__Ack ack = LAYERPIPE__V1__ACK__INIT;
     ack.step = step;
@@ -133,7 +56,7 @@ static void succ_on_reply(void *user, const uint8_t *msg, size_t bytes) {
             double ms = (now - s->at - ack->compute_seconds) * 1e3;
             lp_latency_add(&w->hop, ms > 0 ? ms : 0);
         } else { // the step failed further down the ring: tell whoever sent it
-            stage_ack_failure(s->from, s->step, (enum lp_status)ack->status,
+            lp_stage_ack_failure(s->from, s->step, (enum lp_status)ack->status,
                               (int)ack->stage_index, ack->error);
         }
         lp_rpc_stream_unref(s->from);
@@ -148,7 +71,7 @@ static void stage_fail_sent(struct lp_worker *w, enum lp_status st, const char *
     for (int i = 0; i < STAGE_INFLIGHT; i++) {
         struct stage_sent *s = &w->sent[i];
         if (!s->step) continue;
-        stage_ack_failure(s->from, s->step, st, w->stage_index, msg);
+        lp_stage_ack_failure(s->from, s->step, st, w->stage_index, msg);
         lp_rpc_stream_unref(s->from);
         *s = (struct stage_sent){0};
     }
@@ -167,32 +90,12 @@ static void succ_on_end(void *user, enum lp_status st, const char *msg) {
     pthread_mutex_unlock(&w->mu);
 }
 
-// ---- the step queue ----
-
-// Drops every queued step (a new configuration, shutdown). Under mu.
-static void stage_queue_clear(struct lp_worker *w) {
-    while (w->q_count > 0) {
-        struct stage_item *it = &w->queue[w->q_head];
-        lp_rpc_stream_unhold(it->from);
-        lp_rpc_stream_unref(it->from);
-        it->from = NULL;
-        it->a = NULL;
-        w->q_head = (w->q_head + 1) % STAGE_QUEUE;
-        w->q_count--;
-    }
-}
-
-static void stage_queue_free(struct lp_worker *w) {
-    for (int i = 0; i < STAGE_QUEUE; i++) lp_pb_arena_deinit(&w->queue[i].arena);
-    w->arena_cap = 0;
-}
-
 // ---- configuration (server thread, engine_mu held) ----
 
 static void stage_unconfigure(struct lp_worker *w) {
     pthread_mutex_lock(&w->mu);
-    stage_queue_clear(w);
-    stage_queue_free(w);
+    lp_stage_queue_clear(w);
+    lp_stage_queue_free(w);
     pthread_mutex_unlock(&w->mu);
     lp_rpc_client_stream_close(w->succ, 2000);
     w->succ = NULL;
@@ -230,7 +133,7 @@ static void stage_unconfigure(struct lp_worker *w) {
 
 // Opens the stream to the successor (after a Health check, so a clear error
 // comes now rather than from a stream that dies later).
-static enum lp_status stage_connect(struct lp_worker *w, struct lp_error *err) {
+enum lp_status lp_stage_connect(struct lp_worker *w, struct lp_error *err) {
     if (w->succ) lp_rpc_client_stream_close(w->succ, 0);
     w->succ = NULL;
     Grpc__Health__V1__HealthCheckRequest hreq = GRPC__HEALTH__V1__HEALTH_CHECK_REQUEST__INIT;
@@ -382,7 +285,7 @@ static enum lp_status stage_configure(struct lp_worker *w, const Layerpipe__V1__
                                     err)) !=
         LP_OK)
         goto fail;
-    if ((st = stage_connect(w, err)) != LP_OK) goto fail;
+    if ((st = lp_stage_connect(w, err)) != LP_OK) goto fail;
     w->configured = true;
     pthread_mutex_lock(&w->mu);
     w->last_done = lp_now_seconds();
@@ -453,7 +356,7 @@ static enum lp_status h_configure(void *user, const uint8_t *req, size_t n_req, 
 }
 
 // Counts of the KV pool and sessions for Stats. engine_mu held.
-static void stage_note_kv(struct lp_worker *w) {
+void lp_stage_note_kv(struct lp_worker *w) {
     int open = 0;
     for (int i = 0; i < w->max_sessions; i++) open += w->sessions[i].seq >= 0;
     int used = w->engine ? lp_engine_kv_blocks_used(w->engine) : 0;
@@ -491,7 +394,7 @@ static enum lp_status h_release(void *user, const uint8_t *req, size_t n_req, ui
     pthread_mutex_lock(&w->engine_mu);
     for (size_t i = 0; i < r->n_sessions; i++)
         reply.released += (uint32_t)stage_release_session(w, r->sessions[i]);
-    if (w->configured) stage_note_kv(w);
+    if (w->configured) lp_stage_note_kv(w);
     pthread_mutex_unlock(&w->engine_mu);
     layerpipe__v1__release_request__free_unpacked(r, NULL);
     return lp_pb_pack(&reply.base, resp, n_resp, err);
@@ -538,338 +441,6 @@ static enum lp_status h_health(void *user, const uint8_t *req, size_t n_req, uin
     return lp_pb_pack(&h.base, resp, n_resp, err);
 }
 
-// The session slot of an id, or -1.
-static int stage_find(const struct lp_worker *w, uint64_t id) {
-    for (int i = 0; i < w->max_sessions; i++)
-        if (w->sessions[i].seq >= 0 && w->sessions[i].id == id) return i;
-    return -1;
-}
-
-// Frees the slot holding engine sequence seq.
-static void stage_close_seq(struct lp_worker *w, int seq) {
-    for (int i = 0; i < w->max_sessions; i++)
-        if (w->sessions[i].seq == seq) {
-            lp_engine_seq_close(w->engine, seq);
-            w->sessions[i].seq = -1;
-        }
-}
-
-// Checks positions and room for every segment of a message, changing nothing.
-static enum lp_status stage_check_segments(struct lp_worker *w,
-                                           const Layerpipe__V1__Activations *a,
-                                           struct lp_error *err) {
-    int n_new = 0, n_free = 0;
-    for (int i = 0; i < w->max_sessions; i++) n_free += w->sessions[i].seq < 0;
-    for (size_t i = 0; i < a->n_segments; i++) {
-        const Layerpipe__V1__Segment *g = a->segments[i];
-        for (size_t j = 0; j < i; j++)
-            if (a->segments[j]->session == g->session)
-                return lp_error_set(err, LP_ERR_INVALID_ARG,
-                                    "stage %d: session %llu appears twice in step %llu",
-                                    w->stage_index, (unsigned long long)g->session,
-                                    (unsigned long long)a->step);
-        int slot = stage_find(w, g->session);
-        if (slot < 0) {
-            if (g->pos0 != 0)
-                return lp_error_set(err, LP_ERR_INVALID_ARG,
-                                    "stage %d: unknown session %llu at position %u (a new "
-                                    "session starts at 0; released or timed out?)",
-                                    w->stage_index, (unsigned long long)g->session, g->pos0);
-            n_new++;
-            continue;
-        }
-        int len = lp_engine_seq_len(w->engine, w->sessions[slot].seq);
-        if (g->pos0 > (uint32_t)len)
-            return lp_error_set(err, LP_ERR_INVALID_ARG,
-                                "stage %d: session %llu: position %u leaves a gap after its %d "
-                                "cached positions",
-                                w->stage_index, (unsigned long long)g->session, g->pos0, len);
-    }
-    if (n_new > n_free)
-        return lp_error_set(err, LP_ERR_BUSY, "stage %d: all %d sessions are in use",
-                            w->stage_index, w->max_sessions);
-    return LP_OK;
-}
-
-// Finds the session's engine sequence, opening one for a new id at pos0 0
-// (*opened tells which).
-static enum lp_status stage_session(struct lp_worker *w, const Layerpipe__V1__Segment *seg,
-                                    int *seq, bool *opened, struct lp_error *err) {
-    double now = lp_now_seconds();
-    int free_slot = -1;
-    for (int i = 0; i < w->max_sessions; i++) {
-        struct stage_session *s = &w->sessions[i];
-        if (s->seq >= 0 && s->id == seg->session) {
-            s->last_used = now;
-            *seq = s->seq;
-            return LP_OK;
-        }
-        if (s->seq < 0 && free_slot < 0) free_slot = i;
-    }
-    if (seg->pos0 != 0)
-        return lp_error_set(err, LP_ERR_INVALID_ARG,
-                            "stage %d: unknown session %llu at position %u (a new session starts "
-                            "at 0; released or timed out?)",
-                            w->stage_index, (unsigned long long)seg->session, seg->pos0);
-    if (free_slot < 0)
-        return lp_error_set(err, LP_ERR_BUSY, "stage %d: all %d sessions are in use",
-                            w->stage_index, w->max_sessions);
-    enum lp_status st = lp_engine_seq_open(w->engine, seq, err);
-    if (st != LP_OK) return st;
-    w->sessions[free_slot] = (struct stage_session){seg->session, *seq, now};
-    *opened = true;
-    return LP_OK;
-}
-
-// Frees sessions idle past the timeout. engine_mu held.
-static void stage_expire(struct lp_worker *w, double now) {
-    for (int i = 0; i < w->max_sessions; i++) {
-        struct stage_session *x = &w->sessions[i];
-        if (x->seq >= 0 && w->params.idle_timeout_s > 0 &&
-            now - x->last_used > w->params.idle_timeout_s) {
-            lp_engine_seq_close(w->engine, x->seq);
-            x->seq = -1;
-        }
-    }
-}
-
-// Runs the step's rows through the engine into rows_out. A refused or
-// failed step opens no session and changes none. engine_mu held.
-static enum lp_status stage_compute(struct lp_worker *w, const Layerpipe__V1__Activations *a,
-                                    struct lp_error *err) {
-    enum lp_status st = lp_wire_decode_rows(a, w->hidden, w->max_rows, w->max_sessions, true,
-                                            w->rows_in, err);
-    if (st != LP_OK) return st;
-    stage_expire(w, lp_now_seconds());
-    if ((st = stage_check_segments(w, a, err)) != LP_OK) return st;
-    int n_opened = 0;
-    for (size_t i = 0; i < a->n_segments; i++) {
-        const Layerpipe__V1__Segment *g = a->segments[i];
-        int seq;
-        bool opened = false;
-        if ((st = stage_session(w, g, &seq, &opened, err)) != LP_OK) break;
-        if (opened) w->opened_now[n_opened++] = seq;
-        w->segs[i] = (struct lp_engine_seg){.seq = seq, .pos0 = (int)g->pos0,
-                                            .n_tokens = (int)g->n_tokens};
-    }
-    struct lp_engine_batch b = {.n_segs = (int)a->n_segments, .segs = w->segs,
-                                .hidden_in = w->rows_in, .hidden_out = w->rows_out};
-    if (st == LP_OK) st = lp_engine_forward(w->engine, &b, err);
-    if (st != LP_OK)
-        for (int k = 0; k < n_opened; k++) stage_close_seq(w, w->opened_now[k]);
-    return st;
-}
-
-// Passes the computed step on: every row to a stage, the rows needing
-// logits to the Sink. The step is remembered so the successor's Ack (or
-// failure) finds the stream that sent it. engine_mu held.
-static enum lp_status stage_pass_on(struct lp_worker *w, const Layerpipe__V1__Activations *a,
-                                    struct lp_rpc_stream *from, struct lp_error *err) {
-    const float *send = w->rows_out;
-    uint32_t n_send = a->n_rows;
-    size_t H = (size_t)w->hidden;
-    if (w->to_sink) {
-        n_send = 0;
-        size_t row = 0;
-        for (size_t i = 0; i < a->n_segments; i++) {
-            const Layerpipe__V1__Segment *g = a->segments[i];
-            uint32_t k = lp_wire_logit_rows(g);
-            for (size_t t = g->n_tokens - k; t < g->n_tokens; t++)
-                memcpy(w->rows_sel + (size_t)n_send++ * H, w->rows_out + (row + t) * H,
-                       H * sizeof(float));
-            row += g->n_tokens;
-        }
-        send = w->rows_sel;
-    }
-    Layerpipe__V1__Activations out = LAYERPIPE__V1__ACTIVATIONS__INIT;
-    out.step = a->step;
-    out.n_segments = a->n_segments;
-    out.segments = a->segments;
-    out.n_rows = n_send;
-    out.hidden = (uint32_t)H;
-    out.dtype = lp_wire_encode_rows(send, (size_t)n_send * H, w->wire, w->payload, &out.data.len);
-    out.data.data = w->payload;
-    out.sent_at = lp_now_seconds();
-    if (w->to_sink) out.sink_key = w->sink_key;
-    size_t n = 0;
-    enum lp_status st = lp_pb_pack_into(&out.base, w->packed, w->pack_cap, &n, err);
-    if (st != LP_OK) return st;
-    pthread_mutex_lock(&w->mu);
-    bool failed = w->succ_failed;
-    pthread_mutex_unlock(&w->mu);
-    if (failed && (st = stage_connect(w, err)) != LP_OK) return st; // reconnect once
-    pthread_mutex_lock(&w->mu);
-    struct stage_sent *s = &w->sent[a->step % STAGE_INFLIGHT];
-    lp_rpc_stream_unref(s->from); // an old step never acknowledged
-    lp_rpc_stream_ref(from);
-    *s = (struct stage_sent){a->step, out.sent_at, from};
-    w->bytes_out += out.data.len;
-    pthread_mutex_unlock(&w->mu);
-    st = lp_rpc_client_stream_write(w->succ, w->packed, n, err);
-    if (st != LP_OK)
-        return lp_error_prefix(err, "stage %d (%s): successor %s: ", w->stage_index, w->listen,
-                               w->successor);
-    return LP_OK;
-}
-
-// One step on the compute thread: compute, pass on, acknowledge; or a
-// failure Ack for this step alone.
-static void stage_step(struct lp_worker *w, struct stage_item *it) {
-    struct lp_error err = {0};
-    enum lp_status st;
-    pthread_mutex_lock(&w->engine_mu);
-    pthread_mutex_lock(&w->mu);
-    bool dropped = it->a == NULL; // a Configure cleared the queue meanwhile
-    pthread_mutex_unlock(&w->mu);
-    if (dropped) {
-        pthread_mutex_unlock(&w->engine_mu);
-        return;
-    }
-    const Layerpipe__V1__Activations *a = it->a;
-    double t0 = lp_now_seconds();
-    if (!w->configured) // a stream opened before a later Configure failed
-        st = lp_error_set(&err, LP_ERR_NETWORK,
-                          "stage %s: Forward while not configured (a Configure failed or is in "
-                          "progress)",
-                          w->listen);
-    else if ((st = stage_compute(w, a, &err)) == LP_OK)
-        st = stage_pass_on(w, a, it->from, &err);
-    double t1 = lp_now_seconds();
-    if (w->configured) stage_note_kv(w);
-    pthread_mutex_unlock(&w->engine_mu);
-    pthread_mutex_lock(&w->mu);
-    if (t0 > w->last_done) w->idle_s += t0 - w->last_done;
-    w->last_done = t1;
-    if (st == LP_OK) {
-        w->busy_s += t1 - t0;
-        w->tokens += a->n_rows;
-        w->steps++;
-        w->bytes_in += a->data.len;
-    }
-    pthread_mutex_unlock(&w->mu);
-    if (st != LP_OK) {
-        if (!strstr(err.msg, "stage ")) lp_error_prefix(&err, "stage %d: ", w->stage_index);
-        fprintf(stderr, "layerpipe worker %s: step %llu: %s\n", w->listen,
-                (unsigned long long)a->step, err.msg);
-        stage_ack_failure(it->from, a->step, st, w->stage_index, err.msg);
-        return;
-    }
-    Layerpipe__V1__Ack ack = LAYERPIPE__V1__ACK__INIT;
-    ack.step = a->step;
-    ack.ok = true;
-    ack.compute_seconds = t1 - t0;
-    uint8_t buf[64];
-    size_t n;
-    if (lp_pb_pack_into(&ack.base, buf, sizeof buf, &n, NULL) == LP_OK)
-        lp_rpc_stream_send(it->from, buf, n, NULL);
-}
-
-static void *stage_compute_main(void *arg) {
-    struct lp_worker *w = arg;
-    pthread_mutex_lock(&w->mu);
-    for (;;) {
-        while (!w->stopping && w->q_count == 0) pthread_cond_wait(&w->cv, &w->mu);
-        if (w->stopping) break;
-        int k = w->q_head;
-        pthread_mutex_unlock(&w->mu);
-        stage_step(w, &w->queue[k]);
-        pthread_mutex_lock(&w->mu);
-        // a Configure may have cleared the queue meanwhile
-        if (w->q_count > 0 && w->q_head == k && w->queue[k].a) {
-            lp_rpc_stream_unhold(w->queue[k].from);
-            lp_rpc_stream_unref(w->queue[k].from);
-            w->queue[k].from = NULL;
-            w->queue[k].a = NULL;
-            w->q_head = (w->q_head + 1) % STAGE_QUEUE;
-            w->q_count--;
-        }
-    }
-    pthread_mutex_unlock(&w->mu);
-    return NULL;
-}
-
-// ---- the Forward stream (server thread: unpack and queue, never compute) ----
-
-static enum lp_status fwd_open(void *user, struct lp_rpc_stream *s, void **stream_user,
-                               struct lp_error *err) {
-    struct lp_worker *w = user;
-    (void)s;
-    pthread_mutex_lock(&w->mu);
-    bool configured = w->arena_cap > 0;
-    pthread_mutex_unlock(&w->mu);
-    if (!configured) // UNAVAILABLE: a restarted stage serves no pipeline until configured
-        return lp_error_set(err, LP_ERR_NETWORK,
-                            "stage %s: Forward before Configure (restarted? its coordinator "
-                            "configures it again)",
-                            w->listen);
-    uint64_t *last_step = calloc(1, sizeof *last_step); // the stream's last step
-    if (!last_step) return lp_error_set(err, LP_ERR_NOMEM, "stage %s: out of memory", w->listen);
-    *stream_user = last_step;
-    return LP_OK;
-}
-
-static void fwd_close(void *user, void *stream_user, enum lp_status st, const char *msg) {
-    (void)user;
-    (void)st;
-    (void)msg;
-    free(stream_user);
-}
-
-static enum lp_status fwd_message(void *user, void *stream_user, struct lp_rpc_stream *s,
-                                  const uint8_t *msg, size_t bytes, struct lp_error *err) {
-    struct lp_worker *w = user;
-    pthread_mutex_lock(&w->mu);
-    if (w->arena_cap == 0 || w->q_count == STAGE_QUEUE) {
-        bool full = w->arena_cap > 0;
-        pthread_mutex_unlock(&w->mu);
-        // refuse this step alone (its number, if it is readable at all)
-        Layerpipe__V1__Activations *a = layerpipe__v1__activations__unpack(NULL, bytes, msg);
-        if (!a)
-            return lp_error_set(err, LP_ERR_PROTOCOL,
-                                "stage %d: Forward: a %zu-byte message that is not Activations",
-                                w->stage_index, bytes);
-        char m[LP_ERROR_MSG_BYTES];
-        snprintf(m, sizeof m,
-                 full ? "stage %d (%s): %d steps already queued" : "stage %d (%s): not configured",
-                 w->stage_index, w->listen, STAGE_QUEUE);
-        stage_ack_failure(s, a->step, full ? LP_ERR_BUSY : LP_ERR_INVALID_ARG, w->stage_index, m);
-        layerpipe__v1__activations__free_unpacked(a, NULL);
-        return LP_OK;
-    }
-    // the tail slot, under mu: a Configure (on its own thread) may free the arenas
-    struct stage_item *it = &w->queue[(w->q_head + w->q_count) % STAGE_QUEUE];
-    lp_pb_arena_reset(&it->arena);
-    Layerpipe__V1__Activations *a =
-        bytes <= it->arena.cap ? layerpipe__v1__activations__unpack(&it->arena.alloc, bytes, msg)
-                               : NULL;
-    if (!a) {
-        pthread_mutex_unlock(&w->mu);
-        return lp_error_set(err, LP_ERR_PROTOCOL,
-                            "stage %d: Forward: a %zu-byte message that is not Activations of "
-                            "at most %d rows",
-                            w->stage_index, bytes, w->max_rows);
-    }
-    uint64_t *last_step = stream_user;
-    if (a->step <= *last_step) { // steps increase per stream: a replay or a confused sender
-        pthread_mutex_unlock(&w->mu);
-        char m[LP_ERROR_MSG_BYTES];
-        snprintf(m, sizeof m, "stage %d (%s): step %llu after step %llu on this stream",
-                 w->stage_index, w->listen, (unsigned long long)a->step,
-                 (unsigned long long)*last_step);
-        stage_ack_failure(s, a->step, LP_ERR_PROTOCOL, w->stage_index, m);
-        return LP_OK;
-    }
-    *last_step = a->step;
-    lp_rpc_stream_ref(s);
-    lp_rpc_stream_hold(s);
-    it->a = a;
-    it->from = s;
-    w->q_count++;
-    pthread_cond_signal(&w->cv);
-    pthread_mutex_unlock(&w->mu);
-    return LP_OK;
-}
-
 // ---- lifecycle ----
 
 enum lp_status lp_worker_create(struct lp_worker **out, const struct lp_worker_params *p,
@@ -905,7 +476,7 @@ enum lp_status lp_worker_create(struct lp_worker **out, const struct lp_worker_p
     if ((st = lp_backend_device_info(w->backend, &info, err)) != LP_OK) goto fail;
     snprintf(w->device, sizeof w->device, "%s", info.name);
     w->measured_gb_s = info.read_gb_s;
-    if (pthread_create(&w->compute, NULL, stage_compute_main, w) != 0) {
+    if (pthread_create(&w->compute, NULL, lp_stage_compute_main, w) != 0) {
         st = lp_error_set(err, LP_ERR_INTERNAL, "worker: cannot start the compute thread");
         goto fail;
     }
@@ -914,14 +485,14 @@ enum lp_status lp_worker_create(struct lp_worker **out, const struct lp_worker_p
         (st = lp_rpc_server_create(&w->server, w->listen, LP_MAX_MESSAGE_BYTES, w->sec, err)) !=
             LP_OK)
         goto fail;
-    static const struct lp_rpc_stream_handler fwd = {fwd_open, fwd_message, fwd_close};
     if ((st = lp_rpc_server_add_unary(w->server, LP_M_HELLO, h_hello, w, err)) != LP_OK ||
         (st = lp_rpc_server_add_unary_slow(w->server, LP_M_CONFIGURE, h_configure, w, err)) !=
             LP_OK ||
         (st = lp_rpc_server_add_unary_slow(w->server, LP_M_RELEASE, h_release, w, err)) != LP_OK ||
         (st = lp_rpc_server_add_unary(w->server, LP_M_STATS, h_stats, w, err)) != LP_OK ||
         (st = lp_rpc_server_add_unary(w->server, LP_M_HEALTH, h_health, w, err)) != LP_OK ||
-        (st = lp_rpc_server_add_stream(w->server, LP_M_FORWARD, &fwd, w, err)) != LP_OK ||
+        (st = lp_rpc_server_add_stream(w->server, LP_M_FORWARD, &lp_stage_forward_handler, w,
+                                       err)) != LP_OK ||
         (st = lp_rpc_server_start(w->server, err)) != LP_OK)
         goto fail;
     // the real address when listening on port 0
