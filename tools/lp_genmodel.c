@@ -29,6 +29,7 @@
 #include <jansson.h>
 
 #include "layerpipe/convert.h"
+#include "util/fp16.h"
 
 enum gen_format { FMT_HF_BF16, FMT_HF_F32, FMT_MLX };
 

@@ -16,17 +16,9 @@
 // ---------------------------------------------------------------------------
 // Float rounding.
 
-// float32 -> bfloat16 bits, round to nearest even; NaN stays a (quiet) NaN,
-// overflow rounds to infinity as IEEE does.
-LP_API uint16_t lp_f32_to_bf16(float x);
-// bfloat16 bits -> float32 (exact).
-LP_API float lp_bf16_to_f32(uint16_t h);
-// float32 -> IEEE half bits, round to nearest even, subnormals kept,
-// overflow to infinity, NaN to a quiet NaN.
-LP_API uint16_t lp_f32_to_f16(float x);
-// IEEE half bits -> float32 (exact).
-LP_API float lp_f16_to_f32(uint16_t h);
-// Array forms: dst[i] = convert(src[i]) for i < n. dst and src must not overlap.
+// The scalar conversions live in src/util/fp16.h (inline, one home for every
+// module); these array forms round the same way.
+// dst[i] = convert(src[i]) for i < n. dst and src must not overlap.
 LP_API void lp_f32_to_bf16_array(uint16_t *dst, const float *src, size_t n);
 LP_API void lp_f32_to_f16_array(uint16_t *dst, const float *src, size_t n);
 

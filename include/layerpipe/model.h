@@ -72,6 +72,17 @@ enum lp_weight_format {
     LP_WEIGHT_F16,
     LP_WEIGHT_BF16,
     LP_WEIGHT_MLX_AFFINE, // uint32-packed codes + per-group scales and biases
+    LP_WEIGHT_GGML,       // GGUF blocks of ggml_type, kept as stored (see below)
+};
+
+// GGUF block types, numbered as ggml numbers them (the GGUF tensor-info
+// type field). The block layouts are llama.cpp's ggml-common.h's.
+enum lp_ggml_type {
+    LP_GGML_Q4_0 = 2,  // 32 elements: f16 d, 16 bytes of 4-bit codes
+    LP_GGML_Q8_0 = 8,  // 32 elements: f16 d, 32 int8 codes
+    LP_GGML_Q4_K = 12, // 256 elements: super-block of 8 x 32, 6-bit scales/mins
+    LP_GGML_Q5_K = 13, // 256 elements: Q4_K plus a fifth bit per element
+    LP_GGML_Q6_K = 14, // 256 elements: 16 x 16, 8-bit scales, f16 d
 };
 
 // A weight matrix [rows, cols] (PyTorch Linear layout: rows = out features,
@@ -81,6 +92,9 @@ enum lp_weight_format {
 // with element 0 in the lowest bits; scales and biases are
 // [rows, cols / group_size] of scale_dtype (BF16 or F16);
 // w[r][c] = scales[r][c / g] * q[r][c] + biases[r][c / g].
+// GGML: data is rows consecutive rows of cols / block_elems(ggml_type)
+// blocks each (cols a multiple of the block's element count); scales and
+// biases are NULL. GGUF's F32/F16/BF16 tensors use the float formats.
 struct lp_weight {
     enum lp_weight_format format;
     int64_t rows;
@@ -91,7 +105,14 @@ struct lp_weight {
     enum lp_dtype scale_dtype;  // MLX only
     int bits;                   // MLX only: 4 or 8
     int group_size;             // MLX only: 32, 64 or 128
+    enum lp_ggml_type ggml_type; // GGML only
 };
+
+// Elements and bytes of one block of type t; 0 for a type not listed above.
+LP_API int lp_ggml_block_elems(enum lp_ggml_type t);
+LP_API int lp_ggml_block_bytes(enum lp_ggml_type t);
+// The type's name as ggml spells it ("Q4_K"), or "?".
+LP_API const char *lp_ggml_type_name(enum lp_ggml_type t);
 
 // Bytes of the weight's buffers (data + scales + biases): what one full read costs.
 LP_API size_t lp_weight_bytes(const struct lp_weight *w);

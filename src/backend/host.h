@@ -12,7 +12,7 @@
 #include <string.h>
 
 #include "backend/backend_i.h"
-#include "backend/convert.h"
+#include "util/fp16.h"
 
 #define LP_HOST_ALIGN 64
 
@@ -99,6 +99,10 @@ static inline enum lp_status lp_host_weight_check(const char *who, const struct 
     case LP_WEIGHT_F16:
     case LP_WEIGHT_BF16:
         return LP_OK;
+    case LP_WEIGHT_GGML:
+        return lp_error_set(err, LP_ERR_UNSUPPORTED,
+                            "%s: weight_upload: GGUF %s blocks are not supported by this backend",
+                            who, lp_ggml_type_name(w->ggml_type));
     case LP_WEIGHT_MLX_AFFINE:
         if (w->bits != 4 && w->bits != 8)
             return lp_error_set(err, LP_ERR_UNSUPPORTED,
@@ -157,6 +161,8 @@ static inline float lp_host_weight_at(const struct lp_weight *w, int64_t r, int6
         float b = lp_host_half(w->scale_dtype, w->biases, gi);
         return s * (float)lp_host_mlx_code(w, r, c) + b;
     }
+    case LP_WEIGHT_GGML: // refused by lp_host_weight_check
+        break;
     }
     return 0.0f;
 }

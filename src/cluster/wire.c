@@ -10,7 +10,7 @@
 #include <string.h>
 #include <time.h>
 
-#include "backend/convert.h"
+#include "util/fp16.h"
 #include "layerpipe/cluster.h"
 #include "cluster/internal.h"
 

@@ -13,6 +13,7 @@
 #include <string.h>
 
 #include "layerpipe/convert.h"
+#include "util/fp16.h"
 
 #define MLX_EPS 1e-7f // MLX's floor on the scale: a constant group must not divide by 0
 

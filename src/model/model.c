@@ -14,7 +14,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "backend/convert.h"
+#include "util/fp16.h"
 #include "model/internal.h"
 
 #define LP_MAX_SHARDS 1024

@@ -11,6 +11,7 @@
 #include <sys/stat.h>
 
 #include "layerpipe/convert.h"
+#include "util/fp16.h"
 #include "model/internal.h"
 
 #define QUANT_BLOCK_ROWS 256

@@ -13,65 +13,10 @@
 #include <jansson.h>
 
 #include "layerpipe/convert.h"
+#include "util/fp16.h"
 
 // ---------------------------------------------------------------------------
 // Float rounding.
-
-static uint32_t f32_bits(float x) {
-    uint32_t u;
-    memcpy(&u, &x, 4);
-    return u;
-}
-
-static float f32_from_bits(uint32_t u) {
-    float x;
-    memcpy(&x, &u, 4);
-    return x;
-}
-
-uint16_t lp_f32_to_bf16(float x) {
-    uint32_t u = f32_bits(x);
-    if ((u & 0x7fffffffu) > 0x7f800000u) // NaN: keep the sign, force a quiet NaN
-        return (uint16_t)((u >> 16) | 0x0040u);
-    // Round to nearest even: add 0x7fff plus the lowest kept bit, then truncate.
-    u += 0x7fffu + ((u >> 16) & 1u);
-    return (uint16_t)(u >> 16);
-}
-
-float lp_bf16_to_f32(uint16_t h) { return f32_from_bits((uint32_t)h << 16); }
-
-uint16_t lp_f32_to_f16(float x) {
-    uint32_t u = f32_bits(x);
-    uint16_t sign = (uint16_t)((u >> 16) & 0x8000u);
-    uint32_t abs = u & 0x7fffffffu;
-    if (abs > 0x7f800000u) return (uint16_t)(sign | 0x7e00u); // NaN
-    if (abs >= 0x477ff000u) return (uint16_t)(sign | 0x7c00u); // >= 65520 rounds to inf
-    if (abs < 0x38800000u) {
-        // Below the smallest normal half (2^-14): a subnormal m * 2^-24 (or
-        // zero). Adding 0.5f puts |x| where the float ulp is 2^-24, so the
-        // FPU's own round-to-nearest-even computes m; m == 1024 is exactly
-        // the encoding of the smallest normal, which is also right.
-        float f = f32_from_bits(abs) + 0.5f;
-        return (uint16_t)(sign | (uint16_t)(f32_bits(f) - 0x3f000000u));
-    }
-    // Normal: rebias the exponent (127 -> 15) and round the 13 dropped bits.
-    uint32_t mant_odd = (abs >> 13) & 1u;
-    abs += ((uint32_t)(15 - 127) << 23) + 0xfffu + mant_odd;
-    return (uint16_t)(sign | (uint16_t)(abs >> 13));
-}
-
-float lp_f16_to_f32(uint16_t h) {
-    uint32_t sign = (uint32_t)(h & 0x8000u) << 16;
-    uint32_t exp = (h >> 10) & 0x1fu;
-    uint32_t mant = h & 0x3ffu;
-    if (exp == 0) {
-        // zero or subnormal: mant * 2^-24, exact in float
-        float f = (float)mant * (1.0f / 16777216.0f);
-        return f32_from_bits(f32_bits(f) | sign);
-    }
-    if (exp == 31) return f32_from_bits(sign | 0x7f800000u | (mant << 13));
-    return f32_from_bits(sign | ((exp + 127 - 15) << 23) | (mant << 13));
-}
 
 void lp_f32_to_bf16_array(uint16_t *dst, const float *src, size_t n) {
     for (size_t i = 0; i < n; i++) dst[i] = lp_f32_to_bf16(src[i]);

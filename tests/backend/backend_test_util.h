@@ -11,7 +11,7 @@
 #include <string.h>
 
 #include "backend/backend_i.h"
-#include "backend/convert.h"
+#include "util/fp16.h"
 #include "lp_test.h"
 
 static uint64_t tu_rng = 0x9e3779b97f4a7c15ull;

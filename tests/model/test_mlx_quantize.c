@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "layerpipe/convert.h"
+#include "util/fp16.h"
 #include "lp_test.h"
 
 static uint64_t rng_state = 12345;

@@ -13,6 +13,7 @@
 #include <jansson.h>
 
 #include "layerpipe/convert.h"
+#include "util/fp16.h"
 #include "lp_test.h"
 
 // A whole file in memory.

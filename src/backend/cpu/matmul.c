@@ -92,6 +92,8 @@ void lp_cpu_dequant_row(const struct lp_weight *w, int64_t r, float *dst) {
         }
         return;
     }
+    case LP_WEIGHT_GGML: // refused at upload
+        return;
     }
 }
 
@@ -397,6 +399,7 @@ static mm_kernel_fn mm_pick(const struct lp_cpu_ctx *ctx, const struct lp_weight
         case LP_WEIGHT_F16: return mm_kernel_tile_f16;
         case LP_WEIGHT_BF16: return mm_kernel_tile_bf16;
         case LP_WEIGHT_MLX_AFFINE: return w->bits == 8 ? mm_kernel_tile_q8 : mm_kernel_tile_q4;
+        case LP_WEIGHT_GGML: break; // refused at upload
         }
     }
 #endif

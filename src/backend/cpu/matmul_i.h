@@ -46,6 +46,8 @@ static inline int64_t mm_row_bytes(const struct lp_weight *w) {
         return w->cols * 2;
     case LP_WEIGHT_MLX_AFFINE:
         return w->cols * w->bits / 8;
+    case LP_WEIGHT_GGML: // refused at upload
+        break;
     }
     return 0;
 }

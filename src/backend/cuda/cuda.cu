@@ -226,6 +226,10 @@ static enum lp_status cuda_weight_sizes(struct cuda_ctx *c, const struct lp_weig
     case LP_WEIGHT_BF16:
         *data_bytes = n * 2;
         return LP_OK;
+    case LP_WEIGHT_GGML:
+        return lp_error_set(err, LP_ERR_UNSUPPORTED,
+                            "%s: weight_upload: GGUF %s blocks are not supported on CUDA yet",
+                            c->name, lp_ggml_type_name(w->ggml_type));
     case LP_WEIGHT_MLX_AFFINE:
         if (w->bits != 4 && w->bits != 8)
             return lp_error_set(err, LP_ERR_UNSUPPORTED,
@@ -305,6 +309,8 @@ static enum lp_status cuda_weight_upload(void *ctx, const struct lp_weight *w,
         k->biases = (const uint16_t *)(mem + db_pad + sb_pad);
         k->scale_bf16 = w->scale_dtype == LP_DTYPE_BF16;
         k->group = w->group_size;
+        break;
+    case LP_WEIGHT_GGML: // refused by cuda_weight_sizes
         break;
     }
     *out = bw;

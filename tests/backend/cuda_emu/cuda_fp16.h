@@ -3,7 +3,7 @@
 #ifndef LP_CUDA_EMU_FP16_H
 #define LP_CUDA_EMU_FP16_H
 
-#include "backend/convert.h"
+#include "util/fp16.h"
 #include "cuda_runtime.h"
 
 struct __half {

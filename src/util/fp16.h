@@ -1,9 +1,9 @@
 // SPDX-License-Identifier: MIT
-// convert.h -- scalar conversions between float32 and the 16-bit float types
-// (bfloat16, IEEE half) shared by the ref and cpu backends. Narrowing rounds
+// fp16.h -- the one home of the scalar conversions between float32 and the 16-bit float types
+// (bfloat16, IEEE half), for every module (backends, model, wire, tools). Narrowing rounds
 // to nearest, ties to even; NaN stays NaN (quiet), overflow goes to infinity.
-#ifndef LAYERPIPE_BACKEND_CONVERT_H
-#define LAYERPIPE_BACKEND_CONVERT_H
+#ifndef LAYERPIPE_UTIL_FP16_H
+#define LAYERPIPE_UTIL_FP16_H
 
 #include <stdint.h>
 #include <string.h>
