@@ -1,9 +1,11 @@
 // SPDX-License-Identifier: MIT
 // convert.h -- the writing side of the model module: a safetensors writer,
-// float32 -> bf16 / f16 rounding, and MLX affine quantization. Used by the
-// test-model generator (tools/lp_genmodel.c) and by `layerpipe quantize`.
-// Nothing here is on the inference path; all functions are reentrant and
-// share no state, so different objects may be used from different threads.
+// float32 -> bf16 / f16 rounding, MLX affine quantization and GGUF blocks.
+// Used by the test-model generators (tools/lp_genmodel.c) and by `layerpipe
+// quantize`. Nothing here is on the inference path (the backends read GGUF
+// blocks through the same inline definitions, src/util/ggml_layout.h); all
+// functions are reentrant and share no state, so different objects may be
+// used from different threads.
 #ifndef LAYERPIPE_CONVERT_H
 #define LAYERPIPE_CONVERT_H
 
@@ -63,6 +65,31 @@ LP_API enum lp_status lp_mlx_dequantize(const uint32_t *q, const void *scales,
                                         const void *biases, int64_t rows, int64_t cols,
                                         int bits, int group_size, enum lp_dtype scale_dtype,
                                         float *out, struct lp_error *err);
+
+// ---------------------------------------------------------------------------
+// GGUF blocks (Q4_0, Q8_0, Q4_K, Q5_K, Q6_K; layouts in src/util/ggml_layout.h,
+// as llama.cpp's ggml-common.h documents them). A row of cols elements is
+// cols / lp_ggml_block_elems(t) consecutive blocks. The dequantized values
+// are, bit for bit, those the backends compute with.
+
+// Bytes of one row of cols elements of type t; 0 when t is not one of the
+// types above or cols is not a positive multiple of its block's elements.
+LP_API size_t lp_ggml_row_bytes(enum lp_ggml_type t, int64_t cols);
+
+// src[cols] float32 -> dst (lp_ggml_row_bytes(t, cols) bytes, caller-
+// allocated). Scales are chosen per block by least-squares fits in the
+// spirit of llama.cpp's reference quantizers (not bit-identical to them);
+// every element then gets the nearest value its block can represent.
+// LP_ERR_INVALID_ARG (nothing written) for a bad type or cols, or a
+// non-finite element.
+LP_API enum lp_status lp_ggml_quantize_row(enum lp_ggml_type t, const float *src, void *dst,
+                                           int64_t cols, struct lp_error *err);
+
+// src (lp_ggml_row_bytes(t, cols) bytes) -> dst[cols] float32: the values
+// the layout defines, computed in float32. Any bytes are valid input (an f16
+// NaN scale gives NaN elements). LP_ERR_INVALID_ARG for a bad type or cols.
+LP_API enum lp_status lp_ggml_dequantize_row(enum lp_ggml_type t, const void *src, float *dst,
+                                             int64_t cols, struct lp_error *err);
 
 // ---------------------------------------------------------------------------
 // safetensors writer.
