@@ -19,6 +19,20 @@
 #include "layerpipe/cluster.h"
 #include "layerpipe/model.h"
 
+// ---- a growable NUL-terminated byte buffer (buf.c) ----
+
+struct lp_api_buf {
+    char *data; // [cap], NUL-terminated at n once anything was put; NULL before
+    size_t n, cap;
+};
+
+// Appends n bytes of s (n may be 0); false when out of memory (b unchanged).
+bool lp_api_buf_put(struct lp_api_buf *b, const char *s, size_t n);
+// Drops the first n <= b->n bytes.
+void lp_api_buf_consume(struct lp_api_buf *b, size_t n);
+// The contents, "" when nothing was put.
+const char *lp_api_buf_str(const struct lp_api_buf *b);
+
 // ---- metrics ----
 
 #define LP_API_HIST_MAX 24

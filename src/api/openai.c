@@ -20,27 +20,6 @@
 
 // ---- the request shared by the scheduler thread and the connection ----
 
-struct sbuf {
-    char *s; // [cap], NUL-terminated at n
-    size_t n, cap;
-};
-
-static bool sb_put(struct sbuf *b, const char *s, size_t n) {
-    if (b->n + n + 1 > b->cap) {
-        size_t cap = b->cap ? b->cap : 256;
-        while (cap < b->n + n + 1)
-            cap *= 2;
-        char *d = realloc(b->s, cap);
-        if (!d) return false;
-        b->s = d;
-        b->cap = cap;
-    }
-    memcpy(b->s + b->n, s, n);
-    b->n += n;
-    b->s[b->n] = '\0';
-    return true;
-}
-
 struct tok_lp { // one generated token with its log-probabilities
     int32_t id;
     float logprob;
@@ -51,7 +30,7 @@ struct tok_lp { // one generated token with its log-probabilities
 
 // What the callback has produced and the connection has not yet taken.
 struct queue {
-    struct sbuf content, reasoning;
+    struct lp_api_buf content, reasoning;
     json_t *calls;       // array of tool-call deltas, or NULL
     struct tok_lp *toks; // [n_toks] (with logprobs)
     int n_toks, cap_toks;
@@ -83,7 +62,7 @@ struct api_req {
     // connection thread only (streaming)
     struct lp_api_conn *conn; // for its log line; lives while the reply is sent
     struct queue taken;
-    struct sbuf out;
+    struct lp_api_buf out;
     size_t out_pos;
     enum sse_phase phase;
     size_t text_offset; // completions logprobs: bytes of text before the next token
@@ -91,16 +70,16 @@ struct api_req {
 
 static void queue_clear(struct queue *q) {
     q->content.n = q->reasoning.n = 0;
-    if (q->content.s) q->content.s[0] = '\0';
-    if (q->reasoning.s) q->reasoning.s[0] = '\0';
+    if (q->content.data) q->content.data[0] = '\0';
+    if (q->reasoning.data) q->reasoning.data[0] = '\0';
     json_decref(q->calls);
     q->calls = NULL;
     q->n_toks = 0;
 }
 
 static void queue_free(struct queue *q) {
-    free(q->content.s);
-    free(q->reasoning.s);
+    free(q->content.data);
+    free(q->reasoning.data);
     json_decref(q->calls);
     free(q->toks);
 }
@@ -110,7 +89,7 @@ static void req_free(struct api_req *r) {
     pthread_cond_destroy(&r->cv);
     queue_free(&r->q);
     queue_free(&r->taken);
-    free(r->out.s);
+    free(r->out.data);
     lp_text_destroy(r->text);
     free(r);
 }
@@ -140,8 +119,8 @@ static void finish_metrics(struct api_req *r, const struct lp_sched_event *ev) {
 }
 
 static bool enqueue(struct api_req *r, const struct lp_text_delta *d, const struct tok_lp *t) {
-    bool ok = sb_put(&r->q.content, d->content, d->n_content) &&
-              sb_put(&r->q.reasoning, d->reasoning, d->n_reasoning);
+    bool ok = lp_api_buf_put(&r->q.content, d->content, d->n_content) &&
+              lp_api_buf_put(&r->q.reasoning, d->reasoning, d->n_reasoning);
     for (int i = 0; i < d->n_tool_calls && ok; i++) {
         const struct lp_tool_call *c = lp_text_tool_call(r->text, d->first_tool_call + i);
         if (!r->q.calls) r->q.calls = json_array();
@@ -378,22 +357,22 @@ static json_t *flat_content(const json_t *content, size_t i, struct lp_api_err *
         lp_api_bad(e, "messages", "messages[%zu].content must be a string or an array of parts", i);
         return NULL;
     }
-    struct sbuf b = {0};
-    sb_put(&b, "", 0);
+    struct lp_api_buf b = {0};
+    lp_api_buf_put(&b, "", 0);
     for (size_t k = 0; k < json_array_size(content); k++) {
         const json_t *part = json_array_get(content, k);
         const json_t *type = json_object_get(part, "type"), *text = json_object_get(part, "text");
         if (!json_is_string(type) || strcmp(json_string_value(type), "text") != 0 ||
             !json_is_string(text)) {
-            free(b.s);
+            free(b.data);
             lp_api_bad(e, "messages", "messages[%zu].content[%zu]: only text parts are supported",
                        i, k);
             return NULL;
         }
-        sb_put(&b, json_string_value(text), json_string_length(text));
+        lp_api_buf_put(&b, json_string_value(text), json_string_length(text));
     }
-    json_t *s = b.s ? json_stringn(b.s, b.n) : NULL;
-    free(b.s);
+    json_t *s = b.data ? json_stringn(b.data, b.n) : NULL;
+    free(b.data);
     return s;
 }
 
@@ -533,12 +512,12 @@ json_t *lp_api_token_string(const struct lp_tokenizer *tok, int32_t id) {
     json_t *s = json_stringn((const char *)b, n);
     if (s) return s;
     // not valid UTF-8 on its own (part of a character): bytes >= 0x80 as U+FFFD
-    struct sbuf o = {0};
-    sb_put(&o, "", 0);
+    struct lp_api_buf o = {0};
+    lp_api_buf_put(&o, "", 0);
     for (size_t i = 0; i < n; i++)
-        sb_put(&o, b[i] < 0x80 ? (const char *)b + i : "\xef\xbf\xbd", b[i] < 0x80 ? 1 : 3);
-    s = json_stringn(o.s ? o.s : "", o.n);
-    free(o.s);
+        lp_api_buf_put(&o, b[i] < 0x80 ? (const char *)b + i : "\xef\xbf\xbd", b[i] < 0x80 ? 1 : 3);
+    s = json_stringn(o.data ? o.data : "", o.n);
+    free(o.data);
     return s;
 }
 
@@ -632,7 +611,7 @@ static bool sse_put(struct api_req *r, json_t *j) {
     json_decref(j);
     if (!s) return false;
     bool ok =
-        sb_put(&r->out, "data: ", 6) && sb_put(&r->out, s, strlen(s)) && sb_put(&r->out, "\n\n", 2);
+        lp_api_buf_put(&r->out, "data: ", 6) && lp_api_buf_put(&r->out, s, strlen(s)) && lp_api_buf_put(&r->out, "\n\n", 2);
     free(s);
     return ok;
 }
@@ -659,12 +638,12 @@ static bool sse_tokens(struct api_req *r) {
         body = json_object();
         if (t->reasoning.n)
             json_object_set_new(body, "reasoning_content",
-                                json_stringn(t->reasoning.s, t->reasoning.n));
+                                json_stringn(t->reasoning.data, t->reasoning.n));
         if (t->content.n)
-            json_object_set_new(body, "content", json_stringn(t->content.s, t->content.n));
+            json_object_set_new(body, "content", json_stringn(t->content.data, t->content.n));
         if (t->calls) json_object_set(body, "tool_calls", t->calls);
     } else {
-        body = json_stringn(t->content.s ? t->content.s : "", t->content.n);
+        body = json_stringn(t->content.data ? t->content.data : "", t->content.n);
     }
     return sse_put(r, chunk(r, body, lp, NULL));
 }
@@ -689,7 +668,7 @@ static bool sse_end(struct api_req *r) {
     }
     r->phase = SSE_END;
     if (r->conn) r->conn->n_generated = r->n_generated;
-    return ok && sb_put(&r->out, "data: [DONE]\n\n", 14);
+    return ok && lp_api_buf_put(&r->out, "data: [DONE]\n\n", 14);
 }
 
 // Waits for the next events and formats them into r->out. False: give up.
@@ -713,7 +692,7 @@ static bool sse_fill(struct api_req *r) {
         if (ts.tv_nsec >= 1000000000) ts.tv_sec++, ts.tv_nsec -= 1000000000;
         if (pthread_cond_timedwait(&r->cv, &r->mu, &ts) == ETIMEDOUT && (idle += 0.2) >= 10) {
             pthread_mutex_unlock(&r->mu); // a comment keeps proxies (and us) aware of the peer
-            return sb_put(&r->out, ": keep-alive\n\n", 14);
+            return lp_api_buf_put(&r->out, ": keep-alive\n\n", 14);
         }
     }
     struct queue tmp = r->taken; // swap: the callback keeps appending to an empty queue
@@ -735,7 +714,7 @@ static ssize_t sse_read(void *cls, uint64_t pos, char *buf, size_t max) {
         if (!sse_fill(r)) return MHD_CONTENT_READER_END_WITH_ERROR;
     }
     size_t n = r->out.n - r->out_pos < max ? r->out.n - r->out_pos : max;
-    memcpy(buf, r->out.s + r->out_pos, n);
+    memcpy(buf, r->out.data + r->out_pos, n);
     r->out_pos += n;
     return (ssize_t)n;
 }

@@ -15,6 +15,7 @@
 
 #include <jansson.h>
 
+#include "api/internal.h"
 #include "layerpipe/api.h"
 
 // ---- prompts ----
@@ -56,39 +57,6 @@ enum lp_status lp_text_prompt_chat_json(const char *json, size_t n_json,
     return st;
 }
 
-// ---- a growable NUL-terminated byte buffer ----
-
-struct tbuf {
-    char *data; // [cap], NUL-terminated at n
-    size_t n, cap;
-};
-
-static bool tb_put(struct tbuf *b, const char *s, size_t n) {
-    if (b->n + n + 1 > b->cap) {
-        size_t cap = b->cap ? b->cap : 64;
-        while (cap < b->n + n + 1)
-            cap *= 2;
-        char *d = realloc(b->data, cap);
-        if (!d) return false;
-        b->data = d;
-        b->cap = cap;
-    }
-    if (n) memcpy(b->data + b->n, s, n);
-    b->n += n;
-    b->data[b->n] = '\0';
-    return true;
-}
-
-static void tb_consume(struct tbuf *b, size_t n) { // drops the first n bytes
-    memmove(b->data, b->data + n, b->n - n);
-    b->n -= n;
-    b->data[b->n] = '\0';
-}
-
-static const char *tb_str(const struct tbuf *b) {
-    return b->data ? b->data : "";
-}
-
 // ---- the object ----
 
 enum text_state { TS_START, TS_THINK, TS_CONTENT, TS_TOOL };
@@ -108,8 +76,8 @@ struct lp_text {
     enum text_state state;
     bool lstrip; // drop leading newlines of what comes next
     bool stopped, finished;
-    struct tbuf pending; // released by the stop matcher, not yet classified
-    struct tbuf content, reasoning_text;
+    struct lp_api_buf pending; // released by the stop matcher, not yet classified
+    struct lp_api_buf content, reasoning_text;
     struct text_call *calls;
     int n_calls, cap_calls;
 };
@@ -166,8 +134,8 @@ enum lp_status lp_text_create(struct lp_text **out, const struct lp_tokenizer *t
         if (st != LP_OK) goto fail;
     }
     // every total is a valid empty string from the start
-    if (!tb_put(&t->content, "", 0) || !tb_put(&t->reasoning_text, "", 0) ||
-        !tb_put(&t->pending, "", 0)) {
+    if (!lp_api_buf_put(&t->content, "", 0) || !lp_api_buf_put(&t->reasoning_text, "", 0) ||
+        !lp_api_buf_put(&t->pending, "", 0)) {
         st = lp_error_set(err, LP_ERR_NOMEM, "text: out of memory");
         goto fail;
     }
@@ -237,28 +205,28 @@ nomem:
 }
 
 // Appends s[0..n) to out, dropping leading newlines while t->lstrip is set.
-static bool put_text(struct lp_text *t, struct tbuf *out, const char *s, size_t n) {
+static bool put_text(struct lp_text *t, struct lp_api_buf *out, const char *s, size_t n) {
     if (t->lstrip) {
         while (n > 0 && *s == '\n')
             s++, n--;
         if (n == 0) return true;
         t->lstrip = false;
     }
-    return tb_put(out, s, n);
+    return lp_api_buf_put(out, s, n);
 }
 
 // Classifies as much of `pending` as can be; `final` releases everything.
 static enum lp_status classify(struct lp_text *t, bool final, struct lp_error *err) {
-    struct tbuf *p = &t->pending;
+    struct lp_api_buf *p = &t->pending;
     for (;;) {
-        const char *s = tb_str(p);
+        const char *s = lp_api_buf_str(p);
         size_t n = p->n;
         if (t->state == TS_START) {
             size_t ws = 0;
             while (ws < n && (s[ws] == '\n' || s[ws] == ' '))
                 ws++;
             if (n - ws >= 7 && memcmp(s + ws, "<think>", 7) == 0) {
-                tb_consume(p, ws + 7);
+                lp_api_buf_consume(p, ws + 7);
                 t->state = TS_THINK;
                 t->lstrip = true;
                 continue;
@@ -280,18 +248,18 @@ static enum lp_status classify(struct lp_text *t, bool final, struct lp_error *e
                     keep--, k--;
             if (!put_text(t, &t->reasoning_text, s, keep)) goto nomem;
             if (end) {
-                tb_consume(p, k + 8);
+                lp_api_buf_consume(p, k + 8);
                 t->state = TS_CONTENT;
                 t->lstrip = true;
                 continue;
             }
-            tb_consume(p, final ? n : k);
+            lp_api_buf_consume(p, final ? n : k);
             return LP_OK;
         }
         if (t->state == TS_CONTENT) {
             if (!t->tool_calls) {
                 if (!put_text(t, &t->content, s, n)) goto nomem;
-                tb_consume(p, n);
+                lp_api_buf_consume(p, n);
                 return LP_OK;
             }
             const char *open = find(s, n, "<tool_call>");
@@ -300,11 +268,11 @@ static enum lp_status classify(struct lp_text *t, bool final, struct lp_error *e
                                : n - tag_prefix_tail(s, n, "<tool_call>");
             if (!put_text(t, &t->content, s, k)) goto nomem;
             if (open) {
-                tb_consume(p, k + 11);
+                lp_api_buf_consume(p, k + 11);
                 t->state = TS_TOOL;
                 continue;
             }
-            tb_consume(p, k);
+            lp_api_buf_consume(p, k);
             return LP_OK;
         }
         // TS_TOOL: wait for the closing tag
@@ -316,13 +284,13 @@ static enum lp_status classify(struct lp_text *t, bool final, struct lp_error *e
         if (st != LP_OK) goto nomem;
         if (!ok) { // not a tool call after all: show it as it came
             t->lstrip = false;
-            if (!tb_put(&t->content, "<tool_call>", 11) || !tb_put(&t->content, s, k) ||
-                (close && !tb_put(&t->content, "</tool_call>", 12)))
+            if (!lp_api_buf_put(&t->content, "<tool_call>", 11) || !lp_api_buf_put(&t->content, s, k) ||
+                (close && !lp_api_buf_put(&t->content, "</tool_call>", 12)))
                 goto nomem;
         } else {
             t->lstrip = true; // the newline between calls is not content
         }
-        tb_consume(p, close ? k + 12 : n);
+        lp_api_buf_consume(p, close ? k + 12 : n);
         t->state = TS_CONTENT;
         if (!close) return LP_OK;
     }
@@ -340,12 +308,12 @@ static enum lp_status feed(struct lp_text *t, const char *s, size_t n, bool last
             t->stopped = true;
             last = true;
         }
-        if (!tb_put(&t->pending, o, m)) goto nomem;
+        if (!lp_api_buf_put(&t->pending, o, m)) goto nomem;
         if (last && !t->stopped) {
             lp_stop_matcher_flush(t->stops, &o, &m);
-            if (!tb_put(&t->pending, o, m)) goto nomem;
+            if (!lp_api_buf_put(&t->pending, o, m)) goto nomem;
         }
-    } else if (!tb_put(&t->pending, s, n)) {
+    } else if (!lp_api_buf_put(&t->pending, s, n)) {
         goto nomem;
     }
     return classify(t, last, err);
@@ -356,9 +324,9 @@ nomem:
 static void delta_since(const struct lp_text *t, struct lp_text_delta *d, size_t n_content,
                         size_t n_reasoning, int n_calls) {
     *d = (struct lp_text_delta){
-        .content = tb_str(&t->content) + n_content,
+        .content = lp_api_buf_str(&t->content) + n_content,
         .n_content = t->content.n - n_content,
-        .reasoning = tb_str(&t->reasoning_text) + n_reasoning,
+        .reasoning = lp_api_buf_str(&t->reasoning_text) + n_reasoning,
         .n_reasoning = t->reasoning_text.n - n_reasoning,
         .first_tool_call = n_calls,
         .n_tool_calls = t->n_calls - n_calls,
@@ -400,12 +368,12 @@ enum lp_status lp_text_finish(struct lp_text *t, struct lp_text_delta *d, struct
 
 const char *lp_text_content(const struct lp_text *t, size_t *n_bytes) {
     if (n_bytes) *n_bytes = t->content.n;
-    return tb_str(&t->content);
+    return lp_api_buf_str(&t->content);
 }
 
 const char *lp_text_reasoning(const struct lp_text *t, size_t *n_bytes) {
     if (n_bytes) *n_bytes = t->reasoning_text.n;
-    return tb_str(&t->reasoning_text);
+    return lp_api_buf_str(&t->reasoning_text);
 }
 
 int lp_text_n_tool_calls(const struct lp_text *t) {
