@@ -20,6 +20,7 @@
 
 #include "cluster/fault_fixture.h"
 #include "layerpipe/cluster.h"
+#include "cluster/sched_fixture.h"
 #include "layerpipe/tokenizer.h"
 #include "lp_test.h"
 
@@ -69,59 +70,17 @@ static void link_set(const char *state) {
 
 // ---- a request ----
 
-struct got {
-    pthread_mutex_t mu;
-    pthread_cond_t cv;
-    int32_t ids[N_GEN];
-    int n;
-    bool done;
-    enum lp_status status;
-    char error[512];
-};
-
-static bool on_event(void *user, const struct lp_sched_event *ev) {
-    struct got *g = user;
-    pthread_mutex_lock(&g->mu);
-    if (ev->kind == LP_SCHED_EV_TOKEN && g->n < N_GEN) g->ids[g->n++] = ev->token;
-    if (ev->kind == LP_SCHED_EV_DONE) {
-        g->done = true;
-        g->status = ev->status;
-        snprintf(g->error, sizeof g->error, "%s", ev->error ? ev->error : "");
-    }
-    pthread_cond_broadcast(&g->cv);
-    pthread_mutex_unlock(&g->mu);
-    return false;
-}
-
 static struct lp_token_list prompt;
 
 static void start(struct lp_sched *s, struct got *g) {
-    memset(g, 0, sizeof *g);
-    pthread_mutex_init(&g->mu, NULL);
-    pthread_cond_init(&g->cv, NULL);
+    got_init(g);
     struct lp_sched_request rq = {.prompt = prompt.ids, .n_prompt = (int)prompt.n_ids,
                                   .max_new_tokens = N_GEN, .ignore_eos = true,
-                                  .sampling = lp_sampler_params_default(), .on_event = on_event,
+                                  .sampling = lp_sampler_params_default(), .on_event = got_on_event,
                                   .user = g};
     uint64_t id;
     struct lp_error err = {0};
     CHECK_OK(lp_sched_submit(s, &rq, &id, &err), &err);
-}
-
-static void wait_tokens(struct got *g, int n) {
-    for (;;) {
-        pthread_mutex_lock(&g->mu);
-        bool enough = g->n >= n || g->done;
-        pthread_mutex_unlock(&g->mu);
-        if (enough) return;
-        usleep(1000);
-    }
-}
-
-static void wait_done(struct got *g) {
-    pthread_mutex_lock(&g->mu);
-    while (!g->done) pthread_cond_wait(&g->cv, &g->mu);
-    pthread_mutex_unlock(&g->mu);
 }
 
 // Starts the namespaced worker on ns_ip:port (port 0: any).
@@ -186,36 +145,36 @@ int main(void) {
     if (!s) goto done;
     struct got ref, g;
     start(s, &ref);
-    wait_done(&ref);
+    got_wait(&ref);
     CHECK(ref.status == LP_OK && ref.n == N_GEN);
     // a link cut of about a second
     start(s, &g);
-    wait_tokens(&g, 30);
+    got_wait_tokens(&g, 30);
     double t0 = ff_now();
     link_set("down");
     usleep(1200000);
     link_set("up");
-    wait_done(&g);
+    got_wait(&g);
     printf("link cut 1.2 s: %s, %d tokens, %.2f s after the cut\n", lp_status_str(g.status), g.n,
            ff_now() - t0);
     CHECK_MSG(g.status == LP_OK && memcmp(g.ids, ref.ids, sizeof g.ids) == 0,
               "after a link cut: %s: %s", lp_status_str(g.status), g.error);
     // a stall of the namespaced stage
     start(s, &g);
-    wait_tokens(&g, 50);
+    got_wait_tokens(&g, 50);
     kill(w2, SIGSTOP);
     usleep(1500000);
     kill(w2, SIGCONT);
-    wait_done(&g);
+    got_wait(&g);
     printf("stall 1.5 s (SIGSTOP): %s, %d tokens\n", lp_status_str(g.status), g.n);
     CHECK_MSG(g.status == LP_OK && memcmp(g.ids, ref.ids, sizeof g.ids) == 0,
               "after a stall: %s: %s", lp_status_str(g.status), g.error);
     // a cut that lasts: a clear error within the deadline (step 0.8 s + recovery 6 s)
     start(s, &g);
-    wait_tokens(&g, 20);
+    got_wait_tokens(&g, 20);
     t0 = ff_now();
     link_set("down");
-    wait_done(&g);
+    got_wait(&g);
     double dt = ff_now() - t0;
     printf("lasting cut: %s after %.2f s: %.200s\n", lp_status_str(g.status), dt, g.error);
     CHECK_MSG(g.status == LP_ERR_NETWORK && strstr(g.error, "did not come back") && dt < 9.0,
@@ -223,7 +182,7 @@ int main(void) {
     link_set("up");
     // and the coordinator serves again once the link is back
     start(s, &g);
-    wait_done(&g);
+    got_wait(&g);
     CHECK_MSG(g.status == LP_OK && memcmp(g.ids, ref.ids, sizeof g.ids) == 0,
               "after the link came back: %s: %s", lp_status_str(g.status), g.error);
 done:

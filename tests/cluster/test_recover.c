@@ -23,6 +23,7 @@
 
 #include "cluster/fault_fixture.h"
 #include "layerpipe/cluster.h"
+#include "cluster/sched_fixture.h"
 #include "layerpipe/tokenizer.h"
 #include "lp_test.h"
 
@@ -43,57 +44,10 @@ static int draw(int n) {
 
 // ---- a request's events ----
 
-struct got {
-    pthread_mutex_t mu;
-    pthread_cond_t cv;
-    int32_t ids[N_GEN];
-    double at[N_GEN]; // event time of each token (lp_sched_now: CLOCK_MONOTONIC, as ff_now)
-    int n;
-    bool done;
-    enum lp_status status;
-    char error[512];
-};
-
-static void got_init(struct got *g) {
-    memset(g, 0, sizeof *g);
-    pthread_mutex_init(&g->mu, NULL);
-    pthread_cond_init(&g->cv, NULL);
-}
-
-static bool on_event(void *user, const struct lp_sched_event *ev) {
-    struct got *g = user;
-    pthread_mutex_lock(&g->mu);
-    if (ev->kind == LP_SCHED_EV_TOKEN && g->n < N_GEN) {
-        g->at[g->n] = ev->time;
-        g->ids[g->n++] = ev->token;
-    }
-    if (ev->kind == LP_SCHED_EV_DONE) {
-        g->done = true;
-        g->status = ev->status;
-        snprintf(g->error, sizeof g->error, "%s", ev->error ? ev->error : "");
-    }
-    pthread_cond_broadcast(&g->cv);
-    pthread_mutex_unlock(&g->mu);
-    return false;
-}
-
-static int got_count(struct got *g) {
-    pthread_mutex_lock(&g->mu);
-    int n = g->done ? N_GEN + 1 : g->n;
-    pthread_mutex_unlock(&g->mu);
-    return n;
-}
-
-static void got_wait(struct got *g) {
-    pthread_mutex_lock(&g->mu);
-    while (!g->done) pthread_cond_wait(&g->cv, &g->mu);
-    pthread_mutex_unlock(&g->mu);
-}
-
 static struct lp_sched_request request(int i, struct got *g, bool sampled) {
     struct lp_sched_request rq = {.prompt = prompts[i].ids, .n_prompt = (int)prompts[i].n_ids,
                                   .max_new_tokens = N_GEN, .ignore_eos = true,
-                                  .sampling = lp_sampler_params_default(), .on_event = on_event,
+                                  .sampling = lp_sampler_params_default(), .on_event = got_on_event,
                                   .user = g};
     if (sampled) {
         rq.sampling.temperature = 0.8f;
@@ -210,7 +164,7 @@ static void kill_during(struct rig *r, int n, bool sampled, int victim, int at, 
         uint64_t id;
         CHECK_OK(lp_sched_submit(r->s, &rq, &id, &err), &err);
     }
-    while (got_count(&g[0]) < at) usleep(1000);
+    got_wait_tokens(&g[0], at);
     double t0 = ff_now();
     kill(r->w[victim].pid, sig);
     if (sig == SIGKILL) ff_wait(r->w[victim].pid, 5);
@@ -313,7 +267,7 @@ static void test_deadline_and_other_model(void) {
     struct lp_sched_request rq = request(0, &g, false);
     uint64_t id;
     CHECK_OK(lp_sched_submit(r.s, &rq, &id, &err), &err);
-    while (got_count(&g) < 5) usleep(1000);
+    got_wait_tokens(&g, 5);
     double t0 = ff_now();
     kill(r.w[0].pid, SIGKILL);
     ff_wait(r.w[0].pid, 5);

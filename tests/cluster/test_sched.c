@@ -25,6 +25,7 @@
 #include "cluster/internal.h"
 #include "cluster/rpc.h"
 #include "layerpipe/cluster.h"
+#include "cluster/sched_fixture.h"
 #include "layerpipe/tokenizer.h"
 #include "lp_test.h"
 
@@ -34,50 +35,6 @@
 static char model_dir[1024];
 
 // ---- collecting a request's events ----
-
-struct got {
-    pthread_mutex_t mu;
-    pthread_cond_t cv;
-    int32_t ids[512];
-    double at[512];      // event time of each token
-    int n;
-    bool done;
-    enum lp_status status;
-    enum lp_stop_reason stop;
-    char error[256];
-    int stop_after;      // > 0: ask to stop after this many tokens
-};
-
-static void got_init(struct got *g) {
-    memset(g, 0, sizeof *g);
-    pthread_mutex_init(&g->mu, NULL);
-    pthread_cond_init(&g->cv, NULL);
-}
-
-static bool on_event(void *user, const struct lp_sched_event *ev) {
-    struct got *g = user;
-    pthread_mutex_lock(&g->mu);
-    bool stop = false;
-    if (ev->kind == LP_SCHED_EV_TOKEN && g->n < 512) {
-        g->at[g->n] = ev->time;
-        g->ids[g->n++] = ev->token;
-        stop = g->stop_after > 0 && g->n >= g->stop_after;
-    } else if (ev->kind == LP_SCHED_EV_DONE) {
-        g->done = true;
-        g->status = ev->status;
-        g->stop = ev->stop;
-        snprintf(g->error, sizeof g->error, "%s", ev->error ? ev->error : "");
-        pthread_cond_broadcast(&g->cv);
-    }
-    pthread_mutex_unlock(&g->mu);
-    return stop;
-}
-
-static void got_wait(struct got *g) {
-    pthread_mutex_lock(&g->mu);
-    while (!g->done) pthread_cond_wait(&g->cv, &g->mu);
-    pthread_mutex_unlock(&g->mu);
-}
 
 // ---- prompts from the model's own tokenizer ----
 
@@ -94,7 +51,7 @@ static struct lp_token_list prompts[N_REQ];
 static struct lp_sched_request greedy(int i, struct got *g, int n_gen) {
     struct lp_sched_request rq = {.prompt = prompts[i].ids, .n_prompt = (int)prompts[i].n_ids,
                                   .max_new_tokens = n_gen, .ignore_eos = true,
-                                  .sampling = lp_sampler_params_default(), .on_event = on_event,
+                                  .sampling = lp_sampler_params_default(), .on_event = got_on_event,
                                   .user = g};
     return rq;
 }
