@@ -8,7 +8,7 @@
 #   make fuzz   the libFuzzer harnesses of tests/fuzz, FUZZ_SECONDS each
 JOBS ?= $(shell nproc)
 APT_PACKAGES := cmake pkg-config gcc g++ make libjansson-dev libpcre2-dev libutf8proc-dev \
-                libgrpc-dev libprotobuf-c-dev protobuf-c-compiler libmicrohttpd-dev \
+                libgrpc-dev libprotobuf-c-dev protobuf-c-compiler libmicrohttpd-dev libxxhash-dev \
                 prometheus curl openssl clang libfuzzer-14-dev libclang-rt-14-dev
 DEMO_MODEL ?= models/layerpipe-tiny-8bit
 DEMO_PROMPT ?= And it came to pass, when the king of Israel

@@ -17,7 +17,7 @@
 #include "layerpipe/engine.h"
 #include "layerpipe/status.h"
 
-#define LP_PROTOCOL_VERSION 2 // 2: per-step failure Acks, Segment.no_logits
+#define LP_PROTOCOL_VERSION 3 // 2: per-step failure Acks, Segment.no_logits; 3: tensor hashes
 #define LP_MAX_STAGES 64
 
 // ---- transport security (workers and the coordinator alike) ----

@@ -177,6 +177,36 @@ LP_API const float *lp_model_final_norm(const struct lp_model *model);
 // range was loaded: stages compare it to refuse a different model.
 LP_API uint64_t lp_model_fingerprint(const struct lp_model *model);
 
+// The hash of one tensor as stored in its weight file.
+struct lp_tensor_hash {
+    const char *name; // the tensor's name in its file, borrowed until lp_model_close
+    uint64_t hash;    // XXH3-64 of its stored bytes
+};
+
+// What one lp_model_tensor_hashes call did (for tests and benchmarks).
+struct lp_tensor_hash_stats {
+    int n_hashed;        // tensors read and hashed now
+    int n_cached;        // tensors whose hash came from a cache file or an earlier call
+    size_t bytes_hashed; // bytes read and hashed now
+    int n_cache_written; // cache files (re)written
+};
+
+// The hashes of every tensor the model loaded for layers [layer_begin,
+// layer_end) (weights, MLX scales and biases, norms: whatever the file
+// format keeps; not the embedding or head), sorted by name. Unlike the
+// fingerprint, every byte counts: stages and their coordinator compare them.
+// Each tensor is hashed once per model object; the results are kept beside
+// each weight file in "<file>.layerpipe-hashes", keyed by the file's size and
+// modification time, so the next load reads no tensor bytes. A folder where
+// that file cannot be written (read-only) just gets no cache. *out is
+// malloc'd (free it), names borrowed from the model. LP_ERR_INVALID_ARG when
+// the range is not loaded. stats may be NULL. Not concurrently with itself on
+// one model.
+LP_API enum lp_status lp_model_tensor_hashes(struct lp_model *model, int layer_begin,
+                                             int layer_end, struct lp_tensor_hash **out,
+                                             int *n_out, struct lp_tensor_hash_stats *stats,
+                                             struct lp_error *err);
+
 // Total bytes of the loaded weight matrices and vectors.
 LP_API size_t lp_model_weight_bytes(const struct lp_model *model);
 

@@ -82,6 +82,14 @@ enum lp_status lp_wire_check_configure(const Layerpipe__V1__ConfigureRequest *r,
                                        const char *listen, const char *model_dir,
                                        struct lp_error *err);
 
+// The coordinator's check of a stage's ConfigureReply tensor hashes against
+// its own copy of the model (model_dir), layers [layer_begin, layer_end)
+// (integrity.c): LP_ERR_INVALID_ARG naming the first tensor that is missing,
+// extra or different; stage and addr name the worker in messages.
+enum lp_status lp_integrity_check_stage(const char *model_dir, int layer_begin, int layer_end,
+                                        const Layerpipe__V1__ConfigureReply *r, int stage,
+                                        const char *addr, struct lp_error *err);
+
 // A ring of latency samples (milliseconds); percentiles over what it holds.
 #define LP_LAT_SAMPLES 1024
 struct lp_latency {

@@ -303,6 +303,9 @@ enum lp_status lp_pl_configure(struct lp_pipeline *p, int i, struct lp_error *er
     else {
         s->kv_blocks = (int)(r->kv_blocks > INT32_MAX ? INT32_MAX : r->kv_blocks);
         s->kv_block_size = (int)r->kv_block_size;
+        // every byte of its layers against this coordinator's copy
+        st = lp_integrity_check_stage(p->model_dir, s->layer_begin, s->layer_end, r, i + 1,
+                                      s->addr, err);
     }
     if (r) layerpipe__v1__configure_reply__free_unpacked(r, NULL);
     return st;

@@ -1,8 +1,10 @@
 // SPDX-License-Identifier: MIT
 // stage.c -- the worker: a layerpipe.v1.Stage server over one contiguous
-// layer range. At start it maps the model's headers only (config and
-// fingerprint); Configure loads just its layers, sizes the KV pool and the
-// step queue, and connects to its successor. Forward messages are unpacked
+// layer range, around the stage's core (stage_core.c: the checks, the
+// model, the engine and the sessions). At start it maps the model's headers
+// only (config and fingerprint); Configure loads just its layers (and
+// reports their tensor hashes), sizes the KV pool and the step queue, and
+// connects to its successor. Forward messages are unpacked
 // on the server thread into a free queue slot's arena and handed to the
 // compute thread, which checks each step, runs it through the engine,
 // passes it on (only the rows needing logits when the successor is the
@@ -71,7 +73,7 @@ static void stage_fail_sent(struct lp_worker *w, enum lp_status st, const char *
     for (int i = 0; i < STAGE_INFLIGHT; i++) {
         struct stage_sent *s = &w->sent[i];
         if (!s->step) continue;
-        lp_stage_ack_failure(s->from, s->step, st, w->stage_index, msg);
+        lp_stage_ack_failure(s->from, s->step, st, w->core.stage_index, msg);
         lp_rpc_stream_unref(s->from);
         *s = (struct stage_sent){0};
     }
@@ -83,7 +85,7 @@ static void succ_on_end(void *user, enum lp_status st, const char *msg) {
     if (!w->succ_failed) {
         w->succ_failed = true;
         snprintf(w->succ_error, sizeof w->succ_error, "stage %d (%s): successor %s failed: %s",
-                 w->stage_index, w->listen, w->successor,
+                 w->core.stage_index, w->listen, w->successor,
                  st == LP_OK ? "its stream ended" : msg);
     }
     stage_fail_sent(w, LP_ERR_NETWORK, w->succ_error);
@@ -101,25 +103,12 @@ static void stage_unconfigure(struct lp_worker *w) {
     w->succ = NULL;
     lp_rpc_channel_destroy(w->succ_ch);
     w->succ_ch = NULL;
-    lp_engine_destroy(w->engine);
-    w->engine = NULL;
-    lp_model_close(w->model);
-    w->model = NULL;
-    free(w->sessions);
-    free(w->rows_in);
-    free(w->rows_out);
+    lp_stage_core_unload(&w->core);
     free(w->rows_sel);
     free(w->payload);
     free(w->packed);
-    free(w->segs);
-    free(w->opened_now);
-    w->opened_now = NULL;
-    w->sessions = NULL;
-    w->rows_in = w->rows_out = w->rows_sel = NULL;
+    w->rows_sel = NULL;
     w->payload = w->packed = NULL;
-    w->segs = NULL;
-    w->configured = false;
-    w->max_rows = w->max_sessions = 0;
     pthread_mutex_lock(&w->mu);
     w->succ_failed = false;
     w->succ_error[0] = '\0';
@@ -144,7 +133,7 @@ enum lp_status lp_stage_connect(struct lp_worker *w, struct lp_error *err) {
         st = lp_rpc_call_unary(w->succ_ch, LP_M_HEALTH, req, n_req, &resp, &n_resp, 5000, err);
     free(resp);
     if (st != LP_OK)
-        return lp_error_prefix(err, "stage %d (%s) cannot reach its successor: ", w->stage_index,
+        return lp_error_prefix(err, "stage %d (%s) cannot reach its successor: ", w->core.stage_index,
                                w->listen);
     pthread_mutex_lock(&w->mu);
     w->succ_failed = false;
@@ -152,37 +141,6 @@ enum lp_status lp_stage_connect(struct lp_worker *w, struct lp_error *err) {
     pthread_mutex_unlock(&w->mu);
     return lp_rpc_stream_open(w->succ_ch, w->to_sink ? LP_M_SINK : LP_M_FORWARD, succ_on_reply,
                               succ_on_end, w, &w->succ, err);
-}
-
-// What a Configure asks for, against the memory free now, before anything
-// is allocated: the KV pool (as the engine sizes it), the step buffers and
-// queue arenas, and the layers' weights.
-static enum lp_status stage_check_memory(struct lp_worker *w,
-                                         const Layerpipe__V1__ConfigureRequest *r,
-                                         struct lp_error *err) {
-    const struct lp_model_config *c = &w->cfg;
-    double layers = (double)(r->layer_end - r->layer_begin);
-    double kv_elem = r->kv_dtype == LAYERPIPE__V1__DTYPE__DTYPE_BF16 ? 2.0 : 4.0;
-    double per_block = 32.0 * c->n_kv_heads * c->head_dim * 2.0 * kv_elem * layers;
-    double blocks = r->kv_blocks ? (double)r->kv_blocks
-                                 : (double)r->max_sessions * ((r->max_context + 31) / 32 + 1);
-    double kv = blocks * per_block;
-    if (!r->kv_blocks && kv > (double)((size_t)2 << 30)) kv = (double)((size_t)2 << 30); // engine cap
-    double rows = (double)r->max_batch_tokens;
-    double act = rows * 4.0 * (c->hidden_size * (8.0 + STAGE_QUEUE) + 2.0 * c->intermediate_size +
-                               (c->n_heads + 2.0 * c->n_kv_heads) * c->head_dim);
-    double weights = (double)w->weight_bytes * layers / c->n_layers;
-    struct lp_device_info info;
-    lp_backend_device_info(w->backend, &info, NULL);
-    double need = kv + act + weights;
-    if (info.free_bytes > 0 && need > (double)info.free_bytes)
-        return lp_error_set(err, LP_ERR_NOMEM,
-                            "stage %s: this Configure needs %.2f GB (KV %.2f GB, buffers %.2f GB, "
-                            "weights %.2f GB), %.2f GB are free: fewer sessions, a shorter "
-                            "context or fewer layers",
-                            w->listen, need / 1e9, kv / 1e9, act / 1e9, weights / 1e9,
-                            (double)info.free_bytes / 1e9);
-    return LP_OK;
 }
 
 // A stage must not be its own successor, nor close a loop of stages: walk
@@ -227,41 +185,19 @@ static enum lp_status stage_check_ring(struct lp_worker *w, const char *successo
 
 static enum lp_status stage_configure(struct lp_worker *w, const Layerpipe__V1__ConfigureRequest *r,
                                       Layerpipe__V1__ConfigureReply *reply, struct lp_error *err) {
-    enum lp_status cst = lp_wire_check_configure(r, w->fingerprint, w->n_layers,
-                                                 sizeof w->successor, w->listen, w->model_dir, err);
-    if (cst != LP_OK) return cst;
-    if ((cst = stage_check_memory(w, r, err)) != LP_OK) return cst;
-    if ((cst = stage_check_ring(w, r->successor, r->successor_is_sink, err)) != LP_OK) return cst;
-    stage_unconfigure(w);
-    struct lp_model_load_params lp = {.layer_begin = (int)r->layer_begin,
-                                      .layer_end = (int)r->layer_end,
-                                      .load_embed = false,
-                                      .load_head = false};
-    enum lp_status st = lp_model_open(&w->model, w->model_dir, &lp, err);
+    enum lp_status st = lp_stage_core_check(&w->core, r, err);
     if (st != LP_OK) return st;
-    struct lp_engine_params ep = lp_engine_params_default();
-    ep.max_batch_tokens = (int)r->max_batch_tokens;
-    ep.max_seqs = (int)r->max_sessions;
-    ep.max_logit_rows = 1;
-    ep.max_context = (int)r->max_context;
-    ep.n_kv_blocks = (int)r->kv_blocks;
-    ep.kv_dtype = r->kv_dtype == LAYERPIPE__V1__DTYPE__DTYPE_BF16 ? LP_DTYPE_BF16 : LP_DTYPE_F32;
-    if ((st = lp_engine_create(&w->engine, w->model, w->backend, &ep, err)) != LP_OK) goto fail;
-    w->max_rows = (int)r->max_batch_tokens;
-    w->max_sessions = (int)r->max_sessions;
-    size_t row_bytes = (size_t)w->max_rows * (size_t)w->hidden * sizeof(float);
-    size_t arena = lp_pb_arena_bytes_for(row_bytes, (size_t)w->max_sessions);
-    w->sessions = malloc((size_t)w->max_sessions * sizeof *w->sessions);
-    w->segs = malloc((size_t)w->max_sessions * sizeof *w->segs);
-    w->opened_now = malloc((size_t)w->max_sessions * sizeof *w->opened_now);
-    w->rows_in = malloc(row_bytes);
-    w->rows_out = malloc(row_bytes);
+    if ((st = stage_check_ring(w, r->successor, r->successor_is_sink, err)) != LP_OK) return st;
+    stage_unconfigure(w);
+    struct lp_stage_core *c = &w->core;
+    if ((st = lp_stage_core_load(c, r, err)) != LP_OK) goto fail;
+    size_t row_bytes = (size_t)c->max_rows * (size_t)c->hidden * sizeof(float);
+    size_t arena = lp_pb_arena_bytes_for(row_bytes, (size_t)c->max_sessions);
     w->rows_sel = malloc(row_bytes);
     w->payload = malloc(row_bytes);
     w->pack_cap = arena + 64;
     w->packed = malloc(w->pack_cap);
-    if (!w->sessions || !w->segs || !w->opened_now || !w->rows_in || !w->rows_out ||
-        !w->rows_sel || !w->payload || !w->packed) {
+    if (!w->rows_sel || !w->payload || !w->packed) {
         st = lp_error_set(err, LP_ERR_NOMEM, "stage %s: out of memory", w->listen);
         goto fail;
     }
@@ -271,32 +207,26 @@ static enum lp_status stage_configure(struct lp_worker *w, const Layerpipe__V1__
     w->arena_cap = st == LP_OK ? arena : 0;
     pthread_mutex_unlock(&w->mu);
     if (st != LP_OK) goto fail;
-    for (int i = 0; i < w->max_sessions; i++) w->sessions[i].seq = -1;
     pthread_mutex_lock(&w->mu);
     snprintf(w->successor, sizeof w->successor, "%s", r->successor);
     pthread_mutex_unlock(&w->mu);
     w->to_sink = r->successor_is_sink;
     w->sink_key = r->sink_key;
     w->wire = r->wire_dtype;
-    w->stage_index = (int)r->stage_index;
-    w->layer_begin = (int)r->layer_begin;
-    w->layer_end = (int)r->layer_end;
     if ((st = lp_rpc_channel_create(&w->succ_ch, w->successor, LP_MAX_MESSAGE_BYTES, w->sec,
-                                    err)) !=
-        LP_OK)
+                                    err)) != LP_OK)
         goto fail;
     if ((st = lp_stage_connect(w, err)) != LP_OK) goto fail;
-    w->configured = true;
     pthread_mutex_lock(&w->mu);
     w->last_done = lp_now_seconds();
-    w->kv_total = lp_engine_kv_blocks_total(w->engine);
+    w->kv_total = lp_engine_kv_blocks_total(c->engine);
     pthread_mutex_unlock(&w->mu);
-    reply->weight_bytes = lp_model_weight_bytes(w->model);
-    reply->kv_bytes = lp_engine_kv_bytes(w->engine);
-    reply->kv_blocks = (uint32_t)lp_engine_kv_blocks_total(w->engine);
-    reply->kv_block_size = (uint32_t)lp_engine_kv_block_size(w->engine);
+    reply->weight_bytes = lp_model_weight_bytes(c->model);
+    reply->kv_bytes = lp_engine_kv_bytes(c->engine);
+    reply->kv_blocks = (uint32_t)lp_engine_kv_blocks_total(c->engine);
+    reply->kv_block_size = (uint32_t)lp_engine_kv_block_size(c->engine);
     fprintf(stderr, "layerpipe worker %s: stage %d, layers [%d, %d), successor %s%s, %s wire\n",
-            w->listen, w->stage_index, w->layer_begin, w->layer_end, w->successor,
+            w->listen, c->stage_index, c->layer_begin, c->layer_end, w->successor,
             w->to_sink ? " (sink)" : "", lp_wire_dtype_name(w->wire));
     return LP_OK;
 fail:
@@ -321,8 +251,8 @@ static enum lp_status h_hello(void *user, const uint8_t *req, size_t n_req, uint
     Layerpipe__V1__HelloReply h = LAYERPIPE__V1__HELLO_REPLY__INIT;
     h.protocol_version = LP_PROTOCOL_VERSION;
     h.version = LP_VERSION_STRING;
-    h.model_fingerprint = w->fingerprint;
-    h.n_layers = (uint32_t)w->n_layers;
+    h.model_fingerprint = w->core.fingerprint;
+    h.n_layers = (uint32_t)w->core.n_layers;
     h.device = w->device;
     struct lp_device_info info;
     lp_backend_device_info(w->backend, &info, NULL);
@@ -337,6 +267,25 @@ static enum lp_status h_hello(void *user, const uint8_t *req, size_t n_req, uint
     return lp_pb_pack(&h.base, resp, n_resp, err);
 }
 
+// The reply's tensor hashes: views of the core's (valid while engine_mu is held).
+static enum lp_status reply_hashes(const struct lp_stage_core *c,
+                                   Layerpipe__V1__ConfigureReply *reply,
+                                   Layerpipe__V1__TensorHash **buf, struct lp_error *err) {
+    size_t n = (size_t)c->n_hashes;
+    *buf = malloc((n ? n : 1) * (sizeof **buf + sizeof(void *)));
+    if (!*buf) return lp_error_set(err, LP_ERR_NOMEM, "stage %s: out of memory", c->listen);
+    Layerpipe__V1__TensorHash **ptrs = (Layerpipe__V1__TensorHash **)(*buf + n);
+    for (size_t i = 0; i < n; i++) {
+        layerpipe__v1__tensor_hash__init(&(*buf)[i]);
+        (*buf)[i].name = (char *)c->hashes[i].name;
+        (*buf)[i].xxh3 = c->hashes[i].hash;
+        ptrs[i] = &(*buf)[i];
+    }
+    reply->n_tensor_hashes = n;
+    reply->tensor_hashes = ptrs;
+    return LP_OK;
+}
+
 static enum lp_status h_configure(void *user, const uint8_t *req, size_t n_req, uint8_t **resp,
                                   size_t *n_resp, struct lp_error *err) {
     struct lp_worker *w = user;
@@ -347,56 +296,36 @@ static enum lp_status h_configure(void *user, const uint8_t *req, size_t n_req, 
         layerpipe__v1__configure_request__unpack(NULL, n_req, req);
     if (!r) return lp_error_set(err, LP_ERR_PROTOCOL, "Configure: malformed request");
     Layerpipe__V1__ConfigureReply reply = LAYERPIPE__V1__CONFIGURE_REPLY__INIT;
+    Layerpipe__V1__TensorHash *hashes = NULL;
     pthread_mutex_lock(&w->engine_mu); // waits for the step being computed
     enum lp_status st = stage_configure(w, r, &reply, err);
+    if (st == LP_OK) st = reply_hashes(&w->core, &reply, &hashes, err);
+    if (st == LP_OK) st = lp_pb_pack(&reply.base, resp, n_resp, err);
     pthread_mutex_unlock(&w->engine_mu);
+    free(hashes);
     layerpipe__v1__configure_request__free_unpacked(r, NULL);
-    if (st != LP_OK) return st;
-    return lp_pb_pack(&reply.base, resp, n_resp, err);
+    return st;
 }
 
 // Counts of the KV pool and sessions for Stats. engine_mu held.
 void lp_stage_note_kv(struct lp_worker *w) {
-    int open = 0;
-    for (int i = 0; i < w->max_sessions; i++) open += w->sessions[i].seq >= 0;
-    int used = w->engine ? lp_engine_kv_blocks_used(w->engine) : 0;
+    int open = 0, used = 0;
+    lp_stage_core_usage(&w->core, &open, &used);
     pthread_mutex_lock(&w->mu);
     w->n_sessions_open = open;
     w->kv_used = used;
     pthread_mutex_unlock(&w->mu);
 }
 
-static int stage_release_session(struct lp_worker *w, uint64_t id) {
-    for (int i = 0; w->sessions && i < w->max_sessions; i++)
-        if (w->sessions[i].seq >= 0 && w->sessions[i].id == id) {
-            lp_engine_seq_close(w->engine, w->sessions[i].seq);
-            w->sessions[i].seq = -1;
-            return 1;
-        }
-    return 0;
-}
-
 static enum lp_status h_release(void *user, const uint8_t *req, size_t n_req, uint8_t **resp,
                                 size_t *n_resp, struct lp_error *err) {
     struct lp_worker *w = user;
-    if (n_req > 64 * 1024) // 4096 ids take under 40 KB: refuse before unpacking
-        return lp_error_set(err, LP_ERR_INVALID_ARG, "stage %s: a %zu-byte Release request",
-                            w->listen, n_req);
-    Layerpipe__V1__ReleaseRequest *r = layerpipe__v1__release_request__unpack(NULL, n_req, req);
-    if (!r) return lp_error_set(err, LP_ERR_PROTOCOL, "Release: malformed request");
     Layerpipe__V1__ReleaseReply reply = LAYERPIPE__V1__RELEASE_REPLY__INIT;
-    if (r->n_sessions > 4096) {
-        size_t n = r->n_sessions;
-        layerpipe__v1__release_request__free_unpacked(r, NULL);
-        return lp_error_set(err, LP_ERR_INVALID_ARG,
-                            "stage %s: Release of %zu sessions, at most 4096 a call", w->listen, n);
-    }
     pthread_mutex_lock(&w->engine_mu);
-    for (size_t i = 0; i < r->n_sessions; i++)
-        reply.released += (uint32_t)stage_release_session(w, r->sessions[i]);
-    if (w->configured) lp_stage_note_kv(w);
+    enum lp_status st = lp_stage_core_release(&w->core, req, n_req, &reply.released, err);
+    if (w->core.configured) lp_stage_note_kv(w);
     pthread_mutex_unlock(&w->engine_mu);
-    layerpipe__v1__release_request__free_unpacked(r, NULL);
+    if (st != LP_OK) return st;
     return lp_pb_pack(&reply.base, resp, n_resp, err);
 }
 
@@ -407,9 +336,9 @@ static enum lp_status h_stats(void *user, const uint8_t *req, size_t n_req, uint
     (void)n_req;
     Layerpipe__V1__StatsReply s = LAYERPIPE__V1__STATS_REPLY__INIT;
     pthread_mutex_lock(&w->mu);
-    s.stage_index = (uint32_t)w->stage_index;
-    s.layer_begin = (uint32_t)w->layer_begin;
-    s.layer_end = (uint32_t)w->layer_end;
+    s.stage_index = (uint32_t)w->core.stage_index;
+    s.layer_begin = (uint32_t)w->core.layer_begin;
+    s.layer_end = (uint32_t)w->core.layer_end;
     s.device = w->device;
     s.busy_seconds = w->busy_s;
     s.idle_seconds = w->idle_s + (w->arena_cap ? lp_now_seconds() - w->last_done : 0);
@@ -459,18 +388,10 @@ enum lp_status lp_worker_create(struct lp_worker **out, const struct lp_worker_p
         st = lp_error_set(err, LP_ERR_NOMEM, "worker: out of memory");
         goto fail;
     }
-    struct lp_model *headers = NULL;
-    struct lp_model_load_params none = {0, 0, false, false};
-    if ((st = lp_model_open(&headers, w->model_dir, &none, err)) != LP_OK) goto fail;
-    w->fingerprint = lp_model_fingerprint(headers);
-    w->cfg = *lp_model_config(headers);
-    w->weight_bytes = lp_model_weight_bytes(headers);
-    w->n_layers = lp_model_config(headers)->n_layers;
-    w->hidden = lp_model_config(headers)->hidden_size;
-    // unmap: the fingerprint's samples (and read-around) must not stay
-    // resident in a worker that serves only some layers
-    lp_model_close(headers);
     if ((st = lp_backend_create(&w->backend, p->device, p->n_threads, false, err)) != LP_OK)
+        goto fail;
+    if ((st = lp_stage_core_init(&w->core, w->model_dir, w->listen, w->backend,
+                                 p->idle_timeout_s, err)) != LP_OK)
         goto fail;
     struct lp_device_info info;
     if ((st = lp_backend_device_info(w->backend, &info, err)) != LP_OK) goto fail;
@@ -505,6 +426,7 @@ enum lp_status lp_worker_create(struct lp_worker **out, const struct lp_worker_p
         if (l) {
             free(w->listen);
             w->listen = l;
+            w->core.listen = l; // (engine_mu: no Configure can run before we return)
         }
     }
     *out = w;

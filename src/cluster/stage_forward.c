@@ -1,10 +1,11 @@
 // SPDX-License-Identifier: MIT
 // stage_forward.c -- a worker's Forward path: each message is unpacked on
 // the server thread into a free slot of the bounded step queue (its arena);
-// the compute thread takes the steps in order, checks each against the
-// stage's sessions, runs it through the engine, passes it on (every row to a
-// stage, the rows needing logits to the Sink) and acknowledges it on the
-// stream that sent it, or answers a failure Ack for that step alone.
+// the compute thread takes the steps in order, has the stage's core
+// (stage_core.c) check each against the sessions and run it through the
+// engine, passes it on (every row to a stage, the rows needing logits to the
+// Sink) and acknowledges it on the stream that sent it, or answers a failure
+// Ack for that step alone.
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -31,136 +32,14 @@ void lp_stage_queue_free(struct lp_worker *w) {
     w->arena_cap = 0;
 }
 
-// The session slot of an id, or -1.
-static int stage_find(const struct lp_worker *w, uint64_t id) {
-    for (int i = 0; i < w->max_sessions; i++)
-        if (w->sessions[i].seq >= 0 && w->sessions[i].id == id) return i;
-    return -1;
-}
-
-// Frees the slot holding engine sequence seq.
-static void stage_close_seq(struct lp_worker *w, int seq) {
-    for (int i = 0; i < w->max_sessions; i++)
-        if (w->sessions[i].seq == seq) {
-            lp_engine_seq_close(w->engine, seq);
-            w->sessions[i].seq = -1;
-        }
-}
-
-// Checks positions and room for every segment of a message, changing nothing.
-static enum lp_status stage_check_segments(struct lp_worker *w,
-                                           const Layerpipe__V1__Activations *a,
-                                           struct lp_error *err) {
-    int n_new = 0, n_free = 0;
-    for (int i = 0; i < w->max_sessions; i++) n_free += w->sessions[i].seq < 0;
-    for (size_t i = 0; i < a->n_segments; i++) {
-        const Layerpipe__V1__Segment *g = a->segments[i];
-        for (size_t j = 0; j < i; j++)
-            if (a->segments[j]->session == g->session)
-                return lp_error_set(err, LP_ERR_INVALID_ARG,
-                                    "stage %d: session %llu appears twice in step %llu",
-                                    w->stage_index, (unsigned long long)g->session,
-                                    (unsigned long long)a->step);
-        int slot = stage_find(w, g->session);
-        if (slot < 0) {
-            if (g->pos0 != 0)
-                return lp_error_set(err, LP_ERR_INVALID_ARG,
-                                    "stage %d: unknown session %llu at position %u (a new "
-                                    "session starts at 0; released or timed out?)",
-                                    w->stage_index, (unsigned long long)g->session, g->pos0);
-            n_new++;
-            continue;
-        }
-        int len = lp_engine_seq_len(w->engine, w->sessions[slot].seq);
-        if (g->pos0 > (uint32_t)len)
-            return lp_error_set(err, LP_ERR_INVALID_ARG,
-                                "stage %d: session %llu: position %u leaves a gap after its %d "
-                                "cached positions",
-                                w->stage_index, (unsigned long long)g->session, g->pos0, len);
-    }
-    if (n_new > n_free)
-        return lp_error_set(err, LP_ERR_BUSY, "stage %d: all %d sessions are in use",
-                            w->stage_index, w->max_sessions);
-    return LP_OK;
-}
-
-// Finds the session's engine sequence, opening one for a new id at pos0 0
-// (*opened tells which).
-static enum lp_status stage_session(struct lp_worker *w, const Layerpipe__V1__Segment *seg,
-                                    int *seq, bool *opened, struct lp_error *err) {
-    double now = lp_now_seconds();
-    int free_slot = -1;
-    for (int i = 0; i < w->max_sessions; i++) {
-        struct stage_session *s = &w->sessions[i];
-        if (s->seq >= 0 && s->id == seg->session) {
-            s->last_used = now;
-            *seq = s->seq;
-            return LP_OK;
-        }
-        if (s->seq < 0 && free_slot < 0) free_slot = i;
-    }
-    if (seg->pos0 != 0)
-        return lp_error_set(err, LP_ERR_INVALID_ARG,
-                            "stage %d: unknown session %llu at position %u (a new session starts "
-                            "at 0; released or timed out?)",
-                            w->stage_index, (unsigned long long)seg->session, seg->pos0);
-    if (free_slot < 0)
-        return lp_error_set(err, LP_ERR_BUSY, "stage %d: all %d sessions are in use",
-                            w->stage_index, w->max_sessions);
-    enum lp_status st = lp_engine_seq_open(w->engine, seq, err);
-    if (st != LP_OK) return st;
-    w->sessions[free_slot] = (struct stage_session){seg->session, *seq, now};
-    *opened = true;
-    return LP_OK;
-}
-
-// Frees sessions idle past the timeout. engine_mu held.
-static void stage_expire(struct lp_worker *w, double now) {
-    for (int i = 0; i < w->max_sessions; i++) {
-        struct stage_session *x = &w->sessions[i];
-        if (x->seq >= 0 && w->params.idle_timeout_s > 0 &&
-            now - x->last_used > w->params.idle_timeout_s) {
-            lp_engine_seq_close(w->engine, x->seq);
-            x->seq = -1;
-        }
-    }
-}
-
-// Runs the step's rows through the engine into rows_out. A refused or
-// failed step opens no session and changes none. engine_mu held.
-static enum lp_status stage_compute(struct lp_worker *w, const Layerpipe__V1__Activations *a,
-                                    struct lp_error *err) {
-    enum lp_status st = lp_wire_decode_rows(a, w->hidden, w->max_rows, w->max_sessions, true,
-                                            w->rows_in, err);
-    if (st != LP_OK) return st;
-    stage_expire(w, lp_now_seconds());
-    if ((st = stage_check_segments(w, a, err)) != LP_OK) return st;
-    int n_opened = 0;
-    for (size_t i = 0; i < a->n_segments; i++) {
-        const Layerpipe__V1__Segment *g = a->segments[i];
-        int seq;
-        bool opened = false;
-        if ((st = stage_session(w, g, &seq, &opened, err)) != LP_OK) break;
-        if (opened) w->opened_now[n_opened++] = seq;
-        w->segs[i] = (struct lp_engine_seg){.seq = seq, .pos0 = (int)g->pos0,
-                                            .n_tokens = (int)g->n_tokens};
-    }
-    struct lp_engine_batch b = {.n_segs = (int)a->n_segments, .segs = w->segs,
-                                .hidden_in = w->rows_in, .hidden_out = w->rows_out};
-    if (st == LP_OK) st = lp_engine_forward(w->engine, &b, err);
-    if (st != LP_OK)
-        for (int k = 0; k < n_opened; k++) stage_close_seq(w, w->opened_now[k]);
-    return st;
-}
-
 // Passes the computed step on: every row to a stage, the rows needing
 // logits to the Sink. The step is remembered so the successor's Ack (or
 // failure) finds the stream that sent it. engine_mu held.
 static enum lp_status stage_pass_on(struct lp_worker *w, const Layerpipe__V1__Activations *a,
                                     struct lp_rpc_stream *from, struct lp_error *err) {
-    const float *send = w->rows_out;
+    const float *send = w->core.rows_out;
     uint32_t n_send = a->n_rows;
-    size_t H = (size_t)w->hidden;
+    size_t H = (size_t)w->core.hidden;
     if (w->to_sink) {
         n_send = 0;
         size_t row = 0;
@@ -168,7 +47,7 @@ static enum lp_status stage_pass_on(struct lp_worker *w, const Layerpipe__V1__Ac
             const Layerpipe__V1__Segment *g = a->segments[i];
             uint32_t k = lp_wire_logit_rows(g);
             for (size_t t = g->n_tokens - k; t < g->n_tokens; t++)
-                memcpy(w->rows_sel + (size_t)n_send++ * H, w->rows_out + (row + t) * H,
+                memcpy(w->rows_sel + (size_t)n_send++ * H, w->core.rows_out + (row + t) * H,
                        H * sizeof(float));
             row += g->n_tokens;
         }
@@ -200,7 +79,7 @@ static enum lp_status stage_pass_on(struct lp_worker *w, const Layerpipe__V1__Ac
     pthread_mutex_unlock(&w->mu);
     st = lp_rpc_client_stream_write(w->succ, w->packed, n, err);
     if (st != LP_OK)
-        return lp_error_prefix(err, "stage %d (%s): successor %s: ", w->stage_index, w->listen,
+        return lp_error_prefix(err, "stage %d (%s): successor %s: ", w->core.stage_index, w->listen,
                                w->successor);
     return LP_OK;
 }
@@ -220,15 +99,11 @@ static void stage_step(struct lp_worker *w, struct stage_item *it) {
     }
     const Layerpipe__V1__Activations *a = it->a;
     double t0 = lp_now_seconds();
-    if (!w->configured) // a stream opened before a later Configure failed
-        st = lp_error_set(&err, LP_ERR_NETWORK,
-                          "stage %s: Forward while not configured (a Configure failed or is in "
-                          "progress)",
-                          w->listen);
-    else if ((st = stage_compute(w, a, &err)) == LP_OK)
+    // (not configured: a stream opened before a later Configure failed)
+    if ((st = lp_stage_core_compute(&w->core, a, &err)) == LP_OK)
         st = stage_pass_on(w, a, it->from, &err);
     double t1 = lp_now_seconds();
-    if (w->configured) lp_stage_note_kv(w);
+    if (w->core.configured) lp_stage_note_kv(w);
     pthread_mutex_unlock(&w->engine_mu);
     pthread_mutex_lock(&w->mu);
     if (t0 > w->last_done) w->idle_s += t0 - w->last_done;
@@ -241,10 +116,10 @@ static void stage_step(struct lp_worker *w, struct stage_item *it) {
     }
     pthread_mutex_unlock(&w->mu);
     if (st != LP_OK) {
-        if (!strstr(err.msg, "stage ")) lp_error_prefix(&err, "stage %d: ", w->stage_index);
+        if (!strstr(err.msg, "stage ")) lp_error_prefix(&err, "stage %d: ", w->core.stage_index);
         fprintf(stderr, "layerpipe worker %s: step %llu: %s\n", w->listen,
                 (unsigned long long)a->step, err.msg);
-        lp_stage_ack_failure(it->from, a->step, st, w->stage_index, err.msg);
+        lp_stage_ack_failure(it->from, a->step, st, w->core.stage_index, err.msg);
         return;
     }
     Layerpipe__V1__Ack ack = LAYERPIPE__V1__ACK__INIT;
@@ -320,39 +195,28 @@ static enum lp_status fwd_message(void *user, void *stream_user, struct lp_rpc_s
         if (!a)
             return lp_error_set(err, LP_ERR_PROTOCOL,
                                 "stage %d: Forward: a %zu-byte message that is not Activations",
-                                w->stage_index, bytes);
+                                w->core.stage_index, bytes);
         char m[LP_ERROR_MSG_BYTES];
         snprintf(m, sizeof m,
                  full ? "stage %d (%s): %d steps already queued" : "stage %d (%s): not configured",
-                 w->stage_index, w->listen, STAGE_QUEUE);
-        lp_stage_ack_failure(s, a->step, full ? LP_ERR_BUSY : LP_ERR_INVALID_ARG, w->stage_index, m);
+                 w->core.stage_index, w->listen, STAGE_QUEUE);
+        lp_stage_ack_failure(s, a->step, full ? LP_ERR_BUSY : LP_ERR_INVALID_ARG,
+                             w->core.stage_index, m);
         layerpipe__v1__activations__free_unpacked(a, NULL);
         return LP_OK;
     }
     // the tail slot, under mu: a Configure (on its own thread) may free the arenas
     struct stage_item *it = &w->queue[(w->q_head + w->q_count) % STAGE_QUEUE];
-    lp_pb_arena_reset(&it->arena);
-    Layerpipe__V1__Activations *a =
-        bytes <= it->arena.cap ? layerpipe__v1__activations__unpack(&it->arena.alloc, bytes, msg)
-                               : NULL;
-    if (!a) {
+    Layerpipe__V1__Activations *a = NULL;
+    struct lp_error e = {0};
+    enum lp_status st = lp_stage_core_unpack_step(&w->core, &it->arena, stream_user, msg, bytes,
+                                                  &a, &e);
+    if (st != LP_OK) {
         pthread_mutex_unlock(&w->mu);
-        return lp_error_set(err, LP_ERR_PROTOCOL,
-                            "stage %d: Forward: a %zu-byte message that is not Activations of "
-                            "at most %d rows",
-                            w->stage_index, bytes, w->max_rows);
+        if (!a) return lp_error_set(err, st, "%s", e.msg); // not Activations: the stream ends
+        lp_stage_ack_failure(s, a->step, st, w->core.stage_index, e.msg);
+        return LP_OK; // out of order: this step alone is refused
     }
-    uint64_t *last_step = stream_user;
-    if (a->step <= *last_step) { // steps increase per stream: a replay or a confused sender
-        pthread_mutex_unlock(&w->mu);
-        char m[LP_ERROR_MSG_BYTES];
-        snprintf(m, sizeof m, "stage %d (%s): step %llu after step %llu on this stream",
-                 w->stage_index, w->listen, (unsigned long long)a->step,
-                 (unsigned long long)*last_step);
-        lp_stage_ack_failure(s, a->step, LP_ERR_PROTOCOL, w->stage_index, m);
-        return LP_OK;
-    }
-    *last_step = a->step;
     lp_rpc_stream_ref(s);
     lp_rpc_stream_hold(s);
     it->a = a;

@@ -10,14 +10,9 @@
 
 #include "cluster/internal.h"
 #include "cluster/rpc.h"
+#include "cluster/stage_core.h"
 #include "layerpipe/cluster.h"
 #include "layerpipe/model.h"
-
-struct stage_session {
-    uint64_t id;
-    int seq;          // engine sequence, -1 when the slot is free
-    double last_used; // lp_now_seconds
-};
 
 // One received step waiting for the compute thread.
 struct stage_item {
@@ -33,16 +28,12 @@ struct stage_sent {
     struct lp_rpc_stream *from;     // referenced: where its failure goes
 };
 
-#define STAGE_QUEUE 8      // steps queued for compute; past it a step fails with BUSY
+#define STAGE_QUEUE LP_STAGE_QUEUE // steps queued for compute; past it a step fails with BUSY
 #define STAGE_INFLIGHT 64  // steps sent on and not yet acknowledged that we remember
 
 struct lp_worker {
     struct lp_worker_params params;
     char *model_dir, *listen;
-    uint64_t fingerprint;
-    int n_layers, hidden;
-    struct lp_model_config cfg;           // the model's
-    size_t weight_bytes;                  // every layer's (for Configure's memory check)
     uint64_t sink_key;                    // (last stage) carried to the Sink
     double measured_gb_s;
     char device[96];
@@ -53,20 +44,14 @@ struct lp_worker {
     bool compute_started;
     // configuration and the engine (engine_mu)
     pthread_mutex_t engine_mu;
-    bool configured;
-    int stage_index, layer_begin, layer_end, max_rows, max_sessions;
+    struct lp_stage_core core;            // the model, engine, sessions and their checks
     bool to_sink;
     Layerpipe__V1__DType wire;
-    char successor[128];
-    struct lp_model *model;
-    struct lp_engine *engine;
-    struct stage_session *sessions;       // [max_sessions]
-    float *rows_in, *rows_out, *rows_sel; // [max_rows, hidden]
+    char successor[LP_STAGE_ADDR_BYTES];
+    float *rows_sel;                      // [max_rows, hidden] the rows for the Sink
     uint8_t *payload;                     // [max_rows * hidden * 4]
     uint8_t *packed;                      // [pack_cap] the outgoing Activations
     size_t pack_cap;
-    struct lp_engine_seg *segs;           // [max_sessions]
-    int *opened_now;                      // [max_sessions] sessions opened by this step
     struct lp_rpc_channel *succ_ch;
     struct lp_rpc_client_stream *succ;
     // the queue and counters (mu)

@@ -5,6 +5,7 @@
 #ifndef LP_MODEL_INTERNAL_H
 #define LP_MODEL_INTERNAL_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -62,6 +63,28 @@ enum lp_status lp_read_file(const char *path, size_t max_bytes, char **out, size
 struct lp_st_file *const *lp_model_files(const struct lp_model *m, int *n_files);
 // The model folder path, borrowed.
 const char *lp_model_dir(const struct lp_model *m);
+
+// A tensor the load took, as stored in its weight file: what
+// lp_model_tensor_hashes hashes (tensor_hash.c). Every loader notes each
+// tensor it reads through lp_model_note_tensor, so the hashes cover
+// whatever a format keeps (safetensors now, GGUF the same way).
+struct lp_model_tensor {
+    const char *name;  // its name in the file, borrowed from the file's directory
+    int layer;         // the layer it belongs to; -1: embedding, head, final norm
+    int file;          // index of its weight file (lp_model_file_path), -1 if unknown
+    const void *data;  // [nbytes] in the file's mapping
+    size_t nbytes;
+    bool hashed;       // hash is known (computed or read from the cache)
+    uint64_t hash;     // XXH3-64 of the bytes
+};
+// Notes a tensor the load takes for the layer being loaded. m is being opened.
+enum lp_status lp_model_note_tensor(struct lp_model *m, int file, const char *name,
+                                    const void *data, size_t nbytes, struct lp_error *err);
+// Every noted tensor (mutable: tensor_hash.c fills the hashes), in load order.
+struct lp_model_tensor *lp_model_tensors(struct lp_model *m, int *n);
+// The path and the mapping's first byte of weight file `file`; NULL if there is none.
+const char *lp_model_file_path(const struct lp_model *m, int file);
+const void *lp_model_file_base(const struct lp_model *m, int file);
 
 // FNV-1a 64-bit over n bytes, continuing from h (start: 0xcbf29ce484222325).
 uint64_t lp_fnv1a64(uint64_t h, const void *data, size_t n);

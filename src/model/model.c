@@ -34,6 +34,9 @@ struct lp_model {
     bool has_embedding, has_head;
     size_t weight_bytes;
     uint64_t config_hash;            // FNV-1a of config.json's bytes
+    int cur_layer;                   // the layer being loaded (-1: embedding, head, norm)
+    int n_used, cap_used;
+    struct lp_model_tensor *used;    // [n_used] every tensor the load took, owned
 };
 
 struct lp_model_load_params lp_model_load_params_default(void) {
@@ -56,6 +59,45 @@ static const struct lp_st_tensor *model_find(const struct lp_model *m, const cha
         if (t) return t;
     }
     return NULL;
+}
+
+// Notes that the load took tensor t (for lp_model_tensor_hashes).
+static enum lp_status model_use(struct lp_model *m, const struct lp_st_tensor *t,
+                                struct lp_error *err) {
+    int file = -1;
+    for (int i = 0; i < m->n_files && file < 0; i++) {
+        const uint8_t *base = m->files[i]->map, *p = t->data;
+        if (p >= base && p < base + m->files[i]->map_bytes) file = i;
+    }
+    return lp_model_note_tensor(m, file, t->name, t->data, t->nbytes, err);
+}
+
+enum lp_status lp_model_note_tensor(struct lp_model *m, int file, const char *name,
+                                    const void *data, size_t nbytes, struct lp_error *err) {
+    if (m->n_used == m->cap_used) {
+        int cap = m->cap_used ? 2 * m->cap_used : 64;
+        struct lp_model_tensor *u = realloc(m->used, (size_t)cap * sizeof *u);
+        if (!u) return lp_error_set(err, LP_ERR_NOMEM, "out of memory");
+        m->used = u;
+        m->cap_used = cap;
+    }
+    m->used[m->n_used++] = (struct lp_model_tensor){.name = name, .layer = m->cur_layer,
+                                                    .file = file, .data = data,
+                                                    .nbytes = nbytes};
+    return LP_OK;
+}
+
+struct lp_model_tensor *lp_model_tensors(struct lp_model *m, int *n) {
+    *n = m->n_used;
+    return m->used;
+}
+
+const char *lp_model_file_path(const struct lp_model *m, int file) {
+    return file >= 0 && file < m->n_files ? m->files[file]->path : NULL;
+}
+
+const void *lp_model_file_base(const struct lp_model *m, int file) {
+    return file >= 0 && file < m->n_files ? m->files[file]->map : NULL;
 }
 
 static enum lp_status model_open_file(struct lp_model *m, const char *name, struct lp_error *err) {
@@ -140,6 +182,8 @@ static enum lp_status model_vector(struct lp_model *m, const char *name, int64_t
     if (t->n_dims != 1 || t->shape[0] != n)
         return lp_error_set(err, LP_ERR_FORMAT, "%s: tensor '%s': shape must be [%lld]", m->dir,
                             name, (long long)n);
+    enum lp_status st = model_use(m, t, err);
+    if (st != LP_OK) return st;
     float *v = malloc((size_t)n * sizeof *v);
     if (!v) return lp_error_set(err, LP_ERR_NOMEM, "out of memory");
     for (int64_t i = 0; i < n; i++) {
@@ -196,7 +240,7 @@ static enum lp_status model_matrix(struct lp_model *m, const char *prefix, int64
         }
         w->data = t->data;
         m->weight_bytes += t->nbytes;
-        return LP_OK;
+        return model_use(m, t, err);
     }
     const struct lp_st_tensor *b = model_find(m, bname);
     if (!b)
@@ -240,12 +284,16 @@ static enum lp_status model_matrix(struct lp_model *m, const char *prefix, int64
     w->bits = (int)bits;
     w->group_size = (int)group;
     m->weight_bytes += t->nbytes + s->nbytes + b->nbytes;
-    return LP_OK;
+    enum lp_status st = model_use(m, t, err);
+    if (st == LP_OK) st = model_use(m, s, err);
+    if (st == LP_OK) st = model_use(m, b, err);
+    return st;
 }
 
 static enum lp_status model_load_layer(struct lp_model *m, int i, struct lp_error *err) {
     const struct lp_model_config *c = &m->config;
     struct lp_layer_weights *L = &m->layers[i];
+    m->cur_layer = i;
     char p[128], n[160];
     int64_t d = c->hidden_size, q = (int64_t)c->n_heads * c->head_dim,
             kv = (int64_t)c->n_kv_heads * c->head_dim, ff = c->intermediate_size;
@@ -345,6 +393,7 @@ enum lp_status lp_model_open(struct lp_model **out, const char *dir,
     }
     for (int i = m->loaded.layer_begin; i < m->loaded.layer_end; i++)
         if ((st = model_load_layer(m, i, err)) != LP_OK) goto fail;
+    m->cur_layer = -1;
     bool need_embed = m->loaded.load_embed || (m->loaded.load_head && c->tie_word_embeddings);
     if (need_embed) {
         st = model_matrix(m, "model.embed_tokens", c->vocab_size, c->hidden_size, &m->embedding,
@@ -385,6 +434,7 @@ void lp_model_close(struct lp_model *m) {
         free(m->layers);
     }
     free(m->final_norm);
+    free(m->used);
     for (int i = 0; i < m->n_files; i++) lp_st_close(m->files[i]);
     free(m->files);
     free(m->dir);
