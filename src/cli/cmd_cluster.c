@@ -1,10 +1,14 @@
 // SPDX-License-Identifier: MIT
 // cmd_cluster.c -- `layerpipe cluster`: a whole pipeline on this machine
 // for demos and tests. A supervisor process starts N-1 `layerpipe worker`
-// processes on free loopback ports (and restarts one that exits, on its
-// port); this process runs the run/serve/logits/bench/perplexity command as
-// their coordinator, then stops them. The supervisor is forked before this
-// process touches gRPC (forking after gRPC has started threads is unsafe).
+// processes on free loopback ports, or on the loopback addresses a
+// --cluster file names (and restarts one that exits, on its port); this
+// process runs the run/serve/logits/bench/perplexity command as their
+// coordinator, then stops them. The transport security (--tls-*,
+// --cluster-token-file, --health-open, given before or after "--", or the
+// cluster file's "security") goes to every worker and to the coordinator.
+// The supervisor is forked before this process touches gRPC (forking after
+// gRPC has started threads is unsafe).
 #include <errno.h>
 #include <signal.h>
 #include <stdio.h>
@@ -17,6 +21,8 @@
 
 #include "cli/args.h"
 #include "cli/cli.h"
+#include "cli/session.h"
+#include "layerpipe/cluster.h"
 
 #define MAX_LOCAL_WORKERS 16
 
@@ -34,22 +40,42 @@ static void sup_on_term(int sig) {
     sup_stop = 1;
 }
 
+// The security every worker gets (NULL: not given).
+struct sup_security {
+    const char *tls_cert, *tls_key, *tls_ca, *token_file;
+    bool health_open;
+};
+
 struct sup {
     const char *self, *model, *threads, *dir;
     int n;
     pid_t pids[MAX_LOCAL_WORKERS];
-    int ports[MAX_LOCAL_WORKERS]; // 0 until the first start picked one
+    int ports[MAX_LOCAL_WORKERS];        // 0 until the first start picked one
+    const char *hosts[MAX_LOCAL_WORKERS]; // where worker i listens: "127.0.0.1", or a file's host
+    struct sup_security sec;
 };
 
 static pid_t sup_spawn(struct sup *s, int i) {
-    char listen[32], port_file[4200];
-    snprintf(listen, sizeof listen, "127.0.0.1:%d", s->ports[i]);
+    char listen[160], port_file[4200];
+    snprintf(listen, sizeof listen, "%s:%d", s->hosts[i] ? s->hosts[i] : "127.0.0.1",
+             s->ports[i]);
     snprintf(port_file, sizeof port_file, "%s/worker%d.port", s->dir, i + 1);
     remove(port_file);
     pid_t pid = fork();
     if (pid == 0) {
-        char *wargv[] = {(char *)s->self, "worker", "-m", (char *)s->model, "--listen", listen,
-                         "--port-file", port_file, "--threads", (char *)s->threads, NULL};
+        char *wargv[24] = {(char *)s->self, "worker", "-m", (char *)s->model, "--listen", listen,
+                           "--port-file", port_file, "--threads", (char *)s->threads};
+        int k = 10;
+        const char *flag[4] = {"--tls-cert", "--tls-key", "--tls-ca", "--cluster-token-file"};
+        const char *value[4] = {s->sec.tls_cert, s->sec.tls_key, s->sec.tls_ca,
+                                s->sec.token_file};
+        for (int f = 0; f < 4; f++)
+            if (value[f]) {
+                wargv[k++] = (char *)flag[f];
+                wargv[k++] = (char *)value[f];
+            }
+        if (s->sec.health_open) wargv[k++] = "--health-open";
+        wargv[k] = NULL;
         execv(s->self, wargv);
         _exit(127);
     }
@@ -161,7 +187,8 @@ static pid_t start_supervisor(struct sup *sv, char *workers, size_t cap) {
     for (int i = 0; fp && i < sv->n; i++) {
         int port = 0;
         if (fscanf(fp, "%d", &port) != 1) break;
-        off += (size_t)snprintf(workers + off, cap - off, "%s127.0.0.1:%d", i ? "," : "", port);
+        off += (size_t)snprintf(workers + off, cap - off, "%s%s:%d", i ? "," : "",
+                                sv->hosts[i] ? sv->hosts[i] : "127.0.0.1", port);
     }
     if (fp) fclose(fp);
     if (off == 0) {
@@ -188,9 +215,83 @@ static void stop_supervisor(pid_t sup, const char *dir, int n_workers) {
     rmdir(dir);
 }
 
+// The coordinator command's own security flags (after "--"): they go to the
+// workers too. Returns false (message printed) on a flag without a value.
+static bool scan_security(int argc, char **argv, struct sup_security *out) {
+    static const char *const names[4] = {"--tls-cert", "--tls-key", "--tls-ca",
+                                         "--cluster-token-file"};
+    const char **dst[4] = {&out->tls_cert, &out->tls_key, &out->tls_ca, &out->token_file};
+    for (int i = 0; i < argc; i++) {
+        if (strcmp(argv[i], "--health-open") == 0) out->health_open = true;
+        for (int f = 0; f < 4; f++) {
+            size_t n = strlen(names[f]);
+            if (strncmp(argv[i], names[f], n) != 0) continue;
+            if (argv[i][n] == '=') {
+                *dst[f] = argv[i] + n + 1;
+            } else if (argv[i][n] == '\0') {
+                if (i + 1 >= argc) {
+                    fprintf(stderr, "layerpipe cluster: %s needs a value\n", names[f]);
+                    return false;
+                }
+                *dst[f] = argv[++i];
+            }
+        }
+    }
+    return true;
+}
+
+// Loopback hosts only: `layerpipe cluster` starts its workers on this machine.
+static bool loopback_host(const char *addr, char *host, size_t cap, int *port) {
+    const char *colon = strrchr(addr, ':');
+    if (!colon || (size_t)(colon - addr) >= cap) return false;
+    snprintf(host, cap, "%.*s", (int)(colon - addr), addr);
+    *port = atoi(colon + 1);
+    return strncmp(host, "127.", 4) == 0 || strcmp(host, "localhost") == 0 ||
+           strcmp(host, "[::1]") == 0;
+}
+
+// The workers a --cluster file names (loopback addresses) and its security.
+static bool read_cluster_file(const char *path, struct lp_cluster_spec *spec, struct sup *sv,
+                              char hosts[][128]) {
+    struct lp_error err = {0};
+    memset(spec, 0, sizeof *spec);
+    if (lp_cluster_spec_read_file(spec, path, &err) != LP_OK) {
+        fprintf(stderr, "layerpipe cluster: --cluster %s\n", err.msg);
+        return false;
+    }
+    if (spec->n_workers > MAX_LOCAL_WORKERS) {
+        fprintf(stderr, "layerpipe cluster: %s: %d workers, at most %d on one machine\n", path,
+                spec->n_workers, MAX_LOCAL_WORKERS);
+        return false;
+    }
+    for (int i = 0; i < spec->n_workers; i++)
+        if (!loopback_host(spec->workers[i], hosts[i], 128, &sv->ports[i])) {
+            fprintf(stderr,
+                    "layerpipe cluster: %s: stage %d's address %s is not on this machine's "
+                    "loopback (127.x.x.x, localhost, [::1]): start remote workers with "
+                    "`layerpipe worker` and run the command with --cluster itself\n",
+                    path, i + 1, spec->workers[i]);
+            return false;
+        } else {
+            sv->hosts[i] = hosts[i];
+        }
+    sv->n = spec->n_workers;
+    return true;
+}
+
+// A flag given to `layerpipe cluster` and again to the command after "--".
+static bool security_twice(const struct sup_security *own, const struct sup_security *cmd) {
+    const char *a[4] = {own->tls_cert, own->tls_key, own->tls_ca, own->token_file};
+    const char *b[4] = {cmd->tls_cert, cmd->tls_key, cmd->tls_ca, cmd->token_file};
+    for (int f = 0; f < 4; f++)
+        if (a[f] && b[f]) return true;
+    return false;
+}
+
 int lp_cli_cluster(int argc, char **argv) {
-    char *model = NULL, *plan = NULL;
+    char *model = NULL, *plan = NULL, *cluster = NULL;
     int n_stages = 3, threads = 0;
+    struct lp_cli_session_opts so = {0}; // only its security fields
     struct lp_arg args[] = {
         {"model", 'm', LP_ARG_STR, &model, "DIR", "model folder", true},
         {"stages", 's', LP_ARG_INT, &n_stages, "N",
@@ -199,6 +300,10 @@ int lp_cli_cluster(int argc, char **argv) {
          "layers per stage, coordinator first (default: proportional, like 10,9,9 for 28)"},
         {"worker-threads", 0, LP_ARG_INT, &threads, "N",
          "CPU threads of each worker (default: all cores)", false, 0, 1024},
+        {"cluster", 0, LP_ARG_STR, &cluster, "FILE",
+         "a cluster file whose workers are on loopback: start them on its addresses, with its "
+         "\"security\", and run the command with --cluster FILE"},
+        LP_CLI_SECURITY_ARGS(so),
     };
     // everything after "--" is the coordinator's command
     int split = argc;
@@ -210,7 +315,8 @@ int lp_cli_cluster(int argc, char **argv) {
     enum lp_args_result ar = lp_args_parse(
         "cluster",
         "Start a local pipeline (workers on loopback) and run a command through it:\n"
-        "  layerpipe cluster -m DIR --stages 3 -- run --chat \"Hello\" --stats",
+        "  layerpipe cluster -m DIR --stages 3 -- run --chat \"Hello\" --stats\n"
+        "The security options (here or after --) go to every worker and the coordinator.",
         args, (int)(sizeof args / sizeof args[0]), split, argv, NULL, 0, NULL);
     if (ar != LP_ARGS_OK) return ar == LP_ARGS_HELP ? 0 : 2;
     if (split + 1 >= argc || (strcmp(argv[split + 1], "run") != 0 &&
@@ -226,10 +332,44 @@ int lp_cli_cluster(int argc, char **argv) {
         if (strcmp(argv[i], "-m") == 0 || strcmp(argv[i], "--model") == 0 ||
             strcmp(argv[i], "--workers") == 0 || strcmp(argv[i], "-w") == 0 ||
             strcmp(argv[i], "--cluster") == 0) {
-            fprintf(stderr, "layerpipe cluster: %s is set by the cluster command\n", argv[i]);
+            fprintf(stderr, "layerpipe cluster: %s is set by the cluster command%s\n", argv[i],
+                    strcmp(argv[i], "--cluster") == 0 ? " (give it before --)" : "");
             return 2;
         }
-    int n_workers = n_stages - 1;
+    bool stages_given = false, plan_given = plan != NULL;
+    for (int i = 0; i < (int)(sizeof args / sizeof args[0]); i++)
+        if (strcmp(args[i].name, "stages") == 0) stages_given = args[i].seen;
+    if (cluster && (stages_given || plan_given)) {
+        fprintf(stderr, "layerpipe cluster: --cluster gives the stages and plan; leave out "
+                        "--stages and --plan\n");
+        return 2;
+    }
+    // the security: own flags, the command's, the cluster file's (a flag wins)
+    struct sup_security own = {so.tls_cert, so.tls_key, so.tls_ca, so.token_file, so.health_open};
+    struct sup_security cmd = {0};
+    if (!scan_security(argc - split - 2, argv + split + 2, &cmd)) return 2;
+    if (security_twice(&own, &cmd)) {
+        fprintf(stderr, "layerpipe cluster: give each security option once, before or after --\n");
+        return 2;
+    }
+    struct sup_security sec = {own.tls_cert ? own.tls_cert : cmd.tls_cert,
+                               own.tls_key ? own.tls_key : cmd.tls_key,
+                               own.tls_ca ? own.tls_ca : cmd.tls_ca,
+                               own.token_file ? own.token_file : cmd.token_file,
+                               own.health_open || cmd.health_open};
+    struct sup sv = {.model = model, .n = n_stages - 1};
+    struct lp_cluster_spec spec;
+    static char file_hosts[MAX_LOCAL_WORKERS][128];
+    if (cluster) {
+        if (!read_cluster_file(cluster, &spec, &sv, file_hosts)) return 2;
+        if (!sec.tls_cert && spec.tls_cert[0]) sec.tls_cert = spec.tls_cert;
+        if (!sec.tls_key && spec.tls_key[0]) sec.tls_key = spec.tls_key;
+        if (!sec.tls_ca && spec.tls_ca[0]) sec.tls_ca = spec.tls_ca;
+        if (!sec.token_file && spec.token_file[0]) sec.token_file = spec.token_file;
+        sec.health_open |= spec.health_open;
+    }
+    sv.sec = sec;
+    int n_workers = sv.n;
     char dir[] = "/tmp/layerpipe-cluster-XXXXXX";
     if (!mkdtemp(dir)) {
         fprintf(stderr, "layerpipe cluster: mkdtemp: %s\n", strerror(errno));
@@ -245,18 +385,22 @@ int lp_cli_cluster(int argc, char **argv) {
     self[n_self] = '\0';
     char thr[16];
     snprintf(thr, sizeof thr, "%d", threads);
-    struct sup sv = {.self = self, .model = model, .threads = thr, .dir = dir, .n = n_workers};
+    sv.self = self;
+    sv.threads = thr;
+    sv.dir = dir;
     pid_t sup = 0;
-    char workers[MAX_LOCAL_WORKERS * 24] = "";
+    char workers[MAX_LOCAL_WORKERS * 140] = "";
     if (n_workers > 0 && (sup = start_supervisor(&sv, workers, sizeof workers)) < 0) {
         rmdir(dir);
         return 1;
     }
-    fprintf(stderr, "layerpipe cluster: %d workers on %s%s\n", n_workers,
-            n_workers ? workers : "-", n_workers ? " (restarted if one exits)" : "");
+    fprintf(stderr, "layerpipe cluster: %d workers on %s%s%s\n", n_workers,
+            n_workers ? workers : "-", n_workers ? " (restarted if one exits)" : "",
+            sec.tls_cert ? ", TLS" : "");
     // the coordinator's argv: CMD ARGS -m MODEL [--workers LIST] [--plan PLAN]
+    // [--cluster FILE] [the security given to `cluster` itself]
     int n_cmd = argc - split - 1;
-    char **cargv = calloc((size_t)n_cmd + 8, sizeof *cargv);
+    char **cargv = calloc((size_t)n_cmd + 20, sizeof *cargv);
     if (!cargv) {
         stop_supervisor(sup, dir, n_workers);
         return 1;
@@ -265,14 +409,25 @@ int lp_cli_cluster(int argc, char **argv) {
     for (int i = 0; i < n_cmd; i++) cargv[k++] = argv[split + 1 + i];
     cargv[k++] = "-m";
     cargv[k++] = model;
-    if (n_workers > 0) {
+    if (cluster) {
+        cargv[k++] = "--cluster";
+        cargv[k++] = cluster;
+    } else if (n_workers > 0) {
         cargv[k++] = "--workers";
         cargv[k++] = workers;
     }
-    if (plan || n_workers == 0) {
+    if (!cluster && (plan || n_workers == 0)) {
         cargv[k++] = "--plan";
         cargv[k++] = plan ? plan : "auto";
     }
+    const char *flag[4] = {"--tls-cert", "--tls-key", "--tls-ca", "--cluster-token-file"};
+    const char *value[4] = {own.tls_cert, own.tls_key, own.tls_ca, own.token_file};
+    for (int f = 0; f < 4; f++)
+        if (value[f]) {
+            cargv[k++] = (char *)flag[f];
+            cargv[k++] = (char *)value[f];
+        }
+    if (own.health_open && !cmd.health_open) cargv[k++] = "--health-open";
     int rc = strcmp(cargv[0], "run") == 0          ? lp_cli_run(k, cargv)
              : strcmp(cargv[0], "logits") == 0     ? lp_cli_logits(k, cargv)
              : strcmp(cargv[0], "perplexity") == 0 ? lp_cli_perplexity(k, cargv)

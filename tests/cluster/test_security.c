@@ -15,6 +15,10 @@
 //   insecure one;
 //   the coordinator's Sink refuses a caller without the token (Health and
 //   its stream);
+//   `layerpipe cluster` starts its workers with the security given to it,
+//   given to the command after "--", or in a cluster file of loopback
+//   workers: each generates the same ids (the coordinator's TLS client and
+//   its Sink's token check would refuse workers without them);
 //   a worker listening beyond loopback without security warns;
 //   the client keepalive suits a stock gRPC server (>= 5 min, no pings
 //   without a call).
@@ -272,6 +276,33 @@ static int run_ids(const char *tag, char *ids, size_t n, const char *first, ...)
     return rc;
 }
 
+// `layerpipe cluster -m MODEL ARGS... -- run ...ids args... CMD_ARGS...`
+// (two NULL-terminated lists); its ids (stdout) into ids.
+static int cluster_ids(const char *tag, char *ids, size_t n, const char *const *args,
+                       const char *const *cmd_args) {
+    const char *bin = lp_fixture_env("LP_BIN", "build/layerpipe");
+    char out[1200], errp[1200];
+    snprintf(out, sizeof out, "%s/%s.out", ff_scratch, tag);
+    snprintf(errp, sizeof errp, "%s/%s.err", ff_scratch, tag);
+    char *argv[64] = {(char *)bin, "cluster", "-m", model_dir, "--worker-threads", "1"};
+    int k = 6;
+    for (int i = 0; args[i] && k < 40; i++) argv[k++] = (char *)args[i];
+    const char *run[] = {"--", "run", "--prompt-ids", "1 2 3 4 5", "-n", "24", "--temp", "1.5",
+                         "--ignore-eos", "--print-ids", "--threads", "1", "--seed", "7", NULL};
+    for (int i = 0; run[i]; i++) argv[k++] = (char *)run[i];
+    for (int i = 0; cmd_args[i] && k < 63; i++) argv[k++] = (char *)cmd_args[i];
+    argv[k] = NULL;
+    pid_t pid = ff_spawn(argv, out, errp);
+    int rc = ff_wait(pid, 90);
+    ff_read_file(out, ids, n);
+    if (rc != 0) {
+        char e[4096];
+        ff_read_file(errp, e, sizeof e);
+        fprintf(stderr, "%s: rc %d: %s\n", tag, rc, e);
+    }
+    return rc;
+}
+
 static int free_port(void) {
     int fd = socket(AF_INET, SOCK_STREAM, 0);
     struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
@@ -473,5 +504,51 @@ int main(void) {
     ff_read_file(strcat(strcpy(cmd, ff_scratch), "/no-token.err"), e, sizeof e);
     CHECK_MSG(strstr(e, "no cluster token"), "coordinator without the token: %s", e);
     sink_case(&s1, &s2, cert, key, ca, token);
+
+    // `layerpipe cluster`: the security reaches the workers it starts
+    {
+        char ids[4096];
+        const char *own[] = {"--plan", "2,1,1", "--tls-cert", cert, "--tls-key", key, "--tls-ca",
+                             ca, "--cluster-token-file", token, NULL};
+        const char *none[] = {NULL};
+        CHECK(cluster_ids("cluster-own", ids, sizeof ids, own, none) == 0);
+        CHECK_MSG(strcmp(ids, plain_ids) == 0, "cluster, security before --: '%s'", ids);
+        const char *plan[] = {"--plan", "2,1,1", NULL};
+        const char *after[] = {"--tls-cert", cert, "--tls-key", key, "--tls-ca", ca,
+                               "--cluster-token-file=", NULL};
+        char tok_arg[1300];
+        snprintf(tok_arg, sizeof tok_arg, "--cluster-token-file=%s", token);
+        after[6] = tok_arg;
+        CHECK(cluster_ids("cluster-after", ids, sizeof ids, plan, after) == 0);
+        CHECK_MSG(strcmp(ids, plain_ids) == 0, "cluster, security after --: '%s'", ids);
+        char local[1200];
+        path(local, sizeof local, ff_scratch, "local-cluster.json");
+        FILE *lf = fopen(local, "w");
+        CHECK(lf != NULL);
+        if (lf) {
+            fprintf(lf,
+                    "{\"stages\": [{\"role\": \"coordinator\", \"layers\": 2},\n"
+                    "  {\"address\": \"localhost:%d\", \"layers\": 1},\n"
+                    "  {\"address\": \"127.0.0.1:%d\", \"layers\": 1}],\n"
+                    " \"security\": {\"tls_cert\": \"pki/localhost.pem\", \"tls_key\": "
+                    "\"pki/localhost.key\",\n"
+                    "  \"tls_ca\": \"pki/ca.pem\", \"cluster_token_file\": \"pki/cluster-token\"}}\n",
+                    free_port(), free_port());
+            fclose(lf);
+        }
+        const char *file[] = {"--cluster", local, NULL};
+        CHECK(cluster_ids("cluster-file", ids, sizeof ids, file, none) == 0);
+        CHECK_MSG(strcmp(ids, plain_ids) == 0, "cluster --cluster FILE: '%s'", ids);
+        // a worker address off loopback is not this machine's to start
+        path(local, sizeof local, ff_scratch, "remote-cluster.json");
+        lf = fopen(local, "w");
+        if (lf) {
+            fprintf(lf, "{\"stages\": [{\"role\": \"coordinator\"}, {\"address\": "
+                        "\"10.9.9.9:7070\"}]}\n");
+            fclose(lf);
+        }
+        CHECK(cluster_ids("cluster-remote", ids, sizeof ids, file, none) == 2);
+        printf("cluster: security before --, after --, in a cluster file -> same ids\n");
+    }
     return lp_test_finish("cluster/test_security");
 }
