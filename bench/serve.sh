@@ -14,6 +14,8 @@
 # levels through `bench --concurrency` instead of the HTTP API.
 # The model needs a tokenizer for the chat API: the real Qwen3 tokenizer is
 # copied in (tools/fetch-qwen3-tokenizer.sh) when the folder has none.
+# PARTS (environment) picks parts, e.g. PARTS=1 (default: 1 2 3); SERVE_CPUS
+# and NODE_CPUS pin part 1's server and load generator (taskset lists).
 # Usage: bench/serve.sh BUILD_DIR MODEL_DIR [LEVELS] [MAX_TOKENS] [PLAN2]
 #   PLAN2: the 2-stage split, coordinator first (default 11,17 for 28 layers:
 #   the coordinator's embedding and tied head weigh about six layers)
@@ -25,7 +27,9 @@ max_tokens=${4:-64}
 plan2=${5:-11,17}
 here=$(cd "$(dirname "$0")/.." && pwd)
 lp="$build/layerpipe"
+parts=" ${PARTS:-1 2 3} "
 echo "== machine: $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')"
+if [[ $parts == *" 1 "* ]]; then
 if [ -n "${SKIP_SERVE:-}" ] || ! command -v node >/dev/null 2>&1; then
   echo "== 1. serve under the openai SDK: skipped (SKIP_SERVE set or no node here)"
   echo "== 1b. the same levels through bench --concurrency (2 threads)"
@@ -42,18 +46,20 @@ node_path=$("$here/tools/fetch-openai-node.sh" "$build/testdata/openai-node")
 
 echo "== 1. serve, one process, 2 threads, openai SDK load ($levels streams, $max_tokens tokens each)"
 portfile=$(mktemp)
-"$lp" serve -m "$model" --listen 127.0.0.1:0 --port-file "$portfile" --threads 2 \
+${SERVE_CPUS:+taskset -c "$SERVE_CPUS"} "$lp" serve -m "$model" --listen 127.0.0.1:0 --port-file "$portfile" --threads 2 \
   --max-seqs 32 --ctx 512 --model-name layerpipe 2>"$build/serve-bench.log" &
 srv=$!
 trap 'kill $srv 2>/dev/null || true' EXIT
 for _ in $(seq 600); do [ -s "$portfile" ] && break; sleep 0.2; done
 port=$(cat "$portfile")
 for _ in $(seq 100); do curl -sf "http://127.0.0.1:$port/health" >/dev/null && break; sleep 0.2; done
-LP_NODE_MODULES="$node_path" node "$here/bench/serve_load.mjs" "http://127.0.0.1:$port" "$levels" "$max_tokens"
+LP_NODE_MODULES="$node_path" ${NODE_CPUS:+taskset -c "$NODE_CPUS"} node "$here/bench/serve_load.mjs" "http://127.0.0.1:$port" "$levels" "$max_tokens"
 kill $srv; wait $srv 2>/dev/null || true
 trap - EXIT
 fi
+fi
 
+if [[ $parts == *" 2 "* ]]; then
 echo "== 2. pipeline speed-up on 2 cores (1 thread per process, pinned)"
 for n in 1 4 8; do
   echo "-- one process, core 0, --concurrency $n"
@@ -69,9 +75,13 @@ for n in 1 4 8; do
   kill $wk; wait $wk 2>/dev/null || true
 done
 
+fi
+
+if [[ $parts == *" 3 "* ]]; then
 echo "== 3. one stream: one process against 3 stages (2 threads each), side by side"
 for rep in 1 2; do
   "$lp" bench -m "$model" -p 16 -n 64 --reps 1 --threads 2 --json | tail -1
   "$lp" cluster -m "$model" --stages 3 --plan 10,9,9 --worker-threads 2 -- \
     bench -p 16 -n 64 --reps 1 --threads 2 --json 2>&1 | tail -1
 done
+fi
