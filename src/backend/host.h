@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: MIT
 // host.h -- what the host-memory backends (ref, cpu) share: the buffer and
 // weight handles, the bounds-checked buffer copies, weight validation and a
-// scalar dequantizer. Each backend file that includes this defines its own
+// scalar dequantizer (GGUF blocks through util/ggml_layout.h). Each backend file that includes this defines its own
 // (identical) struct lp_buf / lp_bweight; no other backend ever sees them.
 // Everything is static inline: there is no host.c.
 #ifndef LAYERPIPE_BACKEND_HOST_H
@@ -12,7 +12,9 @@
 #include <string.h>
 
 #include "backend/backend_i.h"
+#include "layerpipe/convert.h"
 #include "util/fp16.h"
+#include "util/ggml_layout.h"
 
 #define LP_HOST_ALIGN 64
 
@@ -100,9 +102,16 @@ static inline enum lp_status lp_host_weight_check(const char *who, const struct 
     case LP_WEIGHT_BF16:
         return LP_OK;
     case LP_WEIGHT_GGML:
-        return lp_error_set(err, LP_ERR_UNSUPPORTED,
-                            "%s: weight_upload: GGUF %s blocks are not supported by this backend",
-                            who, lp_ggml_type_name(w->ggml_type));
+        if (lp_ggml_block_elems(w->ggml_type) == 0)
+            return lp_error_set(err, LP_ERR_UNSUPPORTED,
+                                "%s: weight_upload: GGUF block type %d, expected Q4_0, Q8_0, "
+                                "Q4_K, Q5_K or Q6_K", who, (int)w->ggml_type);
+        if (w->cols % lp_ggml_block_elems(w->ggml_type) != 0)
+            return lp_error_set(err, LP_ERR_INVALID_ARG,
+                                "%s: weight_upload: %lld columns, not a multiple of the %d "
+                                "elements of a %s block", who, (long long)w->cols,
+                                lp_ggml_block_elems(w->ggml_type), lp_ggml_type_name(w->ggml_type));
+        return LP_OK;
     case LP_WEIGHT_MLX_AFFINE:
         if (w->bits != 4 && w->bits != 8)
             return lp_error_set(err, LP_ERR_UNSUPPORTED,
@@ -161,8 +170,11 @@ static inline float lp_host_weight_at(const struct lp_weight *w, int64_t r, int6
         float b = lp_host_half(w->scale_dtype, w->biases, gi);
         return s * (float)lp_host_mlx_code(w, r, c) + b;
     }
-    case LP_WEIGHT_GGML: // refused by lp_host_weight_check
-        break;
+    case LP_WEIGHT_GGML: // row r's blocks, then the layout's value of element c
+        return ggml_value_at(w->ggml_type,
+                             (const uint8_t *)w->data +
+                                 (size_t)r * lp_ggml_row_bytes(w->ggml_type, w->cols),
+                             c);
     }
     return 0.0f;
 }

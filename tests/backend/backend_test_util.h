@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: MIT
 // backend_test_util.h -- helpers shared by the backend tests: a seeded RNG,
-// buffers filled from host arrays, random weights of every format (the test
-// owns their memory), and the relative L2 error used as the comparison metric.
+// buffers filled from host arrays, random weights of every format, GGUF
+// blocks included (the test owns their memory), and the relative L2 error used as the comparison metric.
 #ifndef LP_BACKEND_TEST_UTIL_H
 #define LP_BACKEND_TEST_UTIL_H
 
@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "backend/backend_i.h"
+#include "layerpipe/convert.h"
 #include "util/fp16.h"
 #include "lp_test.h"
 
@@ -87,6 +88,44 @@ static inline struct lp_weight tu_weight(enum lp_weight_format f, int64_t rows, 
         w.scales = s;
         w.biases = b;
     }
+    return w;
+}
+
+// A random GGUF weight of type t (rows x cols, cols a multiple of the
+// block), owned by the test (tu_weight_free). quantized: 0.1 * uniform
+// values through lp_ggml_quantize_row (blocks as a file holds them); else
+// random bytes with the f16 scales replaced by +-[0.001, 0.011) (every code,
+// every 6-bit scale and min, both signs of d).
+static inline struct lp_weight tu_weight_ggml(enum lp_ggml_type t, int64_t rows, int64_t cols,
+                                              bool quantized) {
+    struct lp_weight w = {.format = LP_WEIGHT_GGML, .rows = rows, .cols = cols, .ggml_type = t};
+    size_t rb = lp_ggml_row_bytes(t, cols);
+    uint8_t *d = malloc(rb * (size_t)rows);
+    float *x = malloc((size_t)cols * sizeof(float));
+    int bb = lp_ggml_block_bytes(t);
+    for (int64_t r = 0; r < rows; r++) {
+        uint8_t *row = d + (size_t)r * rb;
+        if (quantized) {
+            for (int64_t c = 0; c < cols; c++) x[c] = 0.1f * tu_f();
+            struct lp_error err_ = {0};
+            CHECK_OK(lp_ggml_quantize_row(t, x, row, cols, &err_), &err_);
+            continue;
+        }
+        for (size_t i = 0; i < rb; i++) row[i] = (uint8_t)tu_u32();
+        for (size_t b = 0; b < rb / (size_t)bb; b++) {
+            uint8_t *blk = row + b * (size_t)bb;
+            int n_d = t == LP_GGML_Q4_K || t == LP_GGML_Q5_K ? 2 : 1; // d (and dmin)
+            for (int k = 0; k < n_d; k++) {
+                uint8_t *f = blk + (t == LP_GGML_Q6_K ? 208 : 2 * k);
+                uint16_t h = lp_f32_to_f16((0.001f + 0.005f * (tu_f() + 1.0f)) *
+                                           (tu_u32() & 1 ? -1.0f : 1.0f));
+                f[0] = (uint8_t)(h & 0xff);
+                f[1] = (uint8_t)(h >> 8);
+            }
+        }
+    }
+    free(x);
+    w.data = d;
     return w;
 }
 

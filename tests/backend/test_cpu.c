@@ -6,7 +6,8 @@
 // (half of them negative), n = 1, 3, 17, 96, 100, 129 tokens (full and
 // partial 4-token tiles), row counts that are not multiples of the 4-row
 // tile or the row chunk, and float-format column counts that are not
-// multiples of 16. Batch
+// multiples of 16; GGUF Q4_0, Q8_0, Q4_K, Q5_K and Q6_K blocks (quantized
+// rows and random bytes; the VNNI digits path and the generic one). Batch
 // invariance (issue 13): every row of an n-row call is memcmp-equal to the
 // row computed alone, for every format and path (test_batch_invariance).
 // Tolerances (relative L2 error ||cpu - ref|| / ||ref||):
@@ -45,6 +46,10 @@ static struct variant variants[] = {
 
 static struct lp_backend *ref;
 static double worst_quant;
+
+static const enum lp_ggml_type ggml_types[] = {LP_GGML_Q4_0, LP_GGML_Q8_0, LP_GGML_Q4_K,
+                                               LP_GGML_Q5_K, LP_GGML_Q6_K};
+#define N_GGML (int)(sizeof ggml_types / sizeof ggml_types[0])
 
 // out = x @ w^T on backend be.
 static void run_matmul(struct lp_backend *be, const struct lp_weight *w, const float *x, int n,
@@ -125,6 +130,21 @@ static void test_matmul(void) {
             }
         }
     }
+    // GGUF blocks: quantized rows and random bytes; 768 columns (three
+    // super-blocks, the VNNI path for Q8_0/Q4_K/Q6_K), Q8_0 with 96 columns
+    // (off it: the generic path on every variant).
+    for (int i = 0; i < N_GGML; i++) {
+        for (int shape = 0; shape < 2; shape++) {
+            struct lp_weight w = tu_weight_ggml(ggml_types[i], shape ? 150 : 37, 768, shape == 0);
+            snprintf(what, sizeof what, "ggml %s %s", lp_ggml_type_name(ggml_types[i]),
+                     shape ? "bytes" : "quantized");
+            check_matmul(w, what);
+            tu_weight_free(&w);
+        }
+    }
+    struct lp_weight w96 = tu_weight_ggml(LP_GGML_Q8_0, 37, 96, true);
+    check_matmul(w96, "ggml Q8_0 96 columns");
+    tu_weight_free(&w96);
     printf("quantize_activations: worst relative L2 error %.3g (tolerance %.0e)\n", worst_quant,
            TOL_QUANT);
     CHECK(worst_quant > 0.0); // the quantized path really ran
@@ -191,6 +211,53 @@ static void test_decode_digits(int bits) {
     }
     printf("decode (n=1) MLX q%d, awkward activations: worst relative L2 error %.3g\n", bits,
            worst);
+}
+
+// Decode (n = 1) of GGUF Q8_0 / Q4_K / Q6_K (the VNNI digits path where
+// present; the others the generic one) with the awkward activations of
+// test_decode_digits, per 32-column group: within the float tolerance, the
+// same bits on 1, 2 and 3 threads, and an all-zero x gives exactly zero.
+static void test_decode_ggml(void) {
+    double worst = 0.0;
+    for (int i = 0; i < N_GGML; i++) {
+        const int64_t rows = 41, cols = 512;
+        struct lp_weight w = tu_weight_ggml(ggml_types[i], rows, cols, false);
+        size_t out_n = (size_t)rows + 3 * (size_t)cols;
+        float *x = malloc((size_t)cols * 4), *want = malloc(out_n * 4);
+        float *got[3] = {malloc(out_n * 4), malloc(out_n * 4), malloc(out_n * 4)};
+        for (int kase = 0; kase < 4; kase++) {
+            for (int64_t c = 0; c < cols; c++) {
+                int64_t g = c / 32;
+                float v = tu_f();
+                x[c] = kase == 0   ? (g == 0 ? 0.0f : g == 1 ? 1e-30f * v : (c % 32 == 5 ? 1000.0f : 1e-3f * v))
+                       : kase == 1 ? 1e-30f * v
+                       : kase == 2 ? (g % 2 ? 1e-10f : 1e10f) * v
+                                   : v;
+            }
+            run_matmul(ref, &w, x, 1, want);
+            for (int v = 0; v < 3; v++) {
+                run_matmul(variants[v].be, &w, x, 1, got[v]);
+                double e = tu_rel_l2(got[v], want, rows);
+                if (e > worst) worst = e;
+                CHECK_MSG(e <= TOL_FLOAT, "decode ggml %s case %d on %s: rel L2 %.3g",
+                          lp_ggml_type_name(ggml_types[i]), kase, variants[v].name, e);
+                CHECK_MSG(memcmp(got[v], got[0], (size_t)rows * 4) == 0,
+                          "decode ggml %s case %d: %s differs from %s",
+                          lp_ggml_type_name(ggml_types[i]), kase, variants[v].name,
+                          variants[0].name);
+            }
+        }
+        memset(x, 0, (size_t)cols * 4);
+        run_matmul(variants[1].be, &w, x, 1, got[1]);
+        for (int64_t r = 0; r < rows; r++)
+            CHECK_MSG(got[1][r] == 0.0f, "decode ggml %s: zero x gives %g",
+                      lp_ggml_type_name(ggml_types[i]), got[1][r]);
+        free(x);
+        free(want);
+        for (int v = 0; v < 3; v++) free(got[v]);
+        tu_weight_free(&w);
+    }
+    printf("decode (n=1) GGUF blocks, awkward activations: worst relative L2 error %.3g\n", worst);
 }
 
 // Batch invariance (issue 13): row i of a call on n rows is bit-identical
@@ -281,6 +348,24 @@ static void test_batch_invariance(void) {
         tu_weight_free(&w32);
         struct lp_weight w = tu_weight(LP_WEIGHT_MLX_AFFINE, 9, 16384, bits, 64, LP_DTYPE_BF16);
         snprintf(what, sizeof what, "mlx q%d g64 (token chunks)", bits);
+        check_invariance(w, what);
+        tu_weight_free(&w);
+    }
+    // GGUF blocks: every type at 512 columns (37 rows), random bytes; Q4_K
+    // and Q8_0 with 16384 columns (token chunks; 4-row blocks) and Q6_K
+    // with 150 rows.
+    for (int i = 0; i < N_GGML; i++) {
+        struct lp_weight w = tu_weight_ggml(ggml_types[i], 37, 512, false);
+        snprintf(what, sizeof what, "ggml %s", lp_ggml_type_name(ggml_types[i]));
+        check_invariance(w, what);
+        tu_weight_free(&w);
+    }
+    static const enum lp_ggml_type big[3] = {LP_GGML_Q4_K, LP_GGML_Q8_0, LP_GGML_Q6_K};
+    for (int i = 0; i < 3; i++) {
+        bool wide = i < 2;
+        struct lp_weight w = tu_weight_ggml(big[i], wide ? 9 : 150, wide ? 16384 : 256, true);
+        snprintf(what, sizeof what, "ggml %s %s", lp_ggml_type_name(big[i]),
+                 wide ? "(token chunks)" : "150 rows");
         check_invariance(w, what);
         tu_weight_free(&w);
     }
@@ -441,6 +526,7 @@ int main(void) {
     test_matmul();
     test_decode_digits(8);
     test_decode_digits(4);
+    test_decode_ggml();
     test_batch_invariance();
     test_rowwise();
     test_attention(LP_DTYPE_F32, 64);

@@ -4,7 +4,8 @@
 // at position 0, a known rotation at position 1), attention (one position
 // returns v, a known 3:1 softmax, GQA, causal masking across two segments
 // with different block tables), bf16 KV storage, silu, add, gather, and the
-// f16/bf16 conversions (round to nearest even). Tolerance 1e-5 absolute on
+// f16/bf16 conversions (round to nearest even); GGUF blocks against their
+// dequantized float copy (bit for bit). Tolerance 1e-5 absolute on
 // values of order 1 (float rounding only).
 #include <math.h>
 #include <stdio.h>
@@ -113,6 +114,65 @@ static void test_mlx_decode(void) {
     w8.cols = 48;
     CHECK(be->iface.weight_upload(be->ctx, &w8, &bad, err) == LP_ERR_INVALID_ARG && !bad);
     CHECK(strstr(err->msg, "48") != NULL);
+}
+
+// GGUF weights: matmul and embed on the blocks give the bits of the same
+// computation on their dequantized float32 copy (lp_ggml_dequantize_row):
+// the ref reads each element through the layout's definition. Upload
+// refuses an unknown block type and columns that are not whole blocks.
+static void test_ggml(void) {
+    static const enum lp_ggml_type types[5] = {LP_GGML_Q4_0, LP_GGML_Q8_0, LP_GGML_Q4_K,
+                                               LP_GGML_Q5_K, LP_GGML_Q6_K};
+    const int64_t rows = 7, cols = 512;
+    const int n = 3;
+    float *x = tu_randv(n * cols, 1.0f);
+    for (int i = 0; i < 5; i++) {
+        struct lp_weight g = tu_weight_ggml(types[i], rows, cols, i % 2 == 0);
+        float *f = malloc((size_t)(rows * cols) * 4);
+        for (int64_t r = 0; r < rows; r++)
+            CHECK_OK(lp_ggml_dequantize_row(types[i], (const uint8_t *)g.data +
+                                                          r * lp_ggml_row_bytes(types[i], cols),
+                                            f + r * cols, cols, err), err);
+        struct lp_weight fw = {.format = LP_WEIGHT_F32, .rows = rows, .cols = cols, .data = f};
+        struct lp_bweight *bg = upload(&g), *bf = upload(&fw);
+        struct lp_buf *xb = tu_buf(be, x, (size_t)(n * cols) * 4);
+        struct lp_buf *o1 = tu_buf(be, NULL, (size_t)(n * rows) * 4);
+        struct lp_buf *o2 = tu_buf(be, NULL, (size_t)(n * rows) * 4);
+        be->iface.matmul(be->ctx, o1, xb, bg, n);
+        be->iface.matmul(be->ctx, o2, xb, bf, n);
+        float a[3 * 7], b[3 * 7];
+        tu_read(be, o1, a, sizeof a);
+        tu_read(be, o2, b, sizeof b);
+        CHECK_MSG(memcmp(a, b, sizeof a) == 0, "ggml %s matmul differs from its float copy",
+                  lp_ggml_type_name(types[i]));
+        int32_t ids[2] = {5, 1};
+        struct lp_buf *e1 = tu_buf(be, NULL, 2 * (size_t)cols * 4);
+        be->iface.embed(be->ctx, e1, bg, ids, 2);
+        float *e = malloc(2 * (size_t)cols * 4);
+        tu_read(be, e1, e, 2 * (size_t)cols * 4);
+        CHECK_MSG(memcmp(e, f + 5 * cols, (size_t)cols * 4) == 0 &&
+                      memcmp(e + cols, f + cols, (size_t)cols * 4) == 0,
+                  "ggml %s embed differs from the dequantized rows", lp_ggml_type_name(types[i]));
+        free(e);
+        tu_free(be, e1);
+        tu_free(be, xb);
+        tu_free(be, o1);
+        tu_free(be, o2);
+        be->iface.weight_free(be->ctx, bg);
+        be->iface.weight_free(be->ctx, bf);
+        free(f);
+        tu_weight_free(&g);
+    }
+    free(x);
+    uint8_t blk[210] = {0};
+    struct lp_weight bad = {.format = LP_WEIGHT_GGML, .rows = 1, .cols = 32, .data = blk,
+                            .ggml_type = (enum lp_ggml_type)3};
+    struct lp_bweight *bw = NULL;
+    CHECK(be->iface.weight_upload(be->ctx, &bad, &bw, err) == LP_ERR_UNSUPPORTED && !bw);
+    CHECK(strstr(err->msg, "block type 3") != NULL);
+    bad.ggml_type = LP_GGML_Q4_K;
+    CHECK(be->iface.weight_upload(be->ctx, &bad, &bw, err) == LP_ERR_INVALID_ARG && !bw);
+    CHECK(strstr(err->msg, "32 columns") != NULL);
 }
 
 static void test_rmsnorm(void) {
@@ -262,6 +322,7 @@ int main(void) {
     test_convert();
     test_matmul_2x4();
     test_mlx_decode();
+    test_ggml();
     test_rmsnorm();
     test_rope();
     test_attention();

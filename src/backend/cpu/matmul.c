@@ -30,6 +30,12 @@
 //               lane reduction. (The former 6 x 64 prefill tile summed each
 //               output in one chain over c, an order a small n cannot
 //               reproduce at speed; dropping it costs large-n calls ~12%.)
+//  - vnni ggml (matmul_ggml.c; GGUF Q8_0, Q4_K, Q6_K, AVX512-VNNI, columns a
+//               multiple of 256, float activations): the digits scheme on the
+//               blocks as stored (codes unpacked in registers, one FMA per 64
+//               codes with the lane's block scale; offsets through exact x
+//               sums), the same 4 rows x 4 tokens tiles. GGUF Q4_0, Q5_K (and
+//               these types elsewhere) take the generic path.
 //  - vnni int8 (MLX 8-bit with quantize_activations, opt-in, not exact): x
 //               quantized per token and group to int8 (symmetric, scale
 //               max|x|/127), u8 x s8 dot products (vpdpbusd): dot = sum_g sw_g *
@@ -44,6 +50,7 @@
 #include <string.h>
 
 #include "backend/cpu/matmul_i.h"
+#include "util/ggml_layout.h"
 
 
 #define LP_MM_ROWS_MIN 16 // smallest row chunk handed to a thread
@@ -92,8 +99,12 @@ void lp_cpu_dequant_row(const struct lp_weight *w, int64_t r, float *dst) {
         }
         return;
     }
-    case LP_WEIGHT_GGML: // refused at upload
+    case LP_WEIGHT_GGML: { // block by block, the layout's values (util/ggml_layout.h)
+        int be = lp_ggml_block_elems(w->ggml_type), bb = lp_ggml_block_bytes(w->ggml_type);
+        const uint8_t *p = (const uint8_t *)w->data + (size_t)r * lp_ggml_row_bytes(w->ggml_type, cols);
+        for (int64_t b = 0; b < cols / be; b++) ggml_decode_block(w->ggml_type, p + b * bb, dst + b * be);
         return;
+    }
     }
 }
 
@@ -334,10 +345,20 @@ static size_t mm_digits_scratch(int64_t cols) {
            (size_t)ng * 2 * sizeof(float) + 64;
 }
 
+// Scratch bytes one token needs on the GGUF VNNI path (matmul_ggml.c).
+static size_t mm_ggml_scratch(int64_t cols) {
+#if LP_HAVE_X86
+    return (size_t)lp_mm_ggml_token_bytes((cols + 255) / 256 * 256);
+#else
+    return (size_t)cols;
+#endif
+}
+
 enum lp_status lp_cpu_scratch_reserve(struct lp_cpu_ctx *ctx, int64_t cols, struct lp_error *err) {
-    // Shared: phase 1 of LP_MM_SCRATCH_T tokens on either path.
+    // Shared: phase 1 of LP_MM_SCRATCH_T tokens on any path.
     size_t shared = mm_token_scratch(cols);
     if (mm_digits_scratch(cols) > shared) shared = mm_digits_scratch(cols);
+    if (mm_ggml_scratch(cols) > shared) shared = mm_ggml_scratch(cols);
     shared *= LP_MM_SCRATCH_T;
     if (shared > ctx->scratch_bytes) {
         void *p = aligned_alloc(LP_HOST_ALIGN, (shared + LP_HOST_ALIGN - 1) / LP_HOST_ALIGN *
@@ -378,7 +399,7 @@ static void mm_task_fn(void *arg, int i_thread, int n_threads) {
 typedef void (*mm_kernel_fn)(const struct mm_task *tk, int64_t r0, int64_t r1, int i_thread);
 
 // The kernel for w on ctx; sets *phase1 to what it needs computed from x first.
-enum mm_phase1 { MM_P1_NONE, MM_P1_QUANT, MM_P1_DIGITS };
+enum mm_phase1 { MM_P1_NONE, MM_P1_QUANT, MM_P1_DIGITS, MM_P1_GGML };
 
 static mm_kernel_fn mm_pick(const struct lp_cpu_ctx *ctx, const struct lp_weight *w,
                             enum mm_phase1 *phase1) {
@@ -394,12 +415,18 @@ static mm_kernel_fn mm_pick(const struct lp_cpu_ctx *ctx, const struct lp_weight
             *phase1 = MM_P1_DIGITS;
             return w->bits == 8 ? lp_mm_kernel_digits_q8 : lp_mm_kernel_digits_q4;
         }
+        if (w->format == LP_WEIGHT_GGML && ctx->vnni && lp_mm_ggml_fit(w)) {
+            *phase1 = MM_P1_GGML;
+            return w->ggml_type == LP_GGML_Q8_0   ? lp_mm_kernel_ggml_q8_0
+                   : w->ggml_type == LP_GGML_Q4_K ? lp_mm_kernel_ggml_q4_k
+                                                  : lp_mm_kernel_ggml_q6_k;
+        }
         switch (w->format) {
         case LP_WEIGHT_F32: return mm_kernel_tile_f32;
         case LP_WEIGHT_F16: return mm_kernel_tile_f16;
         case LP_WEIGHT_BF16: return mm_kernel_tile_bf16;
         case LP_WEIGHT_MLX_AFFINE: return w->bits == 8 ? mm_kernel_tile_q8 : mm_kernel_tile_q4;
-        case LP_WEIGHT_GGML: break; // refused at upload
+        case LP_WEIGHT_GGML: break; // Q4_0, Q5_K, other shapes: generic
         }
     }
 #endif
@@ -410,10 +437,23 @@ static mm_kernel_fn mm_pick(const struct lp_cpu_ctx *ctx, const struct lp_weight
 // pointers to the results.
 static void mm_phase1_run(struct lp_cpu_ctx *ctx, struct mm_task *tk, enum mm_phase1 phase1) {
     const struct lp_weight *w = tk->w;
-    int64_t ng = w->cols / w->group_size;
     int m = tk->n;
     bool inline_ = m == 1 || ctx->n_threads == 1;
     char *s = ctx->scratch;
+#if LP_HAVE_X86
+    if (phase1 == MM_P1_GGML) { // per token: digits, per-super-block vectors
+        struct lp_mm_ggml_prep gp = {
+            .x = tk->x, .n = m, .cols = w->cols, .type = w->ggml_type,
+            .stride = lp_mm_ggml_token_bytes(w->cols), .xd = (int8_t *)s,
+        };
+        if (inline_) lp_mm_ggml_prep_fn(&gp, 0, 1);
+        else lp_cpu_pool_run(ctx->pool, lp_mm_ggml_prep_fn, &gp);
+        tk->xq = gp.xd;
+        tk->dg_stride = gp.stride;
+        return;
+    }
+#endif
+    int64_t ng = w->cols / w->group_size; // MLX paths below
     if (phase1 == MM_P1_QUANT) {
         int8_t *xq = (int8_t *)s;
         s += ((size_t)m * (size_t)w->cols + 63) / 64 * 64;
@@ -463,7 +503,9 @@ void lp_cpu_matmul(struct lp_cpu_ctx *ctx, float *out, const float *x, const str
     // tokens are chunked does not change any output.
     int chunk = n;
     if (phase1 != MM_P1_NONE) {
-        size_t per = phase1 == MM_P1_DIGITS ? mm_digits_scratch(w->cols) : mm_token_scratch(w->cols);
+        size_t per = phase1 == MM_P1_DIGITS ? mm_digits_scratch(w->cols)
+                     : phase1 == MM_P1_GGML ? mm_ggml_scratch(w->cols)
+                                            : mm_token_scratch(w->cols);
         size_t fit = ctx->scratch_bytes / per;
         if (fit < (size_t)chunk) chunk = (int)fit;
     }

@@ -127,36 +127,6 @@ void lp_mm_digits_prep_fn(void *arg, int i_thread, int n_threads) {
         xsum[t] = tk->xsum + (int64_t)(t0 + t) * ng;                                               \
     }
 
-// The sum of v's 16 lanes by one fixed tree: s8[j] = v[j] + v[j + 8], s4[j] =
-// s8[j] + s8[j + 4], s2[j] = s4[j] + s4[j + 2], s2[0] + s2[1] (written out, not
-// _mm512_reduce_add_ps, whose tree is the compiler's).
-LP_INLINE LP_VNNI float mm_dg_hsum(__m512 v) {
-    __m256 a = _mm256_add_ps(_mm512_castps512_ps256(v),
-                             _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
-    __m128 b = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
-    __m128 c = _mm_add_ps(b, _mm_movehl_ps(b, b));
-    return _mm_cvtss_f32(_mm_add_ss(c, _mm_shuffle_ps(c, c, 1)));
-}
-
-// mm_dg_hsum of v[0 .. 15] into o[0 .. 15], the same tree (and operand order)
-// four vectors at a time: 56 instructions instead of 16 x 9.
-LP_INLINE LP_VNNI void mm_dg_hsum16(const __m512 *v, float *o) {
-    __m512 u[8], w[4];
-    for (int i = 0; i < 8; i++) // lanes 0-7: s8 of v[2i], 8-15: s8 of v[2i + 1]
-        u[i] = _mm512_add_ps(_mm512_shuffle_f32x4(v[2 * i], v[2 * i + 1], 0x44),
-                             _mm512_shuffle_f32x4(v[2 * i], v[2 * i + 1], 0xee));
-    for (int i = 0; i < 4; i++) // 128-bit lane k: s4 of v[4i + k]
-        w[i] = _mm512_add_ps(_mm512_shuffle_f32x4(u[2 * i], u[2 * i + 1], 0x88),
-                             _mm512_shuffle_f32x4(u[2 * i], u[2 * i + 1], 0xdd));
-    for (int i = 0; i < 4; i++) {
-        __m512 x = _mm512_add_ps(w[i], _mm512_permute_ps(w[i], 0x4e)); // s2 in lanes 4k, 4k + 1
-        __m512 y = _mm512_add_ps(x, _mm512_permute_ps(x, 0xb1));       // the sum in lane 4k
-        float tmp[16] __attribute__((aligned(64)));
-        _mm512_store_ps(tmp, y);
-        for (int k = 0; k < 4; k++) o[4 * i + k] = tmp[4 * k];
-    }
-}
-
 // out[t0 + t, r0 + r] from the lane sums tot (see above): the bias dot's 16
 // lanes (groups g = j mod 16) join tot's before the one lane reduction.
 LP_INLINE LP_VNNI void mm_dg_store(int RB, int NT, const struct mm_task *tk, int64_t r0, int t0,

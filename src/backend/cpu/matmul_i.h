@@ -1,7 +1,9 @@
 // SPDX-License-Identifier: MIT
 // matmul_i.h -- what the CPU matmul files share: the per-call task, the
-// AVX-512 target attributes, and the small inline helpers that load a
-// weight row's 16 values (any format) and dot 16-bit scales with floats.
+// AVX-512 target attributes, the small inline helpers that load a weight
+// row's 16 values (any float or MLX format), dot 16-bit scales with floats
+// and sum 16 lanes by a fixed tree, and the kernels of matmul_digits.c and
+// matmul_ggml.c.
 #ifndef LP_BACKEND_CPU_MATMUL_I_H
 #define LP_BACKEND_CPU_MATMUL_I_H
 
@@ -46,8 +48,8 @@ static inline int64_t mm_row_bytes(const struct lp_weight *w) {
         return w->cols * 2;
     case LP_WEIGHT_MLX_AFFINE:
         return w->cols * w->bits / 8;
-    case LP_WEIGHT_GGML: // refused at upload
-        break;
+    case LP_WEIGHT_GGML:
+        return (int64_t)lp_ggml_row_bytes(w->ggml_type, w->cols);
     }
     return 0;
 }
@@ -134,6 +136,36 @@ LP_INLINE LP_AVX512 float mm_half_dot(enum lp_dtype dt, const uint16_t *h, const
     return _mm512_reduce_add_ps(acc);
 }
 
+// The sum of v's 16 lanes by one fixed tree: s8[j] = v[j] + v[j + 8], s4[j] =
+// s8[j] + s8[j + 4], s2[j] = s4[j] + s4[j + 2], s2[0] + s2[1] (written out, not
+// _mm512_reduce_add_ps, whose tree is the compiler's).
+LP_INLINE LP_VNNI float mm_dg_hsum(__m512 v) {
+    __m256 a = _mm256_add_ps(_mm512_castps512_ps256(v),
+                             _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
+    __m128 b = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+    __m128 c = _mm_add_ps(b, _mm_movehl_ps(b, b));
+    return _mm_cvtss_f32(_mm_add_ss(c, _mm_shuffle_ps(c, c, 1)));
+}
+
+// mm_dg_hsum of v[0 .. 15] into o[0 .. 15], the same tree (and operand order)
+// four vectors at a time: 56 instructions instead of 16 x 9.
+LP_INLINE LP_VNNI void mm_dg_hsum16(const __m512 *v, float *o) {
+    __m512 u[8], w[4];
+    for (int i = 0; i < 8; i++) // lanes 0-7: s8 of v[2i], 8-15: s8 of v[2i + 1]
+        u[i] = _mm512_add_ps(_mm512_shuffle_f32x4(v[2 * i], v[2 * i + 1], 0x44),
+                             _mm512_shuffle_f32x4(v[2 * i], v[2 * i + 1], 0xee));
+    for (int i = 0; i < 4; i++) // 128-bit lane k: s4 of v[4i + k]
+        w[i] = _mm512_add_ps(_mm512_shuffle_f32x4(u[2 * i], u[2 * i + 1], 0x88),
+                             _mm512_shuffle_f32x4(u[2 * i], u[2 * i + 1], 0xdd));
+    for (int i = 0; i < 4; i++) {
+        __m512 x = _mm512_add_ps(w[i], _mm512_permute_ps(w[i], 0x4e)); // s2 in lanes 4k, 4k + 1
+        __m512 y = _mm512_add_ps(x, _mm512_permute_ps(x, 0xb1));       // the sum in lane 4k
+        float tmp[16] __attribute__((aligned(64)));
+        _mm512_store_ps(tmp, y);
+        for (int k = 0; k < 4; k++) o[4 * i + k] = tmp[4 * k];
+    }
+}
+
 // ---- exact VNNI kernels (matmul_digits.c) --------------------------------
 // Splits x [cols] into three int8 digits per element (layout for 8-bit or,
 // with q4, 4-bit weights), per-group sums into xsum [ng] and scales into
@@ -161,6 +193,37 @@ LP_VNNI void lp_mm_kernel_digits_q8(const struct mm_task *tk, int64_t r0, int64_
                                     int i_thread);
 LP_VNNI void lp_mm_kernel_digits_q4(const struct mm_task *tk, int64_t r0, int64_t r1,
                                     int i_thread);
+
+// ---- exact VNNI kernels of GGUF Q8_0 / Q4_K / Q6_K (matmul_ggml.c) --------
+// Whether they take w: one of those types, columns a multiple of 256.
+static inline bool lp_mm_ggml_fit(const struct lp_weight *w) {
+    return (w->ggml_type == LP_GGML_Q8_0 || w->ggml_type == LP_GGML_Q4_K ||
+            w->ggml_type == LP_GGML_Q6_K) && w->cols % 256 == 0;
+}
+
+// Bytes of one token's prepared x for a weight of cols columns (a multiple
+// of 256; the result is a multiple of 64).
+int64_t lp_mm_ggml_token_bytes(int64_t cols);
+
+// Prepares x [cols] for weights of type t into xd (lp_mm_ggml_token_bytes).
+LP_VNNI void lp_mm_ggml_prep(const float *x, int64_t cols, enum lp_ggml_type t, int8_t *xd);
+
+// lp_mm_ggml_prep for n tokens, as a pool task (tokens split over threads).
+struct lp_mm_ggml_prep {
+    const float *x; // [n, cols]
+    int n;
+    int64_t cols;
+    enum lp_ggml_type type;
+    int64_t stride; // bytes per token in xd (lp_mm_ggml_token_bytes)
+    int8_t *xd;     // [n, stride]
+};
+void lp_mm_ggml_prep_fn(void *arg, int i_thread, int n_threads);
+
+// Row chunk [r0, r1) of w (tk->w, lp_mm_ggml_fit) against every token's
+// prepared x (tk->xq, stride tk->dg_stride).
+LP_VNNI void lp_mm_kernel_ggml_q8_0(const struct mm_task *tk, int64_t r0, int64_t r1, int i_thread);
+LP_VNNI void lp_mm_kernel_ggml_q4_k(const struct mm_task *tk, int64_t r0, int64_t r1, int i_thread);
+LP_VNNI void lp_mm_kernel_ggml_q6_k(const struct mm_task *tk, int64_t r0, int64_t r1, int i_thread);
 
 #endif // LP_HAVE_X86
 

@@ -1,0 +1,290 @@
+// SPDX-License-Identifier: MIT
+// matmul_ggml.c -- the exact VNNI kernels of GGUF Q8_0, Q4_K and Q6_K
+// weights (float activations), for every token count, reading the blocks as
+// the file stores them (no repacking: the weights stay the model's mmap).
+// The digits scheme of matmul_digits.c: each token's x is split per call
+// into three int8 digits per group of 32 (error ~2^-22 of the group's max
+// |x|), u8 x s8 dot products (vpdpbusd) are exact in int32, then one float
+// FMA per 64 codes with the lane's weight scale times x scale. Chosen by
+// matmul.c for these types when AVX512-VNNI is present and the columns are
+// a multiple of 256; Q4_0, Q5_K and other shapes take the portable
+// dequantize-a-row path.
+//
+// Every format is read 256 columns at a time (a "super-block": one Q4_K /
+// Q6_K block, eight Q8_0 blocks) as four vectors of 64 unsigned codes (in
+// column order; Q4_K in nibble order, and its x digits follow that order)
+// plus one vector ws of 16 float scales:
+//   Q8_0: codes q + 128; ws = [d0..d3, -128 d0..d3, d4..d7, -128 d4..d7]
+//   Q4_K: codes q;       ws = [d sc0..3, -dmin m0..3, d sc4..7, -dmin m4..7]
+//   Q6_K: codes q;       ws = [d sc0 .. d sc15] (the -32 lives on the x side)
+// so that w[c] = ws[scale lane of c] * code[c] + (the offset term), and per
+// token the prep (lp_mm_ggml_prep) leaves, per super-block, sxv (the x
+// scale under each scale lane, 0 under offset lanes) and xsv (the x sums
+// under each offset lane, times 2^14: Q8_0/Q4_K: sums of 32 under the
+// -128 d / -dmin m lanes; Q6_K: -32 x sums of 16 under every lane).
+// Per super-block, row r and token t:
+//   tot += ws * xsv                                   (the offsets, exact x sums)
+//   for z = 0..3: a = ((q.d0) * 128 + q.d1) * 128 + q.d2   (int32, exact)
+//                 tot += float(a) * permute(ws * sxv, idx_z)
+// and out[t, r] = hsum(tot * 2^-14) by one fixed tree. Lane sums cover 4
+// codes of one group: |a| <= 4 * 255 * (127 * 16384 + 64 * 128 + 64) < 2^31.
+// The sequence of float operations of each output depends on its row and
+// token only: the same bits whatever the batch, tile, thread or chunking.
+#include <math.h>
+#include <string.h>
+
+#include "backend/cpu/matmul_i.h"
+#include "util/ggml_layout.h"
+
+#if LP_HAVE_X86
+
+#define GG_SB 256         // columns per super-block
+#define GG_X_SCALE 16384.0f // 2^14: the digits' integer unit
+
+// Bytes of one super-block of type t (8 Q8_0 blocks, else one block).
+static inline int gg_sb_bytes(enum lp_ggml_type t) {
+    return t == LP_GGML_Q8_0 ? 8 * lp_ggml_block_bytes(t) : lp_ggml_block_bytes(t);
+}
+
+// ---- x: digits and per-super-block vectors ---------------------------------
+
+// Per token: digits [cols / 64][3][64] (lp_mm_digits_prep's 8-bit layout,
+// groups of 32, in the order of the weight's code vectors), then sv
+// [cols / 256][sxv 16, xsv 16] floats, then scratch for the group sums and
+// scales [cols / 32] each. A multiple of 64 bytes.
+int64_t lp_mm_ggml_token_bytes(int64_t cols) { return 3 * cols + cols / 2 + cols / 4; }
+
+// Q4_K's code vectors hold, per 128 columns, the 32-column chunks 0 and 2
+// (low nibbles), then 1 and 3 (high nibbles): chunk k of a 128 sits at
+// position gg_q4k_pos[k] (its own inverse).
+static const int gg_q4k_pos[4] = {0, 2, 1, 3};
+
+LP_VNNI void lp_mm_ggml_prep(const float *x, int64_t cols, enum lp_ggml_type t, int8_t *xd) {
+    float *sv = (float *)(xd + 3 * cols);
+    float *xsum = sv + cols / 8, *xs = xsum + cols / 32; // per group of 32, in code order
+    if (t == LP_GGML_Q4_K) {
+        for (int64_t c = 0; c < cols; c += 128) {
+            float tmp[128];
+            for (int k = 0; k < 4; k++) memcpy(tmp + 32 * gg_q4k_pos[k], x + c + 32 * k, 128);
+            lp_mm_digits_prep(tmp, 128, 32, 0, xd + 3 * c, xsum + c / 32, xs + c / 32);
+        }
+    } else {
+        lp_mm_digits_prep(x, cols, 32, 0, xd, xsum, xs);
+    }
+    for (int64_t b = 0; b < cols / GG_SB; b++) {
+        float *sxv = sv + 32 * b, *xsv = sxv + 16;
+        const float *gs = xs + 8 * b, *gsum = xsum + 8 * b;
+        if (t == LP_GGML_Q6_K) { // 16 lanes = the 16 sub-blocks of 16
+            const float *xb = x + b * GG_SB;
+            for (int j = 0; j < 16; j++) {
+                float s = 0.0f;
+                for (int i = 0; i < 16; i++) s += xb[16 * j + i];
+                sxv[j] = gs[j / 2];
+                xsv[j] = -32.0f * GG_X_SCALE * s;
+            }
+            continue;
+        }
+        for (int j = 0; j < 16; j++) { // lanes [scale 0-3, offset 0-3, scale 4-7, offset 4-7]
+            int g = (j / 8) * 4 + j % 4; // the group (sub-block) in column order
+            if (t == LP_GGML_Q4_K) g = (g / 4) * 4 + gg_q4k_pos[g % 4];
+            bool offset = (j / 4) % 2 == 1;
+            sxv[j] = offset ? 0.0f : gs[g];
+            xsv[j] = offset ? GG_X_SCALE * gsum[g] : 0.0f;
+        }
+    }
+}
+
+void lp_mm_ggml_prep_fn(void *arg, int i_thread, int n_threads) {
+    const struct lp_mm_ggml_prep *p = arg;
+    for (int t = i_thread; t < p->n; t += n_threads)
+        lp_mm_ggml_prep(p->x + (int64_t)t * p->cols, p->cols, p->type,
+                        p->xd + (int64_t)t * p->stride);
+}
+
+// ---- weights: a super-block's scales (ws) and its four code vectors ----------
+
+LP_INLINE LP_VNNI float gg_f16(const uint8_t *p) {
+    return _cvtsh_ss((unsigned short)(p[0] | (unsigned)p[1] << 8));
+}
+
+// Q8_0: eight blocks of 34 bytes, d first.
+LP_INLINE LP_VNNI __m512 gg_scales_q8_0(const uint8_t *p) {
+    uint16_t h[8];
+    for (int k = 0; k < 8; k++) h[k] = (uint16_t)(p[34 * k] | (unsigned)p[34 * k + 1] << 8);
+    __m256 d = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)h));
+    const __m512i sel = _mm512_set_epi32(7, 6, 5, 4, 7, 6, 5, 4, 3, 2, 1, 0, 3, 2, 1, 0);
+    const __m512 mul = _mm512_set_ps(-128, -128, -128, -128, 1, 1, 1, 1, -128, -128, -128, -128,
+                                     1, 1, 1, 1);
+    return _mm512_mul_ps(_mm512_permutexvar_ps(sel, _mm512_castps256_ps512(d)), mul);
+}
+
+// Q4_K: the 6-bit pairs unpacked four at a time (the layout of
+// ggml_k4_scale_min, on 32-bit words).
+LP_INLINE LP_VNNI __m512 gg_scales_q4_k(const uint8_t *p) {
+    uint32_t u0, u1, u2;
+    memcpy(&u0, p + GGML_QK_SCALES, 4);
+    memcpy(&u1, p + GGML_QK_SCALES + 4, 4);
+    memcpy(&u2, p + GGML_QK_SCALES + 8, 4);
+    uint32_t sc03 = u0 & 0x3f3f3f3fu, m03 = u1 & 0x3f3f3f3fu;
+    uint32_t sc47 = (u2 & 0x0f0f0f0fu) | ((u0 >> 6) & 0x03030303u) << 4;
+    uint32_t m47 = ((u2 >> 4) & 0x0f0f0f0fu) | ((u1 >> 6) & 0x03030303u) << 4;
+    __m128i b = _mm_set_epi32((int)m47, (int)sc47, (int)m03, (int)sc03);
+    __m512 d = _mm512_set1_ps(gg_f16(p)), dmin = _mm512_set1_ps(-gg_f16(p + GGML_QK_DMIN));
+    __m512 f = _mm512_mask_blend_ps(0xf0f0, d, dmin);
+    return _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(b)), f);
+}
+
+// Q6_K: 16 int8 scales times d.
+LP_INLINE LP_VNNI __m512 gg_scales_q6_k(const uint8_t *p) {
+    __m512 sc = _mm512_cvtepi32_ps(
+        _mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(p + GGML_Q6_K_SCALES))));
+    return _mm512_mul_ps(sc, _mm512_set1_ps(gg_f16(p + GGML_Q6_K_D)));
+}
+
+// Code vector z (0..3) of a super-block, 64 unsigned codes:
+//   Q8_0: blocks 2z and 2z + 1, q + 128 (vpdpbusd wants unsigned);
+//   Q4_K: the low (z even) or high (z odd) nibbles of qs[64 (z / 2) ..], chunks
+//         (0, 2) or (1, 3) of their 128 columns (see gg_q4k_pos);
+//   Q6_K: columns 64z .. 64z + 63: ql's nibbles of half z / 2 and qh's two
+//         bits, moved to bits 4-5 by a shift per 256-bit half.
+LP_INLINE LP_VNNI __m512i gg_codes(enum lp_ggml_type T, const uint8_t *p, int z) {
+    if (T == LP_GGML_Q8_0) {
+        __m256i a = _mm256_loadu_si256((const __m256i *)(p + 68 * z + 2));
+        __m256i b = _mm256_loadu_si256((const __m256i *)(p + 68 * z + 36));
+        return _mm512_xor_si512(_mm512_inserti64x4(_mm512_castsi256_si512(a), b, 1),
+                                _mm512_set1_epi8((char)0x80));
+    }
+    const __m512i k15 = _mm512_set1_epi8(0x0f);
+    if (T == LP_GGML_Q4_K) {
+        __m512i v = _mm512_loadu_si512(p + GGML_Q4_K_QS + 64 * (z / 2));
+        return _mm512_and_si512(z % 2 ? _mm512_srli_epi16(v, 4) : v, k15);
+    }
+    __m512i l = _mm512_loadu_si512(p + 64 * (z / 2));
+    __m512i q = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(p + GGML_Q6_K_QH + 32 * (z / 2))));
+    // 16-bit lane shifts for the lower / upper 256 bits: even z: qh << 4, << 2;
+    // odd z: qh, qh >> 2
+    __m512i hi = z % 2 ? _mm512_srlv_epi16(q, _mm512_inserti64x4(_mm512_set1_epi16(0), _mm256_set1_epi16(2), 1))
+                       : _mm512_sllv_epi16(q, _mm512_inserti64x4(_mm512_set1_epi16(4), _mm256_set1_epi16(2), 1));
+    __m512i lo = z % 2 ? _mm512_srli_epi16(l, 4) : l;
+    return _mm512_or_si512(_mm512_and_si512(lo, k15), _mm512_and_si512(hi, _mm512_set1_epi8(0x30)));
+}
+
+LP_INLINE LP_VNNI __m512 gg_scales(enum lp_ggml_type T, const uint8_t *p) {
+    return T == LP_GGML_Q8_0 ? gg_scales_q8_0(p) : T == LP_GGML_Q4_K ? gg_scales_q4_k(p)
+                                                                      : gg_scales_q6_k(p);
+}
+
+// The scale lane of each 4-code lane of code vector z.
+LP_INLINE LP_VNNI __m512i gg_idx(enum lp_ggml_type T, int z) {
+    if (T == LP_GGML_Q6_K) // 16-column sub-blocks: lane i -> 4z + i / 4
+        return _mm512_add_epi32(_mm512_set1_epi32(4 * z),
+                                _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0));
+    // groups (sub-blocks) of 32: lanes 0-7 group ga, 8-15 group gb; ws holds
+    // group g at lane g (g < 4) or g + 4
+    int ga = T == LP_GGML_Q4_K ? 4 * (z / 2) + z % 2 : 2 * z, gb = T == LP_GGML_Q4_K ? ga + 2 : ga + 1;
+    ga += ga < 4 ? 0 : 4;
+    gb += gb < 4 ? 0 : 4;
+    return _mm512_mask_blend_epi32(0xff00, _mm512_set1_epi32(ga), _mm512_set1_epi32(gb));
+}
+
+// ---- tiles: RB weight rows x NT tokens ----------------------------------------
+
+LP_INLINE LP_VNNI void gg_tile(enum lp_ggml_type T, int RB, int NT, const struct mm_task *tk,
+                               int64_t r0, int t0, bool pf) {
+    const struct lp_weight *w = tk->w;
+    int64_t cols = w->cols, rb = mm_row_bytes(w), nsb = cols / GG_SB;
+    int sbb = gg_sb_bytes(T);
+    const int8_t *xd[LP_MM_DG_NT];
+    const float *sv[LP_MM_DG_NT];
+    for (int t = 0; t < NT; t++) {
+        xd[t] = tk->xq + (int64_t)(t0 + t) * tk->dg_stride;
+        sv[t] = (const float *)(xd[t] + 3 * cols);
+    }
+    const uint8_t *rowp[LP_MM_DG_RB];
+    __m512 tot[LP_MM_DG_RB][LP_MM_DG_NT];
+    for (int r = 0; r < RB; r++) {
+        rowp[r] = (const uint8_t *)w->data + (r0 + r) * rb;
+        for (int t = 0; t < NT; t++) tot[r][t] = _mm512_setzero_ps();
+    }
+    for (int64_t b = 0; b < nsb; b++) {
+        __m512 mul[LP_MM_DG_RB][LP_MM_DG_NT];
+        for (int r = 0; r < RB; r++) {
+            const uint8_t *p = rowp[r] + b * sbb;
+            if (pf) // the next row block, into L2 (see matmul_digits.c)
+                for (int off = 0; off < sbb; off += 64)
+                    _mm_prefetch((const char *)p + off + RB * rb, _MM_HINT_T1);
+            __m512 ws = gg_scales(T, p);
+            for (int t = 0; t < NT; t++) {
+                const float *s = sv[t] + 32 * b;
+                mul[r][t] = _mm512_mul_ps(ws, _mm512_loadu_ps(s));
+                tot[r][t] = _mm512_fmadd_ps(ws, _mm512_loadu_ps(s + 16), tot[r][t]);
+            }
+        }
+        for (int z = 0; z < 4; z++) {
+            __m512i q[LP_MM_DG_RB];
+            for (int r = 0; r < RB; r++) q[r] = gg_codes(T, rowp[r] + b * sbb, z);
+            __m512i idx = gg_idx(T, z);
+            for (int t = 0; t < NT; t++) {
+                const int8_t *blk = xd[t] + (4 * b + z) * 3 * LP_MM_DG_BLK;
+                __m512i d0 = _mm512_loadu_si512(blk);
+                __m512i d1 = _mm512_loadu_si512(blk + LP_MM_DG_BLK);
+                __m512i d2 = _mm512_loadu_si512(blk + 2 * LP_MM_DG_BLK);
+                for (int r = 0; r < RB; r++) {
+                    __m512i a = _mm512_dpbusd_epi32(_mm512_setzero_si512(), q[r], d0);
+                    a = _mm512_dpbusd_epi32(_mm512_slli_epi32(a, 7), q[r], d1);
+                    a = _mm512_dpbusd_epi32(_mm512_slli_epi32(a, 7), q[r], d2);
+                    tot[r][t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(a),
+                                                _mm512_permutexvar_ps(idx, mul[r][t]), tot[r][t]);
+                }
+            }
+        }
+    }
+    const __m512 k = _mm512_set1_ps(1.0f / GG_X_SCALE);
+    if (RB * NT == 16) {
+        __m512 v[16];
+        float o[16];
+        for (int r = 0; r < RB; r++)
+            for (int t = 0; t < NT; t++) v[r * NT + t] = _mm512_mul_ps(tot[r][t], k);
+        mm_dg_hsum16(v, o);
+        for (int r = 0; r < RB; r++)
+            for (int t = 0; t < NT; t++) tk->out[(int64_t)(t0 + t) * w->rows + r0 + r] = o[r * NT + t];
+        return;
+    }
+    for (int r = 0; r < RB; r++)
+        for (int t = 0; t < NT; t++)
+            tk->out[(int64_t)(t0 + t) * w->rows + r0 + r] = mm_dg_hsum(_mm512_mul_ps(tot[r][t], k));
+}
+
+// Row chunk [r0, r1) against every token of the call, in row blocks of about
+// LP_MM_DG_ROWBLK_BYTES (streamed from DRAM for the first token tile,
+// prefetched; from L2 for the others), as in matmul_digits.c.
+#define GG_ROWS(T, NT)                                                                             \
+    do {                                                                                           \
+        int64_t r_ = rb0;                                                                          \
+        for (; r_ + LP_MM_DG_RB <= rb1; r_ += LP_MM_DG_RB) gg_tile(T, LP_MM_DG_RB, NT, tk, r_, t0, pf); \
+        for (; r_ < rb1; r_++) gg_tile(T, 1, NT, tk, r_, t0, pf);                                  \
+    } while (0)
+
+#define GG_DEFINE_KERNEL(NAME, T)                                                                  \
+    LP_VNNI void NAME(const struct mm_task *tk, int64_t r0, int64_t r1, int i_thread) {            \
+        (void)i_thread;                                                                            \
+        int64_t blk = LP_MM_DG_ROWBLK_BYTES / mm_row_bytes(tk->w) / LP_MM_DG_RB * LP_MM_DG_RB;     \
+        if (blk < LP_MM_DG_RB) blk = LP_MM_DG_RB;                                                  \
+        for (int64_t rb0 = r0; rb0 < r1; rb0 += blk) {                                             \
+            int64_t rb1 = rb0 + blk < r1 ? rb0 + blk : r1;                                         \
+            for (int t0 = 0; t0 < tk->n; t0 += LP_MM_DG_NT) {                                      \
+                bool pf = t0 == 0;                                                                 \
+                int nt = tk->n - t0 < LP_MM_DG_NT ? tk->n - t0 : LP_MM_DG_NT;                      \
+                if (nt == 4) GG_ROWS(T, 4);                                                        \
+                else if (nt == 3) GG_ROWS(T, 3);                                                   \
+                else if (nt == 2) GG_ROWS(T, 2);                                                   \
+                else GG_ROWS(T, 1);                                                                \
+            }                                                                                      \
+        }                                                                                          \
+    }
+
+GG_DEFINE_KERNEL(lp_mm_kernel_ggml_q8_0, LP_GGML_Q8_0)
+GG_DEFINE_KERNEL(lp_mm_kernel_ggml_q4_k, LP_GGML_Q4_K)
+GG_DEFINE_KERNEL(lp_mm_kernel_ggml_q6_k, LP_GGML_Q6_K)
+
+#endif // LP_HAVE_X86
