@@ -27,9 +27,10 @@ static inline int lp_fixture_model(const char *name, const char *gen_args, char 
     const char *tools = lp_fixture_env("LP_TOOLS_DIR", "build");
     mkdir(work, 0755);
     snprintf(dir, dir_bytes, "%s/%s", work, name);
+    // the folder appears whole (renamed into place) or not at all
     struct stat sb;
     char probe[1200];
-    snprintf(probe, sizeof probe, "%s/config.json", dir);
+    snprintf(probe, sizeof probe, "%s", dir);
     if (stat(probe, &sb) == 0) return 0;
     char tmp[1100], cmd[4096];
     snprintf(tmp, sizeof tmp, "%s.tmp.%d", dir, (int)getpid());

@@ -1,19 +1,29 @@
 // SPDX-License-Identifier: MIT
 // lp_genmodel.c -- writes a random Qwen3 model folder in a real on-disk
-// format (HF safetensors in bf16 or f32, or MLX affine 8/4-bit), so tests can
-// run real-format models of any shape without downloads.
+// format (HF safetensors in bf16 or f32, MLX affine 8/4-bit, or GGUF as
+// llama.cpp's converter and quantizer write it), so tests can run
+// real-format models of any shape without downloads.
 // Every weight is drawn from a PRNG seeded by (--seed, tensor name, row), then
 // rounded to bf16: the bf16 values are "the model", and every format of one
 // seed describes that same model (hf-f32 stores them widened exactly; mlx*
-// is what mlx_lm.convert would make of the hf-bf16 folder). The same
-// arguments give the same bytes. Tensors are generated, converted and written
+// is what mlx_lm.convert would make of the hf-bf16 folder; gguf-f32 and
+// gguf-bf16 hold the same values, gguf-f16 their f16 rounding, and the
+// quantized GGUF formats those values quantized into blocks by
+// lp_ggml_quantize_row, with llama.cpp's Q4_K_M / Q5_K_M choice of types
+// per tensor). The same arguments give the same bytes. Tensors are generated, converted and written
 // one at a time (rows split over threads), so memory stays near the size of
 // the largest converted tensor.
 //
-// Usage: lp_genmodel --out DIR --seed S --format hf-bf16|hf-f32|mlx8|mlx4
-//          [--group 64] --layers L --hidden H --heads NH --kv-heads NKV
-//          --head-dim HD --intermediate I --vocab V [--tied 0|1]
-//          [--max-pos N] [--rope-theta T] [--sharded N] [--threads N]
+// Usage: lp_genmodel --out DIR --seed S --format FORMAT [--group 64]
+//          --layers L --hidden H --heads NH --kv-heads NKV --head-dim HD
+//          --intermediate I --vocab V [--tied 0|1] [--max-pos N]
+//          [--rope-theta T] [--sharded N] [--threads N] [--tokenizer TOKDIR]
+//        lp_genmodel --out DIR --vocab-only --tokenizer TOKDIR [--vocab V]
+// FORMAT: hf-bf16 hf-f32 mlx8 mlx4, or gguf-f32 gguf-f16 gguf-bf16
+// gguf-q8_0 gguf-q4_0 gguf-q4_k gguf-q5_k gguf-q6_k gguf-q4_k_m gguf-q5_k_m
+// (DIR/model.gguf; --sharded N: gguf-split's model-0000k-of-0000N.gguf).
+// --tokenizer puts TOKDIR's tokenizer into the GGUF metadata as the
+// converter does; --vocab-only writes only that (a vocabulary file).
 #include <errno.h>
 #include <inttypes.h>
 #include <math.h>
@@ -29,9 +39,26 @@
 #include <jansson.h>
 
 #include "layerpipe/convert.h"
+#include "layerpipe/gguf.h"
+#include "layerpipe/tokenizer.h"
 #include "util/fp16.h"
 
-enum gen_format { FMT_HF_BF16, FMT_HF_F32, FMT_MLX };
+enum gen_format { FMT_HF_BF16, FMT_HF_F32, FMT_MLX, FMT_GGUF };
+
+// GGUF: the type of the 2-D weights, and llama.cpp's _M mix on top of it.
+struct gguf_format {
+    const char *name;
+    uint32_t type;
+    bool mix;           // Q4_K_M / Q5_K_M: attn_v, ffn_down (some layers), output -> Q6_K
+    uint32_t file_type; // general.file_type, llama.cpp's LLAMA_FTYPE
+};
+static const struct gguf_format GGUF_FORMATS[] = {
+    {"gguf-f32", LP_GGML_TYPE_F32, false, 0},   {"gguf-f16", LP_GGML_TYPE_F16, false, 1},
+    {"gguf-bf16", LP_GGML_TYPE_BF16, false, 32}, {"gguf-q8_0", LP_GGML_Q8_0, false, 7},
+    {"gguf-q4_0", LP_GGML_Q4_0, false, 2},      {"gguf-q4_k", LP_GGML_Q4_K, false, 14},
+    {"gguf-q5_k", LP_GGML_Q5_K, false, 16},     {"gguf-q6_k", LP_GGML_Q6_K, false, 18},
+    {"gguf-q4_k_m", LP_GGML_Q4_K, true, 15},    {"gguf-q5_k_m", LP_GGML_Q5_K, true, 17},
+};
 
 struct gen_args {
     const char *out_dir;
@@ -46,6 +73,9 @@ struct gen_args {
     double rope_theta;
     int n_shards; // 0: one model.safetensors
     int n_threads;
+    const struct gguf_format *gguf; // FMT_GGUF only
+    const char *tokenizer_dir;      // GGUF: tokenizer metadata from this folder, or NULL
+    bool vocab_only;
 };
 
 // How one tensor's values are drawn: value = mean + std * N(0, 1).
@@ -55,6 +85,7 @@ struct tensor_spec {
     int64_t rows, cols;
     float mean, std;
     bool quantized;  // MLX: stored as .weight/.scales/.biases
+    uint32_t gguf_type; // GGUF: the tensor's type
 };
 
 // ---------------------------------------------------------------------------
@@ -272,6 +303,24 @@ struct gen_job {
     struct lp_error err;
 };
 
+// Bytes of one row of a GGUF tensor.
+static size_t gguf_row_bytes(const struct tensor_spec *t) {
+    return (size_t)(t->cols / lp_gguf_type_block_elems(t->gguf_type)) *
+           (size_t)lp_gguf_type_block_bytes(t->gguf_type);
+}
+
+// Row r of a GGUF tensor from its float values.
+static enum lp_status gguf_row(const struct tensor_spec *t, const float *row, void *data,
+                               int64_t r, struct lp_error *err) {
+    uint8_t *dst = (uint8_t *)data + (size_t)r * gguf_row_bytes(t);
+    switch (t->gguf_type) {
+    case LP_GGML_TYPE_F32: memcpy(dst, row, (size_t)t->cols * 4); return LP_OK;
+    case LP_GGML_TYPE_F16: lp_f32_to_f16_array((uint16_t *)(void *)dst, row, (size_t)t->cols); return LP_OK;
+    case LP_GGML_TYPE_BF16: lp_f32_to_bf16_array((uint16_t *)(void *)dst, row, (size_t)t->cols); return LP_OK;
+    }
+    return lp_ggml_quantize_row((enum lp_ggml_type)t->gguf_type, row, dst, t->cols, err);
+}
+
 static void *gen_rows(void *arg) {
     struct gen_job *j = arg;
     const struct tensor_spec *t = j->t;
@@ -285,7 +334,10 @@ static void *gen_rows(void *arg) {
         fill_gaussian(row, t->cols, mix(j->tensor_seed, (uint64_t)r), t->mean, t->std);
         // The model is its bf16 values: round, then work from the rounded floats.
         for (int64_t c = 0; c < t->cols; c++) row[c] = lp_bf16_to_f32(lp_f32_to_bf16(row[c]));
-        if (t->quantized) {
+        if (a->format == FMT_GGUF) {
+            j->status = gguf_row(t, row, j->data, r, &j->err);
+            if (j->status != LP_OK) break;
+        } else if (t->quantized) {
             int64_t words = t->cols * a->bits / 32, groups = t->cols / a->group_size;
             j->status = lp_mlx_quantize(row, 1, t->cols, a->bits, a->group_size, LP_DTYPE_BF16,
                                         (uint32_t *)j->data + r * words,
@@ -559,16 +611,206 @@ done:
 }
 
 // ---------------------------------------------------------------------------
+// GGUF.
+
+// llama.cpp's use_more_bits: the layers Q4_K_M / Q5_K_M give Q6_K to.
+static bool use_more_bits(int i, int n) { return i < n / 8 || i >= 7 * n / 8 || (i - n / 8) % 3 == 2; }
+
+// The type of each tensor: norms F32 (the converter keeps 1-D tensors in
+// F32), 2-D weights the format's, with the _M mix's Q6_K bumps.
+static enum lp_status gguf_types(const struct gen_args *a, struct tensor_list *l,
+                                 struct lp_error *err) {
+    for (int i = 0; i < l->n; i++) {
+        struct tensor_spec *t = &l->items[i];
+        t->gguf_type = t->is_matrix ? a->gguf->type : LP_GGML_TYPE_F32;
+        if (t->is_matrix && a->gguf->mix) {
+            int layer = -1;
+            bool bump = false;
+            if (sscanf(t->name, "model.layers.%d.", &layer) == 1)
+                bump = (strstr(t->name, ".v_proj") || strstr(t->name, ".down_proj")) &&
+                       use_more_bits(layer, a->n_layers);
+            else // the output, and the embedding when it is also the output
+                bump = strcmp(t->name, "lm_head") == 0 ||
+                       (a->tied && strcmp(t->name, "model.embed_tokens") == 0);
+            if (bump) t->gguf_type = LP_GGML_Q6_K;
+        }
+        int blk = lp_gguf_type_block_elems(t->gguf_type);
+        if (t->cols % blk != 0)
+            return lp_error_set(err, LP_ERR_INVALID_ARG,
+                                "%s: %s rows of %lld are not whole %s blocks of %d (choose "
+                                "--hidden, --intermediate and heads x head-dim multiples of %d)",
+                                a->gguf->name, t->name, (long long)t->cols,
+                                lp_gguf_type_name(t->gguf_type), blk, blk);
+    }
+    return LP_OK;
+}
+
+#define W_TRY(expr)                                                                                \
+    do {                                                                                           \
+        if ((st = (expr)) != LP_OK) return st;                                                     \
+    } while (0)
+
+static enum lp_status put_u32(struct lp_gguf_writer *w, const char *key, uint32_t v,
+                              struct lp_error *err) {
+    return lp_gguf_writer_add_scalar(w, key, LP_GGUF_TYPE_UINT32, &v, err);
+}
+
+static enum lp_status put_f32(struct lp_gguf_writer *w, const char *key, float v,
+                              struct lp_error *err) {
+    return lp_gguf_writer_add_scalar(w, key, LP_GGUF_TYPE_FLOAT32, &v, err);
+}
+
+// The metadata llama.cpp's converter writes for Qwen3 (first file only).
+static enum lp_status gguf_metadata(const struct gen_args *a, struct lp_gguf_writer *w,
+                                    struct lp_error *err) {
+    enum lp_status st;
+    W_TRY(lp_gguf_writer_add_str(w, "general.architecture", "qwen3", err));
+    W_TRY(lp_gguf_writer_add_str(w, "general.name", "layerpipe-genmodel", err));
+    if (a->vocab_only) return lp_tokenizer_gguf_write(w, a->tokenizer_dir, a->vocab, err);
+    W_TRY(put_u32(w, "general.file_type", a->gguf->file_type, err));
+    if (lp_gguf_type_block_elems(a->gguf->type) > 1)
+        W_TRY(put_u32(w, "general.quantization_version", 2, err));
+    W_TRY(put_u32(w, "qwen3.block_count", (uint32_t)a->n_layers, err));
+    W_TRY(put_u32(w, "qwen3.context_length", (uint32_t)a->max_pos, err));
+    W_TRY(put_u32(w, "qwen3.embedding_length", (uint32_t)a->hidden, err));
+    W_TRY(put_u32(w, "qwen3.feed_forward_length", (uint32_t)a->intermediate, err));
+    W_TRY(put_u32(w, "qwen3.attention.head_count", (uint32_t)a->n_heads, err));
+    W_TRY(put_u32(w, "qwen3.attention.head_count_kv", (uint32_t)a->n_kv_heads, err));
+    W_TRY(put_f32(w, "qwen3.rope.freq_base", (float)a->rope_theta, err));
+    W_TRY(put_f32(w, "qwen3.attention.layer_norm_rms_epsilon", 1e-6f, err));
+    W_TRY(put_u32(w, "qwen3.attention.key_length", (uint32_t)a->head_dim, err));
+    W_TRY(put_u32(w, "qwen3.attention.value_length", (uint32_t)a->head_dim, err));
+    if (a->tokenizer_dir) return lp_tokenizer_gguf_write(w, a->tokenizer_dir, a->vocab, err);
+    // no tokenizer: the special ids of config.json / generation_config.json
+    int eos0, eos1, bos;
+    eos_ids(a, &eos0, &eos1, &bos);
+    W_TRY(put_u32(w, "tokenizer.ggml.bos_token_id", (uint32_t)bos, err));
+    W_TRY(put_u32(w, "tokenizer.ggml.eos_token_id", (uint32_t)eos0, err));
+    return put_u32(w, "tokenizer.ggml.eot_token_id", (uint32_t)eos1, err);
+}
+#undef W_TRY
+
+static void gguf_file(char *buf, size_t n, const struct gen_args *a, int s) {
+    if (a->n_shards == 0)
+        snprintf(buf, n, "%s/model.gguf", a->out_dir);
+    else
+        snprintf(buf, n, "%s/model-%05d-of-%05d.gguf", a->out_dir, s + 1, a->n_shards);
+}
+
+static enum lp_status generate_gguf(const struct gen_args *a, struct lp_error *err) {
+    enum lp_status st = LP_OK;
+    struct tensor_list l = {0};
+    struct out_entry *e = NULL;
+    int n_files = a->n_shards ? a->n_shards : 1;
+    struct lp_gguf_writer **w = calloc((size_t)n_files, sizeof *w);
+    void *buf = NULL;
+    double t0 = now_s();
+    if (!w) return lp_error_set(err, LP_ERR_NOMEM, "out of memory");
+    if (!a->vocab_only) {
+        if (build_tensors(a, &l) != 0 || !(e = calloc((size_t)l.n, sizeof *e))) {
+            st = lp_error_set(err, LP_ERR_NOMEM, "out of memory");
+            goto done;
+        }
+        if ((st = gguf_types(a, &l, err)) != LP_OK) goto done;
+        if (n_files > l.n) {
+            st = lp_error_set(err, LP_ERR_INVALID_ARG, "--sharded %d: only %d tensors", n_files,
+                              l.n);
+            goto done;
+        }
+        for (int i = 0; i < l.n; i++) {
+            const struct tensor_spec *t = &l.items[i];
+            char hf[160];
+            snprintf(hf, sizeof hf, "%s%s", t->name, t->is_matrix ? ".weight" : "");
+            if (!lp_gguf_name_from_hf(hf, e[i].name, sizeof e[i].name)) {
+                st = lp_error_set(err, LP_ERR_INTERNAL, "%s has no GGUF name", hf);
+                goto done;
+            }
+            e[i].n_bytes = (uint64_t)t->rows * gguf_row_bytes(t);
+            e[i].i_spec = i;
+        }
+        assign_shards(e, l.n, n_files);
+    }
+    if (mkdir(a->out_dir, 0777) != 0 && errno != EEXIST) {
+        st = lp_error_set(err, LP_ERR_IO, "%s: mkdir: %s", a->out_dir, strerror(errno));
+        goto done;
+    }
+    for (int s = 0; s < n_files; s++) {
+        if ((st = lp_gguf_writer_create(&w[s], err)) != LP_OK) goto done;
+        if (s == 0 && (st = gguf_metadata(a, w[0], err)) != LP_OK) goto done;
+        if (n_files > 1) {
+            uint16_t no = (uint16_t)s, count = (uint16_t)n_files;
+            int32_t total = l.n;
+            if ((st = lp_gguf_writer_add_scalar(w[s], "split.no", LP_GGUF_TYPE_UINT16, &no, err)) ||
+                (st = lp_gguf_writer_add_scalar(w[s], "split.count", LP_GGUF_TYPE_UINT16, &count,
+                                                err)) ||
+                (st = lp_gguf_writer_add_scalar(w[s], "split.tensors.count", LP_GGUF_TYPE_INT32,
+                                                &total, err)))
+                goto done;
+        }
+    }
+    for (int i = 0; i < l.n; i++) {
+        const struct tensor_spec *t = &l.items[i];
+        int64_t ne[2] = {t->cols, t->rows};
+        st = lp_gguf_writer_add_tensor(w[e[i].i_shard], e[i].name, t->gguf_type,
+                                       t->is_matrix ? 2 : 1, ne, err);
+        if (st != LP_OK) goto done;
+    }
+    uint64_t total_bytes = 0;
+    char path[4096];
+    for (int s = 0; s < n_files; s++) total_bytes += lp_gguf_writer_data_bytes(w[s]);
+    int s_open = -1;
+    if (l.n == 0) { // metadata only
+        gguf_file(path, sizeof path, a, 0);
+        if ((st = lp_gguf_writer_begin(w[0], path, err)) || (st = lp_gguf_writer_finish(w[0], err)))
+            goto done;
+    }
+    for (int i = 0; i < l.n; i++) {
+        const struct tensor_spec *t = &l.items[i];
+        if (!(buf = malloc(e[i].n_bytes ? e[i].n_bytes : 1))) {
+            st = lp_error_set(err, LP_ERR_NOMEM, "%s: out of memory", t->name);
+            goto done;
+        }
+        if ((st = gen_tensor(a, t, buf, NULL, NULL, err)) != LP_OK) goto done;
+        if (e[i].i_shard != s_open) {
+            if (s_open >= 0 && (st = lp_gguf_writer_finish(w[s_open], err)) != LP_OK) goto done;
+            s_open = e[i].i_shard;
+            gguf_file(path, sizeof path, a, s_open);
+            if ((st = lp_gguf_writer_begin(w[s_open], path, err)) != LP_OK) goto done;
+        }
+        st = lp_gguf_writer_put(w[s_open], e[i].name, buf, (size_t)e[i].n_bytes, err);
+        free(buf);
+        buf = NULL;
+        if (st != LP_OK) goto done;
+    }
+    if (s_open >= 0 && (st = lp_gguf_writer_finish(w[s_open], err)) != LP_OK) goto done;
+    fprintf(stderr, "lp_genmodel: wrote %s (%s, %d tensors, %.1f MB) in %.1f s\n", a->out_dir,
+            a->vocab_only ? "vocabulary" : a->gguf->name, l.n, (double)total_bytes / 1e6,
+            now_s() - t0);
+done:
+    free(buf);
+    for (int s = 0; s < n_files; s++) lp_gguf_writer_destroy(w[s]);
+    free(w);
+    free(e);
+    free(l.items);
+    return st;
+}
+
+// ---------------------------------------------------------------------------
 // Arguments.
 
 static void usage(FILE *f) {
     fprintf(f,
-            "usage: lp_genmodel --out DIR --seed S --format hf-bf16|hf-f32|mlx8|mlx4 [--group 64]\n"
+            "usage: lp_genmodel --out DIR --seed S --format FORMAT [--group 64]\n"
             "         --layers L --hidden H --heads NH --kv-heads NKV --head-dim HD\n"
             "         --intermediate I --vocab V [--tied 0|1] [--max-pos N] [--rope-theta T]\n"
-            "         [--sharded N] [--threads N]\n"
+            "         [--sharded N] [--threads N] [--tokenizer TOKDIR]\n"
+            "       lp_genmodel --out DIR --vocab-only TOKDIR [--vocab V]\n"
+            "FORMAT: hf-bf16 hf-f32 mlx8 mlx4, or gguf-f32 gguf-f16 gguf-bf16 gguf-q8_0\n"
+            "        gguf-q4_0 gguf-q4_k gguf-q5_k gguf-q6_k gguf-q4_k_m gguf-q5_k_m\n"
             "Writes a random Qwen3 model folder (config.json, generation_config.json,\n"
-            "model.safetensors or N shards + model.safetensors.index.json).\n");
+            "model.safetensors or N shards + model.safetensors.index.json), or for GGUF\n"
+            "DIR/model.gguf (N splits: model-0000k-of-0000N.gguf), with TOKDIR's\n"
+            "tokenizer in its metadata if given (--vocab-only: only that).\n");
 }
 
 static bool parse_int(const char *s, long lo, long hi, int *out) {
@@ -629,7 +871,18 @@ int main(int argc, char **argv) {
                 a.bits = 4;
             } else {
                 ok = false;
+                for (size_t f = 0; f < sizeof GGUF_FORMATS / sizeof GGUF_FORMATS[0]; f++)
+                    if (strcmp(v, GGUF_FORMATS[f].name) == 0) {
+                        a.format = FMT_GGUF;
+                        a.gguf = &GGUF_FORMATS[f];
+                        ok = true;
+                    }
             }
+        } else if (strcmp(k, "--tokenizer") == 0) {
+            a.tokenizer_dir = v;
+        } else if (strcmp(k, "--vocab-only") == 0) {
+            a.tokenizer_dir = v;
+            a.vocab_only = true;
         } else if (strcmp(k, "--group") == 0) {
             ok = parse_int(v, 32, 128, &a.group_size) &&
                  (a.group_size == 32 || a.group_size == 64 || a.group_size == 128);
@@ -670,6 +923,15 @@ int main(int argc, char **argv) {
             return 2;
         }
     }
+    struct lp_error err = {0};
+    if (a.out_dir && a.vocab_only) {
+        a.format = FMT_GGUF;
+        if (generate_gguf(&a, &err) != LP_OK) {
+            fprintf(stderr, "lp_genmodel: %s\n", err.msg);
+            return 1;
+        }
+        return 0;
+    }
     if (!a.out_dir || !have_seed || !a.format_name || a.n_layers < 0 || a.hidden < 0 ||
         a.n_heads < 0 || a.n_kv_heads < 0 || a.head_dim < 0 || a.intermediate < 0 ||
         a.vocab < 0) {
@@ -687,8 +949,7 @@ int main(int argc, char **argv) {
                 a.group_size);
         return 2;
     }
-    struct lp_error err = {0};
-    if (generate(&a, &err) != LP_OK) {
+    if ((a.format == FMT_GGUF ? generate_gguf(&a, &err) : generate(&a, &err)) != LP_OK) {
         fprintf(stderr, "lp_genmodel: %s\n", err.msg);
         return 1;
     }

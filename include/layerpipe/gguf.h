@@ -108,6 +108,8 @@ LP_API enum lp_status lp_gguf_parse(struct lp_gguf **out, const void *image, siz
 LP_API void lp_gguf_close(struct lp_gguf *g);
 
 LP_API const char *lp_gguf_name(const struct lp_gguf *g); // the path or name given
+// The whole file image (the mapping) and its size.
+LP_API const void *lp_gguf_image(const struct lp_gguf *g, size_t *n_bytes);
 LP_API uint32_t lp_gguf_version(const struct lp_gguf *g);
 LP_API size_t lp_gguf_alignment(const struct lp_gguf *g);
 
@@ -147,6 +149,34 @@ LP_API int64_t lp_gguf_array_int(const struct lp_gguf_kv *kv, uint64_t i);
 LP_API void lp_gguf_array_strs(const struct lp_gguf_kv *kv, struct lp_gguf_str *out);
 // True when the string equals the NUL-terminated s.
 LP_API bool lp_gguf_str_eq(struct lp_gguf_str a, const char *s);
+
+// ---- a model's files ---------------------------------------------------------
+
+// The GGUF files of the model at `path`: path itself when it is a file, or
+// the one GGUF model in the folder `path` (its *.gguf files, leaving out
+// multimodal projectors named mmproj*). A split model,
+// NAME-0000k-of-0000N.gguf as llama.cpp's gguf-split names them, gives its
+// N files in order; naming any of them names the model, and all must exist.
+// *out is a malloc'd array of *n_out malloc'd paths (lp_gguf_paths_free).
+// A folder without a .gguf file is LP_ERR_IO with *n_out 0 (the caller may
+// try another format); a folder holding two models is LP_ERR_INVALID_ARG
+// naming them; a missing split is LP_ERR_IO naming it.
+LP_API enum lp_status lp_gguf_model_paths(const char *path, char ***out, int *n_out,
+                                          struct lp_error *err);
+LP_API void lp_gguf_paths_free(char **paths, int n); // accepts NULL
+// Whether path is to be opened as a GGUF model: a file, or a folder
+// without config.json (an HF folder, whatever else it holds) that holds a
+// .gguf file.
+LP_API bool lp_gguf_model_is(const char *path);
+
+// Tensor names: GGUF's (llama.cpp's tensor map: token_embd, output_norm,
+// output, blk.N.attn_q, ...) and the HF names they stand for
+// (model.embed_tokens, model.norm, lm_head, model.layers.N.self_attn.q_proj,
+// ...), the suffix (.weight, .bias) kept. To HF: an unknown blk.N.X becomes
+// model.layers.N.X, any other unknown name stays itself. From HF: false
+// (out unchanged) for a name without a GGUF counterpart.
+LP_API void lp_gguf_name_to_hf(const char *gguf_name, char *out, size_t n);
+LP_API bool lp_gguf_name_from_hf(const char *hf_name, char *out, size_t n);
 
 // ---- writing -----------------------------------------------------------------
 // A writer collects metadata (in insertion order) and tensor infos, then

@@ -25,6 +25,9 @@ struct lp_token_stream; // opaque streaming decoder, one per sequence
 // (optional: eos_token, pad_token, bos_token). A missing or malformed file is
 // an LP_ERR_IO / LP_ERR_FORMAT naming the file and field; unsupported model
 // types or options are LP_ERR_UNSUPPORTED. On failure *out = NULL.
+// MODEL_DIR may also be a GGUF model (a .gguf file, or a folder holding one
+// and no tokenizer.json): its metadata gives the tokenizer
+// (lp_tokenizer_create_gguf).
 LP_API enum lp_status lp_tokenizer_load(struct lp_tokenizer **out, const char *model_dir,
                                         struct lp_error *err);
 
@@ -35,6 +38,29 @@ LP_API enum lp_status lp_tokenizer_create(struct lp_tokenizer **out, const char 
                                           const char *tokenizer_json, size_t n_json,
                                           const char *config_json, size_t n_config,
                                           struct lp_error *err);
+
+// The tokenizer of a GGUF file (include/layerpipe/gguf.h), read only during
+// the call: tokenizer.ggml.model "gpt2" with pre-tokenizer "qwen2" (or a
+// tokenizer.huggingface.json), rebuilt as the tokenizer.json and
+// tokenizer_config.json llama.cpp's converter read, so the ids are those HF
+// tokenizers gives. Added tokens are the control (special) and
+// user-defined ones; eos and pad come from the special ids, bos only when
+// tokenizer.ggml.add_bos_token is true. Unknown model or pre-tokenizer
+// names are LP_ERR_UNSUPPORTED; malformed metadata LP_ERR_FORMAT.
+struct lp_gguf;
+LP_API enum lp_status lp_tokenizer_create_gguf(struct lp_tokenizer **out, const struct lp_gguf *g,
+                                               struct lp_error *err);
+
+// The other way, for writing GGUF files: adds the tokenizer of folder dir
+// (tokenizer.json; tokenizer_config.json and config.json if present) to w
+// as llama.cpp's converter writes it: tokenizer.ggml.* with n_vocab tokens
+// (ids without a token become unused [PAD<id>] entries; n_vocab <= 0 means
+// one past the largest id), the special ids, add_bos/add_eos and
+// tokenizer.chat_template. Only Qwen2's pre-tokenizer is known by name
+// (LP_ERR_UNSUPPORTED otherwise).
+struct lp_gguf_writer;
+LP_API enum lp_status lp_tokenizer_gguf_write(struct lp_gguf_writer *w, const char *dir,
+                                              int64_t n_vocab, struct lp_error *err);
 
 // Frees everything. Accepts NULL.
 LP_API void lp_tokenizer_destroy(struct lp_tokenizer *tok);

@@ -543,6 +543,10 @@ void lp_gguf_close(struct lp_gguf *g) {
 // ---- lookups ---------------------------------------------------------------------
 
 const char *lp_gguf_name(const struct lp_gguf *g) { return g->name; }
+const void *lp_gguf_image(const struct lp_gguf *g, size_t *n_bytes) {
+    *n_bytes = g->n_bytes;
+    return g->image;
+}
 uint32_t lp_gguf_version(const struct lp_gguf *g) { return g->version; }
 size_t lp_gguf_alignment(const struct lp_gguf *g) { return g->alignment; }
 int64_t lp_gguf_n_kv(const struct lp_gguf *g) { return g->n_kv; }

@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: MIT
 // internal.h -- cross-file internals of the model module: the safetensors
-// reader (one memory-mapped file, its validated tensor directory) and the
-// config parser.
+// reader (one memory-mapped file, its validated tensor directory), GGUF
+// files seen the same way (gguf_model.c) and the config parser.
 #ifndef LP_MODEL_INTERNAL_H
 #define LP_MODEL_INTERNAL_H
 
@@ -9,29 +9,34 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "layerpipe/gguf.h"
 #include "layerpipe/model.h"
 
 #define LP_ST_MAX_DIMS 8
 #define LP_ST_MAX_HEADER_BYTES ((uint64_t)100 << 20) // 100 MiB, as the reference implementation
 
-// One tensor of a safetensors file; data points into the mapping.
+// One tensor of a weight file; data points into the mapping.
 struct lp_st_tensor {
     char *name;                      // owned
-    enum lp_dtype dtype;
+    enum lp_dtype dtype;             // U8 for GGUF blocks
     int n_dims;
-    int64_t shape[LP_ST_MAX_DIMS];
+    int64_t shape[LP_ST_MAX_DIMS];   // PyTorch order, in elements (also for blocks)
     const void *data;                // borrowed from the file's mapping
     size_t nbytes;
+    bool ggml;                       // GGUF blocks of ggml_type, rows of whole blocks
+    enum lp_ggml_type ggml_type;
 };
 
 // A memory-mapped safetensors file with a validated header: every tensor's
-// offsets lie inside the data section and match dtype x shape.
+// offsets lie inside the data section and match dtype x shape. Or a GGUF
+// file seen as one (gguf != NULL): tensors under their HF names.
 struct lp_st_file {
     char *path;     // owned
-    void *map;      // the whole file, read-only
+    void *map;      // the whole file, read-only (owned by gguf when that is set)
     size_t map_bytes;
     int n_tensors;
     struct lp_st_tensor *tensors; // [n_tensors], sorted by name
+    struct lp_gguf *gguf;         // owned, or NULL for safetensors
 };
 
 // Maps and validates `path`. On failure *out is NULL; the message names the file.
@@ -43,6 +48,16 @@ enum lp_status lp_st_parse(struct lp_st_file *f, const void *data, size_t n_byte
 void lp_st_close(struct lp_st_file *f); // accepts NULL
 // The tensor called name, or NULL.
 const struct lp_st_tensor *lp_st_find(const struct lp_st_file *f, const char *name);
+
+// Opens the GGUF model at path (lp_gguf_model_paths): appends each file to
+// files[*n_files] (max_files in all; the caller closes them, also on
+// failure), translates the first file's qwen3.* metadata into config.json
+// and parses it with lp_config_parse, reads general.sampling.* into gen,
+// and sets *config_hash over the metadata (gguf-split's keys aside).
+enum lp_status lp_gguf_model_open(const char *path, struct lp_st_file **files, int max_files,
+                                  int *n_files, struct lp_model_config *cfg,
+                                  struct lp_generation_config *gen, uint64_t *config_hash,
+                                  struct lp_error *err);
 
 // Parses config.json text (file_name is for messages).
 enum lp_status lp_config_parse(struct lp_model_config *cfg, const char *json_text,

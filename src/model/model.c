@@ -7,7 +7,9 @@
 // Each matrix is float (F32/F16/BF16) or MLX affine-quantized (the .weight
 // of uint32 codes plus .scales and .biases); bits and group size are
 // derived from each tensor's shapes (MLX allows per-layer overrides of the
-// config's "quantization"), and must be 4/8 and 32/64/128.
+// config's "quantization"), and must be 4/8 and 32/64/128. A GGUF model (a
+// .gguf file, or a folder without config.json holding one) comes through
+// gguf_model.c as the same kind of weight files, its blocks as GGML weights.
 #include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -182,6 +184,9 @@ static enum lp_status model_vector(struct lp_model *m, const char *name, int64_t
     if (t->n_dims != 1 || t->shape[0] != n)
         return lp_error_set(err, LP_ERR_FORMAT, "%s: tensor '%s': shape must be [%lld]", m->dir,
                             name, (long long)n);
+    if (t->ggml)
+        return lp_error_set(err, LP_ERR_FORMAT, "%s: tensor '%s': %s blocks, expected a float",
+                            m->dir, name, lp_ggml_type_name(t->ggml_type));
     enum lp_status st = model_use(m, t, err);
     if (st != LP_OK) return st;
     float *v = malloc((size_t)n * sizeof *v);
@@ -228,6 +233,13 @@ static enum lp_status model_matrix(struct lp_model *m, const char *prefix, int64
     if (!s) {
         enum lp_status st = check_2d(m, t, name, rows, cols, err);
         if (st != LP_OK) return st;
+        if (t->ggml) { // rows of whole blocks: checked by the GGUF reader
+            w->format = LP_WEIGHT_GGML;
+            w->ggml_type = t->ggml_type;
+            w->data = t->data;
+            m->weight_bytes += t->nbytes;
+            return model_use(m, t, err);
+        }
         switch (t->dtype) {
         case LP_DTYPE_F32: w->format = LP_WEIGHT_F32; break;
         case LP_DTYPE_F16: w->format = LP_WEIGHT_F16; break;
@@ -362,6 +374,14 @@ static enum lp_status model_check_layer_names(const struct lp_model *m, struct l
     return LP_OK;
 }
 
+// A GGUF model: its files, config and generation defaults at once.
+static enum lp_status model_open_gguf(struct lp_model *m, struct lp_error *err) {
+    m->files = calloc(LP_MAX_SHARDS, sizeof *m->files);
+    if (!m->files) return lp_error_set(err, LP_ERR_NOMEM, "out of memory");
+    return lp_gguf_model_open(m->dir, m->files, LP_MAX_SHARDS, &m->n_files, &m->config, &m->gen,
+                              &m->config_hash, err);
+}
+
 enum lp_status lp_model_open(struct lp_model **out, const char *dir,
                              const struct lp_model_load_params *params, struct lp_error *err) {
     *out = NULL;
@@ -373,7 +393,8 @@ enum lp_status lp_model_open(struct lp_model **out, const char *dir,
         st = lp_error_set(err, LP_ERR_NOMEM, "out of memory");
         goto fail;
     }
-    if ((st = model_read_configs(m, err)) != LP_OK) goto fail;
+    bool gguf = lp_gguf_model_is(dir);
+    if ((st = gguf ? model_open_gguf(m, err) : model_read_configs(m, err)) != LP_OK) goto fail;
     const struct lp_model_config *c = &m->config;
     m->loaded = params ? *params : lp_model_load_params_default();
     if (m->loaded.layer_end == -1) m->loaded.layer_end = c->n_layers;
@@ -384,7 +405,7 @@ enum lp_status lp_model_open(struct lp_model **out, const char *dir,
                           m->loaded.layer_begin, m->loaded.layer_end, c->n_layers);
         goto fail;
     }
-    if ((st = model_open_weights(m, err)) != LP_OK) goto fail;
+    if (!gguf && (st = model_open_weights(m, err)) != LP_OK) goto fail;
     if ((st = model_check_layer_names(m, err)) != LP_OK) goto fail;
     m->layers = calloc((size_t)c->n_layers, sizeof *m->layers);
     if (!m->layers) {
@@ -485,7 +506,8 @@ static int name_cmp(const void *a, const void *b) {
     return strcmp((*x)->name, (*y)->name);
 }
 
-// Hash of config.json, every tensor's name, dtype and shape in name order,
+// Hash of config.json (of a GGUF's metadata), every tensor's name, dtype
+// (block type) and shape in name order,
 // and up to 3 x 16 sampled bytes of each tensor (start, middle, end): two
 // folders with equal fingerprints hold the same model for all practical
 // purposes, at the cost of touching three pages per tensor.
@@ -505,6 +527,7 @@ uint64_t lp_model_fingerprint(const struct lp_model *m) {
         for (int d = 0; d < t->n_dims; d++) meta[2 + d] = (int32_t)t->shape[d];
         h = lp_fnv1a64(h, t->name, strlen(t->name));
         h = lp_fnv1a64(h, meta, sizeof meta);
+        if (t->ggml) h = lp_fnv1a64(h, &t->ggml_type, sizeof t->ggml_type);
         size_t take = t->nbytes < 16 ? t->nbytes : 16;
         const uint8_t *p = t->data;
         h = lp_fnv1a64(h, p, take);

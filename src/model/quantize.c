@@ -124,6 +124,14 @@ enum lp_status lp_model_quantize(const char *src_dir, const char *dst_dir, int b
                           src_dir, lp_model_config(m)->quant_bits);
         goto done;
     }
+    int n_src;
+    struct lp_st_file *const *src = lp_model_files(m, &n_src);
+    if (n_src > 0 && src[0]->gguf) {
+        st = lp_error_set(err, LP_ERR_UNSUPPORTED,
+                          "quantize: %s is a GGUF model; quantize converts HF safetensors folders",
+                          src_dir);
+        goto done;
+    }
     struct stat src_sb, dst_sb;
     if (stat(src_dir, &src_sb) == 0 && stat(dst_dir, &dst_sb) == 0 &&
         src_sb.st_dev == dst_sb.st_dev && src_sb.st_ino == dst_sb.st_ino) {

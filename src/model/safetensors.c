@@ -230,7 +230,8 @@ void lp_st_close(struct lp_st_file *f) {
     if (!f) return;
     for (int i = 0; i < f->n_tensors; i++) free(f->tensors[i].name);
     free(f->tensors);
-    if (f->map) munmap(f->map, f->map_bytes);
+    if (f->gguf) lp_gguf_close(f->gguf);
+    else if (f->map) munmap(f->map, f->map_bytes);
     free(f->path);
     free(f);
 }

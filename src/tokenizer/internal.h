@@ -7,6 +7,7 @@
 #define LP_TOKENIZER_INTERNAL_H
 
 #define PCRE2_CODE_UNIT_WIDTH 8
+#include <jansson.h>
 #include <pcre2.h>
 #include <stdbool.h>
 #include <stddef.h>
@@ -73,6 +74,11 @@ struct lp_tokenizer {
 
     int32_t eos_id, pad_id, bos_id;
 };
+
+// Builds a tokenizer from parsed documents: tokenizer.json's root and
+// tokenizer_config.json's (cfg may be NULL), both only read (load.c).
+enum lp_status tok_create_from_json(struct lp_tokenizer **out, const char *name,
+                                    const json_t *root, const json_t *cfg, struct lp_error *err);
 
 // GPT-2 byte-level mapping: byte -> code point, and code point -> byte (or -1).
 extern const uint16_t tok_byte_to_cp[256];

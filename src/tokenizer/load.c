@@ -11,7 +11,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
+#include "layerpipe/gguf.h"
 #include "tokenizer/internal.h"
 
 // GPT-2's pattern, used by ByteLevel with use_regex: true.
@@ -536,25 +538,15 @@ static int32_t config_token(const struct lp_tokenizer *tok, const json_t *cfg, c
     return lp_tokenizer_token_id(tok, json_string_value(v));
 }
 
-enum lp_status lp_tokenizer_create(struct lp_tokenizer **out, const char *name,
-                                   const char *tokenizer_json, size_t n_json,
-                                   const char *config_json, size_t n_config, struct lp_error *err) {
+enum lp_status tok_create_from_json(struct lp_tokenizer **out, const char *name,
+                                    const json_t *root, const json_t *cfg, struct lp_error *err) {
     *out = NULL;
     if (!name) name = "tokenizer.json";
     struct loader ld = {.name = name};
-    json_t *root = NULL, *cfg = NULL;
     enum lp_status st = LP_OK;
     struct lp_tokenizer *tok = calloc(1, sizeof *tok);
     if (!tok) return lp_error_set(err, LP_ERR_NOMEM, "%s: out of memory", name);
     tok->eos_id = tok->pad_id = tok->bos_id = tok->unk_id = -1;
-
-    json_error_t jerr;
-    root = json_loadb(tokenizer_json, n_json, JSON_REJECT_DUPLICATES, &jerr);
-    if (!root) {
-        st = lp_error_set(err, LP_ERR_FORMAT, "%s: line %d column %d: %s", name, jerr.line,
-                          jerr.column, jerr.text);
-        goto fail;
-    }
     if (!json_is_object(root)) {
         st = lp_error_set(err, LP_ERR_FORMAT, "%s: expected a JSON object", name);
         goto fail;
@@ -586,30 +578,46 @@ enum lp_status lp_tokenizer_create(struct lp_tokenizer **out, const char *name,
                           type_of(post) ? type_of(post) : "?");
         goto fail;
     }
-    if (config_json) {
-        cfg = json_loadb(config_json, n_config, 0, &jerr);
-        if (!cfg || !json_is_object(cfg)) {
-            st = lp_error_set(err, LP_ERR_FORMAT, "tokenizer_config.json: line %d column %d: %s",
-                              cfg ? 0 : jerr.line, cfg ? 0 : jerr.column,
-                              cfg ? "expected a JSON object" : jerr.text);
-            goto fail;
-        }
+    if (cfg) {
         tok->eos_id = config_token(tok, cfg, "eos_token");
         tok->pad_id = config_token(tok, cfg, "pad_token");
         tok->bos_id = config_token(tok, cfg, "bos_token");
     }
     free(ld.piece);
     free(ld.piece_len);
-    json_decref(root);
-    json_decref(cfg);
     *out = tok;
     return LP_OK;
 fail:
     free(ld.piece);
     free(ld.piece_len);
+    lp_tokenizer_destroy(tok);
+    return st;
+}
+
+enum lp_status lp_tokenizer_create(struct lp_tokenizer **out, const char *name,
+                                   const char *tokenizer_json, size_t n_json,
+                                   const char *config_json, size_t n_config, struct lp_error *err) {
+    *out = NULL;
+    if (!name) name = "tokenizer.json";
+    json_error_t jerr;
+    json_t *root = json_loadb(tokenizer_json, n_json, JSON_REJECT_DUPLICATES, &jerr), *cfg = NULL;
+    if (!root)
+        return lp_error_set(err, LP_ERR_FORMAT, "%s: line %d column %d: %s", name, jerr.line,
+                            jerr.column, jerr.text);
+    enum lp_status st = LP_OK;
+    if (config_json) {
+        cfg = json_loadb(config_json, n_config, 0, &jerr);
+        if (!cfg || !json_is_object(cfg)) {
+            st = lp_error_set(err, LP_ERR_FORMAT, "tokenizer_config.json: line %d column %d: %s",
+                              cfg ? 0 : jerr.line, cfg ? 0 : jerr.column,
+                              cfg ? "expected a JSON object" : jerr.text);
+            goto done;
+        }
+    }
+    st = tok_create_from_json(out, name, root, cfg, err);
+done:
     json_decref(root);
     json_decref(cfg);
-    lp_tokenizer_destroy(tok);
     return st;
 }
 
@@ -665,6 +673,21 @@ static enum lp_status read_file(const char *path, char **data, size_t *n_bytes,
     return LP_OK;
 }
 
+// The tokenizer of the GGUF model at path (its first file's metadata).
+static enum lp_status load_gguf(struct lp_tokenizer **out, const char *path,
+                                struct lp_error *err) {
+    char **paths;
+    int n_paths;
+    enum lp_status st = lp_gguf_model_paths(path, &paths, &n_paths, err);
+    if (st != LP_OK) return st;
+    struct lp_gguf *g = NULL;
+    st = lp_gguf_open(&g, paths[0], err);
+    if (st == LP_OK) st = lp_tokenizer_create_gguf(out, g, err);
+    lp_gguf_close(g);
+    lp_gguf_paths_free(paths, n_paths);
+    return st;
+}
+
 enum lp_status lp_tokenizer_load(struct lp_tokenizer **out, const char *model_dir,
                                  struct lp_error *err) {
     *out = NULL;
@@ -673,12 +696,18 @@ enum lp_status lp_tokenizer_load(struct lp_tokenizer **out, const char *model_di
     char *json = NULL, *cfg = NULL;
     size_t n_json = 0, n_cfg = 0;
     enum lp_status st;
+    struct stat sb;
     if (!path || !cfg_path) {
         st = lp_error_set(err, LP_ERR_NOMEM, "tokenizer: out of memory");
         goto done;
     }
     snprintf(path, n_dir + 32, "%s/tokenizer.json", model_dir);
     snprintf(cfg_path, n_dir + 32, "%s/tokenizer_config.json", model_dir);
+    if (stat(path, &sb) != 0 && lp_gguf_model_is(model_dir)) {
+        // a GGUF file, or a folder without tokenizer.json that holds one
+        st = load_gguf(out, model_dir, err);
+        goto done;
+    }
     if ((st = read_file(path, &json, &n_json, err))) goto done;
     FILE *probe = fopen(cfg_path, "rb");
     if (probe) {

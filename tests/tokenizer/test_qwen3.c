@@ -5,6 +5,8 @@
 // made by tools/make_tokenizer_corpus.py): every text must give exactly the
 // ids HF tokenizers gave (corpus_ref.jsonl, made by tools/tokenizer_reference.py),
 // decode(encode(x)) == NFC(x), and the streaming decoder must print the same.
+// The known ids and the corpus again with the same tokenizer as a GGUF file
+// carries it (lp_genmodel --vocab-only writes it as llama.cpp's converter).
 #include <jansson.h>
 #include <string.h>
 #include <time.h>
@@ -12,6 +14,7 @@
 
 #include "layerpipe/tokenizer.h"
 #include "lp_test.h"
+#include "model_fixture.h"
 #include "qwen3_fixture.h"
 
 static void check_ids(const struct lp_tokenizer *tok, const char *text, unsigned flags,
@@ -241,6 +244,19 @@ int main(void) {
         test_known(tok);
         test_corpus(tok);
         test_long(tok);
+    }
+    lp_tokenizer_destroy(tok);
+    tok = NULL;
+    // the GGUF form: the converter pads the list to the embedding's 151936 rows
+    char gen[4096], gguf[1100];
+    snprintf(gen, sizeof gen, "--vocab-only '%s' --vocab 151936", dir);
+    CHECK(lp_fixture_model("qwen3_vocab_gguf", gen, gguf, sizeof gguf) == 0);
+    t0 = now_s();
+    CHECK_OK(lp_tokenizer_load(&tok, gguf, &err), &err);
+    printf("load from GGUF: %.3f s\n", now_s() - t0);
+    if (tok) {
+        test_known(tok);
+        test_corpus(tok);
     }
     lp_tokenizer_destroy(tok);
     free(dir);
