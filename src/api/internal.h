@@ -123,6 +123,25 @@ bool lp_api_err_from_status(struct lp_api_err *e, enum lp_status st, const char 
 enum MHD_Result lp_api_reply_json(struct lp_api_conn *c, int http, const json_t *j);
 enum MHD_Result lp_api_reply_err(struct lp_api_conn *c, const struct lp_api_err *e);
 
+// A checked generation request (openai_request.c): its prompt's tokens
+// (owned; lp_token_list_deinit), the scheduler request without on_event and
+// user, and what the reply needs to know.
+struct lp_api_job {
+    struct lp_token_list prompt;
+    struct lp_sched_request sreq;
+    struct lp_text_params tp;
+    const char *stops[LP_MAX_STOP_STRINGS]; // borrowed from the body
+    bool stream, include_usage, logprobs;
+    int n_top;
+    int max_tokens; // -1: the rest of the context
+};
+
+// The request body (text[n], NULL for none) parsed into j (its prompt list
+// initialized by the caller); *body gets the JSON, which j's stop strings
+// borrow (the caller decrefs it, also on failure). False with e filled.
+bool lp_api_parse_job(struct lp_server *s, const char *text, size_t n, bool chat,
+                      struct lp_api_job *j, json_t **body, struct lp_api_err *e);
+
 // POST /v1/chat/completions and /v1/completions (openai.c).
 enum MHD_Result lp_api_handle_generate(struct lp_api_conn *c, bool chat);
 // The parse step of those, without submitting: the body (text[n]) checked
