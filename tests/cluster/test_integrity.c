@@ -11,7 +11,8 @@
 //  - a worker whose copy differs in one byte of one tensor, outside the
 //    bytes the fingerprint samples (same fingerprint), is refused by the
 //    coordinator with an error naming that tensor and the worker, while a
-//    worker with an intact copy is accepted.
+//    worker with an intact copy is accepted; in MLX safetensors and in a
+//    GGUF (Q8_0) model alike.
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <xxhash.h>
@@ -25,6 +26,9 @@
 #define GEN                                                                                        \
     "--seed 311 --format mlx8 --tied 1 --layers 4 --hidden 64 --heads 4 --kv-heads 2 "            \
     "--head-dim 32 --intermediate 128 --vocab 256 --sharded 2"
+#define GEN_GGUF                                                                                   \
+    "--seed 312 --format gguf-q8_0 --tied 1 --layers 4 --hidden 64 --heads 4 --kv-heads 2 "       \
+    "--head-dim 32 --intermediate 128 --vocab 256"
 #define VICTIM "model.layers.2.mlp.up_proj.weight"
 
 static char scratch[1100];
@@ -40,7 +44,7 @@ static void copy_model(const char *from, const char *name, char *out, size_t n) 
     snprintf(out, n, "%s/%s", scratch, name);
     sh("rm -rf '%s' && mkdir -p '%s'", out, out);
     char cmd[4096];
-    snprintf(cmd, sizeof cmd, "cp '%s'/*.json '%s'/*.safetensors '%s'/", from, from, out);
+    snprintf(cmd, sizeof cmd, "cp '%s'/* '%s'/ && rm -f '%s'/*.layerpipe-hashes", from, out, out);
     CHECK_MSG(system(cmd) == 0, "%s", cmd);
 }
 
@@ -219,6 +223,51 @@ static void test_cache(const char *model) {
     rmdir(cache);
 }
 
+// One byte of VICTIM changed in dir, a quarter into the tensor: not a byte
+// the fingerprint samples (its first, middle and last 16), so dir keeps
+// intact's fingerprint.
+static void change_one_byte(const char *dir, const char *intact) {
+    char file[1300];
+    size_t off = 0, nbytes = 0;
+    CHECK(locate(dir, VICTIM, file, sizeof file, &off, &nbytes) && nbytes >= 256);
+    int fd = open(file, O_RDWR);
+    uint8_t byte = 0;
+    CHECK(fd >= 0 && pread(fd, &byte, 1, (off_t)(off + nbytes / 4)) == 1);
+    byte ^= 0x5a;
+    CHECK(fd >= 0 && pwrite(fd, &byte, 1, (off_t)(off + nbytes / 4)) == 1);
+    if (fd >= 0) close(fd);
+    CHECK_MSG(fingerprint(dir) == fingerprint(intact) && fingerprint(intact) != 0,
+              "%s: the changed byte moved the fingerprint: the test must change an unsampled "
+              "byte",
+              dir);
+}
+
+// The pipeline with `bad_worker` serving layer 2 (its changed tensor) is
+// refused naming the tensor and the worker; with it on layer 3 it is accepted.
+static void pipeline_case(const char *model, const struct lpc_worker *good,
+                          const struct lpc_worker *bad_worker, const char *what) {
+    struct lp_pipeline_params pp = lp_pipeline_params_default();
+    pp.model_dir = model;
+    pp.n_threads = 1;
+    pp.plan = "2,1,1"; // worker 1: layer 2, worker 2: layer 3
+    pp.n_workers = 2;
+    struct lp_pipeline *p = NULL;
+    struct lp_error err = {0};
+    const char *with_bad[2] = {bad_worker->addr, good->addr};
+    pp.workers = with_bad;
+    CHECK(lp_pipeline_create(&p, &pp, &err) == LP_ERR_INVALID_ARG && !p);
+    printf("%s: changed copy on layer 2 -> %s\n", what, err.msg);
+    char who[64];
+    snprintf(who, sizeof who, "worker 1 (%s)", bad_worker->addr);
+    CHECK_MSG(strstr(err.msg, "tensor '" VICTIM "'") && strstr(err.msg, who), "%s", err.msg);
+    const char *swapped[2] = {good->addr, bad_worker->addr};
+    pp.workers = swapped;
+    err = (struct lp_error){0};
+    CHECK_OK(lp_pipeline_create(&p, &pp, &err), &err);
+    lp_pipeline_destroy(p);
+    printf("%s: changed copy on layer 3 (not its changed tensor) -> accepted\n", what);
+}
+
 int main(void) {
     const char *work = lp_fixture_env("LP_WORK_DIR", "build/testdata");
     snprintf(scratch, sizeof scratch, "%s/integrity.%d", work, (int)getpid());
@@ -228,61 +277,33 @@ int main(void) {
         fprintf(stderr, "cannot make the scratch folder or the test model\n");
         return 1;
     }
-    char good[1200], bad[1200], file[1300];
+    char good[1200], bad[1200];
     copy_model(model, "good", good, sizeof good);
     copy_model(model, "bad", bad, sizeof bad);
     test_values(good);
     test_cache(model);
 
-    // one byte of VICTIM changed in bad/, a quarter into the tensor: not a
-    // byte the fingerprint samples (its first, middle and last 16)
-    size_t off = 0, nbytes = 0;
-    CHECK(locate(bad, VICTIM, file, sizeof file, &off, &nbytes) && nbytes >= 256);
-    int fd = open(file, O_RDWR);
-    uint8_t byte = 0;
-    CHECK(fd >= 0 && pread(fd, &byte, 1, (off_t)(off + nbytes / 4)) == 1);
-    byte ^= 0x5a;
-    CHECK(fd >= 0 && pwrite(fd, &byte, 1, (off_t)(off + nbytes / 4)) == 1);
-    if (fd >= 0) close(fd);
-    CHECK_MSG(fingerprint(bad) == fingerprint(good) && fingerprint(good) != 0,
-              "the changed byte moved the fingerprint: the test must change an unsampled byte");
+    change_one_byte(bad, good);
+    char good_g[1200], bad_g[1200], gguf[1100];
+    CHECK(lp_fixture_model("integrity-gguf", GEN_GGUF, gguf, sizeof gguf) == 0);
+    copy_model(gguf, "good-gguf", good_g, sizeof good_g);
+    copy_model(gguf, "bad-gguf", bad_g, sizeof bad_g);
+    change_one_byte(bad_g, good_g);
 
     // workers before this process starts gRPC
     fflush(NULL);
     const char *bin = lp_fixture_env("LP_BIN", "build/layerpipe");
-    struct lpc_worker wg, wb;
-    char log_g[1300], log_b[1300];
-    snprintf(log_g, sizeof log_g, "%s/good.log", scratch);
-    snprintf(log_b, sizeof log_b, "%s/bad.log", scratch);
-    CHECK(lpc_worker_start(&wg, bin, good, log_g, 1, 30) == 0);
-    CHECK(lpc_worker_start(&wb, bin, bad, log_b, 1, 30) == 0);
+    struct lpc_worker w[4];
+    const char *dirs[4] = {good, bad, good_g, bad_g};
+    for (int i = 0; i < 4; i++) {
+        char log[1300];
+        snprintf(log, sizeof log, "%s/worker%d.log", scratch, i);
+        CHECK(lpc_worker_start(&w[i], bin, dirs[i], log, 1, 30) == 0);
+    }
     if (lp_test_failures) return lp_test_finish("cluster/test_integrity");
-
-    struct lp_pipeline_params pp = lp_pipeline_params_default();
-    pp.model_dir = good;
-    pp.n_threads = 1;
-    pp.plan = "2,1,1"; // worker 1: layer 2, worker 2: layer 3
-    struct lp_pipeline *p = NULL;
-    struct lp_error err = {0};
-    // the changed copy serves layer 2: refused, naming the tensor and the worker
-    const char *with_bad[2] = {wb.addr, wg.addr};
-    pp.workers = with_bad;
-    pp.n_workers = 2;
-    CHECK(lp_pipeline_create(&p, &pp, &err) == LP_ERR_INVALID_ARG && !p);
-    printf("changed copy on layer 2 -> %s\n", err.msg);
-    char who[64];
-    snprintf(who, sizeof who, "worker 1 (%s)", wb.addr);
-    CHECK_MSG(strstr(err.msg, "tensor '" VICTIM "'") && strstr(err.msg, who), "%s", err.msg);
-    // the same copy on layer 3 (its damage is not in what it serves): accepted,
-    // and an intact ring generates
-    const char *swapped[2] = {wg.addr, wb.addr};
-    pp.workers = swapped;
-    err = (struct lp_error){0};
-    CHECK_OK(lp_pipeline_create(&p, &pp, &err), &err);
-    lp_pipeline_destroy(p);
-    printf("changed copy on layer 3 (not its damaged tensor) -> accepted\n");
-    lpc_worker_stop(&wg, 5);
-    lpc_worker_stop(&wb, 5);
+    pipeline_case(good, &w[0], &w[1], "MLX 8-bit safetensors");
+    pipeline_case(good_g, &w[2], &w[3], "GGUF Q8_0");
+    for (int i = 0; i < 4; i++) lpc_worker_stop(&w[i], 5);
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", scratch);
     if (!lp_test_failures && system(cmd) != 0) fprintf(stderr, "cannot remove %s\n", scratch);
     return lp_test_finish("cluster/test_integrity");

@@ -245,6 +245,20 @@ static void third_party(const struct ff_worker *w, const struct lp_rpc_security 
     lp_rpc_security_destroy(tp);
 }
 
+// Runs argv (stdout to out, stderr to errp; at most 90 s); its stdout into ids.
+static int spawn_ids(const char *tag, char **argv, const char *out, const char *errp, char *ids,
+                     size_t n) {
+    pid_t pid = ff_spawn(argv, out, errp);
+    int rc = ff_wait(pid, 90);
+    ff_read_file(out, ids, n);
+    if (rc != 0) {
+        char e[4096];
+        ff_read_file(errp, e, sizeof e);
+        fprintf(stderr, "%s: rc %d: %s\n", tag, rc, e);
+    }
+    return rc;
+}
+
 // `layerpipe run` through workers; its ids (stdout) into ids.
 static int run_ids(const char *tag, char *ids, size_t n, const char *first, ...) {
     const char *bin = lp_fixture_env("LP_BIN", "build/layerpipe");
@@ -265,15 +279,7 @@ static int run_ids(const char *tag, char *ids, size_t n, const char *first, ...)
     for (const char *a = first; a && k < 39; a = va_arg(ap, const char *)) argv[k++] = (char *)a;
     va_end(ap);
     argv[k] = NULL;
-    pid_t pid = ff_spawn(argv, out, errp);
-    int rc = ff_wait(pid, 60);
-    ff_read_file(out, ids, n);
-    if (rc != 0) {
-        char e[4096];
-        ff_read_file(errp, e, sizeof e);
-        fprintf(stderr, "%s: rc %d: %s\n", tag, rc, e);
-    }
-    return rc;
+    return spawn_ids(tag, argv, out, errp, ids, n);
 }
 
 // `layerpipe cluster -m MODEL ARGS... -- run ...ids args... CMD_ARGS...`
@@ -292,15 +298,7 @@ static int cluster_ids(const char *tag, char *ids, size_t n, const char *const *
     for (int i = 0; run[i]; i++) argv[k++] = (char *)run[i];
     for (int i = 0; cmd_args[i] && k < 63; i++) argv[k++] = (char *)cmd_args[i];
     argv[k] = NULL;
-    pid_t pid = ff_spawn(argv, out, errp);
-    int rc = ff_wait(pid, 90);
-    ff_read_file(out, ids, n);
-    if (rc != 0) {
-        char e[4096];
-        ff_read_file(errp, e, sizeof e);
-        fprintf(stderr, "%s: rc %d: %s\n", tag, rc, e);
-    }
-    return rc;
+    return spawn_ids(tag, argv, out, errp, ids, n);
 }
 
 static int free_port(void) {

@@ -247,3 +247,42 @@ put("openai", "completion_ids", body("P", {"prompt": [[1, 2, 3, 8192]], "best_of
 put("openai", "completion_bad", body("P", {"prompt": [1, -1, 99999], "suffix": "x", "seed": 1.5}))
 put("openai", "not_object", b"C[1, 2, 3]")
 put("openai", "invalid_json", b'P{"prompt": "abc",')
+
+
+# ---- stage: records [op][len lo][len hi][bytes] (tests/fuzz/fuzz_stage.c) ----
+def rec(op, payload):
+    return bytes([op]) + struct.pack("<H", len(payload)) + payload
+
+
+def seg3(session, pos0, n_tokens, flags=0):
+    return bytes([session | flags, pos0, n_tokens])
+
+
+def fwd(stream, delta, flags, *segs):
+    return rec(4 | stream << 3, bytes([delta & 0xFF, flags]) + b"".join(segs))
+
+
+CONF = rec(2, bytes([0, 2, 4, 32, 0, 16, 0, 1]))  # layers [0, 2), 4 sessions, context 96
+put("stage", "decode", CONF + fwd(0, 1, 0, seg3(1, 0, 5), seg3(2, 0, 3)) +
+    fwd(0, 1, 0, seg3(1, 5, 1), seg3(2, 3, 1)) + rec(6, bytes([1])) +
+    fwd(0, 1, 1, seg3(2, 4, 1), seg3(1, 0, 2)) + fwd(0, 1, 2, seg3(2, 5, 1, 8)))
+put("stage", "rewind_and_faults", CONF + fwd(1, 3, 0, seg3(3, 0, 16)) +
+    fwd(1, 1, 0, seg3(3, 8, 2)) + fwd(1, -1, 0, seg3(3, 10, 1)) + fwd(2, 1, 4, seg3(4, 0, 1)) +
+    fwd(2, 1, 8, seg3(4, 0, 1)) + fwd(2, 1, 0, seg3(5, 3, 1)) + fwd(2, 2, 0, seg3(3, 99, 1)) +
+    fwd(3, 1, 0, seg3(3, 10, 1), seg3(3, 11, 1)))
+put("stage", "full", rec(2, bytes([1, 4, 2, 4, 2, 8, 4, 2])) +
+    fwd(0, 1, 0, seg3(1, 0, 8)) + fwd(0, 1, 0, seg3(2, 0, 8)) + fwd(0, 1, 0, seg3(3, 0, 1)) +
+    fwd(0, 1, 0, seg3(1, 8, 8)) + rec(6, bytes(range(8))) + fwd(0, 1, 0, seg3(3, 0, 1)))
+put("stage", "reconfigure", CONF + fwd(0, 1, 0, seg3(1, 0, 4)) +
+    rec(2, bytes([3, 2, 4, 32, 0, 16, 0, 1])) + fwd(0, 1, 0, seg3(1, 4, 1)) + CONF +
+    fwd(0, 1, 0, seg3(1, 4, 1)) + fwd(0, 1, 0, seg3(1, 0, 1)))
+WIRE_CONF = (f_varint(2, 1) + f_varint(3, 3) + f_bytes(4, b"127.0.0.1:5002") + f_varint(6, 2) +
+             f_varint(7, 64) + f_varint(8, 0) + f_varint(10, 1) + f_varint(11, 8) +
+             f_varint(12, 2))
+put("stage", "wire", rec(1, WIRE_CONF) +
+    rec(3, activations(1, [segment(7, 0, 3)], 0, 3, hidden=16)) +
+    rec(3 | 1 << 3, activations(2, [segment(8, 0, 2), segment(7, 3, 1)], 1, 3, hidden=16)) +
+    rec(5, f_bytes(1, b"".join(varint(s) for s in (7, 8, 9)))) +
+    rec(0, f_fixed64(1, 0xDEADBEEF) + WIRE_CONF) + rec(5, f_varint(1, 1 << 63)))
+put("stage", "unconfigured", fwd(0, 1, 0, seg3(1, 0, 1)) + rec(6, bytes([1, 2])) +
+    rec(3, activations(1, [segment(1, 0, 1)], 0, 1, hidden=16)))
