@@ -5,6 +5,7 @@
 // and the demo's 3-stage pipeline generates readable English (mostly
 // letters and spaces, real words) with every stage doing its share.
 #include <ctype.h>
+#include <sched.h>
 #include <string.h>
 #include <sys/wait.h>
 
@@ -91,6 +92,15 @@ int main(void) {
             }
         }
         CHECK_MSG(rows == 3, "%d stage rows", rows);
+        // the machine's cores are shared out over the 3 stages (at least
+        // one thread each), not given whole to each of them
+        cpu_set_t cpus;
+        int n_cpus = sched_getaffinity(0, sizeof cpus, &cpus) == 0 ? CPU_COUNT(&cpus) : 1;
+        char threads_col[48];
+        snprintf(threads_col, sizeof threads_col, "cpu (%d threads)", n_cpus / 3 > 1 ? n_cpus / 3 : 1);
+        int with = 0;
+        for (const char *at = strstr(table, threads_col); at; at = strstr(at + 1, threads_col)) with++;
+        CHECK_MSG(with == 3, "%d of 3 stages run '%s'", with, threads_col);
     }
     free(out);
     free(err);
