@@ -8,7 +8,12 @@
 # MLX folders are dequantized here in float32 (w = scale * q + bias, codes
 # packed little-endian in uint32, element 0 in the lowest bits) and loaded
 # into a Qwen3ForCausalLM built from config.json without its quantization
-# keys. Everything runs in float32 with eager attention and TF32 off.
+# keys. GGUF models (a .gguf file, a folder holding one and no config.json,
+# gguf-split's NAME-0000k-of-0000N.gguf) are read here, their blocks (Q8_0,
+# Q4_0, Q4_K, Q5_K, Q6_K) dequantized in float32 from the layouts llama.cpp's
+# ggml-common.h documents, and loaded the same way from a config made of
+# their qwen3.* metadata. Everything runs in float32 with eager attention
+# and TF32 off.
 #
 # Needs: python3 with torch, transformers (Qwen3: >= 4.51) and numpy; no network.
 #
@@ -79,6 +84,223 @@ def read_safetensors(path):
     return out
 
 
+# ---------------------------------------------------------------------------
+# GGUF: header (magic, version, tensor count, metadata count), metadata
+# pairs, tensor infos (name, dims, ne[] with ne[0] the row length, ggml
+# type, offset), padding to general.alignment, data. Little-endian.
+
+_GGUF_FIXED = {0: "<u1", 1: "<i1", 2: "<u2", 3: "<i2", 4: "<u4", 5: "<i4", 6: "<f4", 7: "<u1",
+               10: "<u8", 11: "<i8", 12: "<f8"}
+# ggml type -> (elements, bytes) of one block
+_GGML_BLOCKS = {0: (1, 4), 1: (1, 2), 30: (1, 2), 2: (32, 18), 8: (32, 34), 12: (256, 144),
+                13: (256, 176), 14: (256, 210)}
+
+
+class _Cursor:
+    def __init__(self, buf):
+        self.buf, self.pos = buf, 0
+
+    def take(self, fmt):
+        v = struct.unpack_from(fmt, self.buf, self.pos)
+        self.pos += struct.calcsize(fmt)
+        return v[0]
+
+    def string(self):
+        n = self.take("<Q")
+        s = bytes(self.buf[self.pos:self.pos + n])
+        self.pos += n
+        return s.decode("utf-8", errors="replace")
+
+    def value(self, t):
+        if t == 8:
+            return self.string()
+        if t == 9:
+            et, n = self.take("<I"), self.take("<Q")
+            if et == 8:
+                return [self.string() for _ in range(n)]
+            dt = np.dtype(_GGUF_FIXED[et])
+            arr = np.frombuffer(self.buf, dtype=dt, count=n, offset=self.pos)
+            self.pos += n * dt.itemsize
+            return arr.tolist()
+        dt = np.dtype(_GGUF_FIXED[t])
+        v = np.frombuffer(self.buf, dtype=dt, count=1, offset=self.pos)[0]
+        self.pos += dt.itemsize
+        return bool(v) if t == 7 else v.item()
+
+
+def read_gguf(path):
+    """Returns (metadata dict, {name: (ggml type, ne list, uint8 array of its bytes)})."""
+    buf = np.memmap(path, dtype=np.uint8, mode="r")
+    c = _Cursor(buf)
+    if bytes(buf[:4]) != b"GGUF":
+        raise ValueError("%s: not a GGUF file" % path)
+    c.pos = 4
+    version, n_tensors, n_kv = c.take("<I"), c.take("<Q"), c.take("<Q")
+    if version not in (2, 3):
+        raise ValueError("%s: GGUF version %d" % (path, version))
+    meta = {}
+    for _ in range(n_kv):
+        key = c.string()
+        meta[key] = c.value(c.take("<I"))
+    infos = []
+    for _ in range(n_tensors):
+        name = c.string()
+        ne = [c.take("<Q") for _ in range(c.take("<I"))]
+        infos.append((name, ne, c.take("<I"), c.take("<Q")))
+    align = meta.get("general.alignment", 32)
+    data = (c.pos + align - 1) // align * align
+    tensors = {}
+    for name, ne, t, off in infos:
+        if t not in _GGML_BLOCKS:
+            raise ValueError("%s: tensor %s has ggml type %d" % (path, name, t))
+        elems, nbytes = _GGML_BLOCKS[t]
+        n = int(np.prod(ne, dtype=np.int64)) // elems * nbytes
+        tensors[name] = (t, ne, buf[data + off:data + off + n])
+    return meta, tensors
+
+
+def _f16(b):
+    """[n, 2] uint8 -> [n, 1] float32."""
+    return np.ascontiguousarray(b).view("<f2").astype(np.float32)
+
+
+def _scale_min_k4(scales):
+    """Q4_K / Q5_K: scales[n, 12] -> (sc, m), each [n, 8] float32 (6-bit pairs)."""
+    s = scales.astype(np.uint8)
+    sc = np.empty((s.shape[0], 8), np.uint8)
+    m = np.empty((s.shape[0], 8), np.uint8)
+    sc[:, :4] = s[:, 0:4] & 63
+    m[:, :4] = s[:, 4:8] & 63
+    sc[:, 4:] = (s[:, 8:12] & 0xF) | ((s[:, 0:4] >> 6) << 4)
+    m[:, 4:] = (s[:, 8:12] >> 4) | ((s[:, 4:8] >> 6) << 4)
+    return sc.astype(np.float32), m.astype(np.float32)
+
+
+def ggml_dequantize(t, raw, ne):
+    """The float32 values of a GGUF tensor, shaped [ne[n-1], ..., ne[0]] (PyTorch order).
+    Each block's formula is the layout's (ggml-common.h), computed in float32."""
+    shape = tuple(reversed(ne))
+    if t == 0:
+        return np.asarray(raw).view("<f4").reshape(shape).astype(np.float32)
+    if t == 1:
+        return np.asarray(raw).view("<f2").reshape(shape).astype(np.float32)
+    if t == 30:
+        return (np.asarray(raw).view("<u2").astype(np.uint32) << 16).view(np.float32).reshape(shape)
+    elems, nbytes = _GGML_BLOCKS[t]
+    b = np.asarray(raw).reshape(-1, nbytes)
+    if t == 8:  # Q8_0: d f16, 32 int8; w = q * d
+        y = b[:, 2:34].view(np.int8).astype(np.float32) * _f16(b[:, 0:2])
+    elif t == 2:  # Q4_0: d f16, 16 bytes; element j low nibble, j + 16 high; w = (q - 8) * d
+        q = b[:, 2:18]
+        y = np.concatenate([(q & 0xF).astype(np.float32) - 8, (q >> 4).astype(np.float32) - 8],
+                           axis=1) * _f16(b[:, 0:2])
+    elif t in (12, 13):  # Q4_K / Q5_K: d, dmin, scales[12], (Q5_K: qh[32]), qs[128]
+        d, dmin = _f16(b[:, 0:2]), _f16(b[:, 2:4])
+        sc, m = _scale_min_k4(b[:, 4:16])
+        qs = b[:, 16:144] if t == 12 else b[:, 48:176]
+        qh = b[:, 16:48] if t == 13 else None
+        y = np.empty((b.shape[0], 256), np.float32)
+        for c in range(4):  # 64 elements: sub-blocks 2c (low nibbles) and 2c + 1 (high)
+            q = qs[:, 32 * c:32 * c + 32]
+            lo, hi = (q & 0xF).astype(np.float32), (q >> 4).astype(np.float32)
+            if qh is not None:
+                lo += np.where(qh & (1 << (2 * c)), 16, 0).astype(np.float32)
+                hi += np.where(qh & (2 << (2 * c)), 16, 0).astype(np.float32)
+            for k, v in ((2 * c, lo), (2 * c + 1, hi)):
+                d1 = (d[:, 0] * sc[:, k])[:, None]
+                m1 = (dmin[:, 0] * m[:, k])[:, None]
+                y[:, 32 * k:32 * k + 32] = d1 * v - m1
+    elif t == 14:  # Q6_K: ql[128], qh[64], int8 scales[16], d f16; w = d * sc * (q - 32)
+        ql, qh = b[:, 0:128], b[:, 128:192]
+        sc = b[:, 192:208].view(np.int8).astype(np.float32)
+        d = _f16(b[:, 208:210])
+        y = np.empty((b.shape[0], 256), np.float32)
+        for h in range(2):  # halves of 128 elements
+            lq, hq, s = ql[:, 64 * h:64 * h + 64], qh[:, 32 * h:32 * h + 32], sc[:, 8 * h:8 * h + 8]
+            parts = [(lq[:, 0:32] & 0xF) | (((hq >> 0) & 3) << 4),
+                     (lq[:, 32:64] & 0xF) | (((hq >> 2) & 3) << 4),
+                     (lq[:, 0:32] >> 4) | (((hq >> 4) & 3) << 4),
+                     (lq[:, 32:64] >> 4) | (((hq >> 6) & 3) << 4)]
+            for u, q in enumerate(parts):  # element 128h + 32u + l, scale 16ths: 2u + l // 16
+                qf = q.astype(np.float32) - 32
+                for half in range(2):
+                    ds = (d[:, 0] * s[:, 2 * u + half])[:, None]
+                    lo = 32 * u + 16 * half
+                    y[:, 128 * h + lo:128 * h + lo + 16] = ds * qf[:, 16 * half:16 * half + 16]
+    else:
+        raise ValueError("ggml type %d" % t)
+    return y.reshape(shape)
+
+
+_GGUF_BLOCK_NAMES = {"attn_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm",
+                     "attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj",
+                     "attn_v": "self_attn.v_proj", "attn_output": "self_attn.o_proj",
+                     "attn_q_norm": "self_attn.q_norm", "attn_k_norm": "self_attn.k_norm",
+                     "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj", "ffn_down": "mlp.down_proj"}
+_GGUF_TOP_NAMES = {"token_embd": "model.embed_tokens", "output_norm": "model.norm",
+                   "output": "lm_head"}
+
+
+def gguf_hf_name(name):
+    stem, _, suffix = name.rpartition(".")
+    parts = stem.split(".")
+    if parts[0] == "blk" and len(parts) == 3 and parts[2] in _GGUF_BLOCK_NAMES:
+        return "model.layers.%s.%s.%s" % (parts[1], _GGUF_BLOCK_NAMES[parts[2]], suffix)
+    if stem in _GGUF_TOP_NAMES:
+        return "%s.%s" % (_GGUF_TOP_NAMES[stem], suffix)
+    raise ValueError("GGUF tensor %s has no HF name here" % name)
+
+
+def gguf_paths(model):
+    """The files of a GGUF model path (file or folder, split or not), the first first."""
+    if os.path.isdir(model):
+        files = sorted(f for f in os.listdir(model) if f.endswith(".gguf") and not f.startswith("mmproj"))
+        if not files:
+            return []
+        model = os.path.join(model, files[0])
+    base = os.path.basename(model)
+    import re
+    m = re.match(r"^(.*)-(\d{5})-of-(\d{5})\.gguf$", base)
+    if not m:
+        return [model]
+    n = int(m.group(3))
+    return [os.path.join(os.path.dirname(model), "%s-%05d-of-%05d.gguf" % (m.group(1), i, n))
+            for i in range(1, n + 1)]
+
+
+def is_gguf(model):
+    if os.path.isfile(model):
+        return True
+    return not os.path.exists(os.path.join(model, "config.json")) and bool(gguf_paths(model))
+
+
+def load_gguf(model):
+    """(Qwen3 config dict, float32 state dict) of a GGUF model."""
+    paths = gguf_paths(model)
+    meta, tensors = read_gguf(paths[0])
+    for p in paths[1:]:
+        tensors.update(read_gguf(p)[1])
+    if meta.get("general.architecture") != "qwen3":
+        raise ValueError("%s: architecture %r" % (model, meta.get("general.architecture")))
+    a = "qwen3."
+    hidden, heads = meta[a + "embedding_length"], meta[a + "attention.head_count"]
+    eos = [meta[k] for k in ("tokenizer.ggml.eos_token_id", "tokenizer.ggml.eot_token_id") if k in meta]
+    cfg = {"architectures": ["Qwen3ForCausalLM"], "model_type": "qwen3",
+           "vocab_size": tensors["token_embd.weight"][1][1], "hidden_size": hidden,
+           "intermediate_size": meta[a + "feed_forward_length"],
+           "num_hidden_layers": meta[a + "block_count"], "num_attention_heads": heads,
+           "num_key_value_heads": meta.get(a + "attention.head_count_kv", heads),
+           "head_dim": meta.get(a + "attention.key_length", hidden // heads),
+           "max_position_embeddings": meta[a + "context_length"],
+           "rms_norm_eps": meta[a + "attention.layer_norm_rms_epsilon"],
+           "rope_theta": meta.get(a + "rope.freq_base", 10000.0), "attention_bias": False,
+           "hidden_act": "silu", "tie_word_embeddings": "output.weight" not in tensors,
+           "eos_token_id": eos, "torch_dtype": "float32"}
+    sd = {gguf_hf_name(n): np.ascontiguousarray(ggml_dequantize(t, raw, ne), dtype=np.float32)
+          for n, (t, ne, raw) in tensors.items()}
+    return cfg, sd
+
+
 def model_files(model_dir):
     index = os.path.join(model_dir, "model.safetensors.index.json")
     if os.path.exists(index):
@@ -141,17 +363,23 @@ def setup_torch(device):
 def load_model(model_dir, torch, device):
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
-    with open(os.path.join(model_dir, "config.json")) as f:
-        cfg = json.load(f)
-    quant = cfg.get("quantization") or cfg.get("quantization_config")
     t0 = time.time()
+    gguf_sd = None
+    if is_gguf(model_dir):
+        cfg, gguf_sd = load_gguf(model_dir)
+        quant = {"gguf": True}
+    else:
+        with open(os.path.join(model_dir, "config.json")) as f:
+            cfg = json.load(f)
+        quant = cfg.get("quantization") or cfg.get("quantization_config")
     if quant is None:
         model = Qwen3ForCausalLM.from_pretrained(model_dir, torch_dtype=torch.float32,
                                                  attn_implementation="eager")
     else:
-        bits, group_size = int(quant["bits"]), int(quant["group_size"])
-        if quant.get("mode", "affine") != "affine":
-            raise ValueError("%s: quantization mode %r is not affine" % (model_dir, quant["mode"]))
+        if gguf_sd is None:
+            bits, group_size = int(quant["bits"]), int(quant["group_size"])
+            if quant.get("mode", "affine") != "affine":
+                raise ValueError("%s: quantization mode %r is not affine" % (model_dir, quant["mode"]))
         cfg = {k: v for k, v in cfg.items() if k not in ("quantization", "quantization_config")}
         cfg["torch_dtype"] = "float32"
         config = Qwen3Config.from_dict(cfg)
@@ -161,7 +389,9 @@ def load_model(model_dir, torch, device):
         except TypeError:
             config._attn_implementation = "eager"
             model = Qwen3ForCausalLM(config)
-        sd = {k: torch.from_numpy(v) for k, v in load_mlx_state_dict(model_dir, bits, group_size).items()}
+        if gguf_sd is None:
+            gguf_sd = load_mlx_state_dict(model_dir, bits, group_size)
+        sd = {k: torch.from_numpy(v) for k, v in gguf_sd.items()}
         missing, unexpected = model.load_state_dict(sd, strict=False)
         allowed_missing = {"lm_head.weight"} if config.tie_word_embeddings else set()
         missing = [k for k in missing if k not in allowed_missing and "rotary_emb" not in k]
@@ -177,8 +407,8 @@ def load_model(model_dir, torch, device):
     for name, p in model.named_parameters():
         if p.dtype != torch.float32:
             raise ValueError("%s: parameter %s is %s" % (model_dir, name, p.dtype))
-    log("loaded %s (%s) in %.1f s on %s" % (model_dir, "MLX %d-bit" % quant["bits"] if quant else "HF",
-                                            time.time() - t0, device))
+    kind = "HF" if quant is None else "GGUF" if "gguf" in quant else "MLX %d-bit" % quant["bits"]
+    log("loaded %s (%s) in %.1f s on %s" % (model_dir, kind, time.time() - t0, device))
     return model
 
 
@@ -222,6 +452,8 @@ def run_job(model, torch, device, tokens, out_logits, greedy, out_ids, eos_ids, 
 
 
 def eos_of(model_dir):
+    if is_gguf(model_dir):
+        return set(load_gguf_meta_eos(model_dir))
     ids = set()
     for name in ("config.json", "generation_config.json"):
         p = os.path.join(model_dir, name)
@@ -233,6 +465,12 @@ def eos_of(model_dir):
             elif isinstance(e, list):
                 ids.update(int(x) for x in e)
     return ids
+
+
+def load_gguf_meta_eos(model_dir):
+    meta = read_gguf(gguf_paths(model_dir)[0])[0]
+    return [meta[k] for k in ("tokenizer.ggml.eos_token_id", "tokenizer.ggml.eot_token_id")
+            if k in meta]
 
 
 def parse_tokens(t):
