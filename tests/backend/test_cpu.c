@@ -131,7 +131,7 @@ static void test_matmul(void) {
         }
     }
     // GGUF blocks: quantized rows and random bytes; 768 columns (three
-    // super-blocks, the VNNI path for Q8_0/Q4_K/Q6_K), Q8_0 with 96 columns
+    // super-blocks, the VNNI path of every type), Q8_0 with 96 columns
     // (off it: the generic path on every variant).
     for (int i = 0; i < N_GGML; i++) {
         for (int shape = 0; shape < 2; shape++) {

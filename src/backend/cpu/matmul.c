@@ -30,12 +30,12 @@
 //               lane reduction. (The former 6 x 64 prefill tile summed each
 //               output in one chain over c, an order a small n cannot
 //               reproduce at speed; dropping it costs large-n calls ~12%.)
-//  - vnni ggml (matmul_ggml.c; GGUF Q8_0, Q4_K, Q6_K, AVX512-VNNI, columns a
-//               multiple of 256, float activations): the digits scheme on the
-//               blocks as stored (codes unpacked in registers, one FMA per 64
-//               codes with the lane's block scale; offsets through exact x
-//               sums), the same 4 rows x 4 tokens tiles. GGUF Q4_0, Q5_K (and
-//               these types elsewhere) take the generic path.
+//  - vnni ggml (matmul_ggml.c; GGUF Q8_0, Q4_0, Q4_K, Q5_K, Q6_K,
+//               AVX512-VNNI, columns a multiple of 256, float activations): the
+//               digits scheme on the blocks as stored (codes unpacked in
+//               registers, one FMA per 64 codes with the lane's block scale;
+//               offsets through exact x sums), the same 4 rows x 4 tokens
+//               tiles. Other GGUF shapes (and no VNNI) take the generic path.
 //  - vnni int8 (MLX 8-bit with quantize_activations, opt-in, not exact): x
 //               quantized per token and group to int8 (symmetric, scale
 //               max|x|/127), u8 x s8 dot products (vpdpbusd): dot = sum_g sw_g *
@@ -368,9 +368,14 @@ enum lp_status lp_cpu_scratch_reserve(struct lp_cpu_ctx *ctx, int64_t cols, stru
         ctx->scratch = p;
         ctx->scratch_bytes = shared;
     }
-    // Per thread: one dequantized row (generic path).
+    // Per thread: one dequantized row (generic path) or a row block's GGUF
+    // scales (matmul_ggml.c).
     size_t per_thread = ((size_t)cols * sizeof(float) + LP_HOST_ALIGN - 1) / LP_HOST_ALIGN *
                         LP_HOST_ALIGN;
+#if LP_HAVE_X86
+    if (cols % 256 == 0 && lp_mm_ggml_cache_bytes(cols) > per_thread)
+        per_thread = lp_mm_ggml_cache_bytes(cols);
+#endif
     if (per_thread > ctx->thread_bytes) {
         void *p = aligned_alloc(LP_HOST_ALIGN, per_thread * (size_t)ctx->n_threads);
         if (!p)
@@ -396,12 +401,11 @@ static void mm_task_fn(void *arg, int i_thread, int n_threads) {
     }
 }
 
-typedef void (*mm_kernel_fn)(const struct mm_task *tk, int64_t r0, int64_t r1, int i_thread);
 
 // The kernel for w on ctx; sets *phase1 to what it needs computed from x first.
 enum mm_phase1 { MM_P1_NONE, MM_P1_QUANT, MM_P1_DIGITS, MM_P1_GGML };
 
-static mm_kernel_fn mm_pick(const struct lp_cpu_ctx *ctx, const struct lp_weight *w,
+static lp_mm_kernel_fn mm_pick(const struct lp_cpu_ctx *ctx, const struct lp_weight *w,
                             enum mm_phase1 *phase1) {
     *phase1 = MM_P1_NONE;
 #if LP_HAVE_X86
@@ -417,16 +421,14 @@ static mm_kernel_fn mm_pick(const struct lp_cpu_ctx *ctx, const struct lp_weight
         }
         if (w->format == LP_WEIGHT_GGML && ctx->vnni && lp_mm_ggml_fit(w)) {
             *phase1 = MM_P1_GGML;
-            return w->ggml_type == LP_GGML_Q8_0   ? lp_mm_kernel_ggml_q8_0
-                   : w->ggml_type == LP_GGML_Q4_K ? lp_mm_kernel_ggml_q4_k
-                                                  : lp_mm_kernel_ggml_q6_k;
+            return lp_mm_ggml_kernel(w->ggml_type);
         }
         switch (w->format) {
         case LP_WEIGHT_F32: return mm_kernel_tile_f32;
         case LP_WEIGHT_F16: return mm_kernel_tile_f16;
         case LP_WEIGHT_BF16: return mm_kernel_tile_bf16;
         case LP_WEIGHT_MLX_AFFINE: return w->bits == 8 ? mm_kernel_tile_q8 : mm_kernel_tile_q4;
-        case LP_WEIGHT_GGML: break; // Q4_0, Q5_K, other shapes: generic
+        case LP_WEIGHT_GGML: break; // no VNNI or other shapes: generic
         }
     }
 #endif
@@ -492,7 +494,7 @@ void lp_cpu_matmul(struct lp_cpu_ctx *ctx, float *out, const float *x, const str
                    int n) {
     if (n <= 0) return;
     enum mm_phase1 phase1;
-    mm_kernel_fn kernel = mm_pick(ctx, w, &phase1);
+    lp_mm_kernel_fn kernel = mm_pick(ctx, w, &phase1);
     int nth = ctx->n_threads;
     int64_t rpc = w->rows / ((int64_t)nth * 8);
     rpc = (rpc + 3) / 4 * 4;

@@ -1,27 +1,27 @@
 // SPDX-License-Identifier: MIT
-// matmul_ggml.c -- the exact VNNI kernels of GGUF Q8_0, Q4_K and Q6_K
-// weights (float activations), for every token count, reading the blocks as
+// matmul_ggml.c -- the exact VNNI kernels of GGUF Q8_0, Q4_0, Q4_K, Q5_K and
+// Q6_K weights (float activations), for every token count, reading the blocks as
 // the file stores them (no repacking: the weights stay the model's mmap).
 // The digits scheme of matmul_digits.c: each token's x is split per call
 // into three int8 digits per group of 32 (error ~2^-22 of the group's max
 // |x|), u8 x s8 dot products (vpdpbusd) are exact in int32, then one float
 // FMA per 64 codes with the lane's weight scale times x scale. Chosen by
-// matmul.c for these types when AVX512-VNNI is present and the columns are
-// a multiple of 256; Q4_0, Q5_K and other shapes take the portable
-// dequantize-a-row path.
+// matmul.c when AVX512-VNNI is present and the columns are a multiple of
+// 256; other shapes take the portable dequantize-a-row path.
 //
 // Every format is read 256 columns at a time (a "super-block": one Q4_K /
-// Q6_K block, eight Q8_0 blocks) as four vectors of 64 unsigned codes (in
-// column order; Q4_K in nibble order, and its x digits follow that order)
-// plus one vector ws of 16 float scales:
+// Q5_K / Q6_K block, eight Q8_0 / Q4_0 blocks) as four vectors of 64
+// unsigned codes (in column order; Q4_K / Q5_K in nibble order, and their x
+// digits follow that order) plus one vector ws of 16 float scales:
 //   Q8_0: codes q + 128; ws = [d0..d3, -128 d0..d3, d4..d7, -128 d4..d7]
-//   Q4_K: codes q;       ws = [d sc0..3, -dmin m0..3, d sc4..7, -dmin m4..7]
+//   Q4_0: codes q;       ws = [d0..d3, -8 d0..d3, d4..d7, -8 d4..d7]
+//   Q4_K, Q5_K: codes q; ws = [d sc0..3, -dmin m0..3, d sc4..7, -dmin m4..7]
 //   Q6_K: codes q;       ws = [d sc0 .. d sc15] (the -32 lives on the x side)
 // so that w[c] = ws[scale lane of c] * code[c] + (the offset term), and per
 // token the prep (lp_mm_ggml_prep) leaves, per super-block, sxv (the x
 // scale under each scale lane, 0 under offset lanes) and xsv (the x sums
-// under each offset lane, times 2^14: Q8_0/Q4_K: sums of 32 under the
-// -128 d / -dmin m lanes; Q6_K: -32 x sums of 16 under every lane).
+// under each offset lane, times 2^14: sums of 32 under the -128 d / -8 d /
+// -dmin m lanes; Q6_K: -32 x sums of 16 under every lane).
 // Per super-block, row r and token t:
 //   tot += ws * xsv                                   (the offsets, exact x sums)
 //   for z = 0..3: a = ((q.d0) * 128 + q.d1) * 128 + q.d2   (int32, exact)
@@ -41,9 +41,14 @@
 #define GG_SB 256         // columns per super-block
 #define GG_X_SCALE 16384.0f // 2^14: the digits' integer unit
 
-// Bytes of one super-block of type t (8 Q8_0 blocks, else one block).
+// Bytes of one super-block of type t (8 Q8_0 / Q4_0 blocks, else one block).
 static inline int gg_sb_bytes(enum lp_ggml_type t) {
-    return t == LP_GGML_Q8_0 ? 8 * lp_ggml_block_bytes(t) : lp_ggml_block_bytes(t);
+    return lp_ggml_block_elems(t) == 32 ? 8 * lp_ggml_block_bytes(t) : lp_ggml_block_bytes(t);
+}
+
+// Q4_K and Q5_K read their codes in nibble order (see gg_codes).
+static inline bool gg_nibble_order(enum lp_ggml_type t) {
+    return t == LP_GGML_Q4_K || t == LP_GGML_Q5_K;
 }
 
 // ---- x: digits and per-super-block vectors ---------------------------------
@@ -62,7 +67,7 @@ static const int gg_q4k_pos[4] = {0, 2, 1, 3};
 LP_VNNI void lp_mm_ggml_prep(const float *x, int64_t cols, enum lp_ggml_type t, int8_t *xd) {
     float *sv = (float *)(xd + 3 * cols);
     float *xsum = sv + cols / 8, *xs = xsum + cols / 32; // per group of 32, in code order
-    if (t == LP_GGML_Q4_K) {
+    if (gg_nibble_order(t)) {
         for (int64_t c = 0; c < cols; c += 128) {
             float tmp[128];
             for (int k = 0; k < 4; k++) memcpy(tmp + 32 * gg_q4k_pos[k], x + c + 32 * k, 128);
@@ -86,7 +91,7 @@ LP_VNNI void lp_mm_ggml_prep(const float *x, int64_t cols, enum lp_ggml_type t, 
         }
         for (int j = 0; j < 16; j++) { // lanes [scale 0-3, offset 0-3, scale 4-7, offset 4-7]
             int g = (j / 8) * 4 + j % 4; // the group (sub-block) in column order
-            if (t == LP_GGML_Q4_K) g = (g / 4) * 4 + gg_q4k_pos[g % 4];
+            if (gg_nibble_order(t)) g = (g / 4) * 4 + gg_q4k_pos[g % 4];
             bool offset = (j / 4) % 2 == 1;
             sxv[j] = offset ? 0.0f : gs[g];
             xsv[j] = offset ? GG_X_SCALE * gsum[g] : 0.0f;
@@ -107,18 +112,18 @@ LP_INLINE LP_VNNI float gg_f16(const uint8_t *p) {
     return _cvtsh_ss((unsigned short)(p[0] | (unsigned)p[1] << 8));
 }
 
-// Q8_0: eight blocks of 34 bytes, d first.
-LP_INLINE LP_VNNI __m512 gg_scales_q8_0(const uint8_t *p) {
+// Q8_0 / Q4_0: eight blocks of bb bytes, d first; the offset lanes hold
+// -off * d (the codes are q + off).
+LP_INLINE LP_VNNI __m512 gg_scales_q32(const uint8_t *p, int bb, float off) {
     uint16_t h[8];
-    for (int k = 0; k < 8; k++) h[k] = (uint16_t)(p[34 * k] | (unsigned)p[34 * k + 1] << 8);
+    for (int k = 0; k < 8; k++) h[k] = (uint16_t)(p[bb * k] | (unsigned)p[bb * k + 1] << 8);
     __m256 d = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)h));
     const __m512i sel = _mm512_set_epi32(7, 6, 5, 4, 7, 6, 5, 4, 3, 2, 1, 0, 3, 2, 1, 0);
-    const __m512 mul = _mm512_set_ps(-128, -128, -128, -128, 1, 1, 1, 1, -128, -128, -128, -128,
-                                     1, 1, 1, 1);
+    __m512 mul = _mm512_mask_blend_ps(0xf0f0, _mm512_set1_ps(1.0f), _mm512_set1_ps(-off));
     return _mm512_mul_ps(_mm512_permutexvar_ps(sel, _mm512_castps256_ps512(d)), mul);
 }
 
-// Q4_K: the 6-bit pairs unpacked four at a time (the layout of
+// Q4_K / Q5_K: the 6-bit pairs unpacked four at a time (the layout of
 // ggml_k4_scale_min, on 32-bit words).
 LP_INLINE LP_VNNI __m512 gg_scales_q4_k(const uint8_t *p) {
     uint32_t u0, u1, u2;
@@ -141,10 +146,18 @@ LP_INLINE LP_VNNI __m512 gg_scales_q6_k(const uint8_t *p) {
     return _mm512_mul_ps(sc, _mm512_set1_ps(gg_f16(p + GGML_Q6_K_D)));
 }
 
+// 16-bit lane counts: a in the lower 256 bits, b in the upper.
+LP_INLINE LP_VNNI __m512i gg_counts(short a, short b) {
+    return _mm512_inserti64x4(_mm512_set1_epi16(a), _mm256_set1_epi16(b), 1);
+}
+
 // Code vector z (0..3) of a super-block, 64 unsigned codes:
 //   Q8_0: blocks 2z and 2z + 1, q + 128 (vpdpbusd wants unsigned);
+//   Q4_0: blocks 2z and 2z + 1, each its 16 low then 16 high nibbles;
 //   Q4_K: the low (z even) or high (z odd) nibbles of qs[64 (z / 2) ..], chunks
 //         (0, 2) or (1, 3) of their 128 columns (see gg_q4k_pos);
+//   Q5_K: as Q4_K, plus bit s of qh[l] (l = byte % 32, s the byte's
+//         sub-block: 4 (z / 2) + z % 2, + 2 in the upper 256 bits) as 16;
 //   Q6_K: columns 64z .. 64z + 63: ql's nibbles of half z / 2 and qh's two
 //         bits, moved to bits 4-5 by a shift per 256-bit half.
 LP_INLINE LP_VNNI __m512i gg_codes(enum lp_ggml_type T, const uint8_t *p, int z) {
@@ -155,23 +168,39 @@ LP_INLINE LP_VNNI __m512i gg_codes(enum lp_ggml_type T, const uint8_t *p, int z)
                                 _mm512_set1_epi8((char)0x80));
     }
     const __m512i k15 = _mm512_set1_epi8(0x0f);
-    if (T == LP_GGML_Q4_K) {
-        __m512i v = _mm512_loadu_si512(p + GGML_Q4_K_QS + 64 * (z / 2));
-        return _mm512_and_si512(z % 2 ? _mm512_srli_epi16(v, 4) : v, k15);
+    if (T == LP_GGML_Q4_0) { // [lo a, lo b, hi a, hi b] -> [lo a, hi a, lo b, hi b]
+        __m256i ab = _mm256_inserti128_si256(
+            _mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)(p + 36 * z + 2))),
+            _mm_loadu_si128((const __m128i *)(p + 36 * z + 20)), 1);
+        __m512i v = _mm512_inserti64x4(_mm512_castsi256_si512(ab), _mm256_srli_epi16(ab, 4), 1);
+        return _mm512_and_si512(_mm512_shuffle_i64x2(v, v, 0xd8), k15);
+    }
+    if (T == LP_GGML_Q4_K || T == LP_GGML_Q5_K) {
+        int qs = T == LP_GGML_Q4_K ? GGML_Q4_K_QS : GGML_Q5_K_QS;
+        __m512i v = _mm512_loadu_si512(p + qs + 64 * (z / 2));
+        __m512i c = _mm512_and_si512(z % 2 ? _mm512_srli_epi16(v, 4) : v, k15);
+        if (T == LP_GGML_Q4_K) return c;
+        short s = (short)(4 * (z / 2) + z % 2);
+        __m512i q = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(p + GGML_Q5_K_QH)));
+        __m512i bit = _mm512_and_si512(_mm512_srlv_epi16(q, gg_counts(s, (short)(s + 2))),
+                                       _mm512_set1_epi8(1));
+        return _mm512_or_si512(c, _mm512_slli_epi16(bit, 4));
     }
     __m512i l = _mm512_loadu_si512(p + 64 * (z / 2));
     __m512i q = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(p + GGML_Q6_K_QH + 32 * (z / 2))));
-    // 16-bit lane shifts for the lower / upper 256 bits: even z: qh << 4, << 2;
-    // odd z: qh, qh >> 2
-    __m512i hi = z % 2 ? _mm512_srlv_epi16(q, _mm512_inserti64x4(_mm512_set1_epi16(0), _mm256_set1_epi16(2), 1))
-                       : _mm512_sllv_epi16(q, _mm512_inserti64x4(_mm512_set1_epi16(4), _mm256_set1_epi16(2), 1));
+    // shifts for the lower / upper 256 bits: even z: qh << 4, << 2; odd z: qh, qh >> 2
+    __m512i hi = z % 2 ? _mm512_srlv_epi16(q, gg_counts(0, 2)) : _mm512_sllv_epi16(q, gg_counts(4, 2));
     __m512i lo = z % 2 ? _mm512_srli_epi16(l, 4) : l;
     return _mm512_or_si512(_mm512_and_si512(lo, k15), _mm512_and_si512(hi, _mm512_set1_epi8(0x30)));
 }
 
 LP_INLINE LP_VNNI __m512 gg_scales(enum lp_ggml_type T, const uint8_t *p) {
-    return T == LP_GGML_Q8_0 ? gg_scales_q8_0(p) : T == LP_GGML_Q4_K ? gg_scales_q4_k(p)
-                                                                      : gg_scales_q6_k(p);
+    switch (T) {
+    case LP_GGML_Q8_0: return gg_scales_q32(p, 34, 128.0f);
+    case LP_GGML_Q4_0: return gg_scales_q32(p, 18, 8.0f);
+    case LP_GGML_Q6_K: return gg_scales_q6_k(p);
+    default: return gg_scales_q4_k(p); // Q4_K, Q5_K
+    }
 }
 
 // The scale lane of each 4-code lane of code vector z.
@@ -181,7 +210,7 @@ LP_INLINE LP_VNNI __m512i gg_idx(enum lp_ggml_type T, int z) {
                                 _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0));
     // groups (sub-blocks) of 32: lanes 0-7 group ga, 8-15 group gb; ws holds
     // group g at lane g (g < 4) or g + 4
-    int ga = T == LP_GGML_Q4_K ? 4 * (z / 2) + z % 2 : 2 * z, gb = T == LP_GGML_Q4_K ? ga + 2 : ga + 1;
+    int ga = gg_nibble_order(T) ? 4 * (z / 2) + z % 2 : 2 * z, gb = gg_nibble_order(T) ? ga + 2 : ga + 1;
     ga += ga < 4 ? 0 : 4;
     gb += gb < 4 ? 0 : 4;
     return _mm512_mask_blend_epi32(0xff00, _mm512_set1_epi32(ga), _mm512_set1_epi32(gb));
@@ -189,8 +218,11 @@ LP_INLINE LP_VNNI __m512i gg_idx(enum lp_ggml_type T, int z) {
 
 // ---- tiles: RB weight rows x NT tokens ----------------------------------------
 
+// wsc: when not NULL, this tile's rows' ws vectors [RB][nsb] in the row
+// block's cache: written by the block's first token tile (pf), read by the
+// others (the same values gg_scales computes, so no output changes).
 LP_INLINE LP_VNNI void gg_tile(enum lp_ggml_type T, int RB, int NT, const struct mm_task *tk,
-                               int64_t r0, int t0, bool pf) {
+                               int64_t r0, int t0, bool pf, __m512 *wsc) {
     const struct lp_weight *w = tk->w;
     int64_t cols = w->cols, rb = mm_row_bytes(w), nsb = cols / GG_SB;
     int sbb = gg_sb_bytes(T);
@@ -213,7 +245,13 @@ LP_INLINE LP_VNNI void gg_tile(enum lp_ggml_type T, int RB, int NT, const struct
             if (pf) // the next row block, into L2 (see matmul_digits.c)
                 for (int off = 0; off < sbb; off += 64)
                     _mm_prefetch((const char *)p + off + RB * rb, _MM_HINT_T1);
-            __m512 ws = gg_scales(T, p);
+            __m512 ws;
+            if (wsc && !pf) {
+                ws = wsc[r * nsb + b];
+            } else {
+                ws = gg_scales(T, p);
+                if (wsc) wsc[r * nsb + b] = ws;
+            }
             for (int t = 0; t < NT; t++) {
                 const float *s = sv[t] + 32 * b;
                 mul[r][t] = _mm512_mul_ps(ws, _mm512_loadu_ps(s));
@@ -257,19 +295,37 @@ LP_INLINE LP_VNNI void gg_tile(enum lp_ggml_type T, int RB, int NT, const struct
 
 // Row chunk [r0, r1) against every token of the call, in row blocks of about
 // LP_MM_DG_ROWBLK_BYTES (streamed from DRAM for the first token tile,
-// prefetched; from L2 for the others), as in matmul_digits.c.
+// prefetched; from L2 for the others), as in matmul_digits.c. With more
+// than one token tile, the block's ws vectors are kept in the thread's
+// scratch (lp_mm_ggml_cache_bytes) by the first tile for the others.
 #define GG_ROWS(T, NT)                                                                             \
     do {                                                                                           \
         int64_t r_ = rb0;                                                                          \
-        for (; r_ + LP_MM_DG_RB <= rb1; r_ += LP_MM_DG_RB) gg_tile(T, LP_MM_DG_RB, NT, tk, r_, t0, pf); \
-        for (; r_ < rb1; r_++) gg_tile(T, 1, NT, tk, r_, t0, pf);                                  \
+        for (; r_ + LP_MM_DG_RB <= rb1; r_ += LP_MM_DG_RB)                                         \
+            gg_tile(T, LP_MM_DG_RB, NT, tk, r_, t0, pf, cache ? cache + (r_ - rb0) * nsb : NULL);  \
+        for (; r_ < rb1; r_++)                                                                     \
+            gg_tile(T, 1, NT, tk, r_, t0, pf, cache ? cache + (r_ - rb0) * nsb : NULL);            \
     } while (0)
 
+// Rows per row block of w (a multiple of LP_MM_DG_RB).
+static int64_t gg_block_rows(const struct lp_weight *w) {
+    int64_t blk = LP_MM_DG_ROWBLK_BYTES / mm_row_bytes(w) / LP_MM_DG_RB * LP_MM_DG_RB;
+    return blk < LP_MM_DG_RB ? LP_MM_DG_RB : blk;
+}
+
+size_t lp_mm_ggml_cache_bytes(int64_t cols) {
+    // rows of a block times super-blocks, for the smallest super-block (Q4_K)
+    struct lp_weight w = {.format = LP_WEIGHT_GGML, .cols = cols, .ggml_type = LP_GGML_Q4_K};
+    return (size_t)(gg_block_rows(&w) * (cols / GG_SB)) * sizeof(__m512);
+}
+
 #define GG_DEFINE_KERNEL(NAME, T)                                                                  \
-    LP_VNNI void NAME(const struct mm_task *tk, int64_t r0, int64_t r1, int i_thread) {            \
-        (void)i_thread;                                                                            \
-        int64_t blk = LP_MM_DG_ROWBLK_BYTES / mm_row_bytes(tk->w) / LP_MM_DG_RB * LP_MM_DG_RB;     \
-        if (blk < LP_MM_DG_RB) blk = LP_MM_DG_RB;                                                  \
+    static LP_VNNI void NAME(const struct mm_task *tk, int64_t r0, int64_t r1, int i_thread) {     \
+        int64_t blk = gg_block_rows(tk->w), nsb = tk->w->cols / GG_SB;                             \
+        __m512 *cache = tk->n > LP_MM_DG_NT                                                        \
+                            ? (__m512 *)((char *)tk->ctx->thread_scratch +                         \
+                                         (size_t)i_thread * tk->ctx->thread_bytes)                 \
+                            : NULL;                                                                \
         for (int64_t rb0 = r0; rb0 < r1; rb0 += blk) {                                             \
             int64_t rb1 = rb0 + blk < r1 ? rb0 + blk : r1;                                         \
             for (int t0 = 0; t0 < tk->n; t0 += LP_MM_DG_NT) {                                      \
@@ -283,8 +339,21 @@ LP_INLINE LP_VNNI void gg_tile(enum lp_ggml_type T, int RB, int NT, const struct
         }                                                                                          \
     }
 
-GG_DEFINE_KERNEL(lp_mm_kernel_ggml_q8_0, LP_GGML_Q8_0)
-GG_DEFINE_KERNEL(lp_mm_kernel_ggml_q4_k, LP_GGML_Q4_K)
-GG_DEFINE_KERNEL(lp_mm_kernel_ggml_q6_k, LP_GGML_Q6_K)
+GG_DEFINE_KERNEL(gg_kernel_q4_0, LP_GGML_Q4_0)
+GG_DEFINE_KERNEL(gg_kernel_q8_0, LP_GGML_Q8_0)
+GG_DEFINE_KERNEL(gg_kernel_q4_k, LP_GGML_Q4_K)
+GG_DEFINE_KERNEL(gg_kernel_q5_k, LP_GGML_Q5_K)
+GG_DEFINE_KERNEL(gg_kernel_q6_k, LP_GGML_Q6_K)
+
+lp_mm_kernel_fn lp_mm_ggml_kernel(enum lp_ggml_type t) {
+    switch (t) {
+    case LP_GGML_Q4_0: return gg_kernel_q4_0;
+    case LP_GGML_Q8_0: return gg_kernel_q8_0;
+    case LP_GGML_Q4_K: return gg_kernel_q4_k;
+    case LP_GGML_Q5_K: return gg_kernel_q5_k;
+    case LP_GGML_Q6_K: return gg_kernel_q6_k;
+    }
+    return NULL;
+}
 
 #endif // LP_HAVE_X86

@@ -39,6 +39,9 @@ struct mm_task {
     void (*kernel)(const struct mm_task *tk, int64_t r0, int64_t r1, int i_thread);
 };
 
+// A kernel: row chunk [r0, r1) of tk->w against every token of tk.
+typedef void (*lp_mm_kernel_fn)(const struct mm_task *tk, int64_t r0, int64_t r1, int i_thread);
+
 static inline int64_t mm_row_bytes(const struct lp_weight *w) {
     switch (w->format) {
     case LP_WEIGHT_F32:
@@ -194,16 +197,22 @@ LP_VNNI void lp_mm_kernel_digits_q8(const struct mm_task *tk, int64_t r0, int64_
 LP_VNNI void lp_mm_kernel_digits_q4(const struct mm_task *tk, int64_t r0, int64_t r1,
                                     int i_thread);
 
-// ---- exact VNNI kernels of GGUF Q8_0 / Q4_K / Q6_K (matmul_ggml.c) --------
-// Whether they take w: one of those types, columns a multiple of 256.
-static inline bool lp_mm_ggml_fit(const struct lp_weight *w) {
-    return (w->ggml_type == LP_GGML_Q8_0 || w->ggml_type == LP_GGML_Q4_K ||
-            w->ggml_type == LP_GGML_Q6_K) && w->cols % 256 == 0;
-}
+// ---- exact VNNI kernels of GGUF blocks (matmul_ggml.c) ---------------------
+// Whether they take w: a GGUF weight whose columns are a multiple of 256.
+static inline bool lp_mm_ggml_fit(const struct lp_weight *w) { return w->cols % 256 == 0; }
+
+// The kernel of type t (NULL for an unknown type): row chunk [r0, r1) of w
+// (tk->w, lp_mm_ggml_fit) against every token's prepared x (tk->xq, stride
+// tk->dg_stride).
+lp_mm_kernel_fn lp_mm_ggml_kernel(enum lp_ggml_type t);
 
 // Bytes of one token's prepared x for a weight of cols columns (a multiple
 // of 256; the result is a multiple of 64).
 int64_t lp_mm_ggml_token_bytes(int64_t cols);
+
+// Per-thread scratch bytes the kernels keep a row block's scales in (cols a
+// multiple of 256; a multiple of 64).
+size_t lp_mm_ggml_cache_bytes(int64_t cols);
 
 // Prepares x [cols] for weights of type t into xd (lp_mm_ggml_token_bytes).
 LP_VNNI void lp_mm_ggml_prep(const float *x, int64_t cols, enum lp_ggml_type t, int8_t *xd);
@@ -218,12 +227,6 @@ struct lp_mm_ggml_prep {
     int8_t *xd;     // [n, stride]
 };
 void lp_mm_ggml_prep_fn(void *arg, int i_thread, int n_threads);
-
-// Row chunk [r0, r1) of w (tk->w, lp_mm_ggml_fit) against every token's
-// prepared x (tk->xq, stride tk->dg_stride).
-LP_VNNI void lp_mm_kernel_ggml_q8_0(const struct mm_task *tk, int64_t r0, int64_t r1, int i_thread);
-LP_VNNI void lp_mm_kernel_ggml_q4_k(const struct mm_task *tk, int64_t r0, int64_t r1, int i_thread);
-LP_VNNI void lp_mm_kernel_ggml_q6_k(const struct mm_task *tk, int64_t r0, int64_t r1, int i_thread);
 
 #endif // LP_HAVE_X86
 
