@@ -286,3 +286,69 @@ put("stage", "wire", rec(1, WIRE_CONF) +
     rec(0, f_fixed64(1, 0xDEADBEEF) + WIRE_CONF) + rec(5, f_varint(1, 1 << 63)))
 put("stage", "unconfigured", fwd(0, 1, 0, seg3(1, 0, 1)) + rec(6, bytes([1, 2])) +
     rec(3, activations(1, [segment(1, 0, 1)], 0, 1, hidden=16)))
+
+
+# ---- gguf: whole images (tests/fuzz/fuzz_gguf.c; layout in include/layerpipe/gguf.h) ----
+def g_str(s):
+    s = s.encode() if isinstance(s, str) else s
+    return struct.pack("<Q", len(s)) + s
+
+
+def g_kv(key, t, value):
+    """A metadata pair; t: 'u32', 'i32', 'f32', 'bool', 'str', ('arr', elem, [values])."""
+    head = g_str(key)
+    if t == "str":
+        return head + struct.pack("<I", 8) + g_str(value)
+    if t == "u32":
+        return head + struct.pack("<II", 4, value)
+    if t == "i32":
+        return head + struct.pack("<Ii", 5, value)
+    if t == "f32":
+        return head + struct.pack("<If", 6, value)
+    if t == "bool":
+        return head + struct.pack("<IB", 7, value)
+    _, elem, values = t
+    body = b"".join(g_str(v) for v in values) if elem == 8 else \
+        struct.pack("<%d%s" % (len(values), {4: "I", 5: "i"}[elem]), *values)
+    return head + struct.pack("<IIQ", 9, elem, len(values)) + body
+
+
+def gguf_image(kvs, tensors, align=32):
+    """tensors: (name, ggml type, ne list, data bytes), laid out as ggml lays them out."""
+    out = b"GGUF" + struct.pack("<IQQ", 3, len(tensors), len(kvs)) + b"".join(kvs)
+    off, data = 0, b""
+    for name, t, ne, blob in tensors:
+        out += g_str(name) + struct.pack("<I", len(ne)) + struct.pack("<%dQ" % len(ne), *ne)
+        out += struct.pack("<IQ", t, off)
+        data += blob + bytes(-len(blob) % align)
+        off = len(data)
+    return out + bytes(-len(out) % align) + data
+
+
+VOCAB_KVS = [g_kv("general.architecture", "str", "qwen3"),
+             g_kv("tokenizer.ggml.model", "str", "gpt2"), g_kv("tokenizer.ggml.pre", "str", "qwen2"),
+             g_kv("tokenizer.ggml.tokens", ("arr", 8, ["H", "e", "l", "o", "He", "ll", "Hell",
+                                                       "Hello", "\u0120", "<|im_end|>", "[PAD10]"]), None),
+             g_kv("tokenizer.ggml.token_type", ("arr", 5, [1] * 9 + [3, 5]), None),
+             g_kv("tokenizer.ggml.merges", ("arr", 8, ["H e", "l l", "He ll", "Hell o"]), None),
+             g_kv("tokenizer.ggml.eos_token_id", "u32", 9), g_kv("tokenizer.ggml.add_bos_token", "bool", 0)]
+put("gguf", "vocab", gguf_image(VOCAB_KVS, []))
+small_gguf = gguf_image(VOCAB_KVS[:1] + [g_kv("qwen3.block_count", "u32", 1),
+                                         g_kv("qwen3.attention.layer_norm_rms_epsilon", "f32", 1e-6)],
+                        [("token_embd.weight", 8, [32, 2], bytes(range(68))),
+                         ("output_norm.weight", 0, [4], struct.pack("<4f", 1, 2, 3, 4)),
+                         ("blk.0.attn_q.weight", 30, [2, 3], bytes(12)),
+                         ("blk.0.ffn_down.weight", 12, [256, 1], bytes(range(144))),
+                         ("blk.0.ffn_up.weight", 14, [256, 1], bytes(210)),
+                         ("blk.0.ffn_gate.weight", 13, [256, 1], bytes(176)),
+                         ("blk.0.attn_v.weight", 2, [32, 1], bytes(18)),
+                         ("blk.0.attn_k.weight", 1, [2, 2, 1, 1], bytes(8))])
+put("gguf", "tensors", small_gguf)
+put("gguf", "aligned_64", gguf_image([g_kv("general.alignment", "u32", 64)],
+                                     [("a", 0, [3], bytes(12)), ("b", 0, [5], bytes(20))], align=64))
+put("gguf", "empty", gguf_image([], []))
+truncations("gguf", "tensors", small_gguf)
+truncations("gguf", "vocab", gguf_image(VOCAB_KVS, []))
+for k in range(6):
+    put("gguf", "tensors_mut%d" % k, mutate(small_gguf))
+    put("gguf", "vocab_mut%d" % k, mutate(gguf_image(VOCAB_KVS, [])))
