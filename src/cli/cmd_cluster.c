@@ -9,6 +9,7 @@
 // cluster file's "security") goes to every worker and to the coordinator.
 // The supervisor is forked before this process touches gRPC (forking after
 // gRPC has started threads is unsafe).
+#include <arpa/inet.h>
 #include <errno.h>
 #include <sched.h>
 #include <signal.h>
@@ -246,9 +247,15 @@ static bool loopback_host(const char *addr, char *host, size_t cap, int *port) {
     const char *colon = strrchr(addr, ':');
     if (!colon || (size_t)(colon - addr) >= cap) return false;
     snprintf(host, cap, "%.*s", (int)(colon - addr), addr);
-    *port = atoi(colon + 1);
-    return strncmp(host, "127.", 4) == 0 || strcmp(host, "localhost") == 0 ||
-           strcmp(host, "[::1]") == 0;
+    char *end;
+    errno = 0;
+    long p = strtol(colon + 1, &end, 10);
+    if (errno || end == colon + 1 || *end || p < 1 || p > 65535) return false;
+    *port = (int)p;
+    // IP literals only (a name such as 127.example.com may resolve anywhere)
+    struct in_addr a4;
+    if (inet_pton(AF_INET, host, &a4) == 1) return (ntohl(a4.s_addr) >> 24) == 127;
+    return strcmp(host, "localhost") == 0 || strcmp(host, "[::1]") == 0;
 }
 
 // The workers a --cluster file names (loopback addresses) and its security.
@@ -269,7 +276,8 @@ static bool read_cluster_file(const char *path, struct lp_cluster_spec *spec, st
         if (!loopback_host(spec->workers[i], hosts[i], 128, &sv->ports[i])) {
             fprintf(stderr,
                     "layerpipe cluster: %s: stage %d's address %s is not on this machine's "
-                    "loopback (127.x.x.x, localhost, [::1]): start remote workers with "
+                    "loopback with a port (127.x.x.x:P, localhost:P, [::1]:P): start remote "
+                    "workers with "
                     "`layerpipe worker` and run the command with --cluster itself\n",
                     path, i + 1, spec->workers[i]);
             return false;
@@ -397,7 +405,8 @@ int lp_cli_cluster(int argc, char **argv) {
     if (threads == 0) {
         cpu_set_t cpus;
         int n_cpus = sched_getaffinity(0, sizeof cpus, &cpus) == 0 ? CPU_COUNT(&cpus) : 1;
-        threads = n_cpus / n_stages > 1 ? n_cpus / n_stages : 1;
+        int stages = n_workers + 1; // --stages, or the cluster file's
+        threads = n_cpus / stages > 1 ? n_cpus / stages : 1;
     }
     char thr[16];
     snprintf(thr, sizeof thr, "%d", threads);

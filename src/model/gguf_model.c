@@ -256,12 +256,20 @@ static enum lp_status gguf_view(struct lp_gguf *g, struct lp_st_file **out, stru
     *out = NULL;
     struct lp_st_file *f = calloc(1, sizeof *f);
     int64_t n = lp_gguf_n_tensors(g);
-    if (!f || n > INT32_MAX || !(f->path = strdup(lp_gguf_name(g))) ||
+    if (n > INT32_MAX) { // the message first: closing g frees its name
+        lp_error_set(err, LP_ERR_FORMAT, "%s: %lld tensors, at most %d", lp_gguf_name(g),
+                     (long long)n, INT32_MAX);
+        free(f);
+        lp_gguf_close(g);
+        return LP_ERR_FORMAT;
+    }
+    if (!f || !(f->path = strdup(lp_gguf_name(g))) ||
         !(f->tensors = calloc((size_t)(n ? n : 1), sizeof *f->tensors))) {
+        lp_error_set(err, LP_ERR_NOMEM, "%s: out of memory", lp_gguf_name(g));
         if (f) free(f->path);
         free(f);
         lp_gguf_close(g);
-        return lp_error_set(err, LP_ERR_NOMEM, "%s: out of memory", lp_gguf_name(g));
+        return LP_ERR_NOMEM;
     }
     f->gguf = g;
     f->map = (void *)lp_gguf_image(g, &f->map_bytes);
@@ -270,9 +278,10 @@ static enum lp_status gguf_view(struct lp_gguf *g, struct lp_st_file **out, stru
         struct lp_st_tensor *t = &f->tensors[i];
         char name[LP_GGUF_MAX_NAME + 64];
         lp_gguf_name_to_hf(gt->name, name, sizeof name);
-        if (!(t->name = strdup(name))) {
+        if (!(t->name = strdup(name))) { // the message first: lp_st_close closes g too
+            lp_error_set(err, LP_ERR_NOMEM, "%s: out of memory", lp_gguf_name(g));
             lp_st_close(f);
-            return lp_error_set(err, LP_ERR_NOMEM, "%s: out of memory", lp_gguf_name(g));
+            return LP_ERR_NOMEM;
         }
         f->n_tensors++;
         t->n_dims = gt->n_dims;

@@ -546,6 +546,18 @@ int main(void) {
             fclose(lf);
         }
         CHECK(cluster_ids("cluster-remote", ids, sizeof ids, file, none) == 2);
+        // nor a name that only looks like loopback, nor an address without a port
+        const char *not_loopback[] = {"127.example.com:7070", "127.0.0.1:x", "127.0.0.1:0"};
+        for (int i = 0; i < 3; i++) {
+            lf = fopen(local, "w");
+            if (lf) {
+                fprintf(lf, "{\"stages\": [{\"role\": \"coordinator\"}, {\"address\": "
+                            "\"%s\"}]}\n", not_loopback[i]);
+                fclose(lf);
+            }
+            CHECK_MSG(cluster_ids("cluster-remote", ids, sizeof ids, file, none) == 2,
+                      "a cluster file with worker %s was started", not_loopback[i]);
+        }
         printf("cluster: security before --, after --, in a cluster file -> same ids\n");
     }
     return lp_test_finish("cluster/test_security");
