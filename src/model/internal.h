@@ -101,6 +101,16 @@ struct lp_model_tensor *lp_model_tensors(struct lp_model *m, int *n);
 const char *lp_model_file_path(const struct lp_model *m, int file);
 const void *lp_model_file_base(const struct lp_model *m, int file);
 
+// The tensor-hash cache file's format (tensor_hash.c), for tests and
+// fuzzing: parses text[n] as a cache for the weight file of (size,
+// mtime_s, mtime_ns); returns its number of entries, or -1 when the text is
+// malformed or written for another file. With out non-NULL (and a parse),
+// *out is the entries written back in the file's format (malloc'd, NUL-
+// terminated, *n_out bytes; NULL when out of memory).
+int lp_tensor_hash_cache_check(const char *text, size_t n, unsigned long long size,
+                               unsigned long long mtime_s, unsigned long long mtime_ns,
+                               char **out, size_t *n_out);
+
 // FNV-1a 64-bit over n bytes, continuing from h (start: 0xcbf29ce484222325).
 uint64_t lp_fnv1a64(uint64_t h, const void *data, size_t n);
 

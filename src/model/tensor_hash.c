@@ -10,8 +10,8 @@
 // valid while the weight file's size and modification time are the ones in
 // its first line. A stage adds the tensors it hashed to the entries already
 // there (other stages of the same folder hash other layers) and replaces the
-// file by rename, so a reader never sees half of one; a writer that loses a
-// race only costs a re-hash later. Anything malformed in a cache file makes
+// file by rename of a temporary file of its own, so a reader never sees half
+// of one; a writer that loses a race only costs a re-hash later. Anything malformed in a cache file makes
 // the whole file count as absent.
 #include <errno.h>
 #include <stdio.h>
@@ -27,6 +27,7 @@
 #define CACHE_MAGIC "layerpipe-tensor-hashes 1"
 #define CACHE_MAX_LINE 4096
 #define CACHE_MAX_ENTRIES (1 << 20)
+#define CACHE_MAX_BYTES ((size_t)256 << 20) // 1 << 20 entries of 256 bytes
 
 // What a cache file is valid for: its weight file's size and mtime.
 struct cache_key {
@@ -39,8 +40,8 @@ struct cache_entry {
 };
 
 struct cache {
-    struct cache_entry *e; // [n], owned
-    size_t n, cap;
+    struct cache_entry *e; // [n], owned; [0, n_sorted) sorted by name
+    size_t n, n_sorted, cap;
 };
 
 static void cache_free(struct cache *c) {
@@ -66,10 +67,32 @@ static bool cache_add(struct cache *c, uint64_t hash, uint64_t offset, uint64_t 
     return true;
 }
 
+static int entry_cmp(const void *a, const void *b) {
+    return strcmp(((const struct cache_entry *)a)->name, ((const struct cache_entry *)b)->name);
+}
+
+static int entry_key_cmp(const void *key, const void *elem) {
+    return strcmp((const char *)key, ((const struct cache_entry *)elem)->name);
+}
+
+// Sorts the entries by name; false when a name appears twice.
+static bool cache_sort(struct cache *c) {
+    qsort(c->e, c->n, sizeof *c->e, entry_cmp);
+    c->n_sorted = c->n;
+    for (size_t i = 1; i < c->n; i++)
+        if (strcmp(c->e[i - 1].name, c->e[i].name) == 0) return false;
+    return true;
+}
+
+// The entry called name: a binary search of the sorted ones, then the ones
+// added since.
 static struct cache_entry *cache_find(struct cache *c, const char *name) {
-    for (size_t i = 0; i < c->n; i++)
-        if (strcmp(c->e[i].name, name) == 0) return &c->e[i];
-    return NULL;
+    struct cache_entry *e = c->n_sorted
+                                ? bsearch(name, c->e, c->n_sorted, sizeof *c->e, entry_key_cmp)
+                                : NULL;
+    for (size_t i = c->n_sorted; !e && i < c->n; i++)
+        if (strcmp(c->e[i].name, name) == 0) e = &c->e[i];
+    return e;
 }
 
 // A name the cache can hold on one line.
@@ -98,51 +121,98 @@ static bool parse_u64(char **p, int base, uint64_t *v) {
     return true;
 }
 
+// Parses a cache file's text[n] into c when it is well formed and was
+// written for key k; false otherwise (c left empty).
+static bool cache_parse(const char *text, size_t n, const struct cache_key *k, struct cache *c) {
+    char want[160], line[CACHE_MAX_LINE];
+    size_t n_want = (size_t)snprintf(want, sizeof want, CACHE_MAGIC " %llu %llu %llu\n", k->size,
+                                     k->mtime_s, k->mtime_ns);
+    if (n < n_want || memcmp(text, want, n_want) != 0) return false;
+    for (size_t at = n_want; at < n;) {
+        const char *start = text + at, *nl = memchr(start, '\n', n - at);
+        size_t len = nl ? (size_t)(nl - start) : 0;
+        if (!nl || len >= sizeof line || memchr(start, '\0', len) || c->n >= CACHE_MAX_ENTRIES)
+            goto bad;
+        memcpy(line, start, len);
+        line[len] = '\0';
+        at += len + 1;
+        char *p = line;
+        uint64_t hash, offset, nbytes;
+        if (!parse_u64(&p, 16, &hash) || !parse_u64(&p, 10, &offset) ||
+            !parse_u64(&p, 10, &nbytes) || !cacheable(p) || offset > k->size ||
+            nbytes > k->size - offset || !cache_add(c, hash, offset, nbytes, p, strlen(p)))
+            goto bad;
+    }
+    if (!cache_sort(c)) goto bad; // a name twice
+    return true;
+bad:
+    cache_free(c);
+    return false;
+}
+
+// c's entries (sorted by name) in the file's format: a malloc'd,
+// NUL-terminated text (NULL when out of memory), *n its length.
+static char *cache_format(const struct cache_key *k, struct cache *c, size_t *n) {
+    cache_sort(c);
+    size_t cap = 160;
+    for (size_t i = 0; i < c->n; i++) cap += 16 + 1 + 20 + 1 + 20 + 1 + strlen(c->e[i].name) + 1;
+    char *out = malloc(cap);
+    if (!out) return NULL;
+    size_t at = (size_t)snprintf(out, cap, CACHE_MAGIC " %llu %llu %llu\n", k->size, k->mtime_s,
+                                 k->mtime_ns);
+    for (size_t i = 0; i < c->n; i++)
+        at += (size_t)snprintf(out + at, cap - at, "%016llx %llu %llu %s\n",
+                               (unsigned long long)c->e[i].hash,
+                               (unsigned long long)c->e[i].offset,
+                               (unsigned long long)c->e[i].nbytes, c->e[i].name);
+    *n = at;
+    return out;
+}
+
 // Reads the cache file at cache_path into c when it exists, is well formed
 // and was written for key k; otherwise c stays empty.
 static void cache_read(const char *cache_path, const struct cache_key *k, struct cache *c) {
-    FILE *fp = fopen(cache_path, "r");
-    if (!fp) return;
-    char line[CACHE_MAX_LINE], want[160];
-    snprintf(want, sizeof want, CACHE_MAGIC " %llu %llu %llu\n", k->size, k->mtime_s,
-             k->mtime_ns);
-    bool ok = fgets(line, sizeof line, fp) && strcmp(line, want) == 0;
-    while (ok && fgets(line, sizeof line, fp)) {
-        size_t len = strlen(line);
-        char *p = line;
-        uint64_t hash, offset, nbytes;
-        ok = len > 0 && line[len - 1] == '\n' && c->n < CACHE_MAX_ENTRIES &&
-             parse_u64(&p, 16, &hash) && parse_u64(&p, 10, &offset) &&
-             parse_u64(&p, 10, &nbytes) && p < line + len - 1 && offset <= k->size &&
-             nbytes <= k->size - offset;
-        if (ok) {
-            line[len - 1] = '\0';
-            ok = !cache_find(c, p) && cache_add(c, hash, offset, nbytes, p, strlen(p));
-        }
-    }
-    if (ferror(fp)) ok = false;
-    fclose(fp);
-    if (!ok) cache_free(c);
+    char *text = NULL;
+    size_t n = 0;
+    if (access(cache_path, R_OK) != 0 ||
+        lp_read_file(cache_path, CACHE_MAX_BYTES, &text, &n, NULL) != LP_OK)
+        return;
+    cache_parse(text, n, k, c);
+    free(text);
 }
 
 // Replaces the cache file with c's entries; false when the folder cannot
 // be written (read-only, full): then there is just no cache.
-static bool cache_write(const char *cache_path, const struct cache_key *k,
-                        const struct cache *c) {
+static bool cache_write(const char *cache_path, const struct cache_key *k, struct cache *c) {
     char tmp[4200];
-    if ((size_t)snprintf(tmp, sizeof tmp, "%s.tmp.%ld", cache_path, (long)getpid()) >= sizeof tmp)
+    if ((size_t)snprintf(tmp, sizeof tmp, "%s.tmp.XXXXXX", cache_path) >= sizeof tmp)
         return false;
-    FILE *fp = fopen(tmp, "w");
-    if (!fp) return false;
-    bool ok = fprintf(fp, CACHE_MAGIC " %llu %llu %llu\n", k->size, k->mtime_s, k->mtime_ns) > 0;
-    for (size_t i = 0; ok && i < c->n; i++)
-        ok = fprintf(fp, "%016llx %llu %llu %s\n", (unsigned long long)c->e[i].hash,
-                     (unsigned long long)c->e[i].offset, (unsigned long long)c->e[i].nbytes,
-                     c->e[i].name) > 0;
-    ok = fclose(fp) == 0 && ok;
-    if (ok && rename(tmp, cache_path) == 0) return true;
-    unlink(tmp);
+    size_t n = 0;
+    char *text = cache_format(k, c, &n);
+    // a file of its own (mkstemp): writers in other threads or processes
+    // never share one, and rename makes the one that wins whole
+    int fd = text ? mkstemp(tmp) : -1;
+    FILE *fp = fd >= 0 ? fdopen(fd, "w") : NULL;
+    if (fd >= 0 && !fp) close(fd);
+    bool ok = fp && fwrite(text, 1, n, fp) == n;
+    ok = fp && fclose(fp) == 0 && ok;
+    free(text);
+    if (ok && chmod(tmp, 0644) == 0 && rename(tmp, cache_path) == 0) return true;
+    if (fd >= 0) unlink(tmp);
     return false;
+}
+
+int lp_tensor_hash_cache_check(const char *text, size_t n, unsigned long long size,
+                               unsigned long long mtime_s, unsigned long long mtime_ns,
+                               char **out, size_t *n_out) {
+    struct cache_key k = {size, mtime_s, mtime_ns};
+    struct cache c = {0};
+    if (out) *out = NULL;
+    if (!cache_parse(text, n, &k, &c)) return -1;
+    int n_entries = (int)c.n;
+    if (out) *out = cache_format(&k, &c, n_out);
+    cache_free(&c);
+    return n_entries;
 }
 
 static bool in_range(const struct lp_model_tensor *t, int begin, int end) {

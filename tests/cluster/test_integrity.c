@@ -7,13 +7,15 @@
 //    the next (no tensor byte read), merged when stages hash different
 //    layers, ignored when malformed, invalidated when the weight file's
 //    size or mtime changes, and its absence tolerated where it cannot be
-//    written;
+//    written; writers racing in threads of one process (a coordinator
+//    with in-process stages) never leave a corrupt cache;
 //  - a worker whose copy differs in one byte of one tensor, outside the
 //    bytes the fingerprint samples (same fingerprint), is refused by the
 //    coordinator with an error naming that tensor and the worker, while a
 //    worker with an intact copy is accepted; in MLX safetensors and in a
 //    GGUF (Q8_0) model alike.
 #include <fcntl.h>
+#include <pthread.h>
 #include <sys/stat.h>
 #include <xxhash.h>
 
@@ -268,6 +270,84 @@ static void pipeline_case(const char *model, const struct lpc_worker *good,
     printf("%s: changed copy on layer 3 (not its changed tensor) -> accepted\n", what);
 }
 
+// Threads hashing layers of one folder at once, each its own model object.
+struct racer {
+    const char *dir;
+    int layer;
+    int failures;
+};
+
+static void *race_main(void *arg) {
+    struct racer *r = arg;
+    for (int it = 0; it < 25; it++) {
+        struct lp_model *m = NULL;
+        int l = (r->layer + it) % 4;
+        struct lp_model_load_params lp = {l, l + 1, false, false};
+        struct lp_tensor_hash *h = NULL;
+        int n = 0;
+        if (lp_model_open(&m, r->dir, &lp, NULL) != LP_OK ||
+            lp_model_tensor_hashes(m, l, l + 1, &h, &n, NULL, NULL) != LP_OK || n != 25)
+            r->failures++;
+        free(h);
+        lp_model_close(m);
+    }
+    return NULL;
+}
+
+static void test_race(const char *model) {
+    char dir[1200];
+    copy_model(model, "race", dir, sizeof dir);
+    uint64_t want = 0, sum = 0;
+    struct lp_tensor_hash_stats s;
+    struct racer r[4];
+    pthread_t t[4];
+    for (int round = 0; round < 4; round++) {
+        char cmd[1400];
+        snprintf(cmd, sizeof cmd, "rm -f '%s'/*.layerpipe-hashes", dir);
+        CHECK(system(cmd) == 0);
+        for (int i = 0; i < 4; i++) {
+            r[i] = (struct racer){dir, i, 0};
+            CHECK(pthread_create(&t[i], NULL, race_main, &r[i]) == 0);
+        }
+        for (int i = 0; i < 4; i++) {
+            pthread_join(t[i], NULL);
+            CHECK(r[i].failures == 0);
+        }
+        // whatever won, each cache file parses and gives the true hashes
+        int n_files = 0;
+        struct lp_model *m = NULL;
+        struct lp_model_load_params none = {0, 0, false, false};
+        CHECK_OK(lp_model_open(&m, dir, &none, NULL), NULL);
+        struct lp_st_file *const *files = m ? lp_model_files(m, &n_files) : NULL;
+        for (int f = 0; f < n_files; f++) {
+            char path[1400];
+            snprintf(path, sizeof path, "%s.layerpipe-hashes", files[f]->path);
+            size_t n = 0;
+            char *text = lpc_read_file(path, &n);
+            struct stat sb;
+            CHECK(text && stat(files[f]->path, &sb) == 0);
+            if (text)
+                CHECK_MSG(lp_tensor_hash_cache_check(text, n, (unsigned long long)sb.st_size,
+                                                     (unsigned long long)sb.st_mtim.tv_sec,
+                                                     (unsigned long long)sb.st_mtim.tv_nsec, NULL,
+                                                     NULL) > 0,
+                          "round %d: %s does not parse after the race", round, path);
+            free(text);
+        }
+        lp_model_close(m);
+        hashes(dir, 0, 4, &s, &sum);
+        if (round == 0) want = sum;
+        CHECK(sum == want && s.n_cached + s.n_hashed == 100);
+    }
+    uint64_t fresh = 0;
+    char cmd[1400];
+    snprintf(cmd, sizeof cmd, "rm -f '%s'/*.layerpipe-hashes", dir);
+    CHECK(system(cmd) == 0);
+    hashes(dir, 0, 4, &s, &fresh);
+    CHECK(s.n_hashed == 100 && fresh == want);
+    printf("4 threads x 25 loads of one folder, 4 rounds: every cache parses, hashes right\n");
+}
+
 int main(void) {
     const char *work = lp_fixture_env("LP_WORK_DIR", "build/testdata");
     snprintf(scratch, sizeof scratch, "%s/integrity.%d", work, (int)getpid());
@@ -282,6 +362,7 @@ int main(void) {
     copy_model(model, "bad", bad, sizeof bad);
     test_values(good);
     test_cache(model);
+    test_race(model);
 
     change_one_byte(bad, good);
     char good_g[1200], bad_g[1200], gguf[1100];
