@@ -6,17 +6,13 @@
 // tensor's type, shape, byte size (64-bit, overflow-checked) and offset is
 // what ggml would accept, and its data lies inside the file. The metadata
 // and tensor views point into the image; nothing is copied but the names.
-#include <errno.h>
-#include <fcntl.h>
-#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
-#include <sys/stat.h>
-#include <unistd.h>
 
 #include "layerpipe/gguf.h"
+#include "model/internal.h"
 
 #define GGUF_MAGIC "GGUF"
 
@@ -493,40 +489,19 @@ enum lp_status lp_gguf_open(struct lp_gguf **out, const char *path, struct lp_er
     struct lp_gguf *g;
     enum lp_status st = gguf_new(&g, path, err);
     if (st != LP_OK) return st;
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    struct stat sb;
-    if (fd < 0) {
-        st = lp_error_set(err, LP_ERR_IO, "%s: open: %s", path, strerror(errno));
-        goto fail;
+    st = lp_map_file(path, 24, "a GGUF header (24 bytes): truncated file?", &g->map, &g->map_bytes,
+                     err);
+    if (st == LP_OK) {
+        g->image = g->map;
+        g->n_bytes = g->map_bytes;
+        st = parse_header(g, err);
     }
-    if (fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode)) {
-        st = lp_error_set(err, LP_ERR_IO, "%s: not a regular file", path);
-        goto fail;
+    if (st != LP_OK) {
+        lp_gguf_close(g);
+        return st;
     }
-    if (sb.st_size < 24) {
-        st = lp_error_set(err, LP_ERR_FORMAT,
-                          "%s: %lld bytes, shorter than a GGUF header (24): truncated file?", path,
-                          (long long)sb.st_size);
-        goto fail;
-    }
-    g->map_bytes = (size_t)sb.st_size;
-    g->map = mmap(NULL, g->map_bytes, PROT_READ, MAP_PRIVATE, fd, 0);
-    if (g->map == MAP_FAILED) {
-        g->map = NULL;
-        st = lp_error_set(err, LP_ERR_IO, "%s: mmap: %s", path, strerror(errno));
-        goto fail;
-    }
-    close(fd);
-    fd = -1;
-    g->image = g->map;
-    g->n_bytes = g->map_bytes;
-    if ((st = parse_header(g, err)) != LP_OK) goto fail;
     *out = g;
     return LP_OK;
-fail:
-    if (fd >= 0) close(fd);
-    lp_gguf_close(g);
-    return st;
 }
 
 void lp_gguf_close(struct lp_gguf *g) {

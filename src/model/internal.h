@@ -39,6 +39,11 @@ struct lp_st_file {
     struct lp_gguf *gguf;         // owned, or NULL for safetensors
 };
 
+// Maps the regular file path read-only (whole, min_bytes at least, else
+// LP_ERR_FORMAT "shorter than <header>"); the caller munmaps *map.
+enum lp_status lp_map_file(const char *path, size_t min_bytes, const char *header, void **map,
+                           size_t *n_bytes, struct lp_error *err);
+
 // Maps and validates `path`. On failure *out is NULL; the message names the file.
 enum lp_status lp_st_open(struct lp_st_file **out, const char *path, struct lp_error *err);
 // Parses and validates a header+data image already in memory (used by

@@ -6,14 +6,10 @@
 // value is checked (known dtype, sane shape, 64-bit size arithmetic without
 // overflow, offsets inside the data section, size == dtype x shape,
 // alignment to the element size) before any tensor is handed out.
-#include <errno.h>
-#include <fcntl.h>
 #include <jansson.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
-#include <sys/stat.h>
-#include <unistd.h>
 
 #include "model/internal.h"
 
@@ -180,48 +176,19 @@ enum lp_status lp_st_open(struct lp_st_file **out, const char *path, struct lp_e
     *out = NULL;
     enum lp_status st;
     struct lp_st_file *f = calloc(1, sizeof *f);
-    int fd = -1;
     if (!f) return lp_error_set(err, LP_ERR_NOMEM, "%s: out of memory", path);
     f->path = strdup(path);
     if (!f->path) {
         st = lp_error_set(err, LP_ERR_NOMEM, "%s: out of memory", path);
         goto fail;
     }
-    fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) {
-        st = lp_error_set(err, LP_ERR_IO, "%s: open: %s", path, strerror(errno));
-        goto fail;
-    }
-    struct stat sb;
-    if (fstat(fd, &sb) != 0) {
-        st = lp_error_set(err, LP_ERR_IO, "%s: stat: %s", path, strerror(errno));
-        goto fail;
-    }
-    if (!S_ISREG(sb.st_mode)) {
-        st = lp_error_set(err, LP_ERR_IO, "%s: not a regular file", path);
-        goto fail;
-    }
-    if (sb.st_size < 8) {
-        st = lp_error_set(err, LP_ERR_FORMAT,
-                          "%s: file is %lld bytes, shorter than the 8-byte header length", path,
-                          (long long)sb.st_size);
-        goto fail;
-    }
-    f->map_bytes = (size_t)sb.st_size;
-    f->map = mmap(NULL, f->map_bytes, PROT_READ, MAP_PRIVATE, fd, 0);
-    if (f->map == MAP_FAILED) {
-        f->map = NULL;
-        st = lp_error_set(err, LP_ERR_IO, "%s: mmap: %s", path, strerror(errno));
-        goto fail;
-    }
-    close(fd);
-    fd = -1;
+    st = lp_map_file(path, 8, "the 8-byte header length", &f->map, &f->map_bytes, err);
+    if (st != LP_OK) goto fail;
     st = lp_st_parse(f, f->map, f->map_bytes, err);
     if (st != LP_OK) goto fail;
     *out = f;
     return LP_OK;
 fail:
-    if (fd >= 0) close(fd);
     lp_st_close(f);
     return st;
 }
