@@ -5,7 +5,8 @@
 // split into two engines (layers [0,k) with the embedding, [k,L) with the
 // head) passing hidden rows gives the same logits as one engine; rewinding
 // recomputes the same logits; bad batches are errors that change nothing;
-// the CPU backend agrees with the scalar reference backend.
+// the CPU backend agrees with the scalar reference backend. Models: bf16,
+// MLX 8-bit and 4-bit, and a GGUF Q4_K_M file.
 #include <string.h>
 
 #include "layerpipe/engine.h"
@@ -265,7 +266,7 @@ static void test_backends_agree(const char *dir, const int32_t *ids, int n, doub
 }
 
 int main(void) {
-    char bf16[1024], q8[1024], q4[1024];
+    char bf16[1024], q8[1024], q4[1024], gguf[1024];
     if (lp_fixture_model("eng_bf16", "--seed 11 --format hf-bf16 " SHAPE "--vocab 300 --tied 1",
                          bf16, sizeof bf16) != 0 ||
         lp_fixture_model("eng_q8", "--seed 12 --format mlx8 --group 32 " SHAPE
@@ -273,14 +274,19 @@ int main(void) {
                          q8, sizeof q8) != 0 ||
         lp_fixture_model("eng_q4", "--seed 13 --format mlx4 --group 64 " SHAPE
                                    "--vocab 300 --tied 1",
-                         q4, sizeof q4) != 0) {
+                         q4, sizeof q4) != 0 ||
+        // GGUF blocks (Q4_K and Q6_K, llama.cpp's Q4_K_M mix): rows of 256
+        lp_fixture_model("eng_gguf", "--seed 14 --format gguf-q4_k_m --layers 3 --hidden 256 "
+                                     "--heads 4 --kv-heads 2 --head-dim 64 --intermediate 512 "
+                                     "--vocab 300 --tied 1",
+                         gguf, sizeof gguf) != 0) {
         CHECK(!"could not generate the test models");
         return lp_test_finish("engine");
     }
     int32_t ids[40];
     for (int i = 0; i < 40; i++) ids[i] = (int32_t)((i * 37 + 11) % 300);
-    const char *dirs[] = {bf16, q8, q4};
-    for (int k = 0; k < 3; k++) {
+    const char *dirs[] = {bf16, q8, q4, gguf};
+    for (int k = 0; k < 4; k++) {
         struct rig r;
         if (rig_open(&r, dirs[k], false, 0, -1, true, true, LP_DTYPE_F32, 0) != 0) continue;
         test_matrix_vs_tokens(&r, ids, 40);
