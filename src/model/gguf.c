@@ -53,6 +53,17 @@ const char *lp_gguf_type_name(uint32_t t) {
     return t < 1000 ? lp_ggml_type_name((enum lp_ggml_type)t) : "?";
 }
 
+// ggml's names of the types layerpipe does not read, for the refusal.
+static const char *unread_type_name(uint32_t t) {
+    static const char *const names[] = {
+        [3] = "Q4_1",     [6] = "Q5_0",    [7] = "Q5_1",    [9] = "Q8_1",     [10] = "Q2_K",
+        [11] = "Q3_K",    [15] = "Q8_K",   [16] = "IQ2_XXS", [17] = "IQ2_XS", [18] = "IQ3_XXS",
+        [19] = "IQ1_S",   [20] = "IQ4_NL", [21] = "IQ3_S",  [22] = "IQ2_S",   [23] = "IQ4_XS",
+        [24] = "I8",      [25] = "I16",    [26] = "I32",    [27] = "I64",     [28] = "F64",
+        [29] = "IQ1_M"};
+    return t < sizeof names / sizeof names[0] && names[t] ? names[t] : NULL;
+}
+
 size_t lp_gguf_value_size(enum lp_gguf_type t) {
     switch (t) {
     case LP_GGUF_TYPE_UINT8:
@@ -337,11 +348,15 @@ static enum lp_status parse_tensor_info(struct lp_gguf *g, struct cursor *c, int
     snprintf(what, sizeof what, "tensor '%s': type", t->name);
     if ((st = cur_u32(c, what, &t->type)) != LP_OK) return st;
     int blk = lp_gguf_type_block_elems(t->type), blk_bytes = lp_gguf_type_block_bytes(t->type);
-    if (blk == 0)
+    if (blk == 0) {
+        const char *tn = unread_type_name(t->type);
         return lp_error_set(c->err, LP_ERR_UNSUPPORTED,
-                            "%s: tensor '%s': ggml type %u is not supported (F32, F16, BF16, "
-                            "Q8_0, Q4_0, Q4_K, Q5_K, Q6_K)",
-                            g->name, t->name, t->type);
+                            "%s: tensor '%s': ggml type %u%s%s%s is not supported: layerpipe "
+                            "reads F32, F16, BF16, Q8_0, Q4_0, Q4_K, Q5_K and Q6_K (llama.cpp's "
+                            "Q8_0, Q4_0, Q4_K_M/S, Q5_K_M/S and Q6_K files); requantize with "
+                            "llama-quantize to one of those",
+                            g->name, t->name, t->type, tn ? " (" : "", tn ? tn : "", tn ? ")" : "");
+    }
     if (t->ne[0] % blk != 0)
         return lp_error_set(c->err, LP_ERR_FORMAT,
                             "%s: tensor '%s': %lld elements per row, not a multiple of the %s "
@@ -404,7 +419,10 @@ static enum lp_status parse_alignment(struct lp_gguf *g, struct lp_error *err) {
 static enum lp_status parse_header(struct lp_gguf *g, struct lp_error *err) {
     struct cursor c = {.p = g->image, .pos = 0, .end = g->n_bytes, .name = g->name, .err = err};
     if (g->n_bytes < 4 || memcmp(g->image, GGUF_MAGIC, 4) != 0)
-        return lp_error_set(err, LP_ERR_FORMAT, "%s: not a GGUF file (no 'GGUF' magic)", g->name);
+        return lp_error_set(err, LP_ERR_FORMAT,
+                            "%s: not a GGUF file (no 'GGUF' magic); a model is a folder "
+                            "(config.json and *.safetensors) or a .gguf file",
+                            g->name);
     c.pos = 4;
     enum lp_status st = cur_u32(&c, "version", &g->version);
     if (st != LP_OK) return st;

@@ -428,7 +428,7 @@ static void test_bad_headers(void) {
     expect(one_tensor(0, 0, 3, ne_prod, 0, 64), LP_ERR_FORMAT, "too large", "ne product");
     uint64_t ne_neg[2] = {(uint64_t)-8, 1};
     expect(one_tensor(0, 0, 2, ne_neg, 0, 64), LP_ERR_FORMAT, "too large", "ne negative");
-    expect(one_tensor(0, 3, 2, ne, 0, 64), LP_ERR_UNSUPPORTED, "ggml type 3", "Q4_1");
+    expect(one_tensor(0, 3, 2, ne, 0, 64), LP_ERR_UNSUPPORTED, "ggml type 3 (Q4_1) is not supported", "Q4_1");
     expect(one_tensor(0, 99, 2, ne, 0, 64), LP_ERR_UNSUPPORTED, "ggml type 99", "type 99");
     uint64_t ne33[2] = {33, 2};
     expect(one_tensor(0, LP_GGML_Q8_0, 2, ne33, 0, 64), LP_ERR_FORMAT, "not a multiple",
