@@ -8,14 +8,18 @@
 // scales, n = 1, 3, 17, 96, 129 tokens, float columns not a multiple of the
 // 16-byte chunk (the element-wise path); rmsnorm, rope up to position 40000,
 // gather, silu_mul + add; kv_store + attention over three segments with
-// shuffled block tables, GQA, f32 and bf16 caches, head_dim 64 and 320.
+// shuffled block tables, GQA, f32 and bf16 caches, head_dim 64 and 320 (the
+// tiled kernel and the general one), 128 and 16 over long contexts.
 // Tolerances (relative L2 error ||cuda - ref|| / ||ref||):
-//   kernels: <= 1e-5 (float summation order only); embed and gather exact
-//   to 1e-6; the KV cache bit-identical to ref's
+//   kernels: <= 1e-5 (the tensor-core products split x into two bf16
+//   halves: ~2e-6; float kernels differ by summation order only); embed and
+//   gather exact to 1e-6; the KV cache bit-identical to ref's
 //   engine, CUDA vs CPU logits per row: <= 1e-4
 //   batch invariance (matmul rows, engine decode): bit-identical (memcmp)
 //   fused slots (matmul_multi, matmul_add, matmul_swiglu, qk_norm_rope_store) against the steps
-//   they stand for: bit-identical
+//   they stand for: bit-identical; so are the steps the backend folds into
+//   the next call (an rmsnorm into the product reading it, a decode batch's
+//   qk step into attention) against the same calls made apart
 #include <stdio.h>
 #include <string.h>
 
@@ -287,6 +291,153 @@ static void test_fused_qk(enum lp_dtype dt) {
     free(kn);
 }
 
+// A model-width rmsnorm is held back and folded into the product that reads
+// its output (matmul, matmul_multi, matmul_swiglu): the outputs and the
+// normalized rows equal the two steps made apart (a buf_read between them
+// runs the rmsnorm first), bit for bit; bf16, MLX 8-bit and 4-bit.
+static void test_fold_norm(void) {
+    struct shape {
+        enum lp_weight_format f;
+        int bits, gs;
+    } shapes[3] = {{LP_WEIGHT_BF16, 0, 0}, {LP_WEIGHT_MLX_AFFINE, 8, 64},
+                   {LP_WEIGHT_MLX_AFFINE, 4, 128}};
+    static const int ns[3] = {1, 5, 40};
+    const int64_t cols = 1024, rows = 48;
+    void *c = gpu->ctx;
+    const struct lp_backend_i *be = &gpu->iface;
+    for (int k = 0; k < 3; k++) {
+        struct lp_weight w[3];
+        struct lp_bweight *bw[3];
+        for (int j = 0; j < 3; j++) {
+            w[j] = tu_weight(shapes[k].f, rows, cols, shapes[k].bits, shapes[k].gs, LP_DTYPE_BF16);
+            CHECK_OK(be->weight_upload(c, &w[j], &bw[j], err), err);
+        }
+        for (int in = 0; in < 3; in++) {
+            int n = ns[in];
+            size_t xb = (size_t)n * cols * 4, ob = (size_t)n * rows * 4;
+            float *x = tu_randv((int64_t)n * cols, 3.0f), *nw = tu_randv(cols, 1.0f);
+            float *res[2][5];
+            for (int apart = 0; apart < 2; apart++) {
+                struct lp_buf *xg = tu_buf(gpu, x, xb), *ng = tu_buf(gpu, nw, (size_t)cols * 4);
+                struct lp_buf *xn = tu_buf(gpu, NULL, xb), *o[3], *t = tu_buf(gpu, NULL, ob);
+                for (int j = 0; j < 3; j++)
+                    o[j] = tu_buf(gpu, NULL, ob);
+                float *peek = malloc(xb);
+                res[apart][0] = malloc(xb);
+                // rmsnorm, then the three products; each product's own rmsnorm
+                for (int step = 0; step < 3; step++) {
+                    be->rmsnorm(c, xn, xg, ng, n, (int)cols, 1e-6f);
+                    if (apart) tu_read(gpu, xn, peek, xb);
+                    if (step == 0) be->matmul_multi(c, o, xn, (const struct lp_bweight *const *)bw, 3, n);
+                    if (step == 1) be->matmul_swiglu(c, t, o[2], xn, bw[0], bw[1], n);
+                    if (step == 2) be->matmul(c, o[2], xn, bw[2], n);
+                }
+                tu_read(gpu, xn, res[apart][0], xb);
+                struct lp_buf *outs[4] = {o[0], o[1], t, o[2]};
+                for (int j = 0; j < 4; j++) {
+                    res[apart][1 + j] = malloc(ob);
+                    tu_read(gpu, outs[j], res[apart][1 + j], ob);
+                }
+                CHECK_OK(be->sync(c, err), err);
+                for (int j = 0; j < 3; j++)
+                    tu_free(gpu, o[j]);
+                for (struct lp_buf **q = (struct lp_buf *[]){xg, ng, xn, t, NULL}; *q; q++)
+                    tu_free(gpu, *q);
+                free(peek);
+            }
+            static const char *what[5] = {"normalized rows", "multi q", "multi k", "swiglu",
+                                          "matmul"};
+            for (int j = 0; j < 5; j++) {
+                CHECK_MSG(memcmp(res[0][j], res[1][j], j ? ob : xb) == 0,
+                          "rmsnorm folded into the product, format %d n=%d: %s differ", k, n,
+                          what[j]);
+                free(res[0][j]);
+                free(res[1][j]);
+            }
+            free(x);
+            free(nw);
+        }
+        for (int j = 0; j < 3; j++) {
+            be->weight_free(c, bw[j]);
+            tu_weight_free(&w[j]);
+        }
+    }
+}
+
+// A decode batch's qk_norm_rope_store is folded into the attention after it:
+// attention's output, q, k and both caches equal the steps made apart (a
+// buf_read between them), bit for bit; f32 and bf16 caches, GQA 2 and 4.
+static void test_fold_qk(enum lp_dtype dt, int hd, int n_heads) {
+    int n = 3, n_kv = 2, bs = 16, n_blocks = 24;
+    struct lp_kv_geom g = {
+        .n_blocks = n_blocks, .block_size = bs, .n_kv_heads = n_kv, .head_dim = hd, .dtype = dt};
+    void *c = gpu->ctx;
+    const struct lp_backend_i *be = &gpu->iface;
+    int64_t row = (int64_t)n_kv * hd, n_slots = (int64_t)n_blocks * bs;
+    size_t es = dt == LP_DTYPE_BF16 ? 2 : 4, cb = (size_t)(n_slots * row) * es;
+    size_t qb = (size_t)n * n_heads * hd * 4, kb = (size_t)n * row * 4;
+    float *kv0 = tu_randv(n_slots * row, 1.0f), *q = tu_randv((int64_t)n * n_heads * hd, 2.0f);
+    float *k = tu_randv((int64_t)n * row, 2.0f), *v = tu_randv((int64_t)n * row, 1.0f);
+    float *qn = tu_randv(hd, 1.0f), *kn = tu_randv(hd, 1.0f);
+    int32_t *all = malloc((size_t)n_slots * 4);
+    for (int64_t i = 0; i < n_slots; i++)
+        all[i] = (int32_t)i;
+    // three sequences at positions 70, 5, 200 (tables of 5, 1 and 13 blocks,
+    // disjoint: as in the engine, no sequence reads another's new rows)
+    int32_t bt0[5] = {3, 9, 1, 20, 7}, bt1[1] = {11};
+    int32_t bt2[13] = {0, 22, 4, 5, 6, 8, 10, 12, 13, 14, 23, 16, 17};
+    int32_t pos[3] = {70, 5, 200}, ids[3] = {0, 0, 0};
+    int32_t slot[3] = {bt0[70 / bs] * bs + 70 % bs, bt1[0] * bs + 5, bt2[200 / bs] * bs + 200 % bs};
+    struct lp_attn_seg segs[3] = {{.n_tokens = 1, .pos0 = 70, .block_table = bt0, .n_blocks = 5},
+                                  {.n_tokens = 1, .pos0 = 5, .block_table = bt1, .n_blocks = 1},
+                                  {.n_tokens = 1, .pos0 = 200, .block_table = bt2, .n_blocks = 13}};
+    void *res[2][5];
+    size_t sizes[5] = {qb, qb, kb, cb, cb};
+    for (int apart = 0; apart < 2; apart++) {
+        struct lp_buf *kc = tu_buf(gpu, NULL, cb), *vc = tu_buf(gpu, NULL, cb);
+        struct lp_buf *kvb = tu_buf(gpu, kv0, (size_t)(n_slots * row) * 4);
+        be->kv_store(c, kc, vc, &g, kvb, kvb, all, (int)n_slots);
+        struct lp_buf *qg = tu_buf(gpu, q, qb), *kg = tu_buf(gpu, k, kb), *vg = tu_buf(gpu, v, kb);
+        struct lp_buf *qng = tu_buf(gpu, qn, (size_t)hd * 4), *kng = tu_buf(gpu, kn, (size_t)hd * 4);
+        struct lp_buf *og = tu_buf(gpu, NULL, qb);
+        struct lp_batch_index ix = {
+            .n_tokens = n, .ids = ids, .pos = pos, .slot = slot, .n_segs = 3, .segs = segs};
+        CHECK_OK(be->batch_setup(c, &ix, err), err);
+        be->qk_norm_rope_store(c, qg, kg, vg, qng, kng, kc, vc, &g, pos, slot, n, n_heads, 1e-6f,
+                               1e6f);
+        if (apart) {
+            float *peek = malloc(kb);
+            tu_read(gpu, kg, peek, kb);
+            free(peek);
+        }
+        be->attention(c, og, qg, kc, vc, &g, n_heads, segs, 3);
+        struct lp_buf *bufs[5] = {og, qg, kg, kc, vc};
+        for (int j = 0; j < 5; j++) {
+            res[apart][j] = malloc(sizes[j]);
+            tu_read(gpu, bufs[j], res[apart][j], sizes[j]);
+        }
+        CHECK_OK(be->sync(c, err), err);
+        for (struct lp_buf **p = (struct lp_buf *[]){kc, vc, kvb, qg, kg, vg, qng, kng, og, NULL};
+             *p; p++)
+            tu_free(gpu, *p);
+    }
+    static const char *what[5] = {"attention", "q", "k", "K cache", "V cache"};
+    for (int j = 0; j < 5; j++) {
+        CHECK_MSG(memcmp(res[0][j], res[1][j], sizes[j]) == 0,
+                  "qk step folded into attention (%s hd %d, %d heads): %s differs",
+                  lp_dtype_name(dt), hd, n_heads, what[j]);
+        free(res[0][j]);
+        free(res[1][j]);
+    }
+    free(kv0);
+    free(q);
+    free(k);
+    free(v);
+    free(qn);
+    free(kn);
+    free(all);
+}
+
 // rmsnorm of model-width rows (the block-per-row kernel), in place too.
 static void test_rmsnorm_wide(void) {
     int n = 3, dim = 2048;
@@ -548,6 +699,9 @@ int main(void) {
     test_fused_qk(LP_DTYPE_BF16);
     test_rowwise();
     test_rmsnorm_wide();
+    test_fold_norm();
+    test_fold_qk(LP_DTYPE_F32, 64, 4);
+    test_fold_qk(LP_DTYPE_BF16, 128, 8);
     test_attention(LP_DTYPE_F32, 64, false);
     test_attention(LP_DTYPE_BF16, 64, false);
     test_attention(LP_DTYPE_F32, 320, false);
@@ -574,6 +728,10 @@ int main(void) {
                 "--heads 4 --kv-heads 2 --head-dim 64 --intermediate 512 --vocab 1000");
     test_engine("cuda_mlx4", "--seed 303 --format mlx4 --group 32 --tied 1 --layers 2 --hidden 128 "
                              "--heads 4 --kv-heads 1 --head-dim 32 --intermediate 256 --vocab 700");
+    // model width 1024: the rmsnorms fold into the products after them
+    test_engine("cuda_mlx8_w1k",
+                "--seed 304 --format mlx8 --group 64 --tied 1 --layers 2 --hidden 1024 "
+                "--heads 8 --kv-heads 4 --head-dim 128 --intermediate 2048 --vocab 1000");
 #endif
 done:
     lp_backend_destroy(ref);

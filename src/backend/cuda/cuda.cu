@@ -13,6 +13,11 @@
 // can be captured as a CUDA graph (step_begin/step_end: a key seen once runs
 // directly, the second time it is captured, afterwards replayed). Freeing a
 // buffer or growing a device block drops every graph (they hold pointers).
+// Products of bf16 and MLX weights run on the tensor cores (matmul_tc.cu);
+// an rmsnorm and a decode batch's qk step are held back one call and folded
+// into the kernel after them (struct cuda_pending). Switches (=1):
+// LP_CUDA_NO_GRAPHS (read each step), and, read at create, LP_CUDA_NO_PDL
+// (plain launches), LP_CUDA_NO_FOLD, LP_CUDA_NO_TC (CUDA-core products).
 #include <cuda_runtime.h>
 #include <math.h>
 #include <stdarg.h>
@@ -52,6 +57,27 @@ struct cuda_batch {
     const struct lp_attn_seg *segs;
 };
 
+// A step held back for one call, so that the call after it can fold it in:
+// an rmsnorm of model-width rows (into the matrix product that reads its
+// output: lp_cuda_mm's norm) or a decode batch's qk_norm_rope_store (into
+// attention: lp_cuda_attn_qk; exact where no sequence of the batch reads
+// another's new cache rows, as in the engine's batches). Any other call
+// first runs it as it is (cuda_flush), so every call still sees what the
+// steps wrote.
+enum { PEND_NONE, PEND_NORM, PEND_QK };
+struct cuda_pending {
+    int kind;
+    struct lp_buf *out; // NORM: out, x, weight; QK: q, k, v, q_norm, k_norm, caches
+    const struct lp_buf *x, *weight;
+    int n_rows, dim;
+    float eps;
+    struct lp_buf *q, *k, *k_cache, *v_cache;
+    const struct lp_buf *v, *q_norm, *k_norm;
+    struct lp_kv_geom geom;
+    int n, n_heads;
+    float theta;
+};
+
 // Mutated only by the thread calling the backend (one at a time).
 struct cuda_ctx {
     int device;
@@ -70,6 +96,12 @@ struct cuda_ctx {
     size_t adhoc_cap; // int32 elements of both
     float *attn_scratch;
     size_t attn_scratch_floats;
+    int *attn_cnt; // [attn_cnt_n] attention's finished-split counters, zero between launches
+    size_t attn_cnt_n;
+    bool pdl; // kernels launched with programmatic dependent launch (LP_CUDA_NO_PDL=1: off)
+    bool fold; // steps folded into the next (cuda_pending; LP_CUDA_NO_FOLD=1: off)
+    bool tc;   // bf16 / MLX products on the tensor cores (LP_CUDA_NO_TC=1: CUDA cores)
+    struct cuda_pending pend;
     float *inv_freq; // [inv_hd / 2] for rope
     float inv_theta;
     int inv_hd;
@@ -105,6 +137,8 @@ static enum lp_status cuda_err(struct cuda_ctx *c, cudaError_t e, const char *wh
                         cudaGetErrorName(e));
 }
 
+static void cuda_flush(struct cuda_ctx *c);
+
 static void cuda_drop_graphs(struct cuda_ctx *c) {
     for (int i = 0; i < c->n_graphs; i++) {
         if (c->graphs[i].exec) cudaGraphExecDestroy(c->graphs[i].exec);
@@ -130,6 +164,7 @@ static void cuda_destroy(void *ctx) {
     cudaFree(c->adhoc_d);
     free(c->adhoc_h);
     cudaFree(c->attn_scratch);
+    cudaFree(c->attn_cnt);
     cudaFree(c->inv_freq);
     if (c->ix_done) cudaEventDestroy(c->ix_done);
     if (c->stream) cudaStreamDestroy(c->stream);
@@ -159,6 +194,7 @@ static enum lp_status cuda_buf_alloc(void *ctx, size_t bytes, struct lp_buf **ou
 
 static void cuda_buf_free(void *ctx, struct lp_buf *buf) {
     struct cuda_ctx *c = (struct cuda_ctx *)ctx;
+    cuda_flush(c);
     if (!buf) return;
     cudaSetDevice(c->device);
     cuda_drop_graphs(c);
@@ -183,6 +219,7 @@ static enum lp_status cuda_range(struct cuda_ctx *c, const char *op, const struc
 static enum lp_status cuda_buf_write(void *ctx, struct lp_buf *dst, size_t offset, const void *src,
                                      size_t bytes, struct lp_error *err) {
     struct cuda_ctx *c = (struct cuda_ctx *)ctx;
+    cuda_flush(c);
     enum lp_status st = cuda_range(c, "buf_write", dst, offset, bytes, err);
     if (st != LP_OK || !bytes) return st;
     cudaSetDevice(c->device);
@@ -195,6 +232,7 @@ static enum lp_status cuda_buf_write(void *ctx, struct lp_buf *dst, size_t offse
 static enum lp_status cuda_buf_read(void *ctx, const struct lp_buf *src, size_t offset, void *dst,
                                     size_t bytes, struct lp_error *err) {
     struct cuda_ctx *c = (struct cuda_ctx *)ctx;
+    cuda_flush(c);
     enum lp_status st = cuda_range(c, "buf_read", src, offset, bytes, err);
     if (st != LP_OK) return st;
     cudaSetDevice(c->device);
@@ -261,6 +299,7 @@ static enum lp_status cuda_weight_sizes(struct cuda_ctx *c, const struct lp_weig
 static enum lp_status cuda_weight_upload(void *ctx, const struct lp_weight *w,
                                          struct lp_bweight **out, struct lp_error *err) {
     struct cuda_ctx *c = (struct cuda_ctx *)ctx;
+    cuda_flush(c);
     *out = NULL;
     size_t db = 0, sb = 0;
     enum lp_status st = cuda_weight_sizes(c, w, &db, &sb, err);
@@ -319,6 +358,7 @@ static enum lp_status cuda_weight_upload(void *ctx, const struct lp_weight *w,
 
 static void cuda_weight_free(void *ctx, struct lp_bweight *w) {
     struct cuda_ctx *c = (struct cuda_ctx *)ctx;
+    cuda_flush(c);
     if (!w) return;
     cudaSetDevice(c->device);
     cuda_drop_graphs(c);
@@ -398,6 +438,7 @@ static int segs_blocks(const struct lp_attn_seg *segs, int n_segs) {
 static enum lp_status cuda_batch_setup(void *ctx, const struct lp_batch_index *ix,
                                        struct lp_error *err) {
     struct cuda_ctx *c = (struct cuda_ctx *)ctx;
+    cuda_flush(c);
     cudaSetDevice(c->device);
     c->cur.valid = false;
     int n = ix->n_tokens, nb = segs_blocks(ix->segs, ix->n_segs);
@@ -480,22 +521,64 @@ static const int32_t *cuda_index(struct cuda_ctx *c, const int32_t *arr, const i
 static void cuda_embed(void *ctx, struct lp_buf *out, const struct lp_bweight *emb,
                        const int32_t *ids, int n) {
     struct cuda_ctx *c = (struct cuda_ctx *)ctx;
+    cuda_flush(c);
     if (n <= 0) return;
     const int32_t *d = cuda_index(c, ids, c->cur.ids, c->cur.n_tokens, 0, n);
     if (d) cuda_ok(c, lp_cuda_embed(c->stream, (float *)out->d, &emb->k, d, n), "embed");
 }
 
+// The raw row and rmsnorm weights when x is a held-back rmsnorm's output
+// over n rows of cols (the product folds it in: *norm_w set); otherwise the
+// rmsnorm runs now and x itself is the input.
+static const float *cuda_mm_input(struct cuda_ctx *c, const struct lp_buf *x, int n, int cols,
+                                  const float **norm_w, float **norm_out, float *eps) {
+    struct cuda_pending *p = &c->pend;
+    *norm_w = NULL;
+    *norm_out = NULL;
+    *eps = 0.0f;
+    if (p->kind == PEND_NORM && p->out == x && p->n_rows == n && p->dim == cols) {
+        p->kind = PEND_NONE;
+        *norm_w = (const float *)p->weight->d;
+        *norm_out = (float *)p->out->d;
+        *eps = p->eps;
+        return (const float *)p->x->d;
+    }
+    cuda_flush(c);
+    return (const float *)x->d;
+}
+
+// outs[j] (epi) x @ ws[j]^T on the tensor cores; false when they do not take ws.
+static bool cuda_mm(struct cuda_ctx *c, int epi, float *const *outs, const struct lp_buf *x,
+                    const struct lp_cuda_weight *const *ws, int n_w, int n, const char *what) {
+    if (!c->tc || n <= 0 || n_w < 1) return false;
+    for (int j = 0; j < n_w; j++)
+        if (!lp_cuda_mm_ok(ws[j]) || ws[j]->fmt != ws[0]->fmt || ws[j]->cols != ws[0]->cols ||
+            ws[j]->group != ws[0]->group || ws[j]->scale_bf16 != ws[0]->scale_bf16)
+            return false;
+    if (epi == LP_CUDA_EPI_SWIGLU && ws[1]->rows != ws[0]->rows) return false;
+    const float *norm_w;
+    float *norm_out, eps;
+    const float *xin = cuda_mm_input(c, x, n, ws[0]->cols, &norm_w, &norm_out, &eps);
+    cuda_ok(c, lp_cuda_mm(c->stream, c->pdl, epi, xin, ws, outs, n_w, n, norm_w, norm_out, eps),
+            what);
+    return true;
+}
+
 static void cuda_matmul(void *ctx, struct lp_buf *out, const struct lp_buf *x,
                         const struct lp_bweight *w, int n) {
     struct cuda_ctx *c = (struct cuda_ctx *)ctx;
-    cuda_ok(c, lp_cuda_matmul(c->stream, (float *)out->d, (const float *)x->d, &w->k, n), "matmul");
+    float *o = (float *)out->d;
+    const struct lp_cuda_weight *k = &w->k;
+    if (cuda_mm(c, LP_CUDA_EPI_STORE, &o, x, &k, 1, n, "matmul")) return;
+    cuda_flush(c);
+    cuda_ok(c, lp_cuda_matmul(c->stream, o, (const float *)x->d, k, n), "matmul");
 }
 
 static void cuda_matmul_multi(void *ctx, struct lp_buf *const *outs, const struct lp_buf *x,
                               const struct lp_bweight *const *ws, int n_w, int n) {
     struct cuda_ctx *c = (struct cuda_ctx *)ctx;
-    float *o[3];
-    const struct lp_cuda_weight *w[3];
+    float *o[3] = {NULL, NULL, NULL};
+    const struct lp_cuda_weight *w[3] = {NULL, NULL, NULL};
     if (n_w > 3) {
         cuda_fail(c, LP_ERR_INVALID_ARG, "matmul_multi: %d matrices, at most 3", n_w);
         return;
@@ -504,33 +587,61 @@ static void cuda_matmul_multi(void *ctx, struct lp_buf *const *outs, const struc
         o[j] = (float *)outs[j]->d;
         w[j] = &ws[j]->k;
     }
+    if (cuda_mm(c, LP_CUDA_EPI_STORE, o, x, w, n_w, n, "matmul_multi")) return;
+    cuda_flush(c);
     cuda_ok(c, lp_cuda_matmul_multi(c->stream, o, (const float *)x->d, w, n_w, n), "matmul_multi");
 }
 
 static void cuda_matmul_add(void *ctx, struct lp_buf *y, const struct lp_buf *x,
                             const struct lp_bweight *w, int n) {
     struct cuda_ctx *c = (struct cuda_ctx *)ctx;
-    cuda_ok(c, lp_cuda_matmul_add(c->stream, (float *)y->d, (const float *)x->d, &w->k, n),
-            "matmul_add");
+    float *o = (float *)y->d;
+    const struct lp_cuda_weight *k = &w->k;
+    if (cuda_mm(c, LP_CUDA_EPI_ACCUM, &o, x, &k, 1, n, "matmul_add")) return;
+    cuda_flush(c);
+    cuda_ok(c, lp_cuda_matmul_add(c->stream, o, (const float *)x->d, k, n), "matmul_add");
 }
 
 static void cuda_matmul_swiglu(void *ctx, struct lp_buf *out, struct lp_buf *tmp,
                                const struct lp_buf *x, const struct lp_bweight *w_gate,
                                const struct lp_bweight *w_up, int n) {
     struct cuda_ctx *c = (struct cuda_ctx *)ctx;
+    float *o[2] = {(float *)out->d, (float *)tmp->d};
+    const struct lp_cuda_weight *w[2] = {&w_gate->k, &w_up->k};
+    if (cuda_mm(c, LP_CUDA_EPI_SWIGLU, o, x, w, 2, n, "matmul_swiglu")) return;
+    cuda_flush(c);
     cuda_ok(c,
             lp_cuda_matmul_swiglu(c->stream, (float *)out->d, (float *)tmp->d, (const float *)x->d,
                                   &w_gate->k, &w_up->k, n),
             "matmul_swiglu");
 }
 
-static void cuda_rmsnorm(void *ctx, struct lp_buf *out, const struct lp_buf *x,
-                         const struct lp_buf *weight, int n_rows, int dim, float eps) {
-    struct cuda_ctx *c = (struct cuda_ctx *)ctx;
+static void cuda_rmsnorm_now(struct cuda_ctx *c, struct lp_buf *out, const struct lp_buf *x,
+                             const struct lp_buf *weight, int n_rows, int dim, float eps) {
     cuda_ok(c,
             lp_cuda_rmsnorm(c->stream, (float *)out->d, (const float *)x->d,
                             (const float *)weight->d, n_rows, dim, eps),
             "rmsnorm");
+}
+
+// Model-width rows into another buffer are held back (the matrix product
+// after it folds them in); the rest runs now.
+static void cuda_rmsnorm(void *ctx, struct lp_buf *out, const struct lp_buf *x,
+                         const struct lp_buf *weight, int n_rows, int dim, float eps) {
+    struct cuda_ctx *c = (struct cuda_ctx *)ctx;
+    cuda_flush(c);
+    if (n_rows <= 0) return;
+    if (c->fold && c->tc && dim >= 512 && out != x && c->status == LP_OK) {
+        c->pend = (struct cuda_pending){.kind = PEND_NORM,
+                                        .out = out,
+                                        .x = x,
+                                        .weight = weight,
+                                        .n_rows = n_rows,
+                                        .dim = dim,
+                                        .eps = eps};
+        return;
+    }
+    cuda_rmsnorm_now(c, out, x, weight, n_rows, dim, eps);
 }
 
 // inv_freq_j = 1 / theta^(2j / head_dim), computed on the host as ref does.
@@ -570,6 +681,7 @@ static bool cuda_inv_freq(struct cuda_ctx *c, int head_dim, float theta) {
 static void cuda_rope(void *ctx, struct lp_buf *x, const int32_t *pos, int n, int n_heads,
                       int head_dim, float theta) {
     struct cuda_ctx *c = (struct cuda_ctx *)ctx;
+    cuda_flush(c);
     if (n <= 0 || !cuda_inv_freq(c, head_dim, theta)) return;
     const int32_t *d = cuda_index(c, pos, c->cur.pos, c->cur.n_tokens, 1, n);
     if (d)
@@ -581,6 +693,7 @@ static void cuda_kv_store(void *ctx, struct lp_buf *k_cache, struct lp_buf *v_ca
                           const struct lp_kv_geom *geom, const struct lp_buf *k,
                           const struct lp_buf *v, const int32_t *slot, int n) {
     struct cuda_ctx *c = (struct cuda_ctx *)ctx;
+    cuda_flush(c);
     if (n <= 0) return;
     const int32_t *d = cuda_index(c, slot, c->cur.slot, c->cur.n_tokens, 2, n);
     if (!d) return;
@@ -592,17 +705,15 @@ static void cuda_kv_store(void *ctx, struct lp_buf *k_cache, struct lp_buf *v_ca
             "kv_store");
 }
 
-// Fused when pos and slot are batch_setup's (the engine's case); a caller's
-// own arrays take the separate steps.
-static void cuda_qk_norm_rope_store(void *ctx, struct lp_buf *q, struct lp_buf *k,
-                                    const struct lp_buf *v, const struct lp_buf *q_norm,
-                                    const struct lp_buf *k_norm, struct lp_buf *k_cache,
-                                    struct lp_buf *v_cache, const struct lp_kv_geom *geom,
-                                    const int32_t *pos, const int32_t *slot, int n, int n_heads,
-                                    float eps, float theta) {
-    struct cuda_ctx *c = (struct cuda_ctx *)ctx;
+// The five steps in one launch when pos and slot are batch_setup's (the
+// engine's case); a caller's own arrays take the separate steps.
+static void cuda_qk_now(struct cuda_ctx *c, struct lp_buf *q, struct lp_buf *k,
+                        const struct lp_buf *v, const struct lp_buf *q_norm,
+                        const struct lp_buf *k_norm, struct lp_buf *k_cache,
+                        struct lp_buf *v_cache, const struct lp_kv_geom *geom, const int32_t *pos,
+                        const int32_t *slot, int n, int n_heads, float eps, float theta) {
+    void *ctx = c;
     int hd = geom->head_dim, n_kv = geom->n_kv_heads;
-    if (n <= 0) return;
     if (!(c->cur.valid && pos == c->cur.pos && slot == c->cur.slot && n <= c->cur.n_tokens)) {
         cuda_rmsnorm(ctx, q, q, q_norm, n * n_heads, hd, eps);
         cuda_rmsnorm(ctx, k, k, k_norm, n * n_kv, hd, eps);
@@ -623,21 +734,79 @@ static void cuda_qk_norm_rope_store(void *ctx, struct lp_buf *q, struct lp_buf *
             "qk_norm_rope_store");
 }
 
-static bool cuda_attn_scratch(struct cuda_ctx *c, size_t floats) {
-    if (floats <= c->attn_scratch_floats) return true;
+// A decode batch's step (one token a segment, batch_setup's arrays, a shape
+// the tiled attention takes) is held back for attention to fold in.
+static void cuda_qk_norm_rope_store(void *ctx, struct lp_buf *q, struct lp_buf *k,
+                                    const struct lp_buf *v, const struct lp_buf *q_norm,
+                                    const struct lp_buf *k_norm, struct lp_buf *k_cache,
+                                    struct lp_buf *v_cache, const struct lp_kv_geom *geom,
+                                    const int32_t *pos, const int32_t *slot, int n, int n_heads,
+                                    float eps, float theta) {
+    struct cuda_ctx *c = (struct cuda_ctx *)ctx;
+    cuda_flush(c);
+    if (n <= 0) return;
+    if (c->fold && c->status == LP_OK && c->cur.valid && pos == c->cur.pos &&
+        slot == c->cur.slot && n == c->cur.n_tokens && n == c->cur.n_segs &&
+        lp_cuda_attn_tiled(geom->head_dim, n_heads, geom->n_kv_heads)) {
+        if (!cuda_inv_freq(c, geom->head_dim, theta)) return;
+        c->pend = (struct cuda_pending){.kind = PEND_QK,
+                                        .eps = eps,
+                                        .q = q,
+                                        .k = k,
+                                        .k_cache = k_cache,
+                                        .v_cache = v_cache,
+                                        .v = v,
+                                        .q_norm = q_norm,
+                                        .k_norm = k_norm,
+                                        .geom = *geom,
+                                        .n = n,
+                                        .n_heads = n_heads,
+                                        .theta = theta};
+        return;
+    }
+    cuda_qk_now(c, q, k, v, q_norm, k_norm, k_cache, v_cache, geom, pos, slot, n, n_heads, eps,
+                theta);
+}
+
+// Runs the held-back step, if any.
+static void cuda_flush(struct cuda_ctx *c) {
+    struct cuda_pending p = c->pend;
+    c->pend.kind = PEND_NONE;
+    if (p.kind == PEND_NORM) cuda_rmsnorm_now(c, p.out, p.x, p.weight, p.n_rows, p.dim, p.eps);
+    if (p.kind == PEND_QK)
+        cuda_qk_now(c, p.q, p.k, p.v, p.q_norm, p.k_norm, p.k_cache, p.v_cache, &p.geom,
+                    c->cur.pos, c->cur.slot, p.n, p.n_heads, p.eps, p.theta);
+}
+
+// Room for attention's partials (floats) and split counters (cnt, zeroed).
+static bool cuda_attn_scratch(struct cuda_ctx *c, size_t floats, size_t cnt) {
+    if (floats <= c->attn_scratch_floats && cnt <= c->attn_cnt_n) return true;
     if (c->capturing) {
         cuda_fail(c, LP_ERR_INTERNAL, "attention: scratch grew while recording a step");
         return false;
     }
     if (!cuda_ok(c, cudaStreamSynchronize(c->stream), "cudaStreamSynchronize")) return false;
     cuda_drop_graphs(c);
-    cudaFree(c->attn_scratch);
-    c->attn_scratch = NULL;
-    c->attn_scratch_floats = 0;
-    if (!cuda_ok(c, cudaMalloc(&c->attn_scratch, floats * sizeof(float)),
-                 "cudaMalloc (attention scratch)"))
-        return false;
-    c->attn_scratch_floats = floats;
+    if (floats > c->attn_scratch_floats) {
+        cudaFree(c->attn_scratch);
+        c->attn_scratch = NULL;
+        c->attn_scratch_floats = 0;
+        if (!cuda_ok(c, cudaMalloc(&c->attn_scratch, floats * sizeof(float)),
+                     "cudaMalloc (attention scratch)"))
+            return false;
+        c->attn_scratch_floats = floats;
+    }
+    if (cnt > c->attn_cnt_n) {
+        cudaFree(c->attn_cnt);
+        c->attn_cnt = NULL;
+        c->attn_cnt_n = 0;
+        if (!cuda_ok(c, cudaMalloc(&c->attn_cnt, cnt * sizeof(int)),
+                     "cudaMalloc (attention counters)") ||
+            !cuda_ok(c, cudaMemsetAsync(c->attn_cnt, 0, cnt * sizeof(int), c->stream),
+                     "cudaMemsetAsync (attention counters)"))
+            return false;
+        c->attn_cnt_n = cnt;
+    }
     return true;
 }
 
@@ -649,8 +818,30 @@ static void cuda_attention(void *ctx, struct lp_buf *out, const struct lp_buf *q
     int n = 0;
     for (int s = 0; s < n_segs; s++)
         n += segs[s].n_tokens;
+    // a held-back qk step of these very buffers and this batch is folded in
+    struct cuda_pending *p = &c->pend;
+    struct lp_cuda_attn_qk qk_step, *qk = NULL;
+    if (p->kind == PEND_QK && p->q == q && p->k_cache == k_cache && p->v_cache == v_cache &&
+        p->n_heads == n_heads && p->n == n && segs == c->cur.segs && n_segs == c->cur.n_segs &&
+        memcmp(&p->geom, geom, sizeof *geom) == 0) {
+        p->kind = PEND_NONE;
+        qk_step = (struct lp_cuda_attn_qk){
+            .k = (float *)p->k->d,
+            .v = (const float *)p->v->d,
+            .q_norm = (const float *)p->q_norm->d,
+            .k_norm = (const float *)p->k_norm->d,
+            .inv_freq = c->inv_freq,
+            .slot = c->ix_d + 2 * (size_t)c->cap_t,
+            .n_slots = (int64_t)geom->n_blocks * geom->block_size,
+            .eps = p->eps,
+        };
+        qk = &qk_step;
+    }
+    cuda_flush(c);
     if (n <= 0) return;
-    if (!cuda_attn_scratch(c, lp_cuda_attn_scratch_floats(n, n_heads, geom->head_dim))) return;
+    if (!cuda_attn_scratch(c, lp_cuda_attn_scratch_floats(n, n_heads, geom->head_dim),
+                           (size_t)n * (size_t)geom->n_kv_heads))
+        return;
     const int32_t *base;
     int ct, cs;
     if (c->cur.valid && segs == c->cur.segs && n_segs == c->cur.n_segs) {
@@ -674,15 +865,17 @@ static void cuda_attention(void *ctx, struct lp_buf *out, const struct lp_buf *q
         .bt = base + 6 * (size_t)ct + 2 * (size_t)cs,
     };
     cuda_ok(c,
-            lp_cuda_attention(c->stream, (float *)out->d, (const float *)q->d, k_cache->d,
+            lp_cuda_attention(c->stream, c->pdl, (float *)out->d, (float *)q->d, k_cache->d,
                               v_cache->d, geom->dtype == LP_DTYPE_BF16, geom->block_size,
-                              geom->n_kv_heads, geom->head_dim, n_heads, &ix, n, c->attn_scratch),
+                              geom->n_kv_heads, geom->head_dim, n_heads, &ix, qk, n,
+                              c->attn_scratch, c->attn_cnt),
             "attention");
 }
 
 static void cuda_silu_mul(void *ctx, struct lp_buf *out, const struct lp_buf *gate,
                           const struct lp_buf *up, int64_t n) {
     struct cuda_ctx *c = (struct cuda_ctx *)ctx;
+    cuda_flush(c);
     cuda_ok(c,
             lp_cuda_silu_mul(c->stream, (float *)out->d, (const float *)gate->d,
                              (const float *)up->d, n),
@@ -691,12 +884,14 @@ static void cuda_silu_mul(void *ctx, struct lp_buf *out, const struct lp_buf *ga
 
 static void cuda_add(void *ctx, struct lp_buf *x, const struct lp_buf *y, int64_t n) {
     struct cuda_ctx *c = (struct cuda_ctx *)ctx;
+    cuda_flush(c);
     cuda_ok(c, lp_cuda_add(c->stream, (float *)x->d, (const float *)y->d, n), "add");
 }
 
 static void cuda_gather_rows(void *ctx, struct lp_buf *dst, const struct lp_buf *src,
                              const int32_t *src_row, int n, int cols) {
     struct cuda_ctx *c = (struct cuda_ctx *)ctx;
+    cuda_flush(c);
     if (n <= 0) return;
     const int32_t *d = cuda_index(c, src_row, c->cur.rows, c->cur.n_rows, 5, n);
     if (d)
@@ -707,6 +902,7 @@ static void cuda_gather_rows(void *ctx, struct lp_buf *dst, const struct lp_buf 
 
 static enum lp_status cuda_sync(void *ctx, struct lp_error *err) {
     struct cuda_ctx *c = (struct cuda_ctx *)ctx;
+    cuda_flush(c);
     cudaSetDevice(c->device);
     cuda_ok(c, cudaStreamSynchronize(c->stream), "cudaStreamSynchronize");
     c->cur.valid = false; // the batch's host arrays may be gone after sync
@@ -727,6 +923,7 @@ static bool key_eq(const struct lp_step_key *a, const struct lp_step_key *b) {
 static enum lp_status cuda_step_begin(void *ctx, const struct lp_step_key *key, bool *replayed,
                                       struct lp_error *err) {
     struct cuda_ctx *c = (struct cuda_ctx *)ctx;
+    cuda_flush(c);
     *replayed = false;
     if (c->status != LP_OK || c->capturing || getenv("LP_CUDA_NO_GRAPHS")) return LP_OK;
     cudaSetDevice(c->device);
@@ -752,6 +949,7 @@ static enum lp_status cuda_step_begin(void *ctx, const struct lp_step_key *key, 
 
 static enum lp_status cuda_step_end(void *ctx, struct lp_error *err) {
     struct cuda_ctx *c = (struct cuda_ctx *)ctx;
+    cuda_flush(c);
     if (!c->capturing) return LP_OK;
     struct cuda_graph *g = &c->graphs[c->capturing - 1];
     c->capturing = 0;
@@ -818,6 +1016,7 @@ done:
 static enum lp_status cuda_device_info(void *ctx, struct lp_device_info *out,
                                        struct lp_error *err) {
     struct cuda_ctx *c = (struct cuda_ctx *)ctx;
+    cuda_flush(c);
     cudaSetDevice(c->device);
     snprintf(out->name, sizeof out->name, "%.16s (%.60s)", c->name, c->gpu);
     size_t free_b = 0, total_b = 0;
@@ -879,6 +1078,9 @@ extern "C" enum lp_status lp_backend_cuda_create(struct lp_backend **out,
     struct cuda_ctx *c = (struct cuda_ctx *)calloc(1, sizeof *c);
     if (!c) return lp_error_set(err, LP_ERR_NOMEM, "cuda:%d: create: out of memory", device);
     c->device = device;
+    c->pdl = !getenv("LP_CUDA_NO_PDL");
+    c->fold = !getenv("LP_CUDA_NO_FOLD");
+    c->tc = !getenv("LP_CUDA_NO_TC");
     snprintf(c->name, sizeof c->name, "cuda:%d", device);
     enum lp_status st;
     cudaDeviceProp prop;

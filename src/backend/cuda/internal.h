@@ -52,6 +52,33 @@ static inline size_t lp_cuda_attn_scratch_floats(int n, int n_heads, int head_di
     return (size_t)n * (size_t)n_heads * LP_CUDA_ATTN_SPLITS * ((size_t)head_dim + 2);
 }
 
+// What a matrix kernel does with out[t, r] = x[t, :] . w[r, :].
+enum lp_cuda_epi {
+    LP_CUDA_EPI_STORE,  // out = it
+    LP_CUDA_EPI_ACCUM,  // out += it
+    LP_CUDA_EPI_SWIGLU, // out = silu(gate's) * up's (two matrices)
+};
+
+// The tensor-core kernels (matmul_tc.cu) take w: bf16 with cols % 64 == 0,
+// or MLX 8/4-bit with group 32, 64 or 128.
+static inline bool lp_cuda_mm_ok(const struct lp_cuda_weight *w) {
+    if (w->fmt == LP_CUDA_FMT_BF16) return w->cols % 64 == 0;
+    if (w->fmt == LP_CUDA_FMT_Q8 || w->fmt == LP_CUDA_FMT_Q4)
+        return (w->group == 32 || w->group == 64 || w->group == 128) && w->cols % w->group == 0;
+    return false;
+}
+
+// outs[j][n, ws[j].rows] (epi) x @ ws[j]^T for j < n_w <= 3 on the tensor
+// cores; the matrices share format, width, group and scale type, and all
+// satisfy lp_cuda_mm_ok (else cudaErrorInvalidValue). SWIGLU: n_w = 2 (gate,
+// up, equal rows), outs[0] receives the product. norm_w != NULL: x is taken
+// through rmsnorm(x, norm_w, eps) first (norm_w [cols]), and that row is
+// written to norm_out [n, cols] (which must not be x). pdl: a programmatic
+// launch. One result per element whatever n (see matmul_tc.cu).
+cudaError_t lp_cuda_mm(cudaStream_t s, bool pdl, int epi, const float *x,
+                       const struct lp_cuda_weight *const *ws, float *const *outs, int n_w, int n,
+                       const float *norm_w, float *norm_out, float eps);
+
 cudaError_t lp_cuda_embed(cudaStream_t s, float *out, const struct lp_cuda_weight *w,
                           const int32_t *ids, int n);
 cudaError_t lp_cuda_matmul(cudaStream_t s, float *out, const float *x,
@@ -83,10 +110,38 @@ cudaError_t lp_cuda_qk_norm_rope_store(cudaStream_t s, float *q, float *k, const
 cudaError_t lp_cuda_kv_store(cudaStream_t s, void *k_cache, void *v_cache, bool bf16,
                              int64_t n_slots, int row, const float *k, const float *v,
                              const int32_t *slot, int n);
-cudaError_t lp_cuda_attention(cudaStream_t s, float *out, const float *q, const void *k_cache,
-                              const void *v_cache, bool bf16, int block_size, int n_kv_heads,
-                              int head_dim, int n_heads, const struct lp_cuda_attn_index *ix, int n,
-                              float *scratch);
+// The qk_norm_rope_store step of a decode batch (one token a segment) as
+// attention's prologue: q (attention's q) and k hold the raw projections;
+// attention normalizes and rotates them, writes both back and stores k and
+// v at slot -- the bits lp_cuda_qk_norm_rope_store gives.
+struct lp_cuda_attn_qk {
+    float *k;                     // [n, n_kv_heads * head_dim]
+    const float *v;               // [n, n_kv_heads * head_dim]
+    const float *q_norm, *k_norm; // [head_dim]
+    const float *inv_freq;        // [head_dim / 2]
+    const int32_t *slot;          // [n] cache rows
+    int64_t n_slots;
+    float eps;
+};
+
+// The tiled attention kernel takes this shape (hd = 32, 64, 128 or 256;
+// G = n_heads / n_kv_heads query heads a kv head, G <= 8, G * hd <= 512);
+// only it can take the qk step (lp_cuda_attn_qk).
+static inline bool lp_cuda_attn_tiled(int head_dim, int n_heads, int n_kv_heads) {
+    if (n_kv_heads <= 0 || n_heads % n_kv_heads != 0) return false;
+    int hd = head_dim, g = n_heads / n_kv_heads;
+    return (hd == 32 || hd == 64 || hd == 128 || hd == 256) && g >= 1 && g <= 8 && g * hd <= 512;
+}
+
+// out[n, n_heads * head_dim] = attention of q over the cache (backend_i.h);
+// qk: NULL, or the folded qk step (only where lp_cuda_attn_tiled).
+// scratch: lp_cuda_attn_scratch_floats floats; counters: [n * n_kv_heads]
+// ints, zero before the call and after it. pdl: a programmatic launch.
+cudaError_t lp_cuda_attention(cudaStream_t s, bool pdl, float *out, float *q, void *k_cache,
+                              void *v_cache, bool bf16, int block_size, int n_kv_heads,
+                              int head_dim, int n_heads, const struct lp_cuda_attn_index *ix,
+                              const struct lp_cuda_attn_qk *qk, int n, float *scratch,
+                              int *counters);
 cudaError_t lp_cuda_silu_mul(cudaStream_t s, float *out, const float *gate, const float *up,
                              int64_t n);
 cudaError_t lp_cuda_add(cudaStream_t s, float *x, const float *y, int64_t n);

@@ -7,8 +7,11 @@
 // columns); elementwise steps use explicit _rn intrinsics so that no
 // multiply-add is fused where ref rounds twice.
 //
-// matmul, one kernel for every batch size (batch invariance: row t of an
-// n-row call is computed by exactly the same operations as alone):
+// matmul on CUDA cores (k_gemv), one kernel for every batch size (batch
+// invariance: row t of an n-row call is computed by exactly the same
+// operations as alone), for the formats and shapes the tensor-core kernels
+// of matmul_tc.cu do not take (f32, f16, columns not a multiple of 64) and
+// for LP_CUDA_NO_TC=1:
 //   a block of 128 threads owns R (4; 2 for 4-bit) weight rows and NT (1, 2,
 //   4, 8 or 16) tokens; thread i takes 16-byte chunks i, i + 128, ... of
 //   each row, keeps a running sum per (row, token) in the same order
@@ -17,47 +20,24 @@
 //   sum_c x_c (s q_c + b) regrouped. The same kernel serves the fused slots
 //   (up to three matrices a launch; epilogues: store, add into the output,
 //   silu(gate) * up), so fused and separate steps give the same bits.
-//   Prefill runs it too, 16 tokens a block, on CUDA cores (no tensor cores yet).
-// attention: split over the KV length in fixed chunks (k_attn, then
-//   k_attn_combine), so that a row's result depends on its own context only.
-// A decode layer is 9 launches: rmsnorm, q/k/v, q/k norms + rope + KV store,
-//   attention, its merge, o + residual, rmsnorm, gate/up/silu, down + residual.
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
+// attention: split over the KV length in fixed chunks, so that a row's result
+//   depends on its own context only: k_attn_tile (one launch, GQA groups,
+//   tiles of 64 positions, the splits merged by the last block; also takes a
+//   decode batch's qk step), or for other head sizes k_attn + k_attn_combine.
+// A decode layer is 5 launches: q/k/v (rmsnorm folded in), attention (q/k
+//   norms, rope and the KV store folded in), o + residual, gate/up/silu
+//   (rmsnorm folded in), down + residual; each may start while the one
+//   before drains (programmatic dependent launch, device.h).
 #include <math.h>
 
+#include "backend/cuda/device.h"
 #include "backend/cuda/internal.h"
-
-// LP_LAUNCH(grid, block, stream, (args...), kernel): kernel<<<grid, block, 0, stream>>>(args...);
-// (the CPU emulation of tests/backend/cuda_emu defines its own).
-#ifndef LP_LAUNCH
-#define LP_LAUNCH(grid, block, stream, args, ...) __VA_ARGS__<<<grid, block, 0, stream>>> args
-#endif
 
 #define GEMV_THREADS 128
 // Weight rows a GEMV block owns: four (two loads of 16 bytes in flight per
 // row pair), two for 4-bit (its 32-element chunks take the registers).
 template <int FMT> struct gemv_rows { static constexpr int n = FMT == LP_CUDA_FMT_Q4 ? 2 : 4; };
 #define WARPS(threads) ((threads) / 32)
-
-static __device__ __forceinline__ float warp_sum(float v) {
-    for (int o = 16; o > 0; o >>= 1)
-        v = __fadd_rn(v, __shfl_xor_sync(0xffffffffu, v, o));
-    return v;
-}
-
-static __device__ __forceinline__ float bf16_bits(uint32_t h) {
-    return __uint_as_float(h << 16);
-}
-
-static __device__ __forceinline__ float f16_bits(uint32_t h) {
-    return __half2float(__ushort_as_half((unsigned short)h));
-}
-
-static __device__ __forceinline__ float half_at(const uint16_t *p, int64_t i, bool bf) {
-    uint32_t h = p[i];
-    return bf ? bf16_bits(h) : f16_bits(h);
-}
 
 // w[r][c] as float: the plain definition of every format (ref's lp_host_weight_at).
 static __device__ float weight_at(const struct lp_cuda_weight &w, int64_t r, int64_t c) {
@@ -127,10 +107,6 @@ struct gemv_jobs {
     int n_jobs;
 };
 
-template <class T>
-static __device__ __forceinline__ T pick3(int j, const T &a, const T &b, const T &c) {
-    return j == 0 ? a : j == 1 ? b : c;
-}
 
 // The block's R rows and NT tokens: out[t, r] = sum_c x[t, c] w[r, c],
 // then the epilogue (store, add to out, or silu(gate) * up). Needs
@@ -530,34 +506,44 @@ cudaError_t lp_cuda_rope(cudaStream_t s, float *x, const int32_t *pos, const flo
 // to k_rmsnorm per head, k_rope, k_kv_store): a warp per head row of q then
 // k normalizes it (q_norm / k_norm) and rotates it at pos[i]; then the
 // block stores token i's k and v rows at slot[i].
+// One head row xr[hd] in place, by one warp (lane = its lane): HF's q_norm /
+// k_norm (rmsnorm with weight w), then rotate-half RoPE at position p; the
+// operations of k_rmsnorm and k_rope, in their order. Also the prologue of
+// the attention kernel that folds this step in (the same bits).
+static __device__ __forceinline__ void norm_rope_row(float *xr, const float *w,
+                                                     const float *inv_freq, float p, int hd,
+                                                     float eps, int lane) {
+    const int half = hd / 2;
+    float ss = 0.0f;
+    for (int d = lane; d < hd; d += 32)
+        ss = __fmaf_rn(xr[d], xr[d], ss);
+    ss = warp_sum(ss);
+    const float inv = 1.0f / sqrtf(ss / (float)hd + eps);
+    for (int d = lane; d < hd; d += 32)
+        xr[d] = __fmul_rn(__fmul_rn(xr[d], inv), w[d]);
+    __syncwarp();
+    for (int j = lane; j < half; j += 32) {
+        const float angle = __fmul_rn(p, inv_freq[j]);
+        const float c = cosf(angle), sn = sinf(angle);
+        const float x1 = xr[j], x2 = xr[j + half];
+        xr[j] = __fsub_rn(__fmul_rn(x1, c), __fmul_rn(x2, sn));
+        xr[j + half] = __fadd_rn(__fmul_rn(x2, c), __fmul_rn(x1, sn));
+    }
+    __syncwarp();
+}
+
 __global__ void k_qk_norm_rope_store(float *q, float *k, const float *v, const float *q_norm,
                                      const float *k_norm, const float *inv_freq, const int32_t *pos,
                                      const int32_t *slot, void *kc, void *vc, bool bf16,
                                      int64_t n_slots, int n_heads, int n_kv, int hd, float eps) {
     const int i = blockIdx.x, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-    const int n_warps = blockDim.x / 32, half = hd / 2;
+    const int n_warps = blockDim.x / 32;
     const float p = (float)pos[i];
     for (int hr = warp; hr < n_heads + n_kv; hr += n_warps) {
         const bool is_q = hr < n_heads;
         float *xr = is_q ? q + ((size_t)i * n_heads + hr) * hd
                          : k + ((size_t)i * n_kv + (hr - n_heads)) * hd;
-        const float *w = is_q ? q_norm : k_norm;
-        float ss = 0.0f;
-        for (int d = lane; d < hd; d += 32)
-            ss = __fmaf_rn(xr[d], xr[d], ss);
-        ss = warp_sum(ss);
-        const float inv = 1.0f / sqrtf(ss / (float)hd + eps);
-        for (int d = lane; d < hd; d += 32)
-            xr[d] = __fmul_rn(__fmul_rn(xr[d], inv), w[d]);
-        __syncwarp();
-        for (int j = lane; j < half; j += 32) {
-            const float angle = __fmul_rn(p, inv_freq[j]);
-            const float c = cosf(angle), sn = sinf(angle);
-            const float x1 = xr[j], x2 = xr[j + half];
-            xr[j] = __fsub_rn(__fmul_rn(x1, c), __fmul_rn(x2, sn));
-            xr[j + half] = __fadd_rn(__fmul_rn(x2, c), __fmul_rn(x1, sn));
-        }
-        __syncwarp();
+        norm_rope_row(xr, is_q ? q_norm : k_norm, inv_freq, p, hd, eps, lane);
     }
     __syncthreads();
     const int32_t sl = slot[i];
@@ -768,6 +754,395 @@ __global__ void k_attn_combine(float *out, const float *scratch, int hd) {
     }
 }
 
+// ---- attention in tiles of positions (k_attn_tile) ----------------------------
+// Block (row, kv head, split) of 128 threads computes every query head of
+// its kv head's group (GQA: the K and V rows are read once for G heads)
+// over tiles split, split + SPLITS, ... of ATT_TP (64) positions of the
+// row's context. Per tile: (1) scores: 8 lanes per position (4 positions a
+// warp at a time, K loaded 16 bytes a lane), dot over the lane's hd / 8
+// dims then a 3-step shuffle; (2) online softmax, a warp per head: running
+// max m, sum l, and the factor corr for the earlier tiles; (3) P V: warp w
+// takes positions w, w + 4, ..., lanes over the head dims (16-byte loads).
+// The block merges its warps and writes (m, l, o) for its split; the block
+// that finishes last for a (row, kv head) (a counter, reset after) merges
+// the splits in order 0..SPLITS-1 -- what k_attn_combine computes -- so
+// one launch does both passes and a row's result depends on its own
+// context only. FQK: the row's q and k are the raw projections of a decode
+// token; every block normalizes and rotates its q heads (norm_rope_row),
+// the block holding the row's last position uses the new k and v from
+// shared memory (rounded as the cache stores them), and the last block
+// writes q and k back and k, v into the cache: qk_norm_rope_store's work.
+#define ATT_TP 64
+#define ATT_THREADS 128
+
+struct attn_args {
+    float *out;     // [n, n_heads * hd]
+    float *scratch; // [n * n_heads][SPLITS][hd + 2] partials
+    int *cnt;       // [n * n_kv] finished splits, 0 between launches
+    float *q;       // [n, n_heads * hd] (FQK: raw in, normalized and rotated out)
+    void *kc, *vc;  // caches (written only by FQK's store)
+    int bs, n_kv, hd, n_heads;
+    float scale;
+    struct lp_cuda_attn_index ix;
+    struct lp_cuda_attn_qk qk; // FQK only
+};
+
+// N consecutive cache elements from element i on, as floats.
+template <bool BF, int N>
+static __device__ __forceinline__ void cache_load(const void *c, size_t i, float (&v)[N]) {
+    if (BF) {
+        const uint16_t *p = (const uint16_t *)c + i;
+        if (N % 8 == 0) {
+#pragma unroll
+            for (int k = 0; k < N; k += 8) {
+                uint4 r = __ldg((const uint4 *)(p + k));
+                uint32_t w[4] = {r.x, r.y, r.z, r.w};
+#pragma unroll
+                for (int j = 0; j < 4; j++) {
+                    v[k + 2 * j] = bf16_bits(w[j] & 0xffffu);
+                    v[k + 2 * j + 1] = bf16_bits(w[j] >> 16);
+                }
+            }
+        } else if (N % 4 == 0) {
+#pragma unroll
+            for (int k = 0; k < N; k += 4) {
+                uint2 r = __ldg((const uint2 *)(p + k));
+                v[k] = bf16_bits(r.x & 0xffffu);
+                v[k + 1] = bf16_bits(r.x >> 16);
+                v[k + 2] = bf16_bits(r.y & 0xffffu);
+                v[k + 3] = bf16_bits(r.y >> 16);
+            }
+        } else {
+#pragma unroll
+            for (int k = 0; k < N; k++)
+                v[k] = bf16_bits(p[k]);
+        }
+    } else {
+        const float *p = (const float *)c + i;
+        if (N % 4 == 0) {
+#pragma unroll
+            for (int k = 0; k < N; k += 4) {
+                float4 r = __ldg((const float4 *)(p + k));
+                v[k] = r.x;
+                v[k + 1] = r.y;
+                v[k + 2] = r.z;
+                v[k + 3] = r.w;
+            }
+        } else {
+#pragma unroll
+            for (int k = 0; k < N; k++)
+                v[k] = p[k];
+        }
+    }
+}
+
+// The element a cache of type BF stores for f (bf16 rounding or none), as a float.
+template <bool BF> static __device__ __forceinline__ float cache_round(float f) {
+    return BF ? bf16_bits(pack_bf16(f, 0.0f) & 0xffffu) : f;
+}
+
+// DPT: head dims per lane in P V (hd = 32 DPT); GMAX >= G query heads per kv head.
+template <int DPT, int GMAX, bool BF, bool FQK>
+static __global__ void __launch_bounds__(ATT_THREADS) k_attn_tile(struct attn_args a) {
+    constexpr int HD = 32 * DPT, DPL = HD / 8; // dims per lane in the scores
+    constexpr int US = DPL <= 16 ? 4 : 2;       // score steps whose loads go out together
+    constexpr int SPLITS = LP_CUDA_ATTN_SPLITS;
+    griddep_launch_dependents();
+    const int row = blockIdx.x / a.n_kv, kvh = blockIdx.x % a.n_kv, split = blockIdx.y;
+    const int G = a.n_heads / a.n_kv;
+    const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+    const int lg = lane >> 3, l8 = lane & 7;
+    __shared__ float q_s[GMAX][HD];     // the group's q rows (normalized under FQK)
+    __shared__ float sc_s[GMAX][ATT_TP]; // scores, then probabilities
+    __shared__ long long base_s[ATT_TP]; // cache element of each position; -1: the new row
+    __shared__ float corr_s[GMAX], m_s[GMAX], l_s[GMAX];
+    __shared__ float o_s[4][GMAX][HD];
+    __shared__ float kn_s[HD], vn_s[HD], kf_s[HD]; // FQK: new k, v as cached; k as float
+    __shared__ int last_s;
+    // The index arrays came before the step's first kernel: read them, and
+    // start the first tile's K and V rows into L2, before the wait.
+    const int seg = a.ix.row_seg[row];
+    const int32_t *bt = a.ix.bt + a.ix.seg_off[seg];
+    const int qpos = a.ix.row_qpos[row];
+    const int n_ctx = min(qpos + 1, a.ix.seg_nblk[seg] * a.bs);
+    const size_t qrow = (size_t)row * a.n_heads + (size_t)kvh * G; // first q head row
+    const size_t kv_stride = (size_t)a.n_kv * HD;
+    long long base0 = 0; // position split * ATT_TP + tid's cache element
+    if (tid < ATT_TP && split * ATT_TP + tid < n_ctx) {
+        const int p = split * ATT_TP + tid;
+        base0 = (long long)(((size_t)bt[p / a.bs] * a.bs + p % a.bs) * kv_stride + (size_t)kvh * HD);
+        const size_t es = BF ? 2 : 4;
+        for (int o = 0; o < HD * (int)es; o += 128) {
+            prefetch_l2((const char *)a.kc + (size_t)base0 * es + o);
+            prefetch_l2((const char *)a.vc + (size_t)base0 * es + o);
+        }
+    }
+    griddep_wait();
+    for (int e = tid; e < G * HD; e += ATT_THREADS)
+        q_s[e / HD][e % HD] = a.q[qrow * HD + e];
+    if (FQK) {
+        for (int d = tid; d < HD; d += ATT_THREADS) {
+            kf_s[d] = a.qk.k[((size_t)row * a.n_kv + kvh) * HD + d];
+            vn_s[d] = cache_round<BF>(a.qk.v[((size_t)row * a.n_kv + kvh) * HD + d]);
+        }
+        __syncthreads();
+        const float p = (float)qpos;
+        for (int hr = warp; hr <= G; hr += 4)
+            norm_rope_row(hr < G ? q_s[hr] : kf_s, hr < G ? a.qk.q_norm : a.qk.k_norm,
+                          a.qk.inv_freq, p, HD, a.qk.eps, lane);
+        __syncthreads();
+        for (int d = tid; d < HD; d += ATT_THREADS)
+            kn_s[d] = cache_round<BF>(kf_s[d]);
+    }
+    __syncthreads();
+    // this lane's q dims for the scores, in registers
+    float qr[GMAX][DPL];
+#pragma unroll
+    for (int g = 0; g < GMAX; g++)
+#pragma unroll
+        for (int i = 0; i < DPL; i++)
+            qr[g][i] = g < G ? q_s[g][l8 * DPL + i] : 0.0f;
+    float acc[GMAX][DPT];
+#pragma unroll
+    for (int g = 0; g < GMAX; g++)
+#pragma unroll
+        for (int i = 0; i < DPT; i++)
+            acc[g][i] = 0.0f;
+    float m_run[2] = {-INFINITY, -INFINITY}, l_run[2] = {0.0f, 0.0f}; // heads warp, warp + 4
+    for (int p0 = split * ATT_TP; p0 < n_ctx; p0 += SPLITS * ATT_TP) {
+        const int np = min(ATT_TP, n_ctx - p0);
+        if (tid < ATT_TP) {
+            const int p = p0 + tid;
+            long long b = 0;
+            if (tid < np)
+                b = (FQK && p == qpos) ? -1
+                    : p0 == split * ATT_TP
+                        ? base0
+                        : (long long)(((size_t)bt[p / a.bs] * a.bs + p % a.bs) * kv_stride +
+                                      (size_t)kvh * HD);
+            base_s[tid] = b;
+        }
+        __syncthreads();
+        // (1) scores
+        for (int st0 = 0; st0 < 4; st0 += US) {
+            float kv[US][DPL];
+#pragma unroll
+            for (int u = 0; u < US; u++) {
+                const int j = 16 * warp + 4 * (st0 + u) + lg;
+                const long long b = base_s[j];
+                if (j < np && b >= 0) {
+                    cache_load<BF, DPL>(a.kc, (size_t)b + (size_t)l8 * DPL, kv[u]);
+                } else { // past the tile's end, or (FQK) the new row
+#pragma unroll
+                    for (int i = 0; i < DPL; i++)
+                        kv[u][i] = (FQK && j < np) ? kn_s[l8 * DPL + i] : 0.0f;
+                }
+            }
+#pragma unroll
+            for (int u = 0; u < US; u++) {
+                const int j = 16 * warp + 4 * (st0 + u) + lg;
+#pragma unroll
+                for (int g = 0; g < GMAX; g++) {
+                    if (g >= G) break;
+                    float dot = 0.0f;
+#pragma unroll
+                    for (int i = 0; i < DPL; i++)
+                        dot = __fmaf_rn(qr[g][i], kv[u][i], dot);
+                    dot = __fadd_rn(dot, __shfl_xor_sync(0xffffffffu, dot, 4));
+                    dot = __fadd_rn(dot, __shfl_xor_sync(0xffffffffu, dot, 2));
+                    dot = __fadd_rn(dot, __shfl_xor_sync(0xffffffffu, dot, 1));
+                    if (l8 == 0) sc_s[g][j] = j < np ? __fmul_rn(dot, a.scale) : -INFINITY;
+                }
+            }
+        }
+        __syncthreads();
+        // (2) online softmax, warp w for heads w and w + 4
+#pragma unroll
+        for (int hh = 0; hh < 2; hh++) {
+            const int g = warp + 4 * hh;
+            if (g >= G) break;
+            const float s0 = sc_s[g][lane], s1 = sc_s[g][lane + 32];
+            float mt = fmaxf(s0, s1);
+            for (int o = 16; o > 0; o >>= 1)
+                mt = fmaxf(mt, __shfl_xor_sync(0xffffffffu, mt, o));
+            const float mn = fmaxf(m_run[hh], mt); // finite: position p0 is valid
+            const float corr = expf(m_run[hh] - mn);
+            const float e0 = expf(s0 - mn), e1 = expf(s1 - mn);
+            l_run[hh] = __fadd_rn(__fmul_rn(l_run[hh], corr), warp_sum(__fadd_rn(e0, e1)));
+            m_run[hh] = mn;
+            sc_s[g][lane] = e0;
+            sc_s[g][lane + 32] = e1;
+            if (lane == 0) corr_s[g] = corr;
+        }
+        __syncthreads();
+        // (3) P V: warp w takes positions w, w + 4, ...; lanes over dims
+#pragma unroll
+        for (int g = 0; g < GMAX; g++) {
+            if (g >= G) break;
+            const float cr = corr_s[g];
+#pragma unroll
+            for (int i = 0; i < DPT; i++)
+                acc[g][i] = __fmul_rn(acc[g][i], cr);
+        }
+        for (int j0 = warp; j0 < np; j0 += 16) {
+            float vv[4][DPT];
+#pragma unroll
+            for (int u = 0; u < 4; u++) {
+                const int j = j0 + 4 * u;
+                const long long b = j < np ? base_s[j] : 0;
+                if (j < np && b >= 0) {
+                    cache_load<BF, DPT>(a.vc, (size_t)b + (size_t)lane * DPT, vv[u]);
+                } else {
+#pragma unroll
+                    for (int i = 0; i < DPT; i++)
+                        vv[u][i] = (FQK && j < np) ? vn_s[lane * DPT + i] : 0.0f;
+                }
+            }
+#pragma unroll
+            for (int u = 0; u < 4; u++) {
+                const int j = j0 + 4 * u;
+                if (j >= np) break;
+#pragma unroll
+                for (int g = 0; g < GMAX; g++) {
+                    if (g >= G) break;
+                    const float pj = sc_s[g][j];
+#pragma unroll
+                    for (int i = 0; i < DPT; i++)
+                        acc[g][i] = __fmaf_rn(pj, vv[u][i], acc[g][i]);
+                }
+            }
+        }
+        __syncthreads(); // sc_s and base_s are rewritten by the next tile
+    }
+    // merge the warps: o = o_0 + o_1 + o_2 + o_3, then this split's partial
+#pragma unroll
+    for (int g = 0; g < GMAX; g++) {
+        if (g >= G) break;
+#pragma unroll
+        for (int i = 0; i < DPT; i++)
+            o_s[warp][g][lane * DPT + i] = acc[g][i];
+    }
+    if (lane == 0) {
+        for (int hh = 0; hh < 2; hh++) {
+            const int g = warp + 4 * hh;
+            if (g < G) {
+                m_s[g] = m_run[hh];
+                l_s[g] = l_run[hh];
+            }
+        }
+    }
+    __syncthreads();
+    for (int e = tid; e < G * (HD + 2); e += ATT_THREADS) {
+        const int g = e / (HD + 2), d = e % (HD + 2);
+        float *part = a.scratch + ((qrow + g) * SPLITS + split) * (size_t)(HD + 2);
+        if (d == 0) {
+            part[0] = m_s[g];
+        } else if (d == 1) {
+            part[1] = l_s[g];
+        } else if (l_s[g] > 0.0f) {
+            const int dd = d - 2;
+            part[d] = __fadd_rn(__fadd_rn(__fadd_rn(o_s[0][g][dd], o_s[1][g][dd]), o_s[2][g][dd]),
+                                o_s[3][g][dd]);
+        }
+    }
+    __threadfence();
+    __syncthreads();
+    int *cnt = a.cnt + (size_t)row * a.n_kv + kvh;
+    if (tid == 0) last_s = atomicAdd(cnt, 1) == SPLITS - 1;
+    __syncthreads();
+    if (!last_s) return;
+    __threadfence();
+    // the last block: merge the splits (k_attn_combine's arithmetic)
+    __shared__ float w_s[GMAX][SPLITS], L_s[GMAX];
+    if (tid < G * SPLITS) {
+        const int g = tid / SPLITS, sp = tid % SPLITS;
+        const float *part = a.scratch + ((qrow + g) * SPLITS + sp) * (size_t)(HD + 2);
+        w_s[g][sp] = __ldcg(part);     // m for now
+        o_s[0][g][sp] = __ldcg(part + 1); // l
+    }
+    __syncthreads();
+    if (tid < G) {
+        const int g = tid;
+        float M = -INFINITY, L = 0.0f;
+        for (int sp = 0; sp < SPLITS; sp++)
+            if (o_s[0][g][sp] > 0.0f) M = fmaxf(M, w_s[g][sp]);
+        for (int sp = 0; sp < SPLITS; sp++) {
+            const float l = o_s[0][g][sp];
+            const float w = l > 0.0f ? expf(w_s[g][sp] - M) : 0.0f;
+            w_s[g][sp] = w;
+            L += l * w;
+        }
+        L_s[g] = L;
+    }
+    __syncthreads();
+    for (int e = tid; e < G * HD; e += ATT_THREADS) {
+        const int g = e / HD, d = e % HD;
+        const float *part = a.scratch + (qrow + g) * SPLITS * (size_t)(HD + 2);
+        float o = 0.0f;
+#pragma unroll
+        for (int sp = 0; sp < SPLITS; sp++)
+            if (w_s[g][sp] != 0.0f) o += __ldcg(part + (size_t)sp * (HD + 2) + 2 + d) * w_s[g][sp];
+        const float L = L_s[g];
+        a.out[(qrow + g) * HD + d] = L > 0.0f ? o / L : 0.0f;
+    }
+    if (FQK) { // qk_norm_rope_store's outputs: q, k and the cache row
+        for (int e = tid; e < G * HD; e += ATT_THREADS)
+            a.q[qrow * HD + e] = q_s[e / HD][e % HD];
+        const int32_t sl = a.qk.slot[row];
+        for (int d = tid; d < HD; d += ATT_THREADS) {
+            a.qk.k[((size_t)row * a.n_kv + kvh) * HD + d] = kf_s[d];
+            if (sl >= 0 && sl < a.qk.n_slots) {
+                const size_t at = (size_t)sl * kv_stride + (size_t)kvh * HD + d;
+                if (BF) {
+                    ((uint16_t *)a.kc)[at] = (uint16_t)(pack_bf16(kf_s[d], 0.0f) & 0xffffu);
+                    ((uint16_t *)a.vc)[at] = (uint16_t)(pack_bf16(vn_s[d], 0.0f) & 0xffffu);
+                } else {
+                    ((float *)a.kc)[at] = kf_s[d];
+                    ((float *)a.vc)[at] = vn_s[d];
+                }
+            }
+        }
+    }
+    if (tid == 0) *cnt = 0;
+}
+
+template <int DPT, int GMAX>
+static cudaError_t attn_tile_launch(cudaStream_t s, bool pdl, bool bf16, bool fqk, int n,
+                                    const struct attn_args &a) {
+    dim3 grid((unsigned)(n * a.n_kv), LP_CUDA_ATTN_SPLITS);
+#define LP_ATT(BF, F)                                                                              \
+    LP_LAUNCH_PDL(pdl, grid, ATT_THREADS, s, (a), k_attn_tile<DPT, GMAX, BF, F>)
+    if (bf16 && fqk)
+        LP_ATT(true, true);
+    else if (bf16)
+        LP_ATT(true, false);
+    else if (fqk)
+        LP_ATT(false, true);
+    else
+        LP_ATT(false, false);
+#undef LP_ATT
+    return cudaGetLastError();
+}
+
+static cudaError_t attn_tile_dispatch(cudaStream_t s, bool pdl, bool bf16, bool fqk, int n, int G,
+                                      const struct attn_args &a) {
+    switch (a.hd) {
+    case 32:
+        return G <= 2 ? attn_tile_launch<1, 2>(s, pdl, bf16, fqk, n, a)
+             : G <= 4 ? attn_tile_launch<1, 4>(s, pdl, bf16, fqk, n, a)
+                      : attn_tile_launch<1, 8>(s, pdl, bf16, fqk, n, a);
+    case 64:
+        return G <= 2 ? attn_tile_launch<2, 2>(s, pdl, bf16, fqk, n, a)
+             : G <= 4 ? attn_tile_launch<2, 4>(s, pdl, bf16, fqk, n, a)
+                      : attn_tile_launch<2, 8>(s, pdl, bf16, fqk, n, a);
+    case 128:
+        return G <= 2 ? attn_tile_launch<4, 2>(s, pdl, bf16, fqk, n, a)
+                      : attn_tile_launch<4, 4>(s, pdl, bf16, fqk, n, a);
+    default:
+        return attn_tile_launch<8, 2>(s, pdl, bf16, fqk, n, a);
+    }
+}
+
 template <int NI>
 static cudaError_t attn_launch(cudaStream_t s, float *out, const float *q, const void *kc,
                                const void *vc, bool bf16, int bs, int n_kv, int hd, int n_heads,
@@ -786,14 +1161,33 @@ static cudaError_t attn_launch(cudaStream_t s, float *out, const float *q, const
     return cudaGetLastError();
 }
 
-cudaError_t lp_cuda_attention(cudaStream_t s, float *out, const float *q, const void *k_cache,
-                              const void *v_cache, bool bf16, int block_size, int n_kv_heads,
-                              int head_dim, int n_heads, const struct lp_cuda_attn_index *ix, int n,
-                              float *scratch) {
+cudaError_t lp_cuda_attention(cudaStream_t s, bool pdl, float *out, float *q, void *k_cache,
+                              void *v_cache, bool bf16, int block_size, int n_kv_heads,
+                              int head_dim, int n_heads, const struct lp_cuda_attn_index *ix,
+                              const struct lp_cuda_attn_qk *qk, int n, float *scratch,
+                              int *counters) {
     if (n <= 0) return cudaSuccess;
     if (head_dim > 512 || n_kv_heads <= 0 || n_heads % n_kv_heads != 0)
         return cudaErrorInvalidValue;
-    int hd = head_dim;
+    int hd = head_dim, G = n_heads / n_kv_heads;
+    if (lp_cuda_attn_tiled(hd, n_heads, n_kv_heads)) {
+        struct attn_args a = {};
+        a.out = out;
+        a.scratch = scratch;
+        a.cnt = counters;
+        a.q = q;
+        a.kc = k_cache;
+        a.vc = v_cache;
+        a.bs = block_size;
+        a.n_kv = n_kv_heads;
+        a.hd = hd;
+        a.n_heads = n_heads;
+        a.scale = 1.0f / sqrtf((float)hd);
+        a.ix = *ix;
+        if (qk) a.qk = *qk;
+        return attn_tile_dispatch(s, pdl, bf16, qk != NULL, n, G, a);
+    }
+    if (qk) return cudaErrorInvalidValue; // callers ask lp_cuda_attn_tiled first
 #define LP_ATTN(NI)                                                                                \
     attn_launch<NI>(s, out, q, k_cache, v_cache, bf16, block_size, n_kv_heads, hd, n_heads, ix, n, \
                     scratch)

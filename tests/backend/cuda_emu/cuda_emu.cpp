@@ -249,6 +249,39 @@ uint64_t lp_emu_shfl64(uint64_t v, int src_lane) {
     return warp_buf64[buf][other < n_fib ? other : me];
 }
 
+// The m16n8k16 bf16 product of backend/cuda/device.h's mma_bf16: every lane
+// leaves its fragments, and after the warp's barrier computes its own four
+// outputs, each C plus 16 products in k order (one float rounding each).
+void lp_emu_mma_bf16(float d[4], const uint32_t a[4], const uint32_t b[2]) {
+    static uint32_t frag[2][MAX_THREADS][6];
+    int me = cur, buf = fibers[me].shuffles++ & 1;
+    memcpy(frag[buf][me], a, 16);
+    memcpy(frag[buf][me] + 4, b, 8);
+    yield_as(F_WARP);
+    const int w0 = me & ~31, lane = me & 31, g = lane >> 2, t = lane & 3;
+    auto half = [](uint32_t r, int k) {
+        uint32_t h = k & 1 ? r >> 16 : r & 0xffffu;
+        uint32_t u = h << 16;
+        float f;
+        memcpy(&f, &u, 4);
+        return f;
+    };
+    for (int o = 0; o < 4; o++) {
+        int row = g + (o >= 2 ? 8 : 0), col = 2 * t + (o & 1);
+        float acc = d[o];
+        for (int k = 0; k < 16; k++) {
+            int al = w0 + (row % 8) * 4 + (k % 8) / 2; // lane holding A[row][k]
+            int ar = (row >= 8 ? 1 : 0) + (k >= 8 ? 2 : 0);
+            int bl = w0 + col * 4 + (k % 8) / 2; // lane holding B[k][col]
+            int br = k >= 8 ? 1 : 0;
+            float av = half(frag[buf][al < n_fib ? al : me][ar], k);
+            float bv = half(frag[buf][bl < n_fib ? bl : me][4 + br], k);
+            acc = fmaf(av, bv, acc);
+        }
+        d[o] = acc;
+    }
+}
+
 unsigned __reduce_xor_sync(unsigned mask, unsigned v) {
     int me = cur, buf = fibers[me].shuffles++ & 1;
     warp_buf[buf][me] = v;

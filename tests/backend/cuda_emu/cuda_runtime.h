@@ -19,12 +19,14 @@
 #include <tuple>
 #include <utility>
 
+#define LP_CUDA_EMU 1 // kernels pick their emulated helpers (backend/cuda/device.h)
 #define __global__
 #define __device__
 #define __host__
 #define __forceinline__ inline
 #define __restrict__ __restrict
 #define __shared__ static
+#define __align__(n) __attribute__((aligned(n)))
 #define __launch_bounds__(...)
 
 struct uint3 {
@@ -33,6 +35,9 @@ struct uint3 {
 struct dim3 {
     unsigned x, y, z;
     dim3(unsigned x_ = 1, unsigned y_ = 1, unsigned z_ = 1) : x(x_), y(y_), z(z_) {}
+};
+struct uint2 {
+    unsigned x, y;
 };
 struct uint4 {
     unsigned x, y, z, w;
@@ -154,6 +159,16 @@ template <class T> static inline T __ldg(const T *p) {
 template <class T> static inline T __ldcs(const T *p) {
     return *p;
 }
+template <class T> static inline T __ldcg(const T *p) {
+    return *p;
+}
+// Blocks run one after another: no other block is running to race with.
+static inline int atomicAdd(int *p, int v) {
+    int old = *p;
+    *p = old + v;
+    return old;
+}
+static inline void __threadfence(void) {}
 static inline int min(int a, int b) {
     return a < b ? a : b;
 }

@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: MIT
-// emu_kernels.cpp -- src/backend/cuda/kernels.cu compiled as C++ against the
-// emulated runtime (cuda_runtime.h beside this file). The kernels are renamed:
-// a build with CUDA links the real ones (their host stubs) into the same test.
+// emu_kernels.cpp -- src/backend/cuda/kernels.cu and matmul_tc.cu compiled as
+// C++ against the emulated runtime (cuda_runtime.h beside this file). The
+// kernels are renamed (the newer ones are static): a build with CUDA links
+// the real ones (their host stubs) into the same test.
 #define k_gemv lp_emu_k_gemv
 #define k_gemv_generic lp_emu_k_gemv_generic
 #define k_embed lp_emu_k_embed
@@ -17,3 +18,4 @@
 #define k_read_probe lp_emu_k_read_probe
 #define k_qk_norm_rope_store lp_emu_k_qk_norm_rope_store
 #include "backend/cuda/kernels.cu"
+#include "backend/cuda/matmul_tc.cu"

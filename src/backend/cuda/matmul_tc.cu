@@ -1,0 +1,482 @@
+// SPDX-License-Identifier: MIT
+// matmul_tc.cu -- out[n, rows] = x[n, cols] @ W^T on the tensor cores, for
+// bf16 and MLX affine 8- and 4-bit weights (x float32), with the epilogues
+// of the fused slots (store, add into out, silu(gate) * up) and, optionally,
+// the rmsnorm of x folded in (NORM: x is the raw row; the product uses
+// x * inv_rms * norm_w, and the kernel also writes that row out, as the
+// rmsnorm step would).
+//
+// Accuracy: the weights enter the bf16 mma exactly (bf16 as stored; MLX
+// codes q as q * 2^-7, exact); x is split into bf16 hi + lo (hi = bf16(x),
+// lo = bf16(x - hi), together within ~2^-17 of x) and both halves are
+// multiplied, accumulating in float: about float accuracy (the kernel tests
+// hold it to 1e-5 of the reference), unlike a plain bf16 product (~1e-3).
+//
+// One computation per output element, whatever the batch (batch invariance:
+// a token's row is the same bits alone or among others, and in the decode
+// and prefill grids alike). The columns are cut into n_sl <= 8 slices of
+// whole units (a unit is an MLX group, or 64 columns of bf16), a unit into
+// chunks of CW (64; 32 for MLX group 32) columns, a chunk into CW / 16 mma
+// steps. Within a chunk the k order is permuted so that lane t of each
+// 4-lane group reads CW / 4 contiguous columns (16-byte loads): in step s
+// the lane's A/B pairs are listed by a_pair / x_pair below.
+//   slice partial P_s = sum over its units, in order, of
+//     bf16:  P += mma(A, lo), then P += mma(A, hi), step by step
+//     MLX:   G = 0; G += mma(Aq, lo), G += mma(Aq, hi) over the unit's steps;
+//            P = fma(128 scale, G, P); P = fma(bias, sum_x, P)
+//   out = P_0 + P_1 + ... (in order), then the epilogue.
+// sum_x (a group's x sum for one token) is fixed too: each lane adds its
+// CW / 4 values in order, the four lanes of a column combine by xor
+// shuffles 1 then 2, and a two-chunk group adds its chunks' sums in order.
+//
+// Grid: one block (8 warps, warp w = slice w) per 16 or 32 weight rows (one
+// or two 16-row m-tiles; SWIGLU: 16 rows of the gate and the same 16 of up)
+// and per group of NTL * 8 tokens (the token group varies fastest, so blocks
+// sharing weights run together and hit L2). A lane prefetches its rows'
+// slice into L2 before waiting for the previous kernel (PDL), so the
+// weight stream starts while that kernel drains.
+#include <math.h>
+
+#include "backend/cuda/device.h"
+#include "backend/cuda/internal.h"
+
+#define MM_THREADS 256
+#define MM_WARPS 8
+
+// bf16x2 constants: 2^126 (codes at bit 0 of a 16-bit half) and 2^122 (at bit 4).
+#define BF2_P126 0x7e807e80u
+#define BF2_P122 0x7c807c80u
+
+template <int FMT> struct mm_bits;
+template <> struct mm_bits<LP_CUDA_FMT_BF16> { static constexpr int n = 16; };
+template <> struct mm_bits<LP_CUDA_FMT_Q8> { static constexpr int n = 8; };
+template <> struct mm_bits<LP_CUDA_FMT_Q4> { static constexpr int n = 4; };
+
+// A's two registers of one row for step s (k pairs {2t, 2t+1} -> r0 and
+// {2t+8, 2t+9} -> r2), from the lane's raw words of that row. Codes become
+// bf16 q * 2^-7: a 16-bit half holding an integer c < 256 is the bf16
+// c * 2^-133 (subnormal for c < 128), times 2^126 (or 2^122 for c = 16 q).
+//   bf16: r0 = cols (4s, 4s+1), r2 = (4s+2, 4s+3)
+//   q8:   word s = codes 4s..4s+3: r0 = (4s, 4s+2), r2 = (4s+1, 4s+3)
+//   q4:   word j = s/2 = codes 8j..8j+7, m = 2 (s%2): r0 = (8j+m, 8j+m+4),
+//         r2 = (8j+m+1, 8j+m+5)
+template <int FMT>
+static __device__ __forceinline__ void a_pair(const uint32_t *w, int s, uint32_t &r0,
+                                              uint32_t &r2) {
+    if (FMT == LP_CUDA_FMT_BF16) {
+        r0 = w[2 * s];
+        r2 = w[2 * s + 1];
+    } else if (FMT == LP_CUDA_FMT_Q8) {
+        const uint32_t word = w[s];
+        r0 = mul_bf16x2(word & 0x00ff00ffu, BF2_P126);
+        r2 = mul_bf16x2((word >> 8) & 0x00ff00ffu, BF2_P126);
+    } else {
+        const uint32_t word = (s & 1) ? w[s >> 1] >> 8 : w[s >> 1];
+        r0 = mul_bf16x2(word & 0x000f000fu, BF2_P126);
+        r2 = mul_bf16x2(word & 0x00f000f0u, BF2_P122);
+    }
+}
+
+// The lane's x values matching a_pair: B's register 0 takes (xs[i0], xs[i1]),
+// register 1 (xs[i2], xs[i3]).
+template <int FMT> static __device__ __forceinline__ void x_pair(int s, int (&i)[4]) {
+    if (FMT == LP_CUDA_FMT_BF16) {
+        i[0] = 4 * s, i[1] = 4 * s + 1, i[2] = 4 * s + 2, i[3] = 4 * s + 3;
+    } else if (FMT == LP_CUDA_FMT_Q8) {
+        i[0] = 4 * s, i[1] = 4 * s + 2, i[2] = 4 * s + 1, i[3] = 4 * s + 3;
+    } else {
+        const int b = 8 * (s >> 1) + 2 * (s & 1);
+        i[0] = b, i[1] = b + 4, i[2] = b + 1, i[3] = b + 5;
+    }
+}
+
+// N words from p (16-byte loads where N allows; p aligned to 4 N bytes).
+template <int N> static __device__ __forceinline__ void load_words(const void *p, uint32_t (&w)[N]) {
+    if (N >= 4) {
+#pragma unroll
+        for (int k = 0; k < N; k += 4) {
+            uint4 r = __ldg((const uint4 *)p + k / 4);
+            w[k] = r.x, w[k + 1] = r.y, w[k + 2] = r.z, w[k + 3] = r.w;
+        }
+    } else if (N == 2) {
+        uint2 r = __ldg((const uint2 *)p);
+        w[0] = r.x, w[1 % N] = r.y;
+    } else {
+        w[0] = __ldg((const uint32_t *)p);
+    }
+}
+
+struct mm_args {
+    const float *x; // [n, cols] (NORM: the row before rmsnorm)
+    struct lp_cuda_weight w[3];
+    float *out[3];
+    int bp0[4];      // job j owns block-rows [bp0[j], bp0[j + 1])
+    int n_jobs;
+    int n, n_tg;     // tokens, token groups
+    int cols;
+    bool norm;       // fold rmsnorm(x, norm_w, eps) in and write it to norm_out
+    const float *norm_w; // [cols]
+    float *norm_out;     // [n, cols]
+    float eps;
+};
+
+
+// FMT, CW (chunk columns), NTL (8-token mma tiles a block), EPI (enum lp_cuda_epi).
+// m-tiles (16 rows) a block: two for SWIGLU (gate and up) and for batches
+// (the x fragments serve both), one at NTL = 1 (twice the blocks: a small
+// matrix still spreads over every multiprocessor).
+template <int NTL, int EPI> struct mm_mt {
+    static constexpr int n = (EPI == LP_CUDA_EPI_SWIGLU || NTL > 1) ? 2 : 1;
+};
+
+template <int FMT, int CW, int NTL, int EPI>
+static __global__ void __launch_bounds__(MM_THREADS, mm_mt<NTL, EPI>::n == 1 ? 2 : 1) k_mm(struct mm_args a) {
+    constexpr int MM_MT = mm_mt<NTL, EPI>::n;
+    constexpr bool MLX = FMT != LP_CUDA_FMT_BF16;
+    constexpr int BITS = mm_bits<FMT>::n;
+    constexpr int STEPS = CW / 16, XE = CW / 4, W = XE * BITS / 32;
+    constexpr int NT = 8 * NTL;
+    griddep_launch_dependents();
+    const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane >> 2, t = lane & 3;
+    const int tg = (int)(blockIdx.x % (unsigned)a.n_tg), bp = (int)(blockIdx.x / (unsigned)a.n_tg);
+    const int t0 = tg * NT;
+    int ji = 0;
+    if (EPI != LP_CUDA_EPI_SWIGLU) {
+        if (a.n_jobs > 1 && bp >= a.bp0[1]) ji = 1;
+        if (a.n_jobs > 2 && bp >= a.bp0[2]) ji = 2;
+    }
+    const int rows = pick3(ji, a.w[0].rows, a.w[1].rows, a.w[2].rows);
+    // first row of m-tile mt, and its matrix
+    const int rbase = EPI == LP_CUDA_EPI_SWIGLU ? bp * 16 : (bp - a.bp0[ji]) * 16 * MM_MT;
+    const int cols = a.cols, group = a.w[0].group;
+    const int unit = MLX ? (group > CW ? group : CW) : CW, cpu = unit / CW;
+    const int n_units = cols / unit, n_sl = n_units < MM_WARPS ? n_units : MM_WARPS;
+    const int cb = warp < n_sl ? warp * n_units / n_sl * cpu : 0;
+    const int ce = warp < n_sl ? (warp + 1) * n_units / n_sl * cpu : 0;
+    const size_t row_bytes = (size_t)cols * BITS / 8;
+    const char *rp[MM_MT][2]; // the lane's rows g and g + 8 of each m-tile
+    int rr[MM_MT][2];
+#pragma unroll
+    for (int mt = 0; mt < MM_MT; mt++) {
+        const int j = EPI == LP_CUDA_EPI_SWIGLU ? mt : ji;
+        const char *data = (const char *)pick3(j, a.w[0].data, a.w[1].data, a.w[2].data);
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+            const int r = rbase + (EPI == LP_CUDA_EPI_SWIGLU ? 0 : 16 * mt) + g + 8 * h;
+            rr[mt][h] = r < rows ? r : rows - 1;
+            rp[mt][h] = data + (size_t)rr[mt][h] * row_bytes;
+        }
+    }
+    // The chunk pipeline: stage k holds chunk c's weight words and (MLX)
+    // its rows' scale and bias bits, loaded PD chunks ahead; the first PD
+    // go out before the wait (model data), behind an L2 prefetch of the
+    // whole slice.
+    constexpr int PD = NTL == 1 && FMT != LP_CUDA_FMT_BF16 ? 4 : 2;
+    const int gpr = MLX ? cols / group : 1;
+    uint32_t raw[PD][MM_MT][2][W];
+    uint32_t sbr[PD][MM_MT][2]; // (bias << 16) | scale, half bits
+#define MM_LOAD_STAGE(k, c)                                                                        \
+    do {                                                                                           \
+        _Pragma("unroll") for (int mt_ = 0; mt_ < MM_MT; mt_++) {                                  \
+            const int j_ = EPI == LP_CUDA_EPI_SWIGLU ? mt_ : ji;                                   \
+            _Pragma("unroll") for (int h_ = 0; h_ < 2; h_++) {                                     \
+                load_words<W>(rp[mt_][h_] + ((size_t)(c) * CW + (size_t)t * XE) * BITS / 8,       \
+                              raw[k][mt_][h_]);                                                    \
+                if (MLX) {                                                                         \
+                    const int64_t at_ = (int64_t)rr[mt_][h_] * gpr + (c) / cpu;                    \
+                    sbr[k][mt_][h_] =                                                              \
+                        (uint32_t)__ldg(pick3(j_, a.w[0].scales, a.w[1].scales, a.w[2].scales) +  \
+                                        at_) |                                                     \
+                        (uint32_t)__ldg(pick3(j_, a.w[0].biases, a.w[1].biases, a.w[2].biases) +  \
+                                        at_)                                                       \
+                            << 16;                                                                 \
+                }                                                                                  \
+            }                                                                                      \
+        }                                                                                          \
+    } while (0)
+    {
+        const size_t off = (size_t)cb * CW * BITS / 8, len = (size_t)(ce - cb) * CW * BITS / 8;
+#pragma unroll
+        for (int mt = 0; mt < MM_MT; mt++)
+#pragma unroll
+            for (int h = 0; h < 2; h++)
+                for (size_t o = (size_t)t * 128; o < len; o += 512)
+                    prefetch_l2(rp[mt][h] + off + o);
+    }
+#pragma unroll
+    for (int k = 0; k < PD; k++)
+        if (cb + k < ce) MM_LOAD_STAGE(k, cb + k);
+    griddep_wait();
+    // x: the block's rows in shared memory when they fit (a decode step's
+    // one row), normalized there under NORM; else read from global per chunk
+    constexpr int XSM = NTL == 1 ? 6144 + 8 * 4 : 4; // floats
+    __shared__ __align__(16) float x_s[XSM];
+    __shared__ float s_inv[NT];
+    const int n_v = a.n - t0 < NT ? a.n - t0 : NT; // this block's tokens
+    const int xstride = cols + 4;                  // padded rows: no bank conflicts
+    const bool x_in_smem = NTL == 1 && (size_t)n_v * xstride <= (size_t)XSM;
+    if (x_in_smem) {
+        for (int k = 0; k < n_v; k++) {
+            const float4 *src = (const float4 *)(a.x + (size_t)(t0 + k) * cols);
+            for (int i = tid; i < cols / 4; i += MM_THREADS)
+                *(float4 *)(x_s + k * xstride + 4 * i) = __ldg(src + i);
+        }
+        __syncthreads();
+    }
+    if (a.norm) { // rmsnorm's 1 / rms per token, in k_rmsnorm_wide's order
+        __shared__ float s_part[MM_WARPS][NT];
+        for (int k = 0; k < n_v; k++) {
+            const float *xr = x_in_smem ? x_s + k * xstride : a.x + (size_t)(t0 + k) * cols;
+            float ss = 0.0f;
+            for (int i = tid; i < cols; i += MM_THREADS)
+                ss = __fmaf_rn(xr[i], xr[i], ss);
+            ss = warp_sum(ss);
+            if (lane == 0) s_part[warp][k] = ss;
+        }
+        __syncthreads();
+        if (tid < n_v) {
+            float tot = s_part[0][tid];
+            for (int k = 1; k < MM_WARPS; k++)
+                tot = __fadd_rn(tot, s_part[k][tid]);
+            s_inv[tid] = 1.0f / sqrtf(tot / (float)cols + a.eps);
+        }
+        __syncthreads();
+        for (int k = 0; k < n_v; k++) {
+            const float *xr = x_in_smem ? x_s + k * xstride : a.x + (size_t)(t0 + k) * cols;
+            float *o = a.norm_out + (size_t)(t0 + k) * cols;
+            for (int i = tid; i < cols; i += MM_THREADS) {
+                const float v = __fmul_rn(__fmul_rn(xr[i], s_inv[k]), a.norm_w[i]);
+                if (bp == 0) o[i] = v; // one block-row writes the normalized rows
+                if (x_in_smem) x_s[k * xstride + i] = v;
+            }
+        }
+        __syncthreads();
+    }
+    float p[MM_MT][NTL][4];
+    zero3(p);
+    if (cb < ce) {
+        float gq[MM_MT][NTL][4], sx[NTL][2];
+        for (int c0 = cb; c0 < ce; c0 += PD) {
+#pragma unroll
+            for (int k = 0; k < PD; k++) {
+                const int c = c0 + k;
+                if (c >= ce) break;
+                // A fragments and scales of this chunk, then stage k refills
+                uint32_t af[MM_MT][STEPS][4];
+                float s_[MM_MT][2], b_[MM_MT][2];
+#pragma unroll
+                for (int mt = 0; mt < MM_MT; mt++) {
+#pragma unroll
+                    for (int s = 0; s < STEPS; s++) {
+                        a_pair<FMT>(raw[k][mt][0], s, af[mt][s][0], af[mt][s][2]);
+                        a_pair<FMT>(raw[k][mt][1], s, af[mt][s][1], af[mt][s][3]);
+                    }
+#pragma unroll
+                    for (int h = 0; h < 2; h++) {
+                        const bool sbf = a.w[0].scale_bf16;
+                        const uint32_t v = sbr[k][mt][h];
+                        s_[mt][h] = __fmul_rn(sbf ? bf16_bits(v & 0xffffu) : f16_bits(v & 0xffffu),
+                                              128.0f);
+                        b_[mt][h] = sbf ? bf16_bits(v >> 16) : f16_bits(v >> 16);
+                    }
+                }
+                if (c + PD < ce) MM_LOAD_STAGE(k, c + PD);
+                const int cu = (c / cpu) * cpu; // first chunk of this unit
+                if (MLX && c == cu) zero3(gq);
+                const int col0 = c * CW + t * XE;
+#pragma unroll
+                for (int nt = 0; nt < NTL; nt++) {
+                    const int tk = 8 * nt + g, tok = t0 + tk;
+                    float xs[XE];
+                    if (tok < a.n) {
+                        const float4 *xp =
+                            x_in_smem ? (const float4 *)(x_s + tk * xstride + col0)
+                                      : (const float4 *)(a.x + (size_t)tok * cols + col0);
+#pragma unroll
+                        for (int q = 0; q < XE / 4; q++) {
+                            float4 v = x_in_smem ? xp[q] : __ldg(xp + q);
+                            xs[4 * q] = v.x, xs[4 * q + 1] = v.y, xs[4 * q + 2] = v.z,
+                                   xs[4 * q + 3] = v.w;
+                        }
+                        if (a.norm && !x_in_smem) {
+                            const float inv = s_inv[tk];
+                            const float4 *wp = (const float4 *)(a.norm_w + col0);
+#pragma unroll
+                            for (int q = 0; q < XE / 4; q++) {
+                                float4 wv = __ldg(wp + q);
+                                xs[4 * q] = __fmul_rn(__fmul_rn(xs[4 * q], inv), wv.x);
+                                xs[4 * q + 1] = __fmul_rn(__fmul_rn(xs[4 * q + 1], inv), wv.y);
+                                xs[4 * q + 2] = __fmul_rn(__fmul_rn(xs[4 * q + 2], inv), wv.z);
+                                xs[4 * q + 3] = __fmul_rn(__fmul_rn(xs[4 * q + 3], inv), wv.w);
+                            }
+                        }
+                    } else {
+#pragma unroll
+                        for (int q = 0; q < XE; q++)
+                            xs[q] = 0.0f;
+                    }
+                    uint32_t bh[STEPS][2], bl[STEPS][2];
+#pragma unroll
+                    for (int s = 0; s < STEPS; s++) {
+                        int ix[4];
+                        x_pair<FMT>(s, ix);
+                        split_bf16(xs[ix[0]], xs[ix[1]], bh[s][0], bl[s][0]);
+                        split_bf16(xs[ix[2]], xs[ix[3]], bh[s][1], bl[s][1]);
+                    }
+                    if (MLX) {
+                        float sum = 0.0f;
+#pragma unroll
+                        for (int q = 0; q < XE; q++)
+                            sum = __fadd_rn(sum, xs[q]);
+                        sum = __fadd_rn(sum, __shfl_xor_sync(0xffffffffu, sum, 1));
+                        sum = __fadd_rn(sum, __shfl_xor_sync(0xffffffffu, sum, 2));
+                        const float s0 = __shfl_sync(0xffffffffu, sum, 8 * t);
+                        const float s1 = __shfl_sync(0xffffffffu, sum, 8 * t + 4);
+                        if (c == cu) {
+                            sx[nt][0] = s0, sx[nt][1] = s1;
+                        } else {
+                            sx[nt][0] = __fadd_rn(sx[nt][0], s0);
+                            sx[nt][1] = __fadd_rn(sx[nt][1], s1);
+                        }
+                    }
+#pragma unroll
+                    for (int mt = 0; mt < MM_MT; mt++)
+#pragma unroll
+                        for (int s = 0; s < STEPS; s++) {
+                            if (MLX) {
+                                mma_bf16(gq[mt][nt], af[mt][s], bl[s]);
+                                mma_bf16(gq[mt][nt], af[mt][s], bh[s]);
+                            } else {
+                                mma_bf16(p[mt][nt], af[mt][s], bl[s]);
+                                mma_bf16(p[mt][nt], af[mt][s], bh[s]);
+                            }
+                        }
+                }
+                if (MLX && c == cu + cpu - 1) { // the unit (group) ends: scale and bias
+#pragma unroll
+                    for (int mt = 0; mt < MM_MT; mt++)
+#pragma unroll
+                        for (int nt = 0; nt < NTL; nt++)
+#pragma unroll
+                            for (int i = 0; i < 4; i++) {
+                                p[mt][nt][i] =
+                                    __fmaf_rn(s_[mt][i >> 1], gq[mt][nt][i], p[mt][nt][i]);
+                                p[mt][nt][i] =
+                                    __fmaf_rn(b_[mt][i >> 1], sx[nt][i & 1], p[mt][nt][i]);
+                            }
+                }
+            }
+        }
+    }
+#undef MM_LOAD_STAGE
+    // slice partials, added in slice order
+    __shared__ float s_p[MM_WARPS][MM_MT * NTL * 128];
+    if (cb < ce) {
+#pragma unroll
+        for (int mt = 0; mt < MM_MT; mt++)
+#pragma unroll
+            for (int nt = 0; nt < NTL; nt++)
+#pragma unroll
+                for (int i = 0; i < 4; i++)
+                    s_p[warp][((mt * NTL + nt) * 32 + lane) * 4 + i] = p[mt][nt][i];
+    }
+    __syncthreads();
+    constexpr int PER_MT = NTL * 128;
+    float *out = pick3(ji, a.out[0], a.out[1], a.out[2]);
+    for (int e = tid; e < (EPI == LP_CUDA_EPI_SWIGLU ? 1 : MM_MT) * PER_MT; e += MM_THREADS) {
+        const int mt = e / PER_MT, rem = e % PER_MT, nt = rem / 128, ln = (rem % 128) / 4,
+                  i = rem % 4;
+        const int r = rbase + 16 * mt + (ln >> 2) + (i >> 1) * 8;
+        const int tok = t0 + 8 * nt + 2 * (ln & 3) + (i & 1);
+        float v = s_p[0][e];
+        for (int k = 1; k < n_sl; k++)
+            v = __fadd_rn(v, s_p[k][e]);
+        if (EPI == LP_CUDA_EPI_SWIGLU) {
+            float u = s_p[0][e + PER_MT];
+            for (int k = 1; k < n_sl; k++)
+                u = __fadd_rn(u, s_p[k][e + PER_MT]);
+            if (r < rows && tok < a.n)
+                out[(size_t)tok * rows + r] = __fmul_rn(__fdiv_rn(v, __fadd_rn(1.0f, expf(-v))), u);
+        } else if (r < rows && tok < a.n) {
+            float *o = out + (size_t)tok * rows + r;
+            *o = EPI == LP_CUDA_EPI_ACCUM ? __fadd_rn(*o, v) : v;
+        }
+    }
+}
+
+// Lays out the block-rows of the jobs (bp0) for NTL's m-tiles and launches.
+template <int FMT, int CW, int EPI, int NTL>
+static cudaError_t mm_launch_ntl(cudaStream_t s, bool pdl, struct mm_args &a, int n_w) {
+    constexpr int ROWS = 16 * mm_mt<NTL, EPI>::n;
+    int n_bp = 0;
+    if (EPI == LP_CUDA_EPI_SWIGLU) {
+        n_bp = (a.w[0].rows + 15) / 16;
+    } else {
+        for (int j = 0; j < n_w; j++) {
+            a.bp0[j] = n_bp;
+            n_bp += (a.w[j].rows + ROWS - 1) / ROWS;
+        }
+        a.bp0[n_w] = n_bp;
+    }
+    a.n_tg = (a.n + 8 * NTL - 1) / (8 * NTL);
+    const unsigned grid = (unsigned)a.n_tg * (unsigned)n_bp;
+    LP_LAUNCH_PDL(pdl, grid, MM_THREADS, s, (a), k_mm<FMT, CW, NTL, EPI>);
+    return cudaGetLastError();
+}
+
+template <int FMT, int CW, int EPI>
+static cudaError_t mm_launch(cudaStream_t s, bool pdl, struct mm_args &a, int n_w) {
+    return a.n <= 8 ? mm_launch_ntl<FMT, CW, EPI, 1>(s, pdl, a, n_w)
+                    : mm_launch_ntl<FMT, CW, EPI, 4>(s, pdl, a, n_w);
+}
+
+template <int EPI>
+static cudaError_t mm_dispatch(cudaStream_t s, bool pdl, struct mm_args &a, int n_w) {
+    const struct lp_cuda_weight *w = &a.w[0];
+    switch (w->fmt) {
+    case LP_CUDA_FMT_BF16:
+        return mm_launch<LP_CUDA_FMT_BF16, 64, EPI>(s, pdl, a, n_w);
+    case LP_CUDA_FMT_Q8:
+        return w->group == 32 ? mm_launch<LP_CUDA_FMT_Q8, 32, EPI>(s, pdl, a, n_w)
+                              : mm_launch<LP_CUDA_FMT_Q8, 64, EPI>(s, pdl, a, n_w);
+    case LP_CUDA_FMT_Q4:
+        return w->group == 32 ? mm_launch<LP_CUDA_FMT_Q4, 32, EPI>(s, pdl, a, n_w)
+                              : mm_launch<LP_CUDA_FMT_Q4, 64, EPI>(s, pdl, a, n_w);
+    default:
+        return cudaErrorInvalidValue;
+    }
+}
+
+cudaError_t lp_cuda_mm(cudaStream_t s, bool pdl, int epi, const float *x,
+                       const struct lp_cuda_weight *const *ws, float *const *outs, int n_w, int n,
+                       const float *norm_w, float *norm_out, float eps) {
+    if (n <= 0) return cudaSuccess;
+    if (n_w < 1 || n_w > 3 || (epi == LP_CUDA_EPI_SWIGLU && n_w != 2)) return cudaErrorInvalidValue;
+    struct mm_args a = {};
+    a.x = x;
+    a.n = n;
+    a.cols = ws[0]->cols;
+    a.n_jobs = epi == LP_CUDA_EPI_SWIGLU ? 1 : n_w;
+    a.norm = norm_w != NULL;
+    a.norm_w = norm_w;
+    a.norm_out = norm_out;
+    a.eps = eps;
+    for (int j = 0; j < n_w; j++) {
+        const struct lp_cuda_weight *w = ws[j];
+        if (!lp_cuda_mm_ok(w) || w->fmt != ws[0]->fmt || w->cols != ws[0]->cols ||
+            w->group != ws[0]->group || w->scale_bf16 != ws[0]->scale_bf16)
+            return cudaErrorInvalidValue;
+        a.w[j] = *w;
+        a.out[j] = outs[j];
+    }
+    if (epi == LP_CUDA_EPI_SWIGLU && ws[1]->rows != ws[0]->rows) return cudaErrorInvalidValue;
+    switch (epi) {
+    case LP_CUDA_EPI_STORE:
+        return mm_dispatch<LP_CUDA_EPI_STORE>(s, pdl, a, n_w);
+    case LP_CUDA_EPI_ACCUM:
+        return mm_dispatch<LP_CUDA_EPI_ACCUM>(s, pdl, a, n_w);
+    case LP_CUDA_EPI_SWIGLU:
+        return mm_dispatch<LP_CUDA_EPI_SWIGLU>(s, pdl, a, n_w);
+    }
+    return cudaErrorInvalidValue;
+}
