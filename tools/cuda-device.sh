@@ -3,14 +3,21 @@
 # cuda-device.sh -- the CUDA backend's tests and benchmarks on the GPU machine,
 # which has no package registry (and none of gRPC, jansson, ...): build here,
 # pack the binaries with the shared libraries they need, run there.
-#   here:  tools/cuda-device.sh pack     builds build-cuda (nvcc 13, sm_90) and
-#                                        fills build-cuda-carry/{bin,lib}
+#   here:  tools/cuda-device.sh pack     builds $LP_CUDA_BUILD (default
+#                                        build-cuda; nvcc 13, sm_90 machine code
+#                                        only) and packs the binaries and their
+#                                        libraries into build-cuda-carry/lp.tgz
+#                                        (compressed: the tree that travels is
+#                                        limited to 64 MiB)
 #   there: tools/cuda-device.sh run      (the device tool's command, with
-#                                        carry: ["build-cuda-carry"]) runs the
-#          CUDA kernel tests, the HF golden cases on CUDA, compute-sanitizer,
-#          and the benchmarks of bench/RESULTS.md; logs go to $OUT (or out/).
+#                                        carry: ["build-cuda-carry"]) unpacks
+#          it and runs the CUDA kernel tests, the HF golden cases on CUDA,
+#          compute-sanitizer, and the benchmarks of bench/RESULTS.md; logs go
+#          to $OUT (or out/).
 # `run` steps: tests | ring | sanitize | bench | profile | serve (default:
-# tests ring bench sanitize), e.g. `run tests bench`.
+# tests ring bench sanitize), e.g. `run tests bench`. `serve` alone also runs
+# here on the CPU for a dry run: LP_SERVE_DEVICE=cpu LP_SERVE_MODEL=DIR
+# LP_BIN_DIR=build tools/cuda-device.sh run serve.
 # Only layerpipe's own programs see the carried libraries (LD_LIBRARY_PATH):
 # python3 and the CUDA tools keep the machine's.
 set -u -o pipefail
@@ -18,21 +25,34 @@ here=$(cd "$(dirname "$0")/.." && pwd)
 cd "$here"
 
 pack() {
-    local nvcc=${NVCC:-/usr/local/cuda-13.0/bin/nvcc}
-    cmake -S . -B build-cuda -DCMAKE_BUILD_TYPE=Release -DLAYERPIPE_CUDA=ON \
-        -DCMAKE_CUDA_COMPILER="$nvcc" >/dev/null || return 1
+    local nvcc=${NVCC:-/usr/local/cuda-13.0/bin/nvcc} bd=${LP_CUDA_BUILD:-build-cuda}
+    cmake -S . -B "$bd" -DCMAKE_BUILD_TYPE=Release -DLAYERPIPE_CUDA=ON \
+        -DCMAKE_CUDA_COMPILER="$nvcc" -DCMAKE_CUDA_ARCHITECTURES=90-real >/dev/null || return 1
     local bins="layerpipe lp_genmodel backend_test_cuda engine_test_golden"
     # shellcheck disable=SC2086
-    cmake --build build-cuda -j"$(nproc)" --target $bins >/dev/null || return 1
-    rm -rf build-cuda-carry && mkdir -p build-cuda-carry/bin build-cuda-carry/lib
-    for b in $bins; do cp "build-cuda/$b" build-cuda-carry/bin/; done
+    cmake --build "$bd" -j"$(nproc)" --target $bins >/dev/null || return 1
+    local tmp=build-cuda-carry/.pack
+    rm -rf build-cuda-carry && mkdir -p "$tmp/bin" "$tmp/lib"
+    for b in $bins; do cp "$bd/$b" "$tmp/bin/"; done
     # every shared library the binaries load, except the C and C++ runtimes
     # (the GPU machine's are newer than this machine's)
-    for b in $bins; do ldd "build-cuda/$b"; done | awk '$3 ~ /^\// {print $3}' | sort -u |
+    for b in $bins; do ldd "$bd/$b"; done | awk '$3 ~ /^\// {print $3}' | sort -u |
         grep -Ev '/(libc|libm|libpthread|libdl|librt|ld-linux-x86-64|libgcc_s|libstdc\+\+)\.so' |
-        while read -r lib; do cp -L "$lib" build-cuda-carry/lib/; done
-    strip build-cuda-carry/bin/*
+        while read -r lib; do cp -L "$lib" "$tmp/lib/"; done
+    strip "$tmp"/bin/*
+    # the Qwen3 tokenizer, for serve on the generated models (no npm there)
+    local tok
+    tok=$(tools/fetch-qwen3-tokenizer.sh "$bd/testdata/qwen3-tokenizer") || return 1
+    mkdir -p "$tmp/tok" && cp "$tok/tokenizer.json" "$tok/tokenizer_config.json" "$tmp/tok/"
+    tar -C "$tmp" -czf build-cuda-carry/lp.tgz bin lib tok && rm -rf "$tmp"
     du -sh build-cuda-carry
+}
+
+# The packed binaries into build-cuda-carry/{bin,lib} (once).
+unpack() {
+    [ -f build-cuda-carry/lp.tgz ] && [ ! -x build-cuda-carry/bin/layerpipe ] &&
+        tar -C build-cuda-carry -xzf build-cuda-carry/lp.tgz
+    return 0
 }
 
 # Runs a command with the carried libraries first on the library path.
@@ -44,8 +64,16 @@ run_tests() {
     export LP_BIN=$here/$c/layerpipe LP_TOOLS_DIR=$here/$c LP_GOLDEN_DIR=$here/tests/golden
     export LP_WORK_DIR=$work LP_SOURCE_DIR=$here
     echo "== backend/test_cuda"
-    lp "$c/backend_test_cuda" 2>&1 | tee "$OUT/test_cuda.log"
-    echo "test_cuda rc=${PIPESTATUS[0]}"
+    lp "$c/backend_test_cuda" 2>&1 | tee "$OUT/test_cuda.log" | grep -v "^ok" | tail -30
+    local rc=${PIPESTATUS[0]}
+    echo "test_cuda rc=$rc"
+    if [ "$rc" != 0 ]; then # which feature: each off in turn
+        for v in LP_CUDA_NO_PDL=1 LP_CUDA_NO_FOLD=1 LP_CUDA_NO_TC=1 LP_CUDA_NO_GRAPHS=1; do
+            env "$v" LD_LIBRARY_PATH="$here/build-cuda-carry/lib" "$c/backend_test_cuda" \
+                >"$OUT/test_cuda_$v.log" 2>&1
+            echo "test_cuda with $v: rc=$? $(tail -1 "$OUT/test_cuda_$v.log")"
+        done
+    fi
     echo "== engine/test_golden (CPU and --device cuda)"
     lp "$c/engine_test_golden" >"$OUT/test_golden.log" 2>&1
     echo "test_golden rc=$?"
@@ -59,7 +87,7 @@ run_sanitize() {
     cs=$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer 2>/dev/null | head -1)
     echo "== compute-sanitizer memcheck (kernel tests only): ${cs:-not found}"
     [ -n "$cs" ] || return 0
-    LP_CUDA_TEST_KERNELS_ONLY=1 lp timeout 150 "$cs" --tool memcheck \
+    LP_CUDA_TEST_KERNELS_ONLY=1 lp timeout 120 "$cs" --tool memcheck \
         --error-exitcode 9 "$c/backend_test_cuda" >"$OUT/memcheck.log" 2>&1
     echo "memcheck rc=$?"
     tail -5 "$OUT/memcheck.log"
@@ -130,9 +158,10 @@ print(f"ring (CPU + NVIDIA H200 worker) vs one CPU process: {len(a)} rows, worst
 EOF
 }
 
-# Where a batch-1 decode step's time goes: decode with and without CUDA
-# graphs, then Nsight Compute's per-kernel summary of one decode step
-# (graphs off, so that every kernel is a plain launch).
+# Where a batch-1 decode step's time goes: decode with the defaults and with
+# each feature off (graphs, PDL, folded steps, tensor cores), then Nsight
+# Compute's per-kernel time and DRAM bytes of two decode steps (graphs off,
+# so that every kernel is a plain launch) and of a 512-token prefill.
 run_profile() {
     local c=build-cuda-carry/bin dir=/tmp/lp-models/q17-mlx8 log=$OUT/profile.log
     local shape="--layers 28 --hidden 2048 --heads 16 --kv-heads 8 --head-dim 128
@@ -141,36 +170,54 @@ run_profile() {
     # shellcheck disable=SC2086
     [ -f "$dir/config.json" ] || lp "$c/lp_genmodel" --out "$dir" --seed 7 --format mlx8 $shape \
         >/dev/null 2>&1
-    echo "== decode, graphs on / off" | tee -a "$log"
-    lp "$c/layerpipe" bench -m "$dir" --device cuda -p 16 -n 128 -r 1 2>&1 | grep decode: | tee -a "$log"
-    LP_CUDA_NO_GRAPHS=1 lp "$c/layerpipe" bench -m "$dir" --device cuda -p 16 -n 128 -r 1 2>&1 |
-        grep decode: | tee -a "$log"
+    echo "== decode, 16 + 128 tokens, each feature off in turn" | tee -a "$log"
+    for v in LP_NONE=1 LP_CUDA_NO_GRAPHS=1 LP_CUDA_NO_PDL=1 LP_CUDA_NO_FOLD=1; do
+        printf '%-20s ' "$v" | tee -a "$log"
+        env "$v" LD_LIBRARY_PATH="$here/build-cuda-carry/lib" "$c/layerpipe" bench -m "$dir" \
+            --device cuda -p 16 -n 128 -r 1 2>&1 | grep decode: | tee -a "$log"
+    done
     local ncu
     ncu=$(command -v ncu || ls /usr/local/cuda*/bin/ncu /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
     echo "== ncu: ${ncu:-not found}" | tee -a "$log"
     [ -n "$ncu" ] || return 0
-    LP_CUDA_NO_GRAPHS=1 lp timeout 200 "$ncu" --clock-control none --launch-skip 2600 \
-        --launch-count 256 --metrics gpu__time_duration.sum --print-summary per-kernel \
-        "$c/layerpipe" bench -m "$dir" --device cuda -p 16 -b 16 -n 16 -r 1 >"$OUT/ncu.log" 2>&1
-    echo "ncu rc=$?" | tee -a "$log"
-    grep -E "k_|gpu__time_duration|invocations" "$OUT/ncu.log" | head -80 | tee -a "$log"
+    # ncu_summary NAME SKIP COUNT BENCH-ARGS...: per-kernel time and DRAM bytes
+    ncu_summary() {
+        local name=$1 skip=$2 count=$3
+        shift 3
+        LP_CUDA_NO_GRAPHS=1 lp timeout 90 "$ncu" --clock-control none --launch-skip "$skip" \
+            --launch-count "$count" --metrics gpu__time_duration.sum,dram__bytes_read.sum \
+            --print-summary per-kernel "$c/layerpipe" bench -m "$dir" --device cuda "$@" \
+            >"$OUT/ncu_$name.log" 2>&1
+        echo "ncu $name rc=$?" | tee -a "$log"
+        grep -E "^  [a-z_]|k_|gpu__time_duration|dram__bytes|invocations" "$OUT/ncu_$name.log" |
+            head -90 | tee -a "$log"
+    }
+    ncu_summary decode 600 288 -p 16 -b 16 -n 16 -r 1
+    ncu_summary prefill 6 180 -p 512 -b 512 -n 1 -r 1
 }
 
 # serve --device cuda with 64 streams at once (curl, temperature 0), each
 # against the same request alone: the text must be equal.
 run_serve() {
-    local c=build-cuda-carry/bin m=/tmp/lp-models/q17-mlx8 port=/tmp/lp-serve.port
+    local c=${LP_BIN_DIR:-build-cuda-carry/bin} m=${LP_SERVE_MODEL:-/tmp/lp-models/q17-mlx8}
+    local dev=${LP_SERVE_DEVICE:-cuda} port=/tmp/lp-serve.port
     local shape="--layers 28 --hidden 2048 --heads 16 --kv-heads 8 --head-dim 128
                  --intermediate 6144 --vocab 151936 --tied 1 --threads 16"
     mkdir -p /tmp/lp-models
     # shellcheck disable=SC2086
     [ -f "$m/config.json" ] || lp "$c/lp_genmodel" --out "$m" --seed 7 --format mlx8 $shape \
         >/dev/null 2>&1
+    # serve needs a tokenizer: the Qwen3 one (the generated model has its vocabulary)
+    [ -f "$m/tokenizer.json" ] || cp "${LP_TOK_DIR:-build-cuda-carry/tok}"/tokenizer*.json "$m/"
     rm -f "$port"
-    lp "$c/layerpipe" serve -m "$m" --device cuda --listen 127.0.0.1:0 --port-file "$port" \
+    echo "== serve --device $dev: 64 streams at once against each alone"
+    lp "$c/layerpipe" serve -m "$m" --device "$dev" --listen 127.0.0.1:0 --port-file "$port" \
         --max-seqs 64 --ctx 256 >"$OUT/serve.log" 2>&1 &
     local spid=$!
     for _ in $(seq 600); do [ -s "$port" ] && break; sleep 0.1; done
+    if [ ! -s "$port" ]; then
+        echo "serve did not start:"; tail -5 "$OUT/serve.log"; kill "$spid" 2>/dev/null; return 0
+    fi
     local url="http://127.0.0.1:$(cat "$port")/v1/completions" dir=/tmp/lp-serve-out
     rm -rf "$dir" && mkdir -p "$dir/alone" "$dir/crowd"
     req() { curl -s "$url" -H 'Content-Type: application/json' \
@@ -182,8 +229,13 @@ run_serve() {
     wait $(jobs -p | grep -v "^$spid$")
     local t1; t1=$(date +%s.%N)
     local same=0
-    for i in $(seq 0 63); do cmp -s "$dir/alone/$i" "$dir/crowd/$i" && same=$((same + 1)); done
-    echo "serve --device cuda, 64 streams at once: $same/64 equal to alone, $(python3 -c "print(f'{64 * 32 / ($t1 - $t0):.0f}')") tok/s through HTTP" | tee -a "$OUT/serve.log"
+    for i in $(seq 0 63); do
+        [ -s "$dir/alone/$i" ] && cmp -s "$dir/alone/$i" "$dir/crowd/$i" && same=$((same + 1))
+    done
+    local empty=0
+    for i in $(seq 0 63); do [ -s "$dir/alone/$i" ] || empty=$((empty + 1)); done
+    echo "serve --device $dev, 64 streams at once: $same/64 equal to alone ($empty empty answers), $(python3 -c "print(f'{64 * 32 / ($t1 - $t0):.0f}')") tok/s through HTTP" | tee -a "$OUT/serve.log"
+    head -c 300 "$dir/alone/0"; echo
     kill "$spid" 2>/dev/null
     wait "$spid" 2>/dev/null
 }
@@ -192,12 +244,19 @@ case "${1:-}" in
 pack) pack ;;
 run)
     shift
-    OUT=${OUT:-$here/out}
-    mkdir -p "$OUT"
+    # logs are written to a scratch folder and packed into $OUT/logs.tgz
+    # after every step (the device tool brings back at most 8 files)
+    dest=${OUT:-$here/out}
+    OUT=$(mktemp -d /tmp/lp-logs.XXXXXX)
+    mkdir -p "$dest"
+    unpack
     nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.mem --format=csv 2>&1 |
         tee "$OUT/gpu.txt"
     steps=${*:-tests ring bench sanitize}
-    for s in $steps; do "run_$s"; done
+    for s in $steps; do
+        "run_$s"
+        tar -C "$OUT" -czf "$dest/logs.tgz" .
+    done
     ;;
 *)
     echo "usage: tools/cuda-device.sh pack | run [tests] [ring] [sanitize] [bench] [profile] [serve]" >&2
