@@ -93,9 +93,37 @@ run_sanitize() {
     tail -5 "$OUT/memcheck.log"
 }
 
+# The SM clock and load every 200 ms while the benchmarks run (clocks as found:
+# this script never sets them); summarized at the end of the step.
+clocks_start() {
+    nvidia-smi --query-gpu=clocks.sm,clocks.mem,utilization.gpu,power.draw \
+        --format=csv,noheader,nounits -lms 200 >"$OUT/clocks.csv" 2>/dev/null &
+    clocks_pid=$!
+}
+clocks_stop() {
+    kill "$clocks_pid" 2>/dev/null
+    wait "$clocks_pid" 2>/dev/null
+    python3 - "$OUT/clocks.csv" <<'EOF' 2>&1 | tee -a "$OUT/bench.log"
+import sys, statistics
+rows = []
+for line in open(sys.argv[1]):
+    f = [x.strip() for x in line.split(",")]
+    try: rows.append((float(f[0]), float(f[1]), float(f[2]), float(f[3])))
+    except (ValueError, IndexError): pass
+busy = [r for r in rows if r[2] >= 50]
+for name, rs in (("all samples", rows), ("GPU busy >= 50%", busy)):
+    if rs:
+        sm = sorted(r[0] for r in rs)
+        print(f"SM clock, {name} ({len(rs)}): min {sm[0]:.0f} median {statistics.median(sm):.0f} "
+              f"max {sm[-1]:.0f} MHz; memory {rs[0][1]:.0f} MHz; power median "
+              f"{statistics.median(r[3] for r in rs):.0f} W")
+EOF
+}
+
 run_bench() {
     local c=build-cuda-carry/bin m=/tmp/lp-models log=$OUT/bench.log
     mkdir -p "$m"
+    clocks_start
     local shape="--layers 28 --hidden 2048 --heads 16 --kv-heads 8 --head-dim 128
                  --intermediate 6144 --vocab 151936 --tied 1 --threads 16"
     echo "== copy bandwidth (PyTorch, 4 GiB device-to-device, read + write bytes)" | tee -a "$log"
@@ -126,6 +154,7 @@ EOF
                 tail -4 | tee -a "$log"
         done
     done
+    clocks_stop
 }
 
 # A ring of a CPU coordinator (14 layers) and a GPU worker (14 layers) against
