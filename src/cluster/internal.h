@@ -53,6 +53,10 @@ static inline void lp_pb_arena_reset(struct lp_pb_arena *a) { a->used = 0; }
 // Bytes an arena needs to unpack an Activations message of msg_bytes with
 // up to n_segments segments.
 size_t lp_pb_arena_bytes_for(size_t msg_bytes, size_t n_segments);
+// Unpacks an Activations message (bytes[n]) into the arena, reset first;
+// NULL when the bytes are not one or do not fit the arena.
+Layerpipe__V1__Activations *lp_pb_arena_unpack_activations(struct lp_pb_arena *a,
+                                                           const uint8_t *bytes, size_t n);
 
 // Payload of an Activations message from float rows in the wanted wire
 // dtype (f32, bf16, f16); returns the dtype used: f16 falls back to f32

@@ -129,10 +129,7 @@ static enum lp_status sink_message(void *user, void *stream_user, struct lp_rpc_
                                    const uint8_t *msg, size_t bytes, struct lp_error *err) {
     struct lp_pipeline *p = user;
     (void)stream_user;
-    struct lp_pb_arena *ar = &p->sink_arena;
-    lp_pb_arena_reset(ar);
-    Layerpipe__V1__Activations *a =
-        bytes <= ar->cap ? layerpipe__v1__activations__unpack(&ar->alloc, bytes, msg) : NULL;
+    Layerpipe__V1__Activations *a = lp_pb_arena_unpack_activations(&p->sink_arena, msg, bytes);
     if (!a)
         return lp_error_set(err, LP_ERR_PROTOCOL,
                             "Sink: a %zu-byte message that is not Activations (or is larger "

@@ -144,9 +144,7 @@ fail:
 enum lp_status lp_stage_core_unpack_step(const struct lp_stage_core *c, struct lp_pb_arena *arena,
                                          uint64_t *last_step, const uint8_t *bytes, size_t n,
                                          Layerpipe__V1__Activations **out, struct lp_error *err) {
-    lp_pb_arena_reset(arena);
-    Layerpipe__V1__Activations *a =
-        n <= arena->cap ? layerpipe__v1__activations__unpack(&arena->alloc, n, bytes) : NULL;
+    Layerpipe__V1__Activations *a = lp_pb_arena_unpack_activations(arena, bytes, n);
     *out = a;
     if (!a)
         return lp_error_set(err, LP_ERR_PROTOCOL,

@@ -79,6 +79,12 @@ size_t lp_pb_arena_bytes_for(size_t msg_bytes, size_t n_segments) {
            n_segments * (sizeof(void *) + sizeof(Layerpipe__V1__Segment) + 32) + 256;
 }
 
+Layerpipe__V1__Activations *lp_pb_arena_unpack_activations(struct lp_pb_arena *a,
+                                                           const uint8_t *bytes, size_t n) {
+    lp_pb_arena_reset(a);
+    return n <= a->cap ? layerpipe__v1__activations__unpack(&a->alloc, n, bytes) : NULL;
+}
+
 uint32_t lp_wire_logit_rows(const Layerpipe__V1__Segment *s) {
     return s->all_logits ? s->n_tokens : s->no_logits ? 0 : 1;
 }

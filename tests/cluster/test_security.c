@@ -313,6 +313,23 @@ static int free_port(void) {
     return port;
 }
 
+// A cluster file of the coordinator (2 layers) and two workers (1 layer
+// each) with the cluster PKI's security, paths relative to the file.
+static bool write_secure_cluster(const char *file, const char *host1, int port1,
+                                 const char *host2, int port2) {
+    FILE *fp = fopen(file, "w");
+    if (!fp) return false;
+    fprintf(fp,
+            "{\"stages\": [{\"role\": \"coordinator\", \"layers\": 2},\n"
+            "  {\"address\": \"%s:%d\", \"layers\": 1},\n"
+            "  {\"address\": \"%s:%d\", \"layers\": 1}],\n"
+            " \"security\": {\"tls_cert\": \"pki/localhost.pem\", \"tls_key\": "
+            "\"pki/localhost.key\",\n"
+            "  \"tls_ca\": \"pki/ca.pem\", \"cluster_token_file\": \"pki/cluster-token\"}}\n",
+            host1, port1, host2, port2);
+    return fclose(fp) == 0;
+}
+
 // A secured coordinator in this process: its Sink refuses callers without
 // the token, and serves its stages.
 static void sink_case(const struct ff_worker *s1, const struct ff_worker *s2, const char *cert,
@@ -476,19 +493,7 @@ int main(void) {
     CHECK(run_ids("plain", plain_ids, sizeof plain_ids, "--workers", workers, "--plan", "2,1,1",
                   NULL) == 0);
     path(cluster, sizeof cluster, ff_scratch, "cluster.json");
-    FILE *fp = fopen(cluster, "w");
-    CHECK(fp != NULL);
-    if (fp) {
-        fprintf(fp,
-                "{\"stages\": [{\"role\": \"coordinator\", \"layers\": 2},\n"
-                "  {\"address\": \"localhost:%d\", \"layers\": 1},\n"
-                "  {\"address\": \"localhost:%d\", \"layers\": 1}],\n"
-                " \"security\": {\"tls_cert\": \"pki/localhost.pem\", \"tls_key\": "
-                "\"pki/localhost.key\",\n"
-                "  \"tls_ca\": \"pki/ca.pem\", \"cluster_token_file\": \"pki/cluster-token\"}}\n",
-                s1.port, s2.port);
-        fclose(fp);
-    }
+    CHECK(write_secure_cluster(cluster, "localhost", s1.port, "localhost", s2.port));
     CHECK(run_ids("secure", secure_ids, sizeof secure_ids, "--cluster", cluster, NULL) == 0);
     printf("plain ids:  %s", plain_ids);
     printf("secure ids: %s", secure_ids);
@@ -521,25 +526,13 @@ int main(void) {
         CHECK_MSG(strcmp(ids, plain_ids) == 0, "cluster, security after --: '%s'", ids);
         char local[1200];
         path(local, sizeof local, ff_scratch, "local-cluster.json");
-        FILE *lf = fopen(local, "w");
-        CHECK(lf != NULL);
-        if (lf) {
-            fprintf(lf,
-                    "{\"stages\": [{\"role\": \"coordinator\", \"layers\": 2},\n"
-                    "  {\"address\": \"localhost:%d\", \"layers\": 1},\n"
-                    "  {\"address\": \"127.0.0.1:%d\", \"layers\": 1}],\n"
-                    " \"security\": {\"tls_cert\": \"pki/localhost.pem\", \"tls_key\": "
-                    "\"pki/localhost.key\",\n"
-                    "  \"tls_ca\": \"pki/ca.pem\", \"cluster_token_file\": \"pki/cluster-token\"}}\n",
-                    free_port(), free_port());
-            fclose(lf);
-        }
+        CHECK(write_secure_cluster(local, "localhost", free_port(), "127.0.0.1", free_port()));
         const char *file[] = {"--cluster", local, NULL};
         CHECK(cluster_ids("cluster-file", ids, sizeof ids, file, none) == 0);
         CHECK_MSG(strcmp(ids, plain_ids) == 0, "cluster --cluster FILE: '%s'", ids);
         // a worker address off loopback is not this machine's to start
         path(local, sizeof local, ff_scratch, "remote-cluster.json");
-        lf = fopen(local, "w");
+        FILE *lf = fopen(local, "w");
         if (lf) {
             fprintf(lf, "{\"stages\": [{\"role\": \"coordinator\"}, {\"address\": "
                         "\"10.9.9.9:7070\"}]}\n");
