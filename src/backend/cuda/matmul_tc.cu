@@ -129,8 +129,7 @@ template <int NTL, int EPI> struct mm_mt {
     static constexpr int n = (EPI == LP_CUDA_EPI_SWIGLU || NTL > 1) ? 2 : 1;
 };
 
-// CPU: chunks a unit (2 for MLX group 128, else 1).
-template <int FMT, int CW, int CPU, int NTL, int EPI>
+template <int FMT, int CW, int NTL, int EPI>
 static __global__ void __launch_bounds__(MM_THREADS, mm_mt<NTL, EPI>::n == 1 ? 2 : 1) k_mm(struct mm_args a) {
     constexpr int MM_MT = mm_mt<NTL, EPI>::n;
     constexpr bool MLX = FMT != LP_CUDA_FMT_BF16;
@@ -149,30 +148,23 @@ static __global__ void __launch_bounds__(MM_THREADS, mm_mt<NTL, EPI>::n == 1 ? 2
     const int rows = pick3(ji, a.w[0].rows, a.w[1].rows, a.w[2].rows);
     // first row of m-tile mt, and its matrix
     const int rbase = EPI == LP_CUDA_EPI_SWIGLU ? bp * 16 : (bp - a.bp0[ji]) * 16 * MM_MT;
-    const int cols = a.cols, group = a.w[0].group; // (group: MLX only)
-    constexpr int CB = CW * BITS / 8; // bytes of a row's chunk
-    const int n_units = cols / (CW * CPU), n_sl = n_units < MM_WARPS ? n_units : MM_WARPS;
-    const int cb = warp < n_sl ? warp * n_units / n_sl * CPU : 0;
-    const int ce = warp < n_sl ? (warp + 1) * n_units / n_sl * CPU : 0;
+    const int cols = a.cols, group = a.w[0].group;
+    const int unit = MLX ? (group > CW ? group : CW) : CW, cpu = unit / CW;
+    const int n_units = cols / unit, n_sl = n_units < MM_WARPS ? n_units : MM_WARPS;
+    const int cb = warp < n_sl ? warp * n_units / n_sl * cpu : 0;
+    const int ce = warp < n_sl ? (warp + 1) * n_units / n_sl * cpu : 0;
     const size_t row_bytes = (size_t)cols * BITS / 8;
-    const int gpr = MLX ? cols / group : 1; // groups a row
-    // the lane's rows g and g + 8 of each m-tile: its bytes of chunk 0, and
-    // its scales and biases from group 0 (chunk c is CB c bytes on, group c / CPU)
-    const char *rp[MM_MT][2];
-    const uint16_t *sp[MM_MT][2], *bq[MM_MT][2];
+    const char *rp[MM_MT][2]; // the lane's rows g and g + 8 of each m-tile
+    int rr[MM_MT][2];
 #pragma unroll
     for (int mt = 0; mt < MM_MT; mt++) {
         const int j = EPI == LP_CUDA_EPI_SWIGLU ? mt : ji;
         const char *data = (const char *)pick3(j, a.w[0].data, a.w[1].data, a.w[2].data);
-        const uint16_t *sc = pick3(j, a.w[0].scales, a.w[1].scales, a.w[2].scales);
-        const uint16_t *bi = pick3(j, a.w[0].biases, a.w[1].biases, a.w[2].biases);
 #pragma unroll
         for (int h = 0; h < 2; h++) {
-            int r = rbase + (EPI == LP_CUDA_EPI_SWIGLU ? 0 : 16 * mt) + g + 8 * h;
-            r = r < rows ? r : rows - 1;
-            rp[mt][h] = data + (size_t)r * row_bytes + (size_t)t * XE * BITS / 8;
-            sp[mt][h] = MLX ? sc + (size_t)r * gpr : NULL;
-            bq[mt][h] = MLX ? bi + (size_t)r * gpr : NULL;
+            const int r = rbase + (EPI == LP_CUDA_EPI_SWIGLU ? 0 : 16 * mt) + g + 8 * h;
+            rr[mt][h] = r < rows ? r : rows - 1;
+            rp[mt][h] = data + (size_t)rr[mt][h] * row_bytes;
         }
     }
     // The chunk pipeline: stage k holds chunk c's weight words and (MLX)
@@ -180,26 +172,35 @@ static __global__ void __launch_bounds__(MM_THREADS, mm_mt<NTL, EPI>::n == 1 ? 2
     // go out before the wait (model data), behind an L2 prefetch of the
     // whole slice.
     constexpr int PD = NTL == 1 && FMT != LP_CUDA_FMT_BF16 ? 4 : 2;
+    const int gpr = MLX ? cols / group : 1;
     uint32_t raw[PD][MM_MT][2][W];
     uint32_t sbr[PD][MM_MT][2]; // (bias << 16) | scale, half bits
 #define MM_LOAD_STAGE(k, c)                                                                        \
     do {                                                                                           \
-        _Pragma("unroll") for (int mt_ = 0; mt_ < MM_MT; mt_++)                                    \
+        _Pragma("unroll") for (int mt_ = 0; mt_ < MM_MT; mt_++) {                                  \
+            const int j_ = EPI == LP_CUDA_EPI_SWIGLU ? mt_ : ji;                                   \
             _Pragma("unroll") for (int h_ = 0; h_ < 2; h_++) {                                     \
-            load_words<W>(rp[mt_][h_] + (c) * CB, raw[k][mt_][h_]);                               \
-            if (MLX)                                                                               \
-                sbr[k][mt_][h_] = (uint32_t)__ldg(sp[mt_][h_] + (c) / CPU) |                       \
-                                  (uint32_t)__ldg(bq[mt_][h_] + (c) / CPU) << 16;                  \
+                load_words<W>(rp[mt_][h_] + ((size_t)(c) * CW + (size_t)t * XE) * BITS / 8,       \
+                              raw[k][mt_][h_]);                                                    \
+                if (MLX) {                                                                         \
+                    const int64_t at_ = (int64_t)rr[mt_][h_] * gpr + (c) / cpu;                    \
+                    sbr[k][mt_][h_] =                                                              \
+                        (uint32_t)__ldg(pick3(j_, a.w[0].scales, a.w[1].scales, a.w[2].scales) +  \
+                                        at_) |                                                     \
+                        (uint32_t)__ldg(pick3(j_, a.w[0].biases, a.w[1].biases, a.w[2].biases) +  \
+                                        at_)                                                       \
+                            << 16;                                                                 \
+                }                                                                                  \
+            }                                                                                      \
         }                                                                                          \
     } while (0)
     {
-        // the lane's rows from the slice's first byte (rp is t * XE * BITS / 8 in)
-        const int off = cb * CB - t * XE * BITS / 8, len = (ce - cb) * CB;
+        const size_t off = (size_t)cb * CW * BITS / 8, len = (size_t)(ce - cb) * CW * BITS / 8;
 #pragma unroll
         for (int mt = 0; mt < MM_MT; mt++)
 #pragma unroll
             for (int h = 0; h < 2; h++)
-                for (int o = t * 128; o < len; o += 512)
+                for (size_t o = (size_t)t * 128; o < len; o += 512)
                     prefetch_l2(rp[mt][h] + off + o);
     }
 #pragma unroll
@@ -251,44 +252,6 @@ static __global__ void __launch_bounds__(MM_THREADS, mm_mt<NTL, EPI>::n == 1 ? 2
         }
         __syncthreads();
     }
-    // Rows in shared memory are made ready for the mma once: a chunk's x sum
-    // per token (sxc_s; the lanes' quarter sums combined as the shuffles
-    // would), then in place each lane's CW / 4 floats become its B words,
-    // step s at 4 s: hi of register 0, hi of register 1, lo of 0, lo of 1.
-    __shared__ float sxc_s[XSM / 32 + 1];
-    const int nch = cols / CW;
-    if (x_in_smem) {
-        if (MLX)
-            for (int it = tid; it < n_v * nch; it += MM_THREADS) {
-                const float *xr = x_s + (it / nch) * xstride + (it % nch) * CW;
-                float q[4];
-#pragma unroll
-                for (int tq = 0; tq < 4; tq++) {
-                    q[tq] = 0.0f;
-#pragma unroll
-                    for (int i = 0; i < XE; i++)
-                        q[tq] = __fadd_rn(q[tq], xr[tq * XE + i]);
-                }
-                sxc_s[it] = __fadd_rn(__fadd_rn(q[0], q[1]), __fadd_rn(q[2], q[3]));
-            }
-        __syncthreads();
-        for (int it = tid; it < n_v * nch * 4; it += MM_THREADS) {
-            float *xr = x_s + (it / (4 * nch)) * xstride + (it % (4 * nch)) * XE;
-            float xs[XE];
-#pragma unroll
-            for (int i = 0; i < XE; i++)
-                xs[i] = xr[i];
-            uint32_t *wr = (uint32_t *)xr;
-#pragma unroll
-            for (int st = 0; st < STEPS; st++) {
-                int ix[4];
-                x_pair<FMT>(st, ix);
-                split_bf16(xs[ix[0]], xs[ix[1]], wr[4 * st], wr[4 * st + 2]);
-                split_bf16(xs[ix[2]], xs[ix[3]], wr[4 * st + 1], wr[4 * st + 3]);
-            }
-        }
-        __syncthreads();
-    }
     float p[MM_MT][NTL][4];
     zero3(p);
     if (cb < ce) {
@@ -318,48 +281,24 @@ static __global__ void __launch_bounds__(MM_THREADS, mm_mt<NTL, EPI>::n == 1 ? 2
                     }
                 }
                 if (c + PD < ce) MM_LOAD_STAGE(k, c + PD);
-                const int cu = (c / CPU) * CPU; // first chunk of this unit
+                const int cu = (c / cpu) * cpu; // first chunk of this unit
                 if (MLX && c == cu) zero3(gq);
                 const int col0 = c * CW + t * XE;
 #pragma unroll
                 for (int nt = 0; nt < NTL; nt++) {
                     const int tk = 8 * nt + g, tok = t0 + tk;
-                    uint32_t bh[STEPS][2], bl[STEPS][2];
-                    if (x_in_smem) { // the B words and sums made ready above
-                        if (tk < n_v) {
-                            const uint4 *wp = (const uint4 *)(x_s + tk * xstride + col0);
-#pragma unroll
-                            for (int st = 0; st < STEPS; st++) {
-                                const uint4 w4 = wp[st];
-                                bh[st][0] = w4.x, bh[st][1] = w4.y, bl[st][0] = w4.z,
-                                bl[st][1] = w4.w;
-                            }
-                        } else {
-#pragma unroll
-                            for (int st = 0; st < STEPS; st++)
-                                bh[st][0] = bh[st][1] = bl[st][0] = bl[st][1] = 0u;
-                        }
-                        if (MLX) {
-                            const float s0 = 2 * t < n_v ? sxc_s[(2 * t) * nch + c] : 0.0f;
-                            const float s1 = 2 * t + 1 < n_v ? sxc_s[(2 * t + 1) * nch + c] : 0.0f;
-                            if (c == cu) {
-                                sx[nt][0] = s0, sx[nt][1] = s1;
-                            } else {
-                                sx[nt][0] = __fadd_rn(sx[nt][0], s0);
-                                sx[nt][1] = __fadd_rn(sx[nt][1], s1);
-                            }
-                        }
-                    } else {
                     float xs[XE];
                     if (tok < a.n) {
-                        const float4 *xp = (const float4 *)(a.x + (size_t)tok * cols + col0);
+                        const float4 *xp =
+                            x_in_smem ? (const float4 *)(x_s + tk * xstride + col0)
+                                      : (const float4 *)(a.x + (size_t)tok * cols + col0);
 #pragma unroll
                         for (int q = 0; q < XE / 4; q++) {
-                            float4 v = __ldg(xp + q);
+                            float4 v = x_in_smem ? xp[q] : __ldg(xp + q);
                             xs[4 * q] = v.x, xs[4 * q + 1] = v.y, xs[4 * q + 2] = v.z,
                                    xs[4 * q + 3] = v.w;
                         }
-                        if (a.norm) {
+                        if (a.norm && !x_in_smem) {
                             const float inv = s_inv[tk];
                             const float4 *wp = (const float4 *)(a.norm_w + col0);
 #pragma unroll
@@ -376,6 +315,7 @@ static __global__ void __launch_bounds__(MM_THREADS, mm_mt<NTL, EPI>::n == 1 ? 2
                         for (int q = 0; q < XE; q++)
                             xs[q] = 0.0f;
                     }
+                    uint32_t bh[STEPS][2], bl[STEPS][2];
 #pragma unroll
                     for (int s = 0; s < STEPS; s++) {
                         int ix[4];
@@ -399,7 +339,6 @@ static __global__ void __launch_bounds__(MM_THREADS, mm_mt<NTL, EPI>::n == 1 ? 2
                             sx[nt][1] = __fadd_rn(sx[nt][1], s1);
                         }
                     }
-                    }
 #pragma unroll
                     for (int mt = 0; mt < MM_MT; mt++)
 #pragma unroll
@@ -413,7 +352,7 @@ static __global__ void __launch_bounds__(MM_THREADS, mm_mt<NTL, EPI>::n == 1 ? 2
                             }
                         }
                 }
-                if (MLX && c == cu + CPU - 1) { // the unit (group) ends: scale and bias
+                if (MLX && c == cu + cpu - 1) { // the unit (group) ends: scale and bias
 #pragma unroll
                     for (int mt = 0; mt < MM_MT; mt++)
 #pragma unroll
@@ -466,7 +405,7 @@ static __global__ void __launch_bounds__(MM_THREADS, mm_mt<NTL, EPI>::n == 1 ? 2
 }
 
 // Lays out the block-rows of the jobs (bp0) for NTL's m-tiles and launches.
-template <int FMT, int CW, int CPU, int EPI, int NTL>
+template <int FMT, int CW, int EPI, int NTL>
 static cudaError_t mm_launch_ntl(cudaStream_t s, bool pdl, struct mm_args &a, int n_w) {
     constexpr int ROWS = 16 * mm_mt<NTL, EPI>::n;
     int n_bp = 0;
@@ -481,14 +420,14 @@ static cudaError_t mm_launch_ntl(cudaStream_t s, bool pdl, struct mm_args &a, in
     }
     a.n_tg = (a.n + 8 * NTL - 1) / (8 * NTL);
     const unsigned grid = (unsigned)a.n_tg * (unsigned)n_bp;
-    LP_LAUNCH_PDL(pdl, grid, MM_THREADS, s, (a), k_mm<FMT, CW, CPU, NTL, EPI>);
+    LP_LAUNCH_PDL(pdl, grid, MM_THREADS, s, (a), k_mm<FMT, CW, NTL, EPI>);
     return cudaGetLastError();
 }
 
-template <int FMT, int CW, int CPU, int EPI>
+template <int FMT, int CW, int EPI>
 static cudaError_t mm_launch(cudaStream_t s, bool pdl, struct mm_args &a, int n_w) {
-    return a.n <= 8 ? mm_launch_ntl<FMT, CW, CPU, EPI, 1>(s, pdl, a, n_w)
-                    : mm_launch_ntl<FMT, CW, CPU, EPI, 4>(s, pdl, a, n_w);
+    return a.n <= 8 ? mm_launch_ntl<FMT, CW, EPI, 1>(s, pdl, a, n_w)
+                    : mm_launch_ntl<FMT, CW, EPI, 4>(s, pdl, a, n_w);
 }
 
 template <int EPI>
@@ -496,15 +435,13 @@ static cudaError_t mm_dispatch(cudaStream_t s, bool pdl, struct mm_args &a, int 
     const struct lp_cuda_weight *w = &a.w[0];
     switch (w->fmt) {
     case LP_CUDA_FMT_BF16:
-        return mm_launch<LP_CUDA_FMT_BF16, 64, 1, EPI>(s, pdl, a, n_w);
+        return mm_launch<LP_CUDA_FMT_BF16, 64, EPI>(s, pdl, a, n_w);
     case LP_CUDA_FMT_Q8:
-        return w->group == 32  ? mm_launch<LP_CUDA_FMT_Q8, 32, 1, EPI>(s, pdl, a, n_w)
-             : w->group == 64 ? mm_launch<LP_CUDA_FMT_Q8, 64, 1, EPI>(s, pdl, a, n_w)
-                              : mm_launch<LP_CUDA_FMT_Q8, 64, 2, EPI>(s, pdl, a, n_w);
+        return w->group == 32 ? mm_launch<LP_CUDA_FMT_Q8, 32, EPI>(s, pdl, a, n_w)
+                              : mm_launch<LP_CUDA_FMT_Q8, 64, EPI>(s, pdl, a, n_w);
     case LP_CUDA_FMT_Q4:
-        return w->group == 32  ? mm_launch<LP_CUDA_FMT_Q4, 32, 1, EPI>(s, pdl, a, n_w)
-             : w->group == 64 ? mm_launch<LP_CUDA_FMT_Q4, 64, 1, EPI>(s, pdl, a, n_w)
-                              : mm_launch<LP_CUDA_FMT_Q4, 64, 2, EPI>(s, pdl, a, n_w);
+        return w->group == 32 ? mm_launch<LP_CUDA_FMT_Q4, 32, EPI>(s, pdl, a, n_w)
+                              : mm_launch<LP_CUDA_FMT_Q4, 64, EPI>(s, pdl, a, n_w);
     default:
         return cudaErrorInvalidValue;
     }
