@@ -130,7 +130,7 @@ template <int NTL, int EPI> struct mm_mt {
 };
 
 template <int FMT, int CW, int NTL, int EPI>
-static __global__ void __launch_bounds__(MM_THREADS, mm_mt<NTL, EPI>::n == 1 ? 2 : 1) k_mm(struct mm_args a) {
+static __global__ void __launch_bounds__(MM_THREADS) k_mm(struct mm_args a) {
     constexpr int MM_MT = mm_mt<NTL, EPI>::n;
     constexpr bool MLX = FMT != LP_CUDA_FMT_BF16;
     constexpr int BITS = mm_bits<FMT>::n;
@@ -167,33 +167,7 @@ static __global__ void __launch_bounds__(MM_THREADS, mm_mt<NTL, EPI>::n == 1 ? 2
             rp[mt][h] = data + (size_t)rr[mt][h] * row_bytes;
         }
     }
-    // The chunk pipeline: stage k holds chunk c's weight words and (MLX)
-    // its rows' scale and bias bits, loaded PD chunks ahead; the first PD
-    // go out before the wait (model data), behind an L2 prefetch of the
-    // whole slice.
-    constexpr int PD = NTL == 1 && FMT != LP_CUDA_FMT_BF16 ? 4 : 2;
-    const int gpr = MLX ? cols / group : 1;
-    uint32_t raw[PD][MM_MT][2][W];
-    uint32_t sbr[PD][MM_MT][2]; // (bias << 16) | scale, half bits
-#define MM_LOAD_STAGE(k, c)                                                                        \
-    do {                                                                                           \
-        _Pragma("unroll") for (int mt_ = 0; mt_ < MM_MT; mt_++) {                                  \
-            const int j_ = EPI == LP_CUDA_EPI_SWIGLU ? mt_ : ji;                                   \
-            _Pragma("unroll") for (int h_ = 0; h_ < 2; h_++) {                                     \
-                load_words<W>(rp[mt_][h_] + ((size_t)(c) * CW + (size_t)t * XE) * BITS / 8,       \
-                              raw[k][mt_][h_]);                                                    \
-                if (MLX) {                                                                         \
-                    const int64_t at_ = (int64_t)rr[mt_][h_] * gpr + (c) / cpu;                    \
-                    sbr[k][mt_][h_] =                                                              \
-                        (uint32_t)__ldg(pick3(j_, a.w[0].scales, a.w[1].scales, a.w[2].scales) +  \
-                                        at_) |                                                     \
-                        (uint32_t)__ldg(pick3(j_, a.w[0].biases, a.w[1].biases, a.w[2].biases) +  \
-                                        at_)                                                       \
-                            << 16;                                                                 \
-                }                                                                                  \
-            }                                                                                      \
-        }                                                                                          \
-    } while (0)
+    // the slice's weight bytes into L2 while the previous kernel finishes
     {
         const size_t off = (size_t)cb * CW * BITS / 8, len = (size_t)(ce - cb) * CW * BITS / 8;
 #pragma unroll
@@ -203,172 +177,159 @@ static __global__ void __launch_bounds__(MM_THREADS, mm_mt<NTL, EPI>::n == 1 ? 2
                 for (size_t o = (size_t)t * 128; o < len; o += 512)
                     prefetch_l2(rp[mt][h] + off + o);
     }
-#pragma unroll
-    for (int k = 0; k < PD; k++)
-        if (cb + k < ce) MM_LOAD_STAGE(k, cb + k);
     griddep_wait();
-    // x: the block's rows in shared memory when they fit (a decode step's
-    // one row), normalized there under NORM; else read from global per chunk
-    constexpr int XSM = NTL == 1 ? 6144 + 8 * 4 : 4; // floats
-    __shared__ __align__(16) float x_s[XSM];
     __shared__ float s_inv[NT];
-    const int n_v = a.n - t0 < NT ? a.n - t0 : NT; // this block's tokens
-    const int xstride = cols + 4;                  // padded rows: no bank conflicts
-    const bool x_in_smem = NTL == 1 && (size_t)n_v * xstride <= (size_t)XSM;
-    if (x_in_smem) {
-        for (int k = 0; k < n_v; k++) {
-            const float4 *src = (const float4 *)(a.x + (size_t)(t0 + k) * cols);
-            for (int i = tid; i < cols / 4; i += MM_THREADS)
-                *(float4 *)(x_s + k * xstride + 4 * i) = __ldg(src + i);
-        }
-        __syncthreads();
-    }
     if (a.norm) { // rmsnorm's 1 / rms per token, in k_rmsnorm_wide's order
         __shared__ float s_part[MM_WARPS][NT];
-        for (int k = 0; k < n_v; k++) {
-            const float *xr = x_in_smem ? x_s + k * xstride : a.x + (size_t)(t0 + k) * cols;
+        for (int k = 0; k < NT; k++) {
+            const int tok = t0 + k;
             float ss = 0.0f;
-            for (int i = tid; i < cols; i += MM_THREADS)
-                ss = __fmaf_rn(xr[i], xr[i], ss);
+            if (tok < a.n) {
+                const float *xr = a.x + (size_t)tok * cols;
+                for (int i = tid; i < cols; i += MM_THREADS)
+                    ss = __fmaf_rn(xr[i], xr[i], ss);
+            }
             ss = warp_sum(ss);
             if (lane == 0) s_part[warp][k] = ss;
         }
         __syncthreads();
-        if (tid < n_v) {
+        if (tid < NT) {
             float tot = s_part[0][tid];
             for (int k = 1; k < MM_WARPS; k++)
                 tot = __fadd_rn(tot, s_part[k][tid]);
             s_inv[tid] = 1.0f / sqrtf(tot / (float)cols + a.eps);
         }
         __syncthreads();
-        for (int k = 0; k < n_v; k++) {
-            const float *xr = x_in_smem ? x_s + k * xstride : a.x + (size_t)(t0 + k) * cols;
-            float *o = a.norm_out + (size_t)(t0 + k) * cols;
-            for (int i = tid; i < cols; i += MM_THREADS) {
-                const float v = __fmul_rn(__fmul_rn(xr[i], s_inv[k]), a.norm_w[i]);
-                if (bp == 0) o[i] = v; // one block-row writes the normalized rows
-                if (x_in_smem) x_s[k * xstride + i] = v;
+        if (bp == 0) // one block-row writes the normalized rows
+            for (int k = 0; k < NT && t0 + k < a.n; k++) {
+                const float *xr = a.x + (size_t)(t0 + k) * cols;
+                float *o = a.norm_out + (size_t)(t0 + k) * cols;
+                for (int i = tid; i < cols; i += MM_THREADS)
+                    o[i] = __fmul_rn(__fmul_rn(xr[i], s_inv[k]), a.norm_w[i]);
             }
-        }
-        __syncthreads();
     }
     float p[MM_MT][NTL][4];
     zero3(p);
     if (cb < ce) {
         float gq[MM_MT][NTL][4], sx[NTL][2];
-        for (int c0 = cb; c0 < ce; c0 += PD) {
+        uint32_t raw[MM_MT][2][W];
 #pragma unroll
-            for (int k = 0; k < PD; k++) {
-                const int c = c0 + k;
-                if (c >= ce) break;
-                // A fragments and scales of this chunk, then stage k refills
-                uint32_t af[MM_MT][STEPS][4];
-                float s_[MM_MT][2], b_[MM_MT][2];
+        for (int mt = 0; mt < MM_MT; mt++)
+#pragma unroll
+            for (int h = 0; h < 2; h++)
+                load_words<W>(rp[mt][h] + ((size_t)cb * CW + (size_t)t * XE) * BITS / 8, raw[mt][h]);
+        for (int c = cb; c < ce; c++) {
+            // A fragments of this chunk, then the next chunk's loads
+            uint32_t af[MM_MT][STEPS][4];
+#pragma unroll
+            for (int mt = 0; mt < MM_MT; mt++)
+#pragma unroll
+                for (int s = 0; s < STEPS; s++) {
+                    a_pair<FMT>(raw[mt][0], s, af[mt][s][0], af[mt][s][2]);
+                    a_pair<FMT>(raw[mt][1], s, af[mt][s][1], af[mt][s][3]);
+                }
+            if (c + 1 < ce) {
+#pragma unroll
+                for (int mt = 0; mt < MM_MT; mt++)
+#pragma unroll
+                    for (int h = 0; h < 2; h++)
+                        load_words<W>(rp[mt][h] + ((size_t)(c + 1) * CW + (size_t)t * XE) * BITS / 8,
+                                      raw[mt][h]);
+            }
+            const int cu = (c / cpu) * cpu; // first chunk of this unit
+            if (MLX && c == cu) zero3(gq);
+            const int col0 = c * CW + t * XE;
+#pragma unroll
+            for (int nt = 0; nt < NTL; nt++) {
+                const int tok = t0 + 8 * nt + g;
+                float xs[XE];
+                if (tok < a.n) {
+                    const float4 *xp = (const float4 *)(a.x + (size_t)tok * cols + col0);
+#pragma unroll
+                    for (int k = 0; k < XE / 4; k++) {
+                        float4 v = __ldg(xp + k);
+                        xs[4 * k] = v.x, xs[4 * k + 1] = v.y, xs[4 * k + 2] = v.z,
+                                xs[4 * k + 3] = v.w;
+                    }
+                    if (a.norm) {
+                        const float inv = s_inv[8 * nt + g];
+                        const float4 *wp = (const float4 *)(a.norm_w + col0);
+#pragma unroll
+                        for (int k = 0; k < XE / 4; k++) {
+                            float4 wv = __ldg(wp + k);
+                            xs[4 * k] = __fmul_rn(__fmul_rn(xs[4 * k], inv), wv.x);
+                            xs[4 * k + 1] = __fmul_rn(__fmul_rn(xs[4 * k + 1], inv), wv.y);
+                            xs[4 * k + 2] = __fmul_rn(__fmul_rn(xs[4 * k + 2], inv), wv.z);
+                            xs[4 * k + 3] = __fmul_rn(__fmul_rn(xs[4 * k + 3], inv), wv.w);
+                        }
+                    }
+                } else {
+#pragma unroll
+                    for (int k = 0; k < XE; k++)
+                        xs[k] = 0.0f;
+                }
+                uint32_t bh[STEPS][2], bl[STEPS][2];
+#pragma unroll
+                for (int s = 0; s < STEPS; s++) {
+                    int ix[4];
+                    x_pair<FMT>(s, ix);
+                    split_bf16(xs[ix[0]], xs[ix[1]], bh[s][0], bl[s][0]);
+                    split_bf16(xs[ix[2]], xs[ix[3]], bh[s][1], bl[s][1]);
+                }
+                if (MLX) {
+                    float sum = 0.0f;
+#pragma unroll
+                    for (int k = 0; k < XE; k++)
+                        sum = __fadd_rn(sum, xs[k]);
+                    sum = __fadd_rn(sum, __shfl_xor_sync(0xffffffffu, sum, 1));
+                    sum = __fadd_rn(sum, __shfl_xor_sync(0xffffffffu, sum, 2));
+                    const float s0 = __shfl_sync(0xffffffffu, sum, 8 * t);
+                    const float s1 = __shfl_sync(0xffffffffu, sum, 8 * t + 4);
+                    if (c == cu) {
+                        sx[nt][0] = s0, sx[nt][1] = s1;
+                    } else {
+                        sx[nt][0] = __fadd_rn(sx[nt][0], s0), sx[nt][1] = __fadd_rn(sx[nt][1], s1);
+                    }
+                }
+#pragma unroll
+                for (int mt = 0; mt < MM_MT; mt++)
+#pragma unroll
+                    for (int s = 0; s < STEPS; s++) {
+                        if (MLX) {
+                            mma_bf16(gq[mt][nt], af[mt][s], bl[s]);
+                            mma_bf16(gq[mt][nt], af[mt][s], bh[s]);
+                        } else {
+                            mma_bf16(p[mt][nt], af[mt][s], bl[s]);
+                            mma_bf16(p[mt][nt], af[mt][s], bh[s]);
+                        }
+                    }
+            }
+            if (MLX && c == cu + cpu - 1) { // the unit (group) ends: scale and bias
+                const int gi = c / cpu, gpr = cols / group;
 #pragma unroll
                 for (int mt = 0; mt < MM_MT; mt++) {
-#pragma unroll
-                    for (int s = 0; s < STEPS; s++) {
-                        a_pair<FMT>(raw[k][mt][0], s, af[mt][s][0], af[mt][s][2]);
-                        a_pair<FMT>(raw[k][mt][1], s, af[mt][s][1], af[mt][s][3]);
-                    }
+                    const int j = EPI == LP_CUDA_EPI_SWIGLU ? mt : ji;
+                    const uint16_t *sc = pick3(j, a.w[0].scales, a.w[1].scales, a.w[2].scales);
+                    const uint16_t *bi = pick3(j, a.w[0].biases, a.w[1].biases, a.w[2].biases);
+                    const bool sbf = a.w[0].scale_bf16;
+                    float s_[2], b_[2];
 #pragma unroll
                     for (int h = 0; h < 2; h++) {
-                        const bool sbf = a.w[0].scale_bf16;
-                        const uint32_t v = sbr[k][mt][h];
-                        s_[mt][h] = __fmul_rn(sbf ? bf16_bits(v & 0xffffu) : f16_bits(v & 0xffffu),
-                                              128.0f);
-                        b_[mt][h] = sbf ? bf16_bits(v >> 16) : f16_bits(v >> 16);
-                    }
-                }
-                if (c + PD < ce) MM_LOAD_STAGE(k, c + PD);
-                const int cu = (c / cpu) * cpu; // first chunk of this unit
-                if (MLX && c == cu) zero3(gq);
-                const int col0 = c * CW + t * XE;
-#pragma unroll
-                for (int nt = 0; nt < NTL; nt++) {
-                    const int tk = 8 * nt + g, tok = t0 + tk;
-                    float xs[XE];
-                    if (tok < a.n) {
-                        const float4 *xp =
-                            x_in_smem ? (const float4 *)(x_s + tk * xstride + col0)
-                                      : (const float4 *)(a.x + (size_t)tok * cols + col0);
-#pragma unroll
-                        for (int q = 0; q < XE / 4; q++) {
-                            float4 v = x_in_smem ? xp[q] : __ldg(xp + q);
-                            xs[4 * q] = v.x, xs[4 * q + 1] = v.y, xs[4 * q + 2] = v.z,
-                                   xs[4 * q + 3] = v.w;
-                        }
-                        if (a.norm && !x_in_smem) {
-                            const float inv = s_inv[tk];
-                            const float4 *wp = (const float4 *)(a.norm_w + col0);
-#pragma unroll
-                            for (int q = 0; q < XE / 4; q++) {
-                                float4 wv = __ldg(wp + q);
-                                xs[4 * q] = __fmul_rn(__fmul_rn(xs[4 * q], inv), wv.x);
-                                xs[4 * q + 1] = __fmul_rn(__fmul_rn(xs[4 * q + 1], inv), wv.y);
-                                xs[4 * q + 2] = __fmul_rn(__fmul_rn(xs[4 * q + 2], inv), wv.z);
-                                xs[4 * q + 3] = __fmul_rn(__fmul_rn(xs[4 * q + 3], inv), wv.w);
-                            }
-                        }
-                    } else {
-#pragma unroll
-                        for (int q = 0; q < XE; q++)
-                            xs[q] = 0.0f;
-                    }
-                    uint32_t bh[STEPS][2], bl[STEPS][2];
-#pragma unroll
-                    for (int s = 0; s < STEPS; s++) {
-                        int ix[4];
-                        x_pair<FMT>(s, ix);
-                        split_bf16(xs[ix[0]], xs[ix[1]], bh[s][0], bl[s][0]);
-                        split_bf16(xs[ix[2]], xs[ix[3]], bh[s][1], bl[s][1]);
-                    }
-                    if (MLX) {
-                        float sum = 0.0f;
-#pragma unroll
-                        for (int q = 0; q < XE; q++)
-                            sum = __fadd_rn(sum, xs[q]);
-                        sum = __fadd_rn(sum, __shfl_xor_sync(0xffffffffu, sum, 1));
-                        sum = __fadd_rn(sum, __shfl_xor_sync(0xffffffffu, sum, 2));
-                        const float s0 = __shfl_sync(0xffffffffu, sum, 8 * t);
-                        const float s1 = __shfl_sync(0xffffffffu, sum, 8 * t + 4);
-                        if (c == cu) {
-                            sx[nt][0] = s0, sx[nt][1] = s1;
-                        } else {
-                            sx[nt][0] = __fadd_rn(sx[nt][0], s0);
-                            sx[nt][1] = __fadd_rn(sx[nt][1], s1);
-                        }
+                        const int64_t at = (int64_t)rr[mt][h] * gpr + gi;
+                        s_[h] = __fmul_rn(half_at(sc, at, sbf), 128.0f);
+                        b_[h] = half_at(bi, at, sbf);
                     }
 #pragma unroll
-                    for (int mt = 0; mt < MM_MT; mt++)
+                    for (int nt = 0; nt < NTL; nt++)
 #pragma unroll
-                        for (int s = 0; s < STEPS; s++) {
-                            if (MLX) {
-                                mma_bf16(gq[mt][nt], af[mt][s], bl[s]);
-                                mma_bf16(gq[mt][nt], af[mt][s], bh[s]);
-                            } else {
-                                mma_bf16(p[mt][nt], af[mt][s], bl[s]);
-                                mma_bf16(p[mt][nt], af[mt][s], bh[s]);
-                            }
+                        for (int i = 0; i < 4; i++) {
+                            p[mt][nt][i] = __fmaf_rn(s_[i >> 1], gq[mt][nt][i], p[mt][nt][i]);
+                            p[mt][nt][i] = __fmaf_rn(b_[i >> 1], sx[nt][i & 1], p[mt][nt][i]);
                         }
-                }
-                if (MLX && c == cu + cpu - 1) { // the unit (group) ends: scale and bias
-#pragma unroll
-                    for (int mt = 0; mt < MM_MT; mt++)
-#pragma unroll
-                        for (int nt = 0; nt < NTL; nt++)
-#pragma unroll
-                            for (int i = 0; i < 4; i++) {
-                                p[mt][nt][i] =
-                                    __fmaf_rn(s_[mt][i >> 1], gq[mt][nt][i], p[mt][nt][i]);
-                                p[mt][nt][i] =
-                                    __fmaf_rn(b_[mt][i >> 1], sx[nt][i & 1], p[mt][nt][i]);
-                            }
                 }
             }
         }
     }
-#undef MM_LOAD_STAGE
     // slice partials, added in slice order
     __shared__ float s_p[MM_WARPS][MM_MT * NTL * 128];
     if (cb < ce) {
