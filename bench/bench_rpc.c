@@ -58,7 +58,17 @@ static void c_end(void *user, enum lp_status st, const char *msg) {
     pthread_cond_signal(&k->cv);
     pthread_mutex_unlock(&k->mu);
 }
+static int spin_us; // BENCH_RPC_SPIN_US: poll this long before sleeping
 static int c_wait(struct counter *k, size_t n) {
+    if (spin_us > 0) {
+        double until = now_s() + spin_us * 1e-6;
+        while (now_s() < until) {
+            pthread_mutex_lock(&k->mu);
+            int got = k->n >= n || k->ended;
+            pthread_mutex_unlock(&k->mu);
+            if (got) break;
+        }
+    }
     pthread_mutex_lock(&k->mu);
     while (k->n < n && !k->ended) pthread_cond_wait(&k->cv, &k->mu);
     int ok = k->n >= n;
@@ -73,6 +83,7 @@ static int cmp_double(const void *a, const void *b) {
 
 int main(int argc, char **argv) {
     size_t n_rt = argc > 1 ? (size_t)atol(argv[1]) : 5000;
+    spin_us = getenv("BENCH_RPC_SPIN_US") ? atoi(getenv("BENCH_RPC_SPIN_US")) : 0;
     if (n_rt < 100) n_rt = 100;
     struct lp_error err = {0};
     struct lp_rpc_server *srv = NULL;

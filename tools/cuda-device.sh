@@ -28,7 +28,7 @@ pack() {
     local nvcc=${NVCC:-/usr/local/cuda-13.0/bin/nvcc} bd=${LP_CUDA_BUILD:-build-cuda}
     cmake -S . -B "$bd" -DCMAKE_BUILD_TYPE=Release -DLAYERPIPE_CUDA=ON \
         -DCMAKE_CUDA_COMPILER="$nvcc" -DCMAKE_CUDA_ARCHITECTURES=90-real >/dev/null || return 1
-    local bins="layerpipe lp_genmodel backend_test_cuda engine_test_golden"
+    local bins="layerpipe lp_genmodel backend_test_cuda engine_test_golden bench_rpc"
     # shellcheck disable=SC2086
     cmake --build "$bd" -j"$(nproc)" --target $bins >/dev/null || return 1
     local tmp=build-cuda-carry/.pack

@@ -105,6 +105,18 @@ static void test_matmul(void) {
             }
         }
     }
+    // GGUF blocks (dequantized to float32 on upload): quantized rows and
+    // random bytes, matmul and embed against the ref's element definition
+    static const enum lp_ggml_type gt[5] = {LP_GGML_Q8_0, LP_GGML_Q4_0, LP_GGML_Q4_K,
+                                            LP_GGML_Q5_K, LP_GGML_Q6_K};
+    for (int t = 0; t < 5; t++)
+        for (int quantized = 0; quantized < 2; quantized++) {
+            struct lp_weight w = tu_weight_ggml(gt[t], 37, 512, quantized);
+            snprintf(what, sizeof what, "gguf %s %s", lp_ggml_type_name(gt[t]),
+                     quantized ? "quantized" : "random blocks");
+            check_matmul(w, what);
+            tu_weight_free(&w);
+        }
 }
 
 // Row i of an n-row matmul is bit-identical to row i computed alone.

@@ -27,6 +27,7 @@
 
 extern "C" {
 #include "backend/backend_i.h"
+#include "layerpipe/convert.h"
 }
 #include "backend/cuda/internal.h"
 
@@ -264,10 +265,14 @@ static enum lp_status cuda_weight_sizes(struct cuda_ctx *c, const struct lp_weig
     case LP_WEIGHT_BF16:
         *data_bytes = n * 2;
         return LP_OK;
-    case LP_WEIGHT_GGML:
-        return lp_error_set(err, LP_ERR_UNSUPPORTED,
-                            "%s: weight_upload: GGUF %s blocks are not supported on CUDA yet",
-                            c->name, lp_ggml_type_name(w->ggml_type));
+    case LP_WEIGHT_GGML: // dequantized to float32 on the way up (ggml_upload)
+        if (lp_ggml_block_elems(w->ggml_type) == 0 ||
+            w->cols % lp_ggml_block_elems(w->ggml_type) != 0)
+            return lp_error_set(err, LP_ERR_UNSUPPORTED,
+                                "%s: weight_upload: GGUF type %d with %lld columns", c->name,
+                                (int)w->ggml_type, (long long)w->cols);
+        *data_bytes = n * 4;
+        return LP_OK;
     case LP_WEIGHT_MLX_AFFINE:
         if (w->bits != 4 && w->bits != 8)
             return lp_error_set(err, LP_ERR_UNSUPPORTED,
@@ -296,6 +301,28 @@ static enum lp_status cuda_weight_sizes(struct cuda_ctx *c, const struct lp_weig
                         (int)w->format);
 }
 
+// GGUF blocks go up as float32, dequantized on the host a slice of rows at a
+// time: the values the CPU kernels compute with, at 4 bytes a weight (block
+// kernels of our own are left to do). cudaErrorMemoryAllocation when the
+// host slice cannot be had.
+static cudaError_t ggml_upload(const struct lp_weight *w, char *dst) {
+    size_t row_in = lp_ggml_row_bytes(w->ggml_type, w->cols), row_out = (size_t)w->cols * 4;
+    int64_t slice = (int64_t)((16u << 20) / row_out) + 1;
+    if (slice > w->rows) slice = w->rows;
+    float *buf = (float *)malloc((size_t)slice * row_out);
+    if (!buf) return cudaErrorMemoryAllocation;
+    cudaError_t e = cudaSuccess;
+    for (int64_t r0 = 0; r0 < w->rows && e == cudaSuccess; r0 += slice) {
+        int64_t n = w->rows - r0 < slice ? w->rows - r0 : slice;
+        for (int64_t r = 0; r < n; r++)
+            lp_ggml_dequantize_row(w->ggml_type, (const char *)w->data + (size_t)(r0 + r) * row_in,
+                                   buf + (size_t)r * (size_t)w->cols, w->cols, NULL);
+        e = cudaMemcpy(dst + (size_t)r0 * row_out, buf, (size_t)n * row_out, cudaMemcpyHostToDevice);
+    }
+    free(buf);
+    return e;
+}
+
 static enum lp_status cuda_weight_upload(void *ctx, const struct lp_weight *w,
                                          struct lp_bweight **out, struct lp_error *err) {
     struct cuda_ctx *c = (struct cuda_ctx *)ctx;
@@ -319,7 +346,8 @@ static enum lp_status cuda_weight_upload(void *ctx, const struct lp_weight *w,
                             cudaGetErrorString(e));
     }
     bw->mem = mem;
-    e = cudaMemcpy(mem, w->data, db, cudaMemcpyHostToDevice);
+    e = w->format == LP_WEIGHT_GGML ? ggml_upload(w, mem)
+                                    : cudaMemcpy(mem, w->data, db, cudaMemcpyHostToDevice);
     if (e == cudaSuccess && sb) e = cudaMemcpy(mem + db_pad, w->scales, sb, cudaMemcpyHostToDevice);
     if (e == cudaSuccess && sb)
         e = cudaMemcpy(mem + db_pad + sb_pad, w->biases, sb, cudaMemcpyHostToDevice);
@@ -349,7 +377,8 @@ static enum lp_status cuda_weight_upload(void *ctx, const struct lp_weight *w,
         k->scale_bf16 = w->scale_dtype == LP_DTYPE_BF16;
         k->group = w->group_size;
         break;
-    case LP_WEIGHT_GGML: // refused by cuda_weight_sizes
+    case LP_WEIGHT_GGML: // float32 on the device
+        k->fmt = LP_CUDA_FMT_F32;
         break;
     }
     *out = bw;
