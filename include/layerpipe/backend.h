@@ -16,8 +16,9 @@ struct lp_backend;
 struct lp_backend_cpu_params {
     int n_threads; // worker threads including the caller; <= 0 means all cores
     // Quantize activations to int8 per group before multiplying with MLX
-    // 8-bit weights (VNNI dot products). Faster; relative logit error up to
-    // about 1e-2 instead of 1e-3. Off by default.
+    // 8-bit weights or GGUF blocks (VNNI dot products; GGUF: groups of 32,
+    // the int8 activations llama.cpp uses). Faster; relative logit error up
+    // to about 1e-2 instead of 1e-3. Off by default.
     bool quantize_activations;
 };
 

@@ -90,8 +90,8 @@ int lp_cli_bench(int argc, char **argv) {
         {"concurrency", 'C', LP_ARG_INT, &n_seqs, "N",
          "N sequences at once, decoded together (default 1)", false, 1, 4096},
         {"fast", 0, LP_ARG_FLAG, &so.fast, NULL,
-         "measure int8 activations for 8-bit MLX weights (experimental: not accurate enough "
-         "for run/logits)"},
+         "measure int8 activations for 8-bit MLX weights and GGUF blocks (experimental: not "
+         "accurate enough for run/logits)"},
         {"json", 0, LP_ARG_FLAG, &json, NULL, "end with one JSON line of results"},
         LP_CLI_COMMON_ARGS(so),
     };

@@ -13,7 +13,7 @@
 // Tolerances (relative L2 error ||cpu - ref|| / ||ref||):
 //   float paths (matmul, embed, norms, rope, attention):   <= 1e-5
 //     (float summation order and fused multiply-adds only)
-//   quantize_activations (MLX 8-bit, int8 activations):   <= 1e-2
+//   quantize_activations (MLX 8-bit and GGUF blocks, int8 activations): <= 1e-2
 //     (measured on these random inputs: worst 6.9e-3; printed)
 #include <stdio.h>
 #include <string.h>
@@ -76,6 +76,13 @@ static void run_matmul(struct lp_backend *be, const struct lp_weight *w, const f
     be->iface.weight_free(be->ctx, bw);
 }
 
+// Whether quantize_activations changes w's kernel: MLX 8-bit, and GGUF
+// blocks on the VNNI path (columns a multiple of 256).
+static bool quant_path(const struct lp_weight *w) {
+    return (w->format == LP_WEIGHT_MLX_AFFINE && w->bits == 8) ||
+           (w->format == LP_WEIGHT_GGML && w->cols % 256 == 0);
+}
+
 static void check_matmul(struct lp_weight w, const char *what) {
     static const int ns[6] = {1, 3, 17, 96, 100, 129};
     for (int in = 0; in < 6; in++) {
@@ -90,7 +97,7 @@ static void check_matmul(struct lp_weight w, const char *what) {
             double e = tu_rel_l2(got, want, (int64_t)n * w.rows);
             double e_emb = tu_rel_l2(got + (int64_t)n * w.rows, want + (int64_t)n * w.rows,
                                      3 * w.cols);
-            bool quant = variants[v].quantize && w.format == LP_WEIGHT_MLX_AFFINE && w.bits == 8;
+            bool quant = variants[v].quantize && quant_path(&w);
             double tol = quant ? TOL_QUANT : TOL_FLOAT;
             if (quant && e > worst_quant) worst_quant = e;
             CHECK_MSG(e <= tol, "matmul %s [%lld x %lld] n=%d on %s: rel L2 %.3g > %.0e", what,
@@ -280,9 +287,9 @@ static void check_invariance(struct lp_weight w, const char *what) {
     size_t out_n = (size_t)n_max * w.rows + 3 * (size_t)w.cols; // run_matmul stashes embed too
     float *alone = malloc(out_n * 4), *got = malloc(out_n * 4), *want = malloc(out_n * 4);
     float *one = malloc(((size_t)w.rows + 3 * (size_t)w.cols) * 4);
-    bool quant_fmt = w.format == LP_WEIGHT_MLX_AFFINE && w.bits == 8;
+    bool quant_fmt = quant_path(&w);
     for (int f = 0; f < 3; f++) {
-        if (f == 2 && !quant_fmt) continue; // quantize_activations only changes MLX 8-bit
+        if (f == 2 && !quant_fmt) continue; // quantize_activations changes only these
         struct variant *v0 = &variants[fam[f][0]];
         for (int i = 0; i < n_max; i++) { // each row alone on the family's first variant
             run_matmul(v0->be, &w, x + (int64_t)i * w.cols, 1, one);

@@ -36,6 +36,8 @@
 //               registers, one FMA per 64 codes with the lane's block scale;
 //               offsets through exact x sums), the same 4 rows x 4 tokens
 //               tiles. Other GGUF shapes (and no VNNI) take the generic path.
+//               With quantize_activations (opt-in, not exact): x rounded to
+//               int8 per group of 32, one vpdpbusd per 64 codes.
 //  - vnni int8 (MLX 8-bit with quantize_activations, opt-in, not exact): x
 //               quantized per token and group to int8 (symmetric, scale
 //               max|x|/127), u8 x s8 dot products (vpdpbusd): dot = sum_g sw_g *
@@ -421,7 +423,7 @@ static lp_mm_kernel_fn mm_pick(const struct lp_cpu_ctx *ctx, const struct lp_wei
         }
         if (w->format == LP_WEIGHT_GGML && ctx->vnni && lp_mm_ggml_fit(w)) {
             *phase1 = MM_P1_GGML;
-            return lp_mm_ggml_kernel(w->ggml_type);
+            return lp_mm_ggml_kernel(w->ggml_type, ctx->quantize_activations);
         }
         switch (w->format) {
         case LP_WEIGHT_F32: return mm_kernel_tile_f32;
@@ -446,6 +448,7 @@ static void mm_phase1_run(struct lp_cpu_ctx *ctx, struct mm_task *tk, enum mm_ph
     if (phase1 == MM_P1_GGML) { // per token: digits, per-super-block vectors
         struct lp_mm_ggml_prep gp = {
             .x = tk->x, .n = m, .cols = w->cols, .type = w->ggml_type,
+            .int8_x = ctx->quantize_activations,
             .stride = lp_mm_ggml_token_bytes(w->cols), .xd = (int8_t *)s,
         };
         if (inline_) lp_mm_ggml_prep_fn(&gp, 0, 1);

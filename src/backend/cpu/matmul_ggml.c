@@ -30,6 +30,9 @@
 // codes of one group: |a| <= 4 * 255 * (127 * 16384 + 64 * 128 + 64) < 2^31.
 // The sequence of float operations of each output depends on its row and
 // token only: the same bits whatever the batch, tile, thread or chunking.
+// With quantize_activations (opt-in, not exact) only the first digit is
+// used: x rounded to int8 per group of 32 (scale max|x| / 127), the int8
+// activations llama.cpp's kernels use too; one vpdpbusd per 64 codes.
 #include <math.h>
 #include <string.h>
 
@@ -64,7 +67,16 @@ int64_t lp_mm_ggml_token_bytes(int64_t cols) { return 3 * cols + cols / 2 + cols
 // position gg_q4k_pos[k] (its own inverse).
 static const int gg_q4k_pos[4] = {0, 2, 1, 3};
 
-LP_VNNI void lp_mm_ggml_prep(const float *x, int64_t cols, enum lp_ggml_type t, int8_t *xd) {
+// The sum of x's first digits over columns [c, c + n) of natural-order
+// digits xd, times the group's scale sx: the sum of x as rounded to int8.
+static float gg_rounded_sum(const int8_t *xd, int64_t c, int n, float sx) {
+    int s = 0;
+    for (int64_t i = c; i < c + n; i++) s += xd[(i / LP_MM_DG_BLK) * 3 * LP_MM_DG_BLK + i % LP_MM_DG_BLK];
+    return sx * (float)s;
+}
+
+LP_VNNI void lp_mm_ggml_prep(const float *x, int64_t cols, enum lp_ggml_type t, bool int8_x,
+                             int8_t *xd) {
     float *sv = (float *)(xd + 3 * cols);
     float *xsum = sv + cols / 8, *xs = xsum + cols / 32; // per group of 32, in code order
     if (gg_nibble_order(t)) {
@@ -83,7 +95,11 @@ LP_VNNI void lp_mm_ggml_prep(const float *x, int64_t cols, enum lp_ggml_type t, 
             const float *xb = x + b * GG_SB;
             for (int j = 0; j < 16; j++) {
                 float s = 0.0f;
-                for (int i = 0; i < 16; i++) s += xb[16 * j + i];
+                if (int8_x) { // the offset's sum must be of the same x as the dot's
+                    s = gg_rounded_sum(xd, b * GG_SB + 16 * j, 16, gs[j / 2]);
+                } else {
+                    for (int i = 0; i < 16; i++) s += xb[16 * j + i];
+                }
                 sxv[j] = gs[j / 2];
                 xsv[j] = -32.0f * GG_X_SCALE * s;
             }
@@ -93,8 +109,14 @@ LP_VNNI void lp_mm_ggml_prep(const float *x, int64_t cols, enum lp_ggml_type t, 
             int g = (j / 8) * 4 + j % 4; // the group (sub-block) in column order
             if (gg_nibble_order(t)) g = (g / 4) * 4 + gg_q4k_pos[g % 4];
             bool offset = (j / 4) % 2 == 1;
+            // Q8_0 / Q4_0: the offset (-128 d, -8 d) is the codes' own; with
+            // int8 x its sum must be of the rounded x to cancel. Q4_K / Q5_K:
+            // the min is the weight's; the exact sum is the better one.
+            float sum = int8_x && !gg_nibble_order(t)
+                            ? gg_rounded_sum(xd, b * GG_SB + 32 * g, 32, gs[g])
+                            : gsum[g];
             sxv[j] = offset ? 0.0f : gs[g];
-            xsv[j] = offset ? GG_X_SCALE * gsum[g] : 0.0f;
+            xsv[j] = offset ? GG_X_SCALE * sum : 0.0f;
         }
     }
 }
@@ -102,7 +124,7 @@ LP_VNNI void lp_mm_ggml_prep(const float *x, int64_t cols, enum lp_ggml_type t, 
 void lp_mm_ggml_prep_fn(void *arg, int i_thread, int n_threads) {
     const struct lp_mm_ggml_prep *p = arg;
     for (int t = i_thread; t < p->n; t += n_threads)
-        lp_mm_ggml_prep(p->x + (int64_t)t * p->cols, p->cols, p->type,
+        lp_mm_ggml_prep(p->x + (int64_t)t * p->cols, p->cols, p->type, p->int8_x,
                         p->xd + (int64_t)t * p->stride);
 }
 
@@ -137,6 +159,39 @@ LP_INLINE LP_VNNI __m512 gg_scales_q4_k(const uint8_t *p) {
     __m512 d = _mm512_set1_ps(gg_f16(p)), dmin = _mm512_set1_ps(-gg_f16(p + GGML_QK_DMIN));
     __m512 f = _mm512_mask_blend_ps(0xf0f0, d, dmin);
     return _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(b)), f);
+}
+
+// gg_scales_q4_k of four super-blocks at once (a 4-row tile's): the 16
+// leading bytes (d, dmin, scales) of each in a 128-bit lane, dwords [d |
+// dmin, u0, u1, u2] -> [sc03, m03, sc47, m47] as above; the same values.
+LP_INLINE LP_VNNI void gg_scales_q4_k_x4(const uint8_t *const *p, __m512 *ws) {
+    __m512i v = _mm512_castsi128_si512(_mm_loadu_si128((const __m128i *)p[0]));
+    v = _mm512_inserti32x4(v, _mm_loadu_si128((const __m128i *)p[1]), 1);
+    v = _mm512_inserti32x4(v, _mm_loadu_si128((const __m128i *)p[2]), 2);
+    v = _mm512_inserti32x4(v, _mm_loadu_si128((const __m128i *)p[3]), 3);
+    __m512i a = _mm512_shuffle_epi32(v, _MM_SHUFFLE(3, 3, 2, 1)); // [u0, u1, u2, u2]
+    __m512i b = _mm512_shuffle_epi32(v, _MM_SHUFFLE(2, 1, 2, 1)); // [u0, u1, u0, u1]
+    __m512i lo = _mm512_and_si512(
+        _mm512_srlv_epi32(a, _mm512_set4_epi32(4, 0, 0, 0)),
+        _mm512_set4_epi32(0x0f0f0f0f, 0x0f0f0f0f, 0x3f3f3f3f, 0x3f3f3f3f));
+    __m512i hi = _mm512_and_si512(_mm512_srli_epi32(b, 2),
+                                  _mm512_set4_epi32(0x30303030, 0x30303030, 0, 0));
+    __m512i sm = _mm512_or_si512(lo, hi);
+    // [d0, -dmin0, d1, -dmin1, ...] from the words 0, 1 of each lane
+    __m512i w = _mm512_permutexvar_epi16(
+        _mm512_set_epi16(0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+                         25, 24, 17, 16, 9, 8, 1, 0),
+        v);
+    __m256 dd = _mm256_xor_ps(_mm256_cvtph_ps(_mm512_castsi512_si128(w)),
+                              _mm256_set_ps(-0.0f, 0, -0.0f, 0, -0.0f, 0, -0.0f, 0));
+    __m512 ddz = _mm512_castps256_ps512(dd);
+    __m128i l4[4] = {_mm512_extracti32x4_epi32(sm, 0), _mm512_extracti32x4_epi32(sm, 1),
+                     _mm512_extracti32x4_epi32(sm, 2), _mm512_extracti32x4_epi32(sm, 3)};
+    for (int r = 0; r < 4; r++) {
+        __m512i idx = _mm512_mask_blend_epi32(0xf0f0, _mm512_set1_epi32(2 * r), _mm512_set1_epi32(2 * r + 1));
+        ws[r] = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(l4[r])),
+                              _mm512_permutexvar_ps(idx, ddz));
+    }
 }
 
 // Q6_K: 16 int8 scales times d.
@@ -221,8 +276,12 @@ LP_INLINE LP_VNNI __m512i gg_idx(enum lp_ggml_type T, int z) {
 // wsc: when not NULL, this tile's rows' ws vectors [RB][nsb] in the row
 // block's cache: written by the block's first token tile (pf), read by the
 // others (the same values gg_scales computes, so no output changes).
-LP_INLINE LP_VNNI void gg_tile(enum lp_ggml_type T, int RB, int NT, const struct mm_task *tk,
-                               int64_t r0, int t0, bool pf, __m512 *wsc) {
+// ND: digits of x used: 3 (exact), or 1 (x rounded to int8 per group of
+// 32, the quantize_activations mode: a = q.d0 alone, its 2^14 folded into
+// the multipliers).
+LP_INLINE LP_VNNI void gg_tile(enum lp_ggml_type T, int ND, int RB, int NT,
+                               const struct mm_task *tk, int64_t r0, int t0, bool pf,
+                               __m512 *wsc) {
     const struct lp_weight *w = tk->w;
     int64_t cols = w->cols, rb = mm_row_bytes(w), nsb = cols / GG_SB;
     int sbb = gg_sb_bytes(T);
@@ -238,41 +297,55 @@ LP_INLINE LP_VNNI void gg_tile(enum lp_ggml_type T, int RB, int NT, const struct
         rowp[r] = (const uint8_t *)w->data + (r0 + r) * rb;
         for (int t = 0; t < NT; t++) tot[r][t] = _mm512_setzero_ps();
     }
+    // ws * sxv per row and token: read through the permutes from memory (in
+    // registers with the 16 accumulators they would spill)
+    float mul[LP_MM_DG_RB][LP_MM_DG_NT][16] __attribute__((aligned(64)));
     for (int64_t b = 0; b < nsb; b++) {
-        __m512 mul[LP_MM_DG_RB][LP_MM_DG_NT];
+        __m512 ws[LP_MM_DG_RB];
+        const uint8_t *p[LP_MM_DG_RB];
         for (int r = 0; r < RB; r++) {
-            const uint8_t *p = rowp[r] + b * sbb;
+            p[r] = rowp[r] + b * sbb;
             if (pf) // the next row block, into L2 (see matmul_digits.c)
                 for (int off = 0; off < sbb; off += 64)
-                    _mm_prefetch((const char *)p + off + RB * rb, _MM_HINT_T1);
-            __m512 ws;
-            if (wsc && !pf) {
-                ws = wsc[r * nsb + b];
-            } else {
-                ws = gg_scales(T, p);
-                if (wsc) wsc[r * nsb + b] = ws;
-            }
+                    _mm_prefetch((const char *)p[r] + off + RB * rb, _MM_HINT_T1);
+        }
+        if (wsc && !pf) {
+            for (int r = 0; r < RB; r++) ws[r] = wsc[r * nsb + b];
+        } else {
+            if (gg_nibble_order(T) && RB == 4) gg_scales_q4_k_x4(p, ws);
+            else for (int r = 0; r < RB; r++) ws[r] = gg_scales(T, p[r]);
+            if (wsc) for (int r = 0; r < RB; r++) wsc[r * nsb + b] = ws[r];
+        }
+        for (int r = 0; r < RB; r++) {
             for (int t = 0; t < NT; t++) {
                 const float *s = sv[t] + 32 * b;
-                mul[r][t] = _mm512_mul_ps(ws, _mm512_loadu_ps(s));
-                tot[r][t] = _mm512_fmadd_ps(ws, _mm512_loadu_ps(s + 16), tot[r][t]);
+                __m512 m = _mm512_mul_ps(ws[r], _mm512_loadu_ps(s));
+                if (ND == 1) m = _mm512_mul_ps(m, _mm512_set1_ps(GG_X_SCALE));
+                _mm512_store_ps(mul[r][t], m);
+                tot[r][t] = _mm512_fmadd_ps(ws[r], _mm512_loadu_ps(s + 16), tot[r][t]);
             }
         }
+#pragma GCC unroll 4
         for (int z = 0; z < 4; z++) {
             __m512i q[LP_MM_DG_RB];
-            for (int r = 0; r < RB; r++) q[r] = gg_codes(T, rowp[r] + b * sbb, z);
+            for (int r = 0; r < RB; r++) q[r] = gg_codes(T, p[r], z);
             __m512i idx = gg_idx(T, z);
             for (int t = 0; t < NT; t++) {
                 const int8_t *blk = xd[t] + (4 * b + z) * 3 * LP_MM_DG_BLK;
-                __m512i d0 = _mm512_loadu_si512(blk);
-                __m512i d1 = _mm512_loadu_si512(blk + LP_MM_DG_BLK);
-                __m512i d2 = _mm512_loadu_si512(blk + 2 * LP_MM_DG_BLK);
+                __m512i d0 = _mm512_loadu_si512(blk), d1 = d0, d2 = d0;
+                if (ND == 3) {
+                    d1 = _mm512_loadu_si512(blk + LP_MM_DG_BLK);
+                    d2 = _mm512_loadu_si512(blk + 2 * LP_MM_DG_BLK);
+                }
                 for (int r = 0; r < RB; r++) {
                     __m512i a = _mm512_dpbusd_epi32(_mm512_setzero_si512(), q[r], d0);
-                    a = _mm512_dpbusd_epi32(_mm512_slli_epi32(a, 7), q[r], d1);
-                    a = _mm512_dpbusd_epi32(_mm512_slli_epi32(a, 7), q[r], d2);
-                    tot[r][t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(a),
-                                                _mm512_permutexvar_ps(idx, mul[r][t]), tot[r][t]);
+                    if (ND == 3) {
+                        a = _mm512_dpbusd_epi32(_mm512_slli_epi32(a, 7), q[r], d1);
+                        a = _mm512_dpbusd_epi32(_mm512_slli_epi32(a, 7), q[r], d2);
+                    }
+                    tot[r][t] = _mm512_fmadd_ps(
+                        _mm512_cvtepi32_ps(a), _mm512_permutexvar_ps(idx, _mm512_load_ps(mul[r][t])),
+                        tot[r][t]);
                 }
             }
         }
@@ -298,13 +371,14 @@ LP_INLINE LP_VNNI void gg_tile(enum lp_ggml_type T, int RB, int NT, const struct
 // prefetched; from L2 for the others), as in matmul_digits.c. With more
 // than one token tile, the block's ws vectors are kept in the thread's
 // scratch (lp_mm_ggml_cache_bytes) by the first tile for the others.
-#define GG_ROWS(T, NT)                                                                             \
+#define GG_ROWS(T, ND, NT)                                                                         \
     do {                                                                                           \
         int64_t r_ = rb0;                                                                          \
         for (; r_ + LP_MM_DG_RB <= rb1; r_ += LP_MM_DG_RB)                                         \
-            gg_tile(T, LP_MM_DG_RB, NT, tk, r_, t0, pf, cache ? cache + (r_ - rb0) * nsb : NULL);  \
+            gg_tile(T, ND, LP_MM_DG_RB, NT, tk, r_, t0, pf,                                        \
+                    cache ? cache + (r_ - rb0) * nsb : NULL);                                      \
         for (; r_ < rb1; r_++)                                                                     \
-            gg_tile(T, 1, NT, tk, r_, t0, pf, cache ? cache + (r_ - rb0) * nsb : NULL);            \
+            gg_tile(T, ND, 1, NT, tk, r_, t0, pf, cache ? cache + (r_ - rb0) * nsb : NULL);        \
     } while (0)
 
 // Rows per row block of w (a multiple of LP_MM_DG_RB).
@@ -319,7 +393,7 @@ size_t lp_mm_ggml_cache_bytes(int64_t cols) {
     return (size_t)(gg_block_rows(&w) * (cols / GG_SB)) * sizeof(__m512);
 }
 
-#define GG_DEFINE_KERNEL(NAME, T)                                                                  \
+#define GG_DEFINE_KERNEL(NAME, T, ND)                                                              \
     static LP_VNNI void NAME(const struct mm_task *tk, int64_t r0, int64_t r1, int i_thread) {     \
         int64_t blk = gg_block_rows(tk->w), nsb = tk->w->cols / GG_SB;                             \
         __m512 *cache = tk->n > LP_MM_DG_NT                                                        \
@@ -331,27 +405,32 @@ size_t lp_mm_ggml_cache_bytes(int64_t cols) {
             for (int t0 = 0; t0 < tk->n; t0 += LP_MM_DG_NT) {                                      \
                 bool pf = t0 == 0;                                                                 \
                 int nt = tk->n - t0 < LP_MM_DG_NT ? tk->n - t0 : LP_MM_DG_NT;                      \
-                if (nt == 4) GG_ROWS(T, 4);                                                        \
-                else if (nt == 3) GG_ROWS(T, 3);                                                   \
-                else if (nt == 2) GG_ROWS(T, 2);                                                   \
-                else GG_ROWS(T, 1);                                                                \
+                if (nt == 4) GG_ROWS(T, ND, 4);                                                    \
+                else if (nt == 3) GG_ROWS(T, ND, 3);                                               \
+                else if (nt == 2) GG_ROWS(T, ND, 2);                                               \
+                else GG_ROWS(T, ND, 1);                                                            \
             }                                                                                      \
         }                                                                                          \
     }
 
-GG_DEFINE_KERNEL(gg_kernel_q4_0, LP_GGML_Q4_0)
-GG_DEFINE_KERNEL(gg_kernel_q8_0, LP_GGML_Q8_0)
-GG_DEFINE_KERNEL(gg_kernel_q4_k, LP_GGML_Q4_K)
-GG_DEFINE_KERNEL(gg_kernel_q5_k, LP_GGML_Q5_K)
-GG_DEFINE_KERNEL(gg_kernel_q6_k, LP_GGML_Q6_K)
+GG_DEFINE_KERNEL(gg_kernel_q4_0, LP_GGML_Q4_0, 3)
+GG_DEFINE_KERNEL(gg_kernel_q8_0, LP_GGML_Q8_0, 3)
+GG_DEFINE_KERNEL(gg_kernel_q4_k, LP_GGML_Q4_K, 3)
+GG_DEFINE_KERNEL(gg_kernel_q5_k, LP_GGML_Q5_K, 3)
+GG_DEFINE_KERNEL(gg_kernel_q6_k, LP_GGML_Q6_K, 3)
+GG_DEFINE_KERNEL(gg_kernel_q4_0_i8, LP_GGML_Q4_0, 1)
+GG_DEFINE_KERNEL(gg_kernel_q8_0_i8, LP_GGML_Q8_0, 1)
+GG_DEFINE_KERNEL(gg_kernel_q4_k_i8, LP_GGML_Q4_K, 1)
+GG_DEFINE_KERNEL(gg_kernel_q5_k_i8, LP_GGML_Q5_K, 1)
+GG_DEFINE_KERNEL(gg_kernel_q6_k_i8, LP_GGML_Q6_K, 1)
 
-lp_mm_kernel_fn lp_mm_ggml_kernel(enum lp_ggml_type t) {
+lp_mm_kernel_fn lp_mm_ggml_kernel(enum lp_ggml_type t, bool int8_x) {
     switch (t) {
-    case LP_GGML_Q4_0: return gg_kernel_q4_0;
-    case LP_GGML_Q8_0: return gg_kernel_q8_0;
-    case LP_GGML_Q4_K: return gg_kernel_q4_k;
-    case LP_GGML_Q5_K: return gg_kernel_q5_k;
-    case LP_GGML_Q6_K: return gg_kernel_q6_k;
+    case LP_GGML_Q4_0: return int8_x ? gg_kernel_q4_0_i8 : gg_kernel_q4_0;
+    case LP_GGML_Q8_0: return int8_x ? gg_kernel_q8_0_i8 : gg_kernel_q8_0;
+    case LP_GGML_Q4_K: return int8_x ? gg_kernel_q4_k_i8 : gg_kernel_q4_k;
+    case LP_GGML_Q5_K: return int8_x ? gg_kernel_q5_k_i8 : gg_kernel_q5_k;
+    case LP_GGML_Q6_K: return int8_x ? gg_kernel_q6_k_i8 : gg_kernel_q6_k;
     }
     return NULL;
 }

@@ -203,8 +203,8 @@ static inline bool lp_mm_ggml_fit(const struct lp_weight *w) { return w->cols % 
 
 // The kernel of type t (NULL for an unknown type): row chunk [r0, r1) of w
 // (tk->w, lp_mm_ggml_fit) against every token's prepared x (tk->xq, stride
-// tk->dg_stride).
-lp_mm_kernel_fn lp_mm_ggml_kernel(enum lp_ggml_type t);
+// tk->dg_stride); int8_x: x rounded to int8 per group of 32 (one digit).
+lp_mm_kernel_fn lp_mm_ggml_kernel(enum lp_ggml_type t, bool int8_x);
 
 // Bytes of one token's prepared x for a weight of cols columns (a multiple
 // of 256; the result is a multiple of 64).
@@ -214,8 +214,10 @@ int64_t lp_mm_ggml_token_bytes(int64_t cols);
 // multiple of 256; a multiple of 64).
 size_t lp_mm_ggml_cache_bytes(int64_t cols);
 
-// Prepares x [cols] for weights of type t into xd (lp_mm_ggml_token_bytes).
-LP_VNNI void lp_mm_ggml_prep(const float *x, int64_t cols, enum lp_ggml_type t, int8_t *xd);
+// Prepares x [cols] for weights of type t into xd (lp_mm_ggml_token_bytes);
+// int8_x: for the one-digit kernels (lp_mm_ggml_kernel).
+LP_VNNI void lp_mm_ggml_prep(const float *x, int64_t cols, enum lp_ggml_type t, bool int8_x,
+                             int8_t *xd);
 
 // lp_mm_ggml_prep for n tokens, as a pool task (tokens split over threads).
 struct lp_mm_ggml_prep {
@@ -223,6 +225,7 @@ struct lp_mm_ggml_prep {
     int n;
     int64_t cols;
     enum lp_ggml_type type;
+    bool int8_x;
     int64_t stride; // bytes per token in xd (lp_mm_ggml_token_bytes)
     int8_t *xd;     // [n, stride]
 };
