@@ -114,12 +114,12 @@ echo "== 2. bench_rpc (8 KiB ping-pong and prefill chunks, loopback)"
 m17=$work/q17
 "$bin/lp_genmodel" --out "$m17" --seed 7 --format mlx8 --layers 28 --hidden 2048 --heads 16 \
   --kv-heads 8 --head-dim 128 --intermediate 6144 --vocab 151936 --tied 1 --threads 16 >/dev/null || exit 1
-echo "== 3a. single-stream decode (bench -p 16 -n 256), one GPU against the ring, alternating"
+echo "== 3a. single-stream decode (bench -p 16 -n 128), one GPU against the ring, alternating"
 p1=$(start_worker 1 "$m17"); p2=$(start_worker 2 "$m17")
 ring=(--workers "127.0.0.1:$p1,127.0.0.1:$p2" --plan 0,14,14)
-for rep in 1 2 3; do
-  "$lp" bench -m "$m17" --device "$coord" -p 16 -n 256 --reps 1 2>&1 | grep -E '^decode' | sed 's/^/one GPU: /'
-  "$lp" bench -m "$m17" --device "$coord" -p 16 -n 256 --reps 1 "${ring[@]}" --stats 2>&1 |
+for rep in 1 2; do
+  "$lp" bench -m "$m17" --device "$coord" -p 16 -n 128 --reps 1 2>&1 | grep -E '^decode' | sed 's/^/one GPU: /'
+  "$lp" bench -m "$m17" --device "$coord" -p 16 -n 128 --reps 1 "${ring[@]}" --stats 2>&1 |
     grep -E '^decode|^[0-9] ' | sed 's/^/ring:    /'
 done
 
