@@ -54,11 +54,20 @@ static enum lp_status compare(const struct lp_tensor_hash *ours, int n_ours,
                               stage, addr, ours[i].name, (unsigned long long)(*t)->xxh3,
                               (unsigned long long)ours[i].hash, model_dir);
     }
-    if (st == LP_OK && n != (size_t)n_ours)
+    if (st == LP_OK && n != (size_t)n_ours) { // every one of ours is there: name an extra one
+        const char *extra = "?";
+        for (size_t i = 0; i < n && extra[0] == '?'; i++) {
+            bool found = false;
+            for (int k = 0; k < n_ours && !found; k++)
+                found = strcmp(sorted[i]->name, ours[k].name) == 0;
+            if (!found) extra = sorted[i]->name;
+        }
         st = lp_error_set(err, LP_ERR_INVALID_ARG,
                           "worker %d (%s) loaded %zu tensors for layers [%d, %d), this "
-                          "coordinator's %s has %d: a different model",
-                          stage, addr, n, begin, end, model_dir, n_ours);
+                          "coordinator's %s has %d (the worker's '%.80s' is not in it): a "
+                          "different model",
+                          stage, addr, n, begin, end, model_dir, n_ours, extra);
+    }
     free(sorted);
     return st;
 }
