@@ -15,6 +15,7 @@
 //     (float summation order and fused multiply-adds only)
 //   quantize_activations (MLX 8-bit and GGUF blocks, int8 activations): <= 1e-2
 //     (measured on these random inputs: worst 6.9e-3; printed)
+#include <stdatomic.h>
 #include <stdio.h>
 #include <string.h>
 #include <unistd.h>
@@ -493,6 +494,35 @@ static void test_attention(enum lp_dtype dt, int hd) {
 }
 
 // Many small dispatches, some after the workers fell asleep, must all complete.
+// Each slice of a pool task runs exactly once (by its worker, or by the
+// caller when no worker claimed it first), with its own index.
+struct pool_count {
+    _Atomic int runs[4];
+    _Atomic int bad;
+};
+
+static void pool_count_fn(void *arg, int i_thread, int n_threads) {
+    struct pool_count *c = arg;
+    if (i_thread < 0 || i_thread >= n_threads || n_threads != 4) atomic_fetch_add(&c->bad, 1);
+    else atomic_fetch_add(&c->runs[i_thread], 1);
+}
+
+static void test_pool_slices(void) {
+    struct lp_cpu_pool *pool = NULL;
+    CHECK_OK(lp_cpu_pool_create(&pool, 4, err), err);
+    if (!pool) return;
+    struct pool_count c = {0};
+    int wrong = 0;
+    for (int task = 0; task < 20000; task++) {
+        if (task % 2000 == 1999) usleep(1000); // let the workers sleep
+        for (int i = 0; i < 4; i++) atomic_store(&c.runs[i], 0);
+        lp_cpu_pool_run(pool, pool_count_fn, &c);
+        for (int i = 0; i < 4; i++) wrong += atomic_load(&c.runs[i]) != 1;
+    }
+    CHECK_MSG(wrong == 0 && atomic_load(&c.bad) == 0, "pool: %d slices not run exactly once", wrong);
+    lp_cpu_pool_destroy(pool);
+}
+
 static void test_pool(void) {
     struct lp_backend *be = variants[2].be; // 3 threads
     struct lp_weight w = tu_weight(LP_WEIGHT_F32, 64, 32, 0, 0, LP_DTYPE_BF16);
@@ -540,6 +570,7 @@ int main(void) {
     test_attention(LP_DTYPE_BF16, 64);
     test_attention(LP_DTYPE_BF16, 320);
     test_pool();
+    test_pool_slices();
     struct lp_backend *dflt = NULL;
     CHECK_OK(lp_backend_cpu_create(&dflt, NULL, err), err);
     CHECK(dflt && lp_backend_n_threads(dflt) >= 1 && strcmp(lp_backend_name(dflt), "cpu") == 0);

@@ -2,10 +2,15 @@
 // pool.c -- the CPU backend's persistent thread pool. A task is published
 // by bumping `gen`; workers spin on it for about LP_POOL_SPIN_NS (a decode
 // step issues hundreds of small tasks back to back, and a futex wake costs
-// several microseconds), then sleep on `cv`. The caller runs slice 0 itself
-// and spins until `n_done` says every worker finished.
+// several microseconds), then sleep on `cv`. Slice i of a task is worker
+// i's, but whoever claims it first runs it (exactly once): the caller runs
+// slice 0, then every slice no worker has claimed yet, and waits only for
+// the slices workers are running. On a shared machine a worker that is not
+// scheduled when a task starts then costs nothing (the caller does its
+// slice) instead of stalling every task until it runs again.
 #include <errno.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
@@ -14,6 +19,7 @@
 #include "backend/cpu/internal.h"
 
 #define LP_POOL_SPIN_NS 200000 // 0.2 ms of spinning before a worker sleeps
+#define LP_POOL_WAIT_SPINS 4096 // pauses before the caller's wait yields its core
 
 struct lp_cpu_pool;
 
@@ -32,7 +38,11 @@ struct lp_cpu_pool {
     lp_cpu_task_fn fn;
     void *arg;
     _Atomic uint64_t gen;  // task generation
-    _Atomic int n_done;    // workers done with the current generation
+    // Per slice [n_threads]: the last generation it was claimed for (only
+    // grows: a claim for an older generation always fails), and the last
+    // generation a worker finished it for.
+    _Atomic uint64_t *claimed;
+    _Atomic uint64_t *finished;
     _Atomic int n_sleeping;
     _Atomic int stop;
     pthread_mutex_t mu;    // guards the sleep on cv
@@ -49,6 +59,17 @@ static int64_t lp_pool_now_ns(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+// Claims slice i for generation g: true for exactly one caller per (i, g),
+// and never once a later generation claimed it.
+static bool lp_pool_claim(struct lp_cpu_pool *pool, int i, uint64_t g) {
+    uint64_t old = atomic_load_explicit(&pool->claimed[i], memory_order_acquire);
+    while (old < g)
+        if (atomic_compare_exchange_weak_explicit(&pool->claimed[i], &old, g, memory_order_acq_rel,
+                                                  memory_order_acquire))
+            return true;
+    return false;
 }
 
 static void *lp_pool_main(void *p) {
@@ -74,8 +95,11 @@ static void *lp_pool_main(void *p) {
         }
         if (atomic_load_explicit(&pool->stop, memory_order_acquire)) return NULL;
         seen = atomic_load_explicit(&pool->gen, memory_order_acquire);
+        // fn and arg are generation seen's until this slice is finished: the
+        // caller publishes the next task only after waiting for it.
+        if (!lp_pool_claim(pool, wk->i_thread, seen)) continue; // the caller took it
         pool->fn(pool->arg, wk->i_thread, pool->n_threads);
-        atomic_fetch_add_explicit(&pool->n_done, 1, memory_order_acq_rel);
+        atomic_store_explicit(&pool->finished[wk->i_thread], seen, memory_order_release);
     }
 }
 
@@ -100,7 +124,9 @@ enum lp_status lp_cpu_pool_create(struct lp_cpu_pool **out, int n_threads, struc
     if (n_threads > 1) {
         pool->threads = calloc((size_t)n_threads - 1, sizeof *pool->threads);
         pool->workers = calloc((size_t)n_threads - 1, sizeof *pool->workers);
-        if (!pool->threads || !pool->workers) {
+        pool->claimed = calloc((size_t)n_threads, sizeof *pool->claimed);
+        pool->finished = calloc((size_t)n_threads, sizeof *pool->finished);
+        if (!pool->threads || !pool->workers || !pool->claimed || !pool->finished) {
             lp_cpu_pool_destroy(pool);
             return lp_error_set(err, LP_ERR_NOMEM, "cpu: pool: out of memory for %d threads",
                                 n_threads);
@@ -132,6 +158,8 @@ void lp_cpu_pool_destroy(struct lp_cpu_pool *pool) {
     pthread_cond_destroy(&pool->cv);
     free(pool->threads);
     free(pool->workers);
+    free(pool->claimed);
+    free(pool->finished);
     free(pool);
 }
 
@@ -144,10 +172,18 @@ void lp_cpu_pool_run(struct lp_cpu_pool *pool, lp_cpu_task_fn fn, void *arg) {
     }
     pool->fn = fn;
     pool->arg = arg;
-    atomic_store_explicit(&pool->n_done, 0, memory_order_relaxed);
-    atomic_fetch_add(&pool->gen, 1); // seq_cst: publishes fn/arg
+    uint64_t g = atomic_fetch_add(&pool->gen, 1) + 1; // seq_cst: publishes fn/arg
     lp_pool_wake(pool);
     fn(arg, 0, pool->n_threads);
-    while (atomic_load_explicit(&pool->n_done, memory_order_acquire) < pool->n_threads - 1)
-        lp_pool_pause();
+    // the slices no worker has started, here; then wait for the others
+    for (int i = 1; i < pool->n_threads; i++)
+        if (lp_pool_claim(pool, i, g)) {
+            fn(arg, i, pool->n_threads);
+            atomic_store_explicit(&pool->finished[i], g, memory_order_relaxed);
+        }
+    for (int i = 1; i < pool->n_threads; i++)
+        for (int k = 0; atomic_load_explicit(&pool->finished[i], memory_order_acquire) != g; k++) {
+            lp_pool_pause();
+            if (k >= LP_POOL_WAIT_SPINS) sched_yield(); // its worker may wait for this core
+        }
 }
