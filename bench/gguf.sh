@@ -1,19 +1,24 @@
 #!/usr/bin/env bash
 # SPDX-License-Identifier: MIT
 # gguf.sh -- layerpipe and llama.cpp side by side on the same GGUF file
-# (issue 9): prefill and decode tok/s, alternating the two programs round by
-# round so that both see the same (shared, noisy) machine; the best of each
-# and their ratio at the end.
-#   layerpipe: `layerpipe bench -m FILE -t T -p P -n N -r 1 --json`
-#   llama.cpp: `llama-bench -m FILE -t T -p P -n N -r 1 -o json` (its pp and
-#              tg tests: prefill of P tokens, decode of N tokens)
+# (issue 9): prefill and decode tok/s, the programs alternating round by
+# round so that all see the same (shared, noisy) machine; the best of each
+# and the ratios at the end. Per round:
+#   layerpipe        `layerpipe bench -m FILE -t T -p P -n N -r 1 --json`
+#                    (float activations: the accurate default)
+#   layerpipe --fast the same with int8 activations (llama.cpp's precision)
+#   llama.cpp        `llama-bench -m FILE -t T -p P -n N -r 1 -o json` (pp
+#                    and tg tests), with OpenMP's default (spinning) wait
+#                    policy and again with OMP_WAIT_POLICY=PASSIVE, which
+#                    does far better when other processes share the cores;
+#                    llama.cpp's figure is the better of the two.
 # Usage: bench/gguf.sh BUILD_DIR LLAMA_BENCH FILE.gguf [ROUNDS] [THREADS] [P] [N]
-#   (defaults: 5 rounds, 2 threads, 512 prompt tokens, 64 generated)
+#   (defaults: 3 rounds, 2 threads, 512 prompt tokens, 64 generated)
 set -euo pipefail
 build=$(cd "${1:?usage: gguf.sh BUILD_DIR LLAMA_BENCH FILE.gguf}" && pwd)
 llama=${2:?usage: gguf.sh BUILD_DIR LLAMA_BENCH FILE.gguf}
 file=${3:?usage: gguf.sh BUILD_DIR LLAMA_BENCH FILE.gguf}
-rounds=${4:-5}
+rounds=${4:-3}
 threads=${5:-2}
 np=${6:-512}
 ng=${7:-64}
@@ -32,22 +37,36 @@ for t in json.load(open(sys.argv[1])):
 }
 best() { sort -g | tail -1; }
 
-: >"$tmp/lp_pp"; : >"$tmp/lp_tg"; : >"$tmp/ll_pp"; : >"$tmp/ll_tg"
-for r in $(seq 1 "$rounds"); do
-  "$build/layerpipe" bench -m "$file" -t "$threads" -p "$np" -n "$ng" -r 1 --json \
+run_lp() { # name [--fast]
+  "$build/layerpipe" bench -m "$file" -t "$threads" -p "$np" -n "$ng" -r 1 --json "${@:2}" \
     >"$tmp/lp.out" 2>&1 || { cat "$tmp/lp.out"; exit 1; }
-  lp_field prefill_tok_s "$tmp/lp.out" >>"$tmp/lp_pp"
-  lp_field decode_tok_s "$tmp/lp.out" >>"$tmp/lp_tg"
-  "$llama" -m "$file" -t "$threads" -p "$np" -n "$ng" -r 1 -o json >"$tmp/ll.json" 2>"$tmp/ll.err" ||
-    { cat "$tmp/ll.err"; exit 1; }
-  ll_field pp "$tmp/ll.json" >>"$tmp/ll_pp"
-  ll_field tg "$tmp/ll.json" >>"$tmp/ll_tg"
-  printf 'round %d: layerpipe prefill %s decode %s | llama.cpp prefill %.2f decode %.2f (load %s)\n' \
-    "$r" "$(tail -1 "$tmp/lp_pp")" "$(tail -1 "$tmp/lp_tg")" "$(tail -1 "$tmp/ll_pp")" \
-    "$(tail -1 "$tmp/ll_tg")" "$(cut -d' ' -f1 /proc/loadavg)"
+  lp_field prefill_tok_s "$tmp/lp.out" >>"$tmp/$1.pp"
+  lp_field decode_tok_s "$tmp/lp.out" >>"$tmp/$1.tg"
+}
+run_ll() { # name [env...]
+  env "${@:2}" "$llama" -m "$file" -t "$threads" -p "$np" -n "$ng" -r 1 -o json \
+    >"$tmp/ll.json" 2>"$tmp/ll.err" || { cat "$tmp/ll.err"; exit 1; }
+  ll_field pp "$tmp/ll.json" >>"$tmp/$1.pp"
+  ll_field tg "$tmp/ll.json" >>"$tmp/$1.tg"
+}
+last() { printf '%.2f/%.2f' "$(tail -1 "$tmp/$1.pp")" "$(tail -1 "$tmp/$1.tg")"; }
+
+for r in $(seq 1 "$rounds"); do
+  run_lp lp
+  run_ll ll
+  run_lp lpfast --fast
+  run_ll llpassive OMP_WAIT_POLICY=PASSIVE
+  echo "round $r (prefill/decode tok/s): layerpipe $(last lp), --fast $(last lpfast)" \
+       "| llama.cpp $(last ll), passive $(last llpassive) (load $(cut -d' ' -f1 /proc/loadavg))"
 done
-lpp=$(best <"$tmp/lp_pp"); ltg=$(best <"$tmp/lp_tg")
-cpp=$(best <"$tmp/ll_pp"); ctg=$(best <"$tmp/ll_tg")
-awk -v a="$lpp" -v b="$cpp" -v c="$ltg" -v d="$ctg" 'BEGIN {
-  printf "best: prefill layerpipe %.2f / llama.cpp %.2f tok/s = %.2fx; decode %.2f / %.2f tok/s = %.2fx\n",
-         a, b, a / b, c, d, c / d }'
+cat "$tmp/ll.pp" "$tmp/llpassive.pp" >"$tmp/llbest.pp"
+cat "$tmp/ll.tg" "$tmp/llpassive.tg" >"$tmp/llbest.tg"
+for k in pp tg; do
+  for n in lp lpfast llbest; do eval "${n}_$k=$(best <"$tmp/$n.$k")"; done
+done
+awk -v a="$lp_pp" -v f="$lpfast_pp" -v l="$llbest_pp" -v b="$lp_tg" -v g="$lpfast_tg" \
+    -v m="$llbest_tg" 'BEGIN {
+  printf "best prefill: layerpipe %.2f, --fast %.2f, llama.cpp %.2f tok/s -> %.2fx, %.2fx\n",
+         a, f, l, a / l, f / l
+  printf "best decode:  layerpipe %.2f, --fast %.2f, llama.cpp %.2f tok/s -> %.2fx, %.2fx\n",
+         b, g, m, b / m, g / m }'

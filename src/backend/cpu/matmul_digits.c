@@ -147,20 +147,9 @@ LP_INLINE LP_VNNI void mm_dg_store(int RB, int NT, const struct mm_task *tk, int
         }
     }
     const __m512 k = _mm512_set1_ps(1.0f / 16384.0f);
-    if (RB * NT == 16) {
-        __m512 v[16];
-        float o[16];
-        for (int r = 0; r < RB; r++)
-            for (int t = 0; t < NT; t++) v[r * NT + t] = _mm512_fmadd_ps(tot[r][t], k, bacc[r][t]);
-        mm_dg_hsum16(v, o);
-        for (int r = 0; r < RB; r++)
-            for (int t = 0; t < NT; t++) tk->out[(int64_t)(t0 + t) * w->rows + r0 + r] = o[r * NT + t];
-        return;
-    }
     for (int r = 0; r < RB; r++)
-        for (int t = 0; t < NT; t++)
-            tk->out[(int64_t)(t0 + t) * w->rows + r0 + r] =
-                mm_dg_hsum(_mm512_fmadd_ps(tot[r][t], k, bacc[r][t]));
+        for (int t = 0; t < NT; t++) bacc[r][t] = _mm512_fmadd_ps(tot[r][t], k, bacc[r][t]);
+    mm_dg_out(RB, NT, bacc, tk->out, w->rows, r0, t0);
 }
 
 // RB rows of MLX 8-bit weights from r0 x NT tokens from t0. G32: groups of

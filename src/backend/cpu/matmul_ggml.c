@@ -351,19 +351,9 @@ LP_INLINE LP_VNNI void gg_tile(enum lp_ggml_type T, int ND, int RB, int NT,
         }
     }
     const __m512 k = _mm512_set1_ps(1.0f / GG_X_SCALE);
-    if (RB * NT == 16) {
-        __m512 v[16];
-        float o[16];
-        for (int r = 0; r < RB; r++)
-            for (int t = 0; t < NT; t++) v[r * NT + t] = _mm512_mul_ps(tot[r][t], k);
-        mm_dg_hsum16(v, o);
-        for (int r = 0; r < RB; r++)
-            for (int t = 0; t < NT; t++) tk->out[(int64_t)(t0 + t) * w->rows + r0 + r] = o[r * NT + t];
-        return;
-    }
     for (int r = 0; r < RB; r++)
-        for (int t = 0; t < NT; t++)
-            tk->out[(int64_t)(t0 + t) * w->rows + r0 + r] = mm_dg_hsum(_mm512_mul_ps(tot[r][t], k));
+        for (int t = 0; t < NT; t++) tot[r][t] = _mm512_mul_ps(tot[r][t], k);
+    mm_dg_out(RB, NT, tot, tk->out, w->rows, r0, t0);
 }
 
 // Row chunk [r0, r1) against every token of the call, in row blocks of about

@@ -169,6 +169,24 @@ LP_INLINE LP_VNNI void mm_dg_hsum16(const __m512 *v, float *o) {
     }
 }
 
+// out[(t0 + t) * rows + r0 + r] = the lane sum (mm_dg_hsum's tree) of v[r][t]
+// for an RB x NT tile (a 4 x 4 tile through mm_dg_hsum16).
+LP_INLINE LP_VNNI void mm_dg_out(int RB, int NT, __m512 v[][LP_MM_DG_NT], float *out, int64_t rows,
+                                 int64_t r0, int t0) {
+    if (RB * NT == 16) {
+        __m512 f[16];
+        float o[16];
+        for (int r = 0; r < RB; r++)
+            for (int t = 0; t < NT; t++) f[r * NT + t] = v[r][t];
+        mm_dg_hsum16(f, o);
+        for (int r = 0; r < RB; r++)
+            for (int t = 0; t < NT; t++) out[(int64_t)(t0 + t) * rows + r0 + r] = o[r * NT + t];
+        return;
+    }
+    for (int r = 0; r < RB; r++)
+        for (int t = 0; t < NT; t++) out[(int64_t)(t0 + t) * rows + r0 + r] = mm_dg_hsum(v[r][t]);
+}
+
 // ---- exact VNNI kernels (matmul_digits.c) --------------------------------
 // Splits x [cols] into three int8 digits per element (layout for 8-bit or,
 // with q4, 4-bit weights), per-group sums into xsum [ng] and scales into
