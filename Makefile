@@ -16,7 +16,7 @@ DEMO_TOKENS ?= 300
 # libFuzzer harnesses (tests/fuzz/fuzz_<name>.c): `make fuzz` runs each for
 # FUZZ_SECONDS; `make test` replays the committed corpora and regression
 # inputs and runs each for FUZZ_TEST_SECONDS, FUZZ_JOBS harnesses at a time.
-FUZZ_HARNESSES := safetensors config tokenizer chat encode wire openai stage gguf
+FUZZ_HARNESSES := safetensors config tokenizer chat encode wire openai stage hashcache gguf
 FUZZ_SECONDS ?= 60
 FUZZ_TEST_SECONDS ?= 20
 FUZZ_JOBS ?= $(JOBS)

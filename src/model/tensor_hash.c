@@ -77,7 +77,7 @@ static int entry_key_cmp(const void *key, const void *elem) {
 
 // Sorts the entries by name; false when a name appears twice.
 static bool cache_sort(struct cache *c) {
-    qsort(c->e, c->n, sizeof *c->e, entry_cmp);
+    if (c->n > 1) qsort(c->e, c->n, sizeof *c->e, entry_cmp); // (e is NULL when empty)
     c->n_sorted = c->n;
     for (size_t i = 1; i < c->n; i++)
         if (strcmp(c->e[i - 1].name, c->e[i].name) == 0) return false;

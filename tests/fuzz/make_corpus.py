@@ -352,3 +352,17 @@ truncations("gguf", "vocab", gguf_image(VOCAB_KVS, []))
 for k in range(6):
     put("gguf", "tensors_mut%d" % k, mutate(small_gguf))
     put("gguf", "vocab_mut%d" % k, mutate(gguf_image(VOCAB_KVS, [])))
+
+
+# ---- hashcache: the tensor-hash cache file beside a weight file ----
+HC = "layerpipe-tensor-hashes 1 210432 1764600000 123456789\n"
+HC_ROWS = ("0123456789abcdef 64 8192 model.layers.0.mlp.up_proj.weight\n"
+           "fedcba9876543210 8256 512 model.layers.0.mlp.up_proj.scales\n"
+           "00000000000000ff 8768 512 model.layers.0.mlp.up_proj.biases\n")
+put("hashcache", "three", HC + HC_ROWS)
+put("hashcache", "header_only", HC)
+put("hashcache", "duplicate", HC + HC_ROWS + HC_ROWS.splitlines(True)[0])
+put("hashcache", "past_the_end", HC + "0123456789abcdef 210000 1000 x\n")
+put("hashcache", "no_newline", HC + HC_ROWS[:-1])
+put("hashcache", "other_file", HC.replace("210432", "210433") + HC_ROWS)
+truncations("hashcache", "three", (HC + HC_ROWS).encode())
