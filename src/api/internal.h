@@ -94,8 +94,7 @@ struct lp_api_conn {
     struct MHD_Connection *mhd;
     char method[8];
     char path[128];
-    char *body; // [n_body] the upload, NUL-terminated
-    size_t n_body, cap_body;
+    struct lp_api_buf body; // the upload, NUL-terminated (data NULL when empty)
     bool too_big;  // over max_body_bytes: answered 413 at the end
     bool answered; // a response was queued
     int http_status;

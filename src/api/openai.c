@@ -545,7 +545,7 @@ enum MHD_Result lp_api_handle_generate(struct lp_api_conn *c, bool chat) {
     lp_token_list_init(&j.prompt);
     enum MHD_Result ret;
     json_t *body = NULL;
-    if (!lp_api_parse_job(s, c->body, c->n_body, chat, &j, &body, &e)) goto fail;
+    if (!lp_api_parse_job(s, c->body.data, c->body.n, chat, &j, &body, &e)) goto fail;
     struct api_req *r = req_create(s, &j, chat, &e);
     if (!r) goto fail;
     json_decref(body);

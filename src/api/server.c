@@ -217,23 +217,11 @@ static enum MHD_Result too_big(struct lp_api_conn *c) {
 
 // Appends an upload chunk; false past the limit (the rest is then discarded).
 static bool take_body(struct lp_api_conn *c, const char *data, size_t n) {
-    if (c->too_big || c->n_body + n > c->srv->max_body_bytes) {
+    if (c->too_big || c->body.n + n > c->srv->max_body_bytes) {
         c->too_big = true;
         return false;
     }
-    if (c->n_body + n + 1 > c->cap_body) {
-        size_t cap = c->cap_body ? c->cap_body : 4096;
-        while (cap < c->n_body + n + 1)
-            cap *= 2;
-        char *b = realloc(c->body, cap);
-        if (!b) return false;
-        c->body = b;
-        c->cap_body = cap;
-    }
-    memcpy(c->body + c->n_body, data, n);
-    c->n_body += n;
-    c->body[c->n_body] = '\0';
-    return true;
+    return lp_api_buf_put(&c->body, data, n);
 }
 
 static enum MHD_Result on_access(void *cls, struct MHD_Connection *mhd, const char *url,
@@ -280,7 +268,7 @@ static void on_completed(void *cls, struct MHD_Connection *mhd, void **con_cls,
                  toe == MHD_REQUEST_TERMINATED_COMPLETED_OK ? "" : " (connection closed early)");
         s->log(s->log_user, line);
     }
-    free(c->body);
+    free(c->body.data);
     free(c);
 }
 
