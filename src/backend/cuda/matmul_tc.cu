@@ -91,7 +91,8 @@ template <int FMT> static __device__ __forceinline__ void x_pair(int s, int (&i)
 }
 
 // N words from p (16-byte loads where N allows; p aligned to 4 N bytes).
-template <int N> static __device__ __forceinline__ void load_words(const void *p, uint32_t (&w)[N]) {
+template <int N>
+static __device__ __forceinline__ void load_words(const void *p, uint32_t (&w)[N]) {
     if (N >= 4) {
 #pragma unroll
         for (int k = 0; k < N; k += 4) {
@@ -110,16 +111,15 @@ struct mm_args {
     const float *x; // [n, cols] (NORM: the row before rmsnorm)
     struct lp_cuda_weight w[3];
     float *out[3];
-    int bp0[4];      // job j owns block-rows [bp0[j], bp0[j + 1])
+    int bp0[4]; // job j owns block-rows [bp0[j], bp0[j + 1])
     int n_jobs;
-    int n, n_tg;     // tokens, token groups
+    int n, n_tg; // tokens, token groups
     int cols;
-    bool norm;       // fold rmsnorm(x, norm_w, eps) in and write it to norm_out
+    bool norm;           // fold rmsnorm(x, norm_w, eps) in and write it to norm_out
     const float *norm_w; // [cols]
     float *norm_out;     // [n, cols]
     float eps;
 };
-
 
 // FMT, CW (chunk columns), NTL (8-token mma tiles a block), EPI (enum lp_cuda_epi).
 // m-tiles (16 rows) a block: two for SWIGLU (gate and up) and for batches
@@ -217,7 +217,8 @@ static __global__ void __launch_bounds__(MM_THREADS) k_mm(struct mm_args a) {
         for (int mt = 0; mt < MM_MT; mt++)
 #pragma unroll
             for (int h = 0; h < 2; h++)
-                load_words<W>(rp[mt][h] + ((size_t)cb * CW + (size_t)t * XE) * BITS / 8, raw[mt][h]);
+                load_words<W>(rp[mt][h] + ((size_t)cb * CW + (size_t)t * XE) * BITS / 8,
+                              raw[mt][h]);
         for (int c = cb; c < ce; c++) {
             // A fragments of this chunk, then the next chunk's loads
             uint32_t af[MM_MT][STEPS][4];
@@ -233,7 +234,8 @@ static __global__ void __launch_bounds__(MM_THREADS) k_mm(struct mm_args a) {
                 for (int mt = 0; mt < MM_MT; mt++)
 #pragma unroll
                     for (int h = 0; h < 2; h++)
-                        load_words<W>(rp[mt][h] + ((size_t)(c + 1) * CW + (size_t)t * XE) * BITS / 8,
+                        load_words<W>(rp[mt][h] +
+                                          ((size_t)(c + 1) * CW + (size_t)t * XE) * BITS / 8,
                                       raw[mt][h]);
             }
             const int cu = (c / cpu) * cpu; // first chunk of this unit
@@ -249,7 +251,7 @@ static __global__ void __launch_bounds__(MM_THREADS) k_mm(struct mm_args a) {
                     for (int k = 0; k < XE / 4; k++) {
                         float4 v = __ldg(xp + k);
                         xs[4 * k] = v.x, xs[4 * k + 1] = v.y, xs[4 * k + 2] = v.z,
-                                xs[4 * k + 3] = v.w;
+                               xs[4 * k + 3] = v.w;
                     }
                     if (a.norm) {
                         const float inv = s_inv[8 * nt + g];
