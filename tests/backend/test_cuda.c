@@ -156,6 +156,43 @@ static void test_batch_invariance(void) {
     }
 }
 
+// The products' persistent grid (blocks looping over tiles, the default)
+// gives the bits of one block a tile (LP_CUDA_NO_PERSIST=1, read when a
+// backend is created), at batch sizes of both kernels and with matrices of
+// more tiles than a GPU's multiprocessors hold, so that blocks loop there too.
+static void test_persistent_grid(void) {
+    setenv("LP_CUDA_NO_PERSIST", "1", 1);
+    struct lp_backend *flat = NULL;
+    struct lp_backend_cuda_params cp = {.device = 0};
+    CHECK_OK(lp_backend_cuda_create(&flat, &cp, err), err);
+    unsetenv("LP_CUDA_NO_PERSIST");
+    if (!flat) return;
+    struct lp_weight ws[3] = {
+        tu_weight(LP_WEIGHT_BF16, 4500, 128, 0, 0, LP_DTYPE_BF16),
+        tu_weight(LP_WEIGHT_MLX_AFFINE, 4400, 256, 8, 64, LP_DTYPE_BF16),
+        tu_weight(LP_WEIGHT_MLX_AFFINE, 300, 640, 4, 32, LP_DTYPE_F16),
+    };
+    static const int ns[3] = {1, 7, 40};
+    for (int k = 0; k < 3; k++) {
+        struct lp_weight *w = &ws[k];
+        for (int in = 0; in < 3; in++) {
+            int n = ns[in];
+            size_t floats = (size_t)n * w->rows + 3 * (size_t)w->cols;
+            float *x = tu_randv((int64_t)n * w->cols, 1.0f);
+            float *a = malloc(floats * 4), *b = malloc(floats * 4);
+            run_matmul(gpu, w, x, n, a);
+            run_matmul(flat, w, x, n, b);
+            CHECK_MSG(memcmp(a, b, floats * 4) == 0,
+                      "persistent grid: weight %d n=%d differs from one block a tile", k, n);
+            free(x);
+            free(a);
+            free(b);
+        }
+        tu_weight_free(w);
+    }
+    lp_backend_destroy(flat);
+}
+
 // The fused slots give exactly the bits of the steps they stand for:
 // matmul_multi = three matmuls, matmul_add = matmul + add, matmul_swiglu =
 // two matmuls + silu_mul; on the 16-byte path and the element-wise one.
@@ -706,6 +743,7 @@ int main(void) {
            (double)info.free_bytes / (1 << 30), info.read_gb_s);
     test_matmul();
     test_batch_invariance();
+    test_persistent_grid();
     test_fused();
     test_fused_qk(LP_DTYPE_F32);
     test_fused_qk(LP_DTYPE_BF16);

@@ -17,13 +17,16 @@
 // an rmsnorm and a decode batch's qk step are held back one call and folded
 // into the kernel after them (struct cuda_pending). Switches (=1):
 // LP_CUDA_NO_GRAPHS (read each step), and, read at create, LP_CUDA_NO_PDL
-// (plain launches), LP_CUDA_NO_FOLD, LP_CUDA_NO_TC (CUDA-core products).
+// (plain launches), LP_CUDA_NO_FOLD, LP_CUDA_NO_TC (CUDA-core products),
+// LP_CUDA_NO_PERSIST (the products' grid one block a tile: the same bits);
+// LP_CUDA_TIMING prints the host's share of replayed steps.
 #include <cuda_runtime.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 extern "C" {
 #include "backend/backend_i.h"
@@ -102,6 +105,7 @@ struct cuda_ctx {
     bool pdl; // kernels launched with programmatic dependent launch (LP_CUDA_NO_PDL=1: off)
     bool fold; // steps folded into the next (cuda_pending; LP_CUDA_NO_FOLD=1: off)
     bool tc;   // bf16 / MLX products on the tensor cores (LP_CUDA_NO_TC=1: CUDA cores)
+    int n_sm;  // multiprocessors, for the products' persistent grid (LP_CUDA_NO_PERSIST=1: 0)
     struct cuda_pending pend;
     float *inv_freq; // [inv_hd / 2] for rope
     float inv_theta;
@@ -110,7 +114,20 @@ struct cuda_ctx {
     int n_graphs;
     int capturing; // index into graphs + 1 while recording, else 0
     double read_gb_s;
+    // LP_CUDA_TIMING=1: each replayed step's GPU time (events around the
+    // replay) against the wall time from one replay to the next, printed
+    // when the backend is destroyed: the host's share of a decode step
+    bool timing, tm_open;
+    cudaEvent_t tm_ev[2];
+    double tm_gpu_ms, tm_wall_ms, tm_t0;
+    long tm_n;
 };
+
+static double cuda_now_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
+}
 
 static void cuda_fail(struct cuda_ctx *c, enum lp_status st, const char *fmt, ...) {
     if (c->status != LP_OK) return;
@@ -159,6 +176,13 @@ static void cuda_destroy(void *ctx) {
     if (!c) return;
     cudaSetDevice(c->device);
     if (c->stream) cudaStreamSynchronize(c->stream);
+    if (c->tm_n > 0)
+        fprintf(stderr,
+                "%s: %ld replayed steps: %.3f ms on the GPU each, %.3f ms from one to the next "
+                "(host share %.0f%%)\n",
+                c->name, c->tm_n, c->tm_gpu_ms / c->tm_n, c->tm_wall_ms / c->tm_n,
+                100.0 * (1.0 - c->tm_gpu_ms / c->tm_wall_ms));
+    if (c->timing) cudaEventDestroy(c->tm_ev[0]), cudaEventDestroy(c->tm_ev[1]);
     cuda_drop_graphs(c);
     cudaFreeHost(c->ix_h);
     cudaFree(c->ix_d);
@@ -588,7 +612,8 @@ static bool cuda_mm(struct cuda_ctx *c, int epi, float *const *outs, const struc
     const float *norm_w;
     float *norm_out, eps;
     const float *xin = cuda_mm_input(c, x, n, ws[0]->cols, &norm_w, &norm_out, &eps);
-    cuda_ok(c, lp_cuda_mm(c->stream, c->pdl, epi, xin, ws, outs, n_w, n, norm_w, norm_out, eps),
+    cuda_ok(c, lp_cuda_mm(c->stream, c->pdl, epi, xin, ws, outs, n_w, n, norm_w, norm_out, eps,
+                          c->n_sm),
             what);
     return true;
 }
@@ -966,7 +991,20 @@ static enum lp_status cuda_step_begin(void *ctx, const struct lp_step_key *key, 
     struct cuda_graph *g = &c->graphs[i];
     if (g->exec) {
         *replayed = true;
-        return cuda_err(c, cudaGraphLaunch(g->exec, c->stream), "cudaGraphLaunch", err);
+        if (!c->timing) return cuda_err(c, cudaGraphLaunch(g->exec, c->stream), "cudaGraphLaunch", err);
+        const double now = cuda_now_ms();
+        float ms = 0.0f;
+        if (c->tm_open && cudaEventElapsedTime(&ms, c->tm_ev[0], c->tm_ev[1]) == cudaSuccess) {
+            c->tm_gpu_ms += ms;
+            c->tm_wall_ms += now - c->tm_t0;
+            c->tm_n++;
+        }
+        c->tm_t0 = now;
+        cudaEventRecord(c->tm_ev[0], c->stream);
+        enum lp_status st =
+            cuda_err(c, cudaGraphLaunch(g->exec, c->stream), "cudaGraphLaunch", err);
+        c->tm_open = st == LP_OK && cudaEventRecord(c->tm_ev[1], c->stream) == cudaSuccess;
+        return st;
     }
     if (g->seen++ == 0) return LP_OK; // first time: run directly (scratch grows now)
     enum lp_status st =
@@ -1118,6 +1156,11 @@ extern "C" enum lp_status lp_backend_cuda_create(struct lp_backend **out,
                        err)) != LP_OK)
         goto fail;
     snprintf(c->gpu, sizeof c->gpu, "%.63s", prop.name);
+    c->n_sm = getenv("LP_CUDA_NO_PERSIST") ? 0 : prop.multiProcessorCount;
+    if (getenv("LP_CUDA_TIMING") && cudaEventCreate(&c->tm_ev[0]) == cudaSuccess) {
+        if (cudaEventCreate(&c->tm_ev[1]) == cudaSuccess) c->timing = true;
+        else cudaEventDestroy(c->tm_ev[0]);
+    }
     if (prop.major < 9) {
         st = lp_error_set(err, LP_ERR_UNSUPPORTED,
                           "cuda:%d: %s is compute capability %d.%d; this build has sm_90 code only",

@@ -74,10 +74,11 @@ static inline bool lp_cuda_mm_ok(const struct lp_cuda_weight *w) {
 // up, equal rows), outs[0] receives the product. norm_w != NULL: x is taken
 // through rmsnorm(x, norm_w, eps) first (norm_w [cols]), and that row is
 // written to norm_out [n, cols] (which must not be x). pdl: a programmatic
-// launch. One result per element whatever n (see matmul_tc.cu).
+// launch. n_sm: the GPU's multiprocessors, for a persistent grid (0: one
+// block a tile). One result per element whatever n and n_sm (see matmul_tc.cu).
 cudaError_t lp_cuda_mm(cudaStream_t s, bool pdl, int epi, const float *x,
                        const struct lp_cuda_weight *const *ws, float *const *outs, int n_w, int n,
-                       const float *norm_w, float *norm_out, float eps);
+                       const float *norm_w, float *norm_out, float eps, int n_sm);
 
 cudaError_t lp_cuda_embed(cudaStream_t s, float *out, const struct lp_cuda_weight *w,
                           const int32_t *ids, int n);

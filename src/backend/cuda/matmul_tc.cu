@@ -29,12 +29,19 @@
 // CW / 4 values in order, the four lanes of a column combine by xor
 // shuffles 1 then 2, and a two-chunk group adds its chunks' sums in order.
 //
-// Grid: one block (8 warps, warp w = slice w) per 16 or 32 weight rows (one
-// or two 16-row m-tiles; SWIGLU: 16 rows of the gate and the same 16 of up)
-// and per group of NTL * 8 tokens (the token group varies fastest, so blocks
-// sharing weights run together and hit L2). A lane prefetches its rows'
-// slice into L2 before waiting for the previous kernel (PDL), so the
-// weight stream starts while that kernel drains.
+// Tiles: a tile is 16 or 32 weight rows (one or two 16-row m-tiles; SWIGLU:
+// 16 rows of the gate and the same 16 of up) and a group of NTL * 8 tokens
+// (the token group varies fastest, so tiles sharing weights run together and
+// hit L2). Persistent blocks (8 warps, warp w = slice w): as many as n_sm
+// multiprocessors hold at once (n_sm = 0: one block a tile), block b taking tiles
+// b, b + grid, ...; the rmsnorm's 1 / rms is computed once per token group
+// a block meets, not once per tile. A lane prefetches its rows' slice of the
+// block's first tile into L2 and loads its first chunk before waiting for
+// the previous kernel (PDL), so the weight stream starts while that kernel
+// drains; as each tile starts, it asks for the next tile's slice into L2,
+// and its last chunk loads the next tile's first (the rest find L2). The tiles
+// and their arithmetic do not depend on the grid: any n_sm gives the same
+// bits.
 #include <math.h>
 
 #include "backend/cuda/device.h"
@@ -114,6 +121,7 @@ struct mm_args {
     int bp0[4]; // job j owns block-rows [bp0[j], bp0[j + 1])
     int n_jobs;
     int n, n_tg; // tokens, token groups
+    int n_bp;    // block-rows (tiles = n_tg * n_bp)
     int cols;
     bool norm;           // fold rmsnorm(x, norm_w, eps) in and write it to norm_out
     const float *norm_w; // [cols]
@@ -121,255 +129,302 @@ struct mm_args {
     float eps;
 };
 
-// FMT, CW (chunk columns), NTL (8-token mma tiles a block), EPI (enum lp_cuda_epi).
-// m-tiles (16 rows) a block: two for SWIGLU (gate and up) and for batches
-// (the x fragments serve both), one at NTL = 1 (twice the blocks: a small
+// The lane's two rows (g and g + 8) of each m-tile of block-row bp: their
+// matrix (ji), its rows, the tile's first row, and row indices and pointers.
+template <int FMT, int MM_MT, int EPI> struct mm_tile {
+    int ji, rows, rbase;
+    int rr[MM_MT][2];
+    __device__ __forceinline__ mm_tile(const struct mm_args &a, int bp, int g) {
+        ji = 0;
+        if (EPI != LP_CUDA_EPI_SWIGLU) {
+            if (a.n_jobs > 1 && bp >= a.bp0[1]) ji = 1;
+            if (a.n_jobs > 2 && bp >= a.bp0[2]) ji = 2;
+        }
+        rows = pick3(ji, a.w[0].rows, a.w[1].rows, a.w[2].rows);
+        rbase = EPI == LP_CUDA_EPI_SWIGLU ? bp * 16 : (bp - a.bp0[ji]) * 16 * MM_MT;
+#pragma unroll
+        for (int mt = 0; mt < MM_MT; mt++)
+#pragma unroll
+            for (int h = 0; h < 2; h++) {
+                const int r = rbase + (EPI == LP_CUDA_EPI_SWIGLU ? 0 : 16 * mt) + g + 8 * h;
+                rr[mt][h] = r < rows ? r : rows - 1;
+            }
+    }
+    // The first byte of row (mt, h).
+    __device__ __forceinline__ const char *rp(const struct mm_args &a, int mt, int h) const {
+        const int j = EPI == LP_CUDA_EPI_SWIGLU ? mt : ji;
+        const char *data = (const char *)pick3(j, a.w[0].data, a.w[1].data, a.w[2].data);
+        return data + (size_t)rr[mt][h] * ((size_t)a.cols * mm_bits<FMT>::n / 8);
+    }
+    // The lane's share of the tile's bytes of columns [c0, c1) chunks (and,
+    // MLX, the line of its rows' first scale and bias there) into L2.
+    __device__ __forceinline__ void prefetch(const struct mm_args &a, int cb, int ce, int cw,
+                                             int cpu, int t) const {
+        constexpr int BITS = mm_bits<FMT>::n;
+        const size_t off = (size_t)cb * cw * BITS / 8, len = (size_t)(ce - cb) * cw * BITS / 8;
+#pragma unroll
+        for (int mt = 0; mt < MM_MT; mt++)
+#pragma unroll
+            for (int h = 0; h < 2; h++) {
+                for (size_t o = (size_t)t * 128; o < len; o += 512)
+                    prefetch_l2(rp(a, mt, h) + off + o);
+                if (FMT != LP_CUDA_FMT_BF16 && t == 0 && cb < ce) {
+                    const int j = EPI == LP_CUDA_EPI_SWIGLU ? mt : ji;
+                    const int64_t at = (int64_t)rr[mt][h] * (a.cols / a.w[0].group) + cb / cpu;
+                    prefetch_l2(pick3(j, a.w[0].scales, a.w[1].scales, a.w[2].scales) + at);
+                    prefetch_l2(pick3(j, a.w[0].biases, a.w[1].biases, a.w[2].biases) + at);
+                }
+            }
+    }
+};
+
+// FMT, CW (chunk columns), NTL (8-token mma tiles a tile), EPI (enum lp_cuda_epi).
+// m-tiles (16 rows) a tile: two for SWIGLU (gate and up) and for batches
+// (the x fragments serve both), one at NTL = 1 (twice the tiles: a small
 // matrix still spreads over every multiprocessor).
 template <int NTL, int EPI> struct mm_mt {
     static constexpr int n = (EPI == LP_CUDA_EPI_SWIGLU || NTL > 1) ? 2 : 1;
 };
 
 template <int FMT, int CW, int NTL, int EPI>
-static __global__ void __launch_bounds__(MM_THREADS) k_mm(struct mm_args a) {
+static __global__ void __launch_bounds__(MM_THREADS, NTL == 1 ? 2 : 1) k_mm(struct mm_args a) {
     constexpr int MM_MT = mm_mt<NTL, EPI>::n;
     constexpr bool MLX = FMT != LP_CUDA_FMT_BF16;
     constexpr int BITS = mm_bits<FMT>::n;
     constexpr int STEPS = CW / 16, XE = CW / 4, W = XE * BITS / 32;
     constexpr int NT = 8 * NTL;
+    typedef mm_tile<FMT, MM_MT, EPI> tile_t;
     griddep_launch_dependents();
     const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane >> 2, t = lane & 3;
-    const int tg = (int)(blockIdx.x % (unsigned)a.n_tg), bp = (int)(blockIdx.x / (unsigned)a.n_tg);
-    const int t0 = tg * NT;
-    int ji = 0;
-    if (EPI != LP_CUDA_EPI_SWIGLU) {
-        if (a.n_jobs > 1 && bp >= a.bp0[1]) ji = 1;
-        if (a.n_jobs > 2 && bp >= a.bp0[2]) ji = 2;
-    }
-    const int rows = pick3(ji, a.w[0].rows, a.w[1].rows, a.w[2].rows);
-    // first row of m-tile mt, and its matrix
-    const int rbase = EPI == LP_CUDA_EPI_SWIGLU ? bp * 16 : (bp - a.bp0[ji]) * 16 * MM_MT;
     const int cols = a.cols, group = a.w[0].group;
     const int unit = MLX ? (group > CW ? group : CW) : CW, cpu = unit / CW;
     const int n_units = cols / unit, n_sl = n_units < MM_WARPS ? n_units : MM_WARPS;
     const int cb = warp < n_sl ? warp * n_units / n_sl * cpu : 0;
     const int ce = warp < n_sl ? (warp + 1) * n_units / n_sl * cpu : 0;
-    const size_t row_bytes = (size_t)cols * BITS / 8;
-    const char *rp[MM_MT][2]; // the lane's rows g and g + 8 of each m-tile
-    int rr[MM_MT][2];
-#pragma unroll
-    for (int mt = 0; mt < MM_MT; mt++) {
-        const int j = EPI == LP_CUDA_EPI_SWIGLU ? mt : ji;
-        const char *data = (const char *)pick3(j, a.w[0].data, a.w[1].data, a.w[2].data);
-#pragma unroll
-        for (int h = 0; h < 2; h++) {
-            const int r = rbase + (EPI == LP_CUDA_EPI_SWIGLU ? 0 : 16 * mt) + g + 8 * h;
-            rr[mt][h] = r < rows ? r : rows - 1;
-            rp[mt][h] = data + (size_t)rr[mt][h] * row_bytes;
-        }
-    }
-    // the slice's weight bytes into L2 while the previous kernel finishes
-    {
-        const size_t off = (size_t)cb * CW * BITS / 8, len = (size_t)(ce - cb) * CW * BITS / 8;
+    const int n_tiles = a.n_tg * a.n_bp, stride = (int)gridDim.x;
+    // The weights are no kernel's output: the first tile's first chunk is
+    // loaded, and the rest of its slice asked into L2, while the previous
+    // kernel finishes. Each chunk's loop loads the next chunk, the last one
+    // the next tile's first.
+    const int nch = ce - cb;
+    tile_t tl(a, (int)blockIdx.x < n_tiles ? (int)blockIdx.x / a.n_tg : 0, g);
+    uint32_t raw[MM_MT][2][W] = {};
+    if ((int)blockIdx.x < n_tiles && nch > 0) {
+        tl.prefetch(a, cb, ce, CW, cpu, t);
 #pragma unroll
         for (int mt = 0; mt < MM_MT; mt++)
 #pragma unroll
             for (int h = 0; h < 2; h++)
-                for (size_t o = (size_t)t * 128; o < len; o += 512)
-                    prefetch_l2(rp[mt][h] + off + o);
+                load_words<W>(tl.rp(a, mt, h) + ((size_t)cb * CW + (size_t)t * XE) * BITS / 8,
+                              raw[mt][h]);
     }
     griddep_wait();
     __shared__ float s_inv[NT];
-    if (a.norm) { // rmsnorm's 1 / rms per token, in k_rmsnorm_wide's order
-        __shared__ float s_part[MM_WARPS][NT];
-        for (int k = 0; k < NT; k++) {
-            const int tok = t0 + k;
-            float ss = 0.0f;
-            if (tok < a.n) {
-                const float *xr = a.x + (size_t)tok * cols;
-                for (int i = tid; i < cols; i += MM_THREADS)
-                    ss = __fmaf_rn(xr[i], xr[i], ss);
+    __shared__ float s_p[MM_WARPS][MM_MT * NTL * 128];
+    int tg_inv = -1; // the token group s_inv holds
+    for (int ti = (int)blockIdx.x; ti < n_tiles; ti += stride) {
+        const int tg = ti % a.n_tg, bp = ti / a.n_tg;
+        const int t0 = tg * NT;
+        const bool more = ti + stride < n_tiles;
+        const tile_t nx(a, more ? (ti + stride) / a.n_tg : bp, g);
+        if (more && nch > 0) nx.prefetch(a, cb, ce, CW, cpu, t);
+        const int ji = tl.ji, rows = tl.rows, rbase = tl.rbase;
+        if (a.norm && tg != tg_inv) { // rmsnorm's 1 / rms per token, in k_rmsnorm_wide's order
+            __shared__ float s_part[MM_WARPS][NT];
+            for (int k = 0; k < NT; k++) {
+                const int tok = t0 + k;
+                float ss = 0.0f;
+                if (tok < a.n) {
+                    const float *xr = a.x + (size_t)tok * cols;
+                    for (int i = tid; i < cols; i += MM_THREADS)
+                        ss = __fmaf_rn(xr[i], xr[i], ss);
+                }
+                ss = warp_sum(ss);
+                if (lane == 0) s_part[warp][k] = ss;
             }
-            ss = warp_sum(ss);
-            if (lane == 0) s_part[warp][k] = ss;
+            __syncthreads();
+            if (tid < NT) {
+                float tot = s_part[0][tid];
+                for (int k = 1; k < MM_WARPS; k++)
+                    tot = __fadd_rn(tot, s_part[k][tid]);
+                s_inv[tid] = 1.0f / sqrtf(tot / (float)cols + a.eps);
+            }
+            __syncthreads();
+            tg_inv = tg;
         }
-        __syncthreads();
-        if (tid < NT) {
-            float tot = s_part[0][tid];
-            for (int k = 1; k < MM_WARPS; k++)
-                tot = __fadd_rn(tot, s_part[k][tid]);
-            s_inv[tid] = 1.0f / sqrtf(tot / (float)cols + a.eps);
-        }
-        __syncthreads();
-        if (bp == 0) // one block-row writes the normalized rows
+        if (a.norm && bp == 0) // one block-row writes the normalized rows
             for (int k = 0; k < NT && t0 + k < a.n; k++) {
                 const float *xr = a.x + (size_t)(t0 + k) * cols;
                 float *o = a.norm_out + (size_t)(t0 + k) * cols;
                 for (int i = tid; i < cols; i += MM_THREADS)
                     o[i] = __fmul_rn(__fmul_rn(xr[i], s_inv[k]), a.norm_w[i]);
             }
-    }
-    float p[MM_MT][NTL][4];
-    zero3(p);
-    if (cb < ce) {
-        float gq[MM_MT][NTL][4], sx[NTL][2];
-        uint32_t raw[MM_MT][2][W];
+        float p[MM_MT][NTL][4];
+        zero3(p);
+        if (cb < ce) {
+            float gq[MM_MT][NTL][4], sx[NTL][2];
+            float us[MM_MT][2], ub[MM_MT][2]; // the unit's scale (times 128) and bias per row
+            for (int c = cb; c < ce; c++) {
+                const int cu = (c / cpu) * cpu; // first chunk of this unit
+                if (MLX && c == cu) {           // the unit's scales and biases, used when it ends
+                    const int gi = c / cpu, gpr = cols / group;
+                    const bool sbf = a.w[0].scale_bf16;
 #pragma unroll
-        for (int mt = 0; mt < MM_MT; mt++)
+                    for (int mt = 0; mt < MM_MT; mt++) {
+                        const int j = EPI == LP_CUDA_EPI_SWIGLU ? mt : ji;
+                        const uint16_t *sc = pick3(j, a.w[0].scales, a.w[1].scales, a.w[2].scales);
+                        const uint16_t *bi = pick3(j, a.w[0].biases, a.w[1].biases, a.w[2].biases);
 #pragma unroll
-            for (int h = 0; h < 2; h++)
-                load_words<W>(rp[mt][h] + ((size_t)cb * CW + (size_t)t * XE) * BITS / 8,
-                              raw[mt][h]);
-        for (int c = cb; c < ce; c++) {
-            // A fragments of this chunk, then the next chunk's loads
-            uint32_t af[MM_MT][STEPS][4];
-#pragma unroll
-            for (int mt = 0; mt < MM_MT; mt++)
-#pragma unroll
-                for (int s = 0; s < STEPS; s++) {
-                    a_pair<FMT>(raw[mt][0], s, af[mt][s][0], af[mt][s][2]);
-                    a_pair<FMT>(raw[mt][1], s, af[mt][s][1], af[mt][s][3]);
-                }
-            if (c + 1 < ce) {
-#pragma unroll
-                for (int mt = 0; mt < MM_MT; mt++)
-#pragma unroll
-                    for (int h = 0; h < 2; h++)
-                        load_words<W>(rp[mt][h] +
-                                          ((size_t)(c + 1) * CW + (size_t)t * XE) * BITS / 8,
-                                      raw[mt][h]);
-            }
-            const int cu = (c / cpu) * cpu; // first chunk of this unit
-            if (MLX && c == cu) zero3(gq);
-            const int col0 = c * CW + t * XE;
-#pragma unroll
-            for (int nt = 0; nt < NTL; nt++) {
-                const int tok = t0 + 8 * nt + g;
-                float xs[XE];
-                if (tok < a.n) {
-                    const float4 *xp = (const float4 *)(a.x + (size_t)tok * cols + col0);
-#pragma unroll
-                    for (int k = 0; k < XE / 4; k++) {
-                        float4 v = __ldg(xp + k);
-                        xs[4 * k] = v.x, xs[4 * k + 1] = v.y, xs[4 * k + 2] = v.z,
-                               xs[4 * k + 3] = v.w;
-                    }
-                    if (a.norm) {
-                        const float inv = s_inv[8 * nt + g];
-                        const float4 *wp = (const float4 *)(a.norm_w + col0);
-#pragma unroll
-                        for (int k = 0; k < XE / 4; k++) {
-                            float4 wv = __ldg(wp + k);
-                            xs[4 * k] = __fmul_rn(__fmul_rn(xs[4 * k], inv), wv.x);
-                            xs[4 * k + 1] = __fmul_rn(__fmul_rn(xs[4 * k + 1], inv), wv.y);
-                            xs[4 * k + 2] = __fmul_rn(__fmul_rn(xs[4 * k + 2], inv), wv.z);
-                            xs[4 * k + 3] = __fmul_rn(__fmul_rn(xs[4 * k + 3], inv), wv.w);
+                        for (int h = 0; h < 2; h++) {
+                            const int64_t at = (int64_t)tl.rr[mt][h] * gpr + gi;
+                            us[mt][h] = __fmul_rn(half_at(sc, at, sbf), 128.0f);
+                            ub[mt][h] = half_at(bi, at, sbf);
                         }
                     }
-                } else {
-#pragma unroll
-                    for (int k = 0; k < XE; k++)
-                        xs[k] = 0.0f;
                 }
-                uint32_t bh[STEPS][2], bl[STEPS][2];
-#pragma unroll
-                for (int s = 0; s < STEPS; s++) {
-                    int ix[4];
-                    x_pair<FMT>(s, ix);
-                    split_bf16(xs[ix[0]], xs[ix[1]], bh[s][0], bl[s][0]);
-                    split_bf16(xs[ix[2]], xs[ix[3]], bh[s][1], bl[s][1]);
-                }
-                if (MLX) {
-                    float sum = 0.0f;
-#pragma unroll
-                    for (int k = 0; k < XE; k++)
-                        sum = __fadd_rn(sum, xs[k]);
-                    sum = __fadd_rn(sum, __shfl_xor_sync(0xffffffffu, sum, 1));
-                    sum = __fadd_rn(sum, __shfl_xor_sync(0xffffffffu, sum, 2));
-                    const float s0 = __shfl_sync(0xffffffffu, sum, 8 * t);
-                    const float s1 = __shfl_sync(0xffffffffu, sum, 8 * t + 4);
-                    if (c == cu) {
-                        sx[nt][0] = s0, sx[nt][1] = s1;
-                    } else {
-                        sx[nt][0] = __fadd_rn(sx[nt][0], s0), sx[nt][1] = __fadd_rn(sx[nt][1], s1);
-                    }
-                }
+                // A fragments of this chunk, then the next chunk's loads
+                uint32_t af[MM_MT][STEPS][4];
 #pragma unroll
                 for (int mt = 0; mt < MM_MT; mt++)
 #pragma unroll
                     for (int s = 0; s < STEPS; s++) {
-                        if (MLX) {
-                            mma_bf16(gq[mt][nt], af[mt][s], bl[s]);
-                            mma_bf16(gq[mt][nt], af[mt][s], bh[s]);
+                        a_pair<FMT>(raw[mt][0], s, af[mt][s][0], af[mt][s][2]);
+                        a_pair<FMT>(raw[mt][1], s, af[mt][s][1], af[mt][s][3]);
+                    }
+                if (c + 1 < ce || more) {
+                    const int cn = c + 1 < ce ? c + 1 : cb;
+#pragma unroll
+                    for (int mt = 0; mt < MM_MT; mt++)
+#pragma unroll
+                        for (int h = 0; h < 2; h++)
+                            load_words<W>((c + 1 < ce ? tl.rp(a, mt, h) : nx.rp(a, mt, h)) +
+                                              ((size_t)cn * CW + (size_t)t * XE) * BITS / 8,
+                                          raw[mt][h]);
+                }
+                if (MLX && c == cu) zero3(gq);
+                const int col0 = c * CW + t * XE;
+#pragma unroll
+                for (int nt = 0; nt < NTL; nt++) {
+                    const int tok = t0 + 8 * nt + g;
+                    float xs[XE];
+                    if (tok < a.n) {
+                        const float4 *xp = (const float4 *)(a.x + (size_t)tok * cols + col0);
+#pragma unroll
+                        for (int k = 0; k < XE / 4; k++) {
+                            float4 v = __ldg(xp + k);
+                            xs[4 * k] = v.x, xs[4 * k + 1] = v.y, xs[4 * k + 2] = v.z,
+                                   xs[4 * k + 3] = v.w;
+                        }
+                        if (a.norm) {
+                            const float inv = s_inv[8 * nt + g];
+                            const float4 *wp = (const float4 *)(a.norm_w + col0);
+#pragma unroll
+                            for (int k = 0; k < XE / 4; k++) {
+                                float4 wv = __ldg(wp + k);
+                                xs[4 * k] = __fmul_rn(__fmul_rn(xs[4 * k], inv), wv.x);
+                                xs[4 * k + 1] = __fmul_rn(__fmul_rn(xs[4 * k + 1], inv), wv.y);
+                                xs[4 * k + 2] = __fmul_rn(__fmul_rn(xs[4 * k + 2], inv), wv.z);
+                                xs[4 * k + 3] = __fmul_rn(__fmul_rn(xs[4 * k + 3], inv), wv.w);
+                            }
+                        }
+                    } else {
+#pragma unroll
+                        for (int k = 0; k < XE; k++)
+                            xs[k] = 0.0f;
+                    }
+                    uint32_t bh[STEPS][2], bl[STEPS][2];
+#pragma unroll
+                    for (int s = 0; s < STEPS; s++) {
+                        int ix[4];
+                        x_pair<FMT>(s, ix);
+                        split_bf16(xs[ix[0]], xs[ix[1]], bh[s][0], bl[s][0]);
+                        split_bf16(xs[ix[2]], xs[ix[3]], bh[s][1], bl[s][1]);
+                    }
+                    if (MLX) {
+                        float sum = 0.0f;
+#pragma unroll
+                        for (int k = 0; k < XE; k++)
+                            sum = __fadd_rn(sum, xs[k]);
+                        sum = __fadd_rn(sum, __shfl_xor_sync(0xffffffffu, sum, 1));
+                        sum = __fadd_rn(sum, __shfl_xor_sync(0xffffffffu, sum, 2));
+                        const float s0 = __shfl_sync(0xffffffffu, sum, 8 * t);
+                        const float s1 = __shfl_sync(0xffffffffu, sum, 8 * t + 4);
+                        if (c == cu) {
+                            sx[nt][0] = s0, sx[nt][1] = s1;
                         } else {
-                            mma_bf16(p[mt][nt], af[mt][s], bl[s]);
-                            mma_bf16(p[mt][nt], af[mt][s], bh[s]);
+                            sx[nt][0] = __fadd_rn(sx[nt][0], s0),
+                            sx[nt][1] = __fadd_rn(sx[nt][1], s1);
                         }
                     }
-            }
-            if (MLX && c == cu + cpu - 1) { // the unit (group) ends: scale and bias
-                const int gi = c / cpu, gpr = cols / group;
 #pragma unroll
-                for (int mt = 0; mt < MM_MT; mt++) {
-                    const int j = EPI == LP_CUDA_EPI_SWIGLU ? mt : ji;
-                    const uint16_t *sc = pick3(j, a.w[0].scales, a.w[1].scales, a.w[2].scales);
-                    const uint16_t *bi = pick3(j, a.w[0].biases, a.w[1].biases, a.w[2].biases);
-                    const bool sbf = a.w[0].scale_bf16;
-                    float s_[2], b_[2];
+                    for (int mt = 0; mt < MM_MT; mt++)
 #pragma unroll
-                    for (int h = 0; h < 2; h++) {
-                        const int64_t at = (int64_t)rr[mt][h] * gpr + gi;
-                        s_[h] = __fmul_rn(half_at(sc, at, sbf), 128.0f);
-                        b_[h] = half_at(bi, at, sbf);
-                    }
-#pragma unroll
-                    for (int nt = 0; nt < NTL; nt++)
-#pragma unroll
-                        for (int i = 0; i < 4; i++) {
-                            p[mt][nt][i] = __fmaf_rn(s_[i >> 1], gq[mt][nt][i], p[mt][nt][i]);
-                            p[mt][nt][i] = __fmaf_rn(b_[i >> 1], sx[nt][i & 1], p[mt][nt][i]);
+                        for (int s = 0; s < STEPS; s++) {
+                            if (MLX) {
+                                mma_bf16(gq[mt][nt], af[mt][s], bl[s]);
+                                mma_bf16(gq[mt][nt], af[mt][s], bh[s]);
+                            } else {
+                                mma_bf16(p[mt][nt], af[mt][s], bl[s]);
+                                mma_bf16(p[mt][nt], af[mt][s], bh[s]);
+                            }
                         }
+                }
+                if (MLX && c == cu + cpu - 1) { // the unit (group) ends: scale and bias
+#pragma unroll
+                    for (int mt = 0; mt < MM_MT; mt++)
+#pragma unroll
+                        for (int nt = 0; nt < NTL; nt++)
+#pragma unroll
+                            for (int i = 0; i < 4; i++) {
+                                p[mt][nt][i] =
+                                    __fmaf_rn(us[mt][i >> 1], gq[mt][nt][i], p[mt][nt][i]);
+                                p[mt][nt][i] =
+                                    __fmaf_rn(ub[mt][i >> 1], sx[nt][i & 1], p[mt][nt][i]);
+                            }
                 }
             }
         }
-    }
-    // slice partials, added in slice order
-    __shared__ float s_p[MM_WARPS][MM_MT * NTL * 128];
-    if (cb < ce) {
+        // slice partials, added in slice order
+        if (cb < ce) {
 #pragma unroll
-        for (int mt = 0; mt < MM_MT; mt++)
+            for (int mt = 0; mt < MM_MT; mt++)
 #pragma unroll
-            for (int nt = 0; nt < NTL; nt++)
+                for (int nt = 0; nt < NTL; nt++)
 #pragma unroll
-                for (int i = 0; i < 4; i++)
-                    s_p[warp][((mt * NTL + nt) * 32 + lane) * 4 + i] = p[mt][nt][i];
-    }
-    __syncthreads();
-    constexpr int PER_MT = NTL * 128;
-    float *out = pick3(ji, a.out[0], a.out[1], a.out[2]);
-    for (int e = tid; e < (EPI == LP_CUDA_EPI_SWIGLU ? 1 : MM_MT) * PER_MT; e += MM_THREADS) {
-        const int mt = e / PER_MT, rem = e % PER_MT, nt = rem / 128, ln = (rem % 128) / 4,
-                  i = rem % 4;
-        const int r = rbase + 16 * mt + (ln >> 2) + (i >> 1) * 8;
-        const int tok = t0 + 8 * nt + 2 * (ln & 3) + (i & 1);
-        float v = s_p[0][e];
-        for (int k = 1; k < n_sl; k++)
-            v = __fadd_rn(v, s_p[k][e]);
-        if (EPI == LP_CUDA_EPI_SWIGLU) {
-            float u = s_p[0][e + PER_MT];
-            for (int k = 1; k < n_sl; k++)
-                u = __fadd_rn(u, s_p[k][e + PER_MT]);
-            if (r < rows && tok < a.n)
-                out[(size_t)tok * rows + r] = __fmul_rn(__fdiv_rn(v, __fadd_rn(1.0f, expf(-v))), u);
-        } else if (r < rows && tok < a.n) {
-            float *o = out + (size_t)tok * rows + r;
-            *o = EPI == LP_CUDA_EPI_ACCUM ? __fadd_rn(*o, v) : v;
+                    for (int i = 0; i < 4; i++)
+                        s_p[warp][((mt * NTL + nt) * 32 + lane) * 4 + i] = p[mt][nt][i];
         }
+        __syncthreads();
+        constexpr int PER_MT = NTL * 128;
+        float *out = pick3(ji, a.out[0], a.out[1], a.out[2]);
+        for (int e = tid; e < (EPI == LP_CUDA_EPI_SWIGLU ? 1 : MM_MT) * PER_MT; e += MM_THREADS) {
+            const int mt = e / PER_MT, rem = e % PER_MT, nt = rem / 128, ln = (rem % 128) / 4,
+                      i = rem % 4;
+            const int r = rbase + 16 * mt + (ln >> 2) + (i >> 1) * 8;
+            const int tok = t0 + 8 * nt + 2 * (ln & 3) + (i & 1);
+            float v = s_p[0][e];
+            for (int k = 1; k < n_sl; k++)
+                v = __fadd_rn(v, s_p[k][e]);
+            if (EPI == LP_CUDA_EPI_SWIGLU) {
+                float u = s_p[0][e + PER_MT];
+                for (int k = 1; k < n_sl; k++)
+                    u = __fadd_rn(u, s_p[k][e + PER_MT]);
+                if (r < rows && tok < a.n)
+                    out[(size_t)tok * rows + r] =
+                        __fmul_rn(__fdiv_rn(v, __fadd_rn(1.0f, expf(-v))), u);
+            } else if (r < rows && tok < a.n) {
+                float *o = out + (size_t)tok * rows + r;
+                *o = EPI == LP_CUDA_EPI_ACCUM ? __fadd_rn(*o, v) : v;
+            }
+        }
+        __syncthreads(); // s_p (and s_inv) are the next tile's
+        tl = nx;
     }
 }
 
 // Lays out the block-rows of the jobs (bp0) for NTL's m-tiles and launches.
 template <int FMT, int CW, int EPI, int NTL>
-static cudaError_t mm_launch_ntl(cudaStream_t s, bool pdl, struct mm_args &a, int n_w) {
+static cudaError_t mm_launch_ntl(cudaStream_t s, bool pdl, struct mm_args &a, int n_w, int n_sm) {
     constexpr int ROWS = 16 * mm_mt<NTL, EPI>::n;
     int n_bp = 0;
     if (EPI == LP_CUDA_EPI_SWIGLU) {
@@ -382,29 +437,34 @@ static cudaError_t mm_launch_ntl(cudaStream_t s, bool pdl, struct mm_args &a, in
         a.bp0[n_w] = n_bp;
     }
     a.n_tg = (a.n + 8 * NTL - 1) / (8 * NTL);
-    const unsigned grid = (unsigned)a.n_tg * (unsigned)n_bp;
+    a.n_bp = n_bp;
+    // blocks a multiprocessor holds at once: two of the 8-token kernels
+    // (their launch bounds), one of the wider ones
+    const long tiles = (long)a.n_tg * n_bp,
+               cap = n_sm > 0 ? (long)n_sm * (NTL == 1 ? 2 : 1) : tiles;
+    const unsigned grid = (unsigned)(tiles < cap ? tiles : cap);
     LP_LAUNCH_PDL(pdl, grid, MM_THREADS, s, (a), k_mm<FMT, CW, NTL, EPI>);
     return cudaGetLastError();
 }
 
 template <int FMT, int CW, int EPI>
-static cudaError_t mm_launch(cudaStream_t s, bool pdl, struct mm_args &a, int n_w) {
-    return a.n <= 8 ? mm_launch_ntl<FMT, CW, EPI, 1>(s, pdl, a, n_w)
-                    : mm_launch_ntl<FMT, CW, EPI, 4>(s, pdl, a, n_w);
+static cudaError_t mm_launch(cudaStream_t s, bool pdl, struct mm_args &a, int n_w, int n_sm) {
+    return a.n <= 8 ? mm_launch_ntl<FMT, CW, EPI, 1>(s, pdl, a, n_w, n_sm)
+                    : mm_launch_ntl<FMT, CW, EPI, 4>(s, pdl, a, n_w, n_sm);
 }
 
 template <int EPI>
-static cudaError_t mm_dispatch(cudaStream_t s, bool pdl, struct mm_args &a, int n_w) {
+static cudaError_t mm_dispatch(cudaStream_t s, bool pdl, struct mm_args &a, int n_w, int n_sm) {
     const struct lp_cuda_weight *w = &a.w[0];
     switch (w->fmt) {
     case LP_CUDA_FMT_BF16:
-        return mm_launch<LP_CUDA_FMT_BF16, 64, EPI>(s, pdl, a, n_w);
+        return mm_launch<LP_CUDA_FMT_BF16, 64, EPI>(s, pdl, a, n_w, n_sm);
     case LP_CUDA_FMT_Q8:
-        return w->group == 32 ? mm_launch<LP_CUDA_FMT_Q8, 32, EPI>(s, pdl, a, n_w)
-                              : mm_launch<LP_CUDA_FMT_Q8, 64, EPI>(s, pdl, a, n_w);
+        return w->group == 32 ? mm_launch<LP_CUDA_FMT_Q8, 32, EPI>(s, pdl, a, n_w, n_sm)
+                              : mm_launch<LP_CUDA_FMT_Q8, 64, EPI>(s, pdl, a, n_w, n_sm);
     case LP_CUDA_FMT_Q4:
-        return w->group == 32 ? mm_launch<LP_CUDA_FMT_Q4, 32, EPI>(s, pdl, a, n_w)
-                              : mm_launch<LP_CUDA_FMT_Q4, 64, EPI>(s, pdl, a, n_w);
+        return w->group == 32 ? mm_launch<LP_CUDA_FMT_Q4, 32, EPI>(s, pdl, a, n_w, n_sm)
+                              : mm_launch<LP_CUDA_FMT_Q4, 64, EPI>(s, pdl, a, n_w, n_sm);
     default:
         return cudaErrorInvalidValue;
     }
@@ -412,7 +472,7 @@ static cudaError_t mm_dispatch(cudaStream_t s, bool pdl, struct mm_args &a, int 
 
 cudaError_t lp_cuda_mm(cudaStream_t s, bool pdl, int epi, const float *x,
                        const struct lp_cuda_weight *const *ws, float *const *outs, int n_w, int n,
-                       const float *norm_w, float *norm_out, float eps) {
+                       const float *norm_w, float *norm_out, float eps, int n_sm) {
     if (n <= 0) return cudaSuccess;
     if (n_w < 1 || n_w > 3 || (epi == LP_CUDA_EPI_SWIGLU && n_w != 2)) return cudaErrorInvalidValue;
     struct mm_args a = {};
@@ -435,11 +495,11 @@ cudaError_t lp_cuda_mm(cudaStream_t s, bool pdl, int epi, const float *x,
     if (epi == LP_CUDA_EPI_SWIGLU && ws[1]->rows != ws[0]->rows) return cudaErrorInvalidValue;
     switch (epi) {
     case LP_CUDA_EPI_STORE:
-        return mm_dispatch<LP_CUDA_EPI_STORE>(s, pdl, a, n_w);
+        return mm_dispatch<LP_CUDA_EPI_STORE>(s, pdl, a, n_w, n_sm);
     case LP_CUDA_EPI_ACCUM:
-        return mm_dispatch<LP_CUDA_EPI_ACCUM>(s, pdl, a, n_w);
+        return mm_dispatch<LP_CUDA_EPI_ACCUM>(s, pdl, a, n_w, n_sm);
     case LP_CUDA_EPI_SWIGLU:
-        return mm_dispatch<LP_CUDA_EPI_SWIGLU>(s, pdl, a, n_w);
+        return mm_dispatch<LP_CUDA_EPI_SWIGLU>(s, pdl, a, n_w, n_sm);
     }
     return cudaErrorInvalidValue;
 }

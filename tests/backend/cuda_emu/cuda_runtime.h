@@ -67,6 +67,7 @@ enum cudaStreamCaptureMode { cudaStreamCaptureModeThreadLocal };
 struct cudaDeviceProp {
     char name[256];
     int major, minor;
+    int multiProcessorCount;
 };
 
 cudaError_t cudaGetLastError(void);
