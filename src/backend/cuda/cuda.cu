@@ -102,6 +102,8 @@ struct cuda_ctx {
     size_t attn_scratch_floats;
     int *attn_cnt; // [attn_cnt_n] attention's finished-split counters, zero between launches
     size_t attn_cnt_n;
+    void *mm_scratch; // the products' x made ready for the mma (lp_cuda_mm_scratch_bytes)
+    size_t mm_scratch_bytes;
     bool pdl; // kernels launched with programmatic dependent launch (LP_CUDA_NO_PDL=1: off)
     bool fold; // steps folded into the next (cuda_pending; LP_CUDA_NO_FOLD=1: off)
     bool tc;   // bf16 / MLX products on the tensor cores (LP_CUDA_NO_TC=1: CUDA cores)
@@ -190,6 +192,7 @@ static void cuda_destroy(void *ctx) {
     free(c->adhoc_h);
     cudaFree(c->attn_scratch);
     cudaFree(c->attn_cnt);
+    cudaFree(c->mm_scratch);
     cudaFree(c->inv_freq);
     if (c->ix_done) cudaEventDestroy(c->ix_done);
     if (c->stream) cudaStreamDestroy(c->stream);
@@ -600,6 +603,8 @@ static const float *cuda_mm_input(struct cuda_ctx *c, const struct lp_buf *x, in
     return (const float *)x->d;
 }
 
+static bool cuda_mm_scratch(struct cuda_ctx *c, size_t bytes);
+
 // outs[j] (epi) x @ ws[j]^T on the tensor cores; false when they do not take ws.
 static bool cuda_mm(struct cuda_ctx *c, int epi, float *const *outs, const struct lp_buf *x,
                     const struct lp_cuda_weight *const *ws, int n_w, int n, const char *what) {
@@ -612,9 +617,10 @@ static bool cuda_mm(struct cuda_ctx *c, int epi, float *const *outs, const struc
     const float *norm_w;
     float *norm_out, eps;
     const float *xin = cuda_mm_input(c, x, n, ws[0]->cols, &norm_w, &norm_out, &eps);
-    cuda_ok(c, lp_cuda_mm(c->stream, c->pdl, epi, xin, ws, outs, n_w, n, norm_w, norm_out, eps,
-                          c->n_sm),
-            what);
+    if (cuda_mm_scratch(c, lp_cuda_mm_scratch_bytes(n, ws[0]->cols)))
+        cuda_ok(c, lp_cuda_mm(c->stream, c->pdl, epi, xin, ws, outs, n_w, n, norm_w, norm_out,
+                              eps, c->n_sm, c->mm_scratch),
+                what);
     return true;
 }
 
@@ -833,6 +839,24 @@ static void cuda_flush(struct cuda_ctx *c) {
 }
 
 // Room for attention's partials (floats) and split counters (cnt, zeroed).
+// The products' scratch, at least bytes (grown outside a recording: the
+// graphs that hold the old one are dropped).
+static bool cuda_mm_scratch(struct cuda_ctx *c, size_t bytes) {
+    if (bytes <= c->mm_scratch_bytes) return true;
+    if (c->capturing) {
+        cuda_fail(c, LP_ERR_INTERNAL, "matmul: scratch grew while recording a step");
+        return false;
+    }
+    if (!cuda_ok(c, cudaStreamSynchronize(c->stream), "cudaStreamSynchronize")) return false;
+    cuda_drop_graphs(c);
+    cudaFree(c->mm_scratch);
+    c->mm_scratch = NULL;
+    c->mm_scratch_bytes = 0;
+    if (!cuda_ok(c, cudaMalloc(&c->mm_scratch, bytes), "cudaMalloc (matmul scratch)")) return false;
+    c->mm_scratch_bytes = bytes;
+    return true;
+}
+
 static bool cuda_attn_scratch(struct cuda_ctx *c, size_t floats, size_t cnt) {
     if (floats <= c->attn_scratch_floats && cnt <= c->attn_cnt_n) return true;
     if (c->capturing) {

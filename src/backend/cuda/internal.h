@@ -75,10 +75,13 @@ static inline bool lp_cuda_mm_ok(const struct lp_cuda_weight *w) {
 // through rmsnorm(x, norm_w, eps) first (norm_w [cols]), and that row is
 // written to norm_out [n, cols] (which must not be x). pdl: a programmatic
 // launch. n_sm: the GPU's multiprocessors, for a persistent grid (0: one
-// block a tile). One result per element whatever n and n_sm (see matmul_tc.cu).
+// block a tile). scratch: lp_cuda_mm_scratch_bytes(n, cols) bytes of device
+// memory, where x is made ready for the mma first (one launch before the
+// product's). One result per element whatever n and n_sm (see matmul_tc.cu).
 cudaError_t lp_cuda_mm(cudaStream_t s, bool pdl, int epi, const float *x,
                        const struct lp_cuda_weight *const *ws, float *const *outs, int n_w, int n,
-                       const float *norm_w, float *norm_out, float eps, int n_sm);
+                       const float *norm_w, float *norm_out, float eps, int n_sm, void *scratch);
+size_t lp_cuda_mm_scratch_bytes(int n, int cols);
 
 cudaError_t lp_cuda_embed(cudaStream_t s, float *out, const struct lp_cuda_weight *w,
                           const int32_t *ids, int n);

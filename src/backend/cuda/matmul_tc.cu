@@ -3,8 +3,12 @@
 // bf16 and MLX affine 8- and 4-bit weights (x float32), with the epilogues
 // of the fused slots (store, add into out, silu(gate) * up) and, optionally,
 // the rmsnorm of x folded in (NORM: x is the raw row; the product uses
-// x * inv_rms * norm_w, and the kernel also writes that row out, as the
-// rmsnorm step would).
+// x * inv_rms * norm_w, and that row is also written out, as the rmsnorm
+// step would). Past 8 tokens two launches: k_mm_prep makes x ready for the
+// mma once (the rmsnorm, the bf16 halves in each lane's fragment order, the
+// x sums of the MLX groups), then k_mm multiplies; up to 8 tokens k_mm makes
+// the same values itself in every block (one launch fewer, which is what
+// counts at batch 1: the prep's launch cost more than it saved there).
 //
 // Accuracy: the weights enter the bf16 mma exactly (bf16 as stored; MLX
 // codes q as q * 2^-7, exact); x is split into bf16 hi + lo (hi = bf16(x),
@@ -127,7 +131,128 @@ struct mm_args {
     const float *norm_w; // [cols]
     float *norm_out;     // [n, cols]
     float eps;
+    // x made ready for the mma by k_mm_prep (its layout: mm_xw_at):
+    const uint32_t *xw; // the B words of every lane, 8-token tile and chunk
+    const float *xsum;  // [n_units][n_pad] a unit's x sum per token (MLX)
+    int n_pad;          // tokens rounded up to the kernel's token group
 };
+
+// A lane's B fragments of one chunk for its CW / 4 x values xs (in x_pair's
+// order, each split into bf16 hi + lo).
+template <int FMT, int CW>
+static __device__ __forceinline__ void mm_x_words(const float *xs, uint32_t (&bh)[CW / 16][2],
+                                                  uint32_t (&bl)[CW / 16][2]) {
+#pragma unroll
+    for (int s = 0; s < CW / 16; s++) {
+        int ix[4];
+        x_pair<FMT>(s, ix);
+        split_bf16(xs[ix[0]], xs[ix[1]], bh[s][0], bl[s][0]);
+        split_bf16(xs[ix[2]], xs[ix[3]], bh[s][1], bl[s][1]);
+    }
+}
+
+// A chunk's x sum for the token of the calling lane's 4-lane group: the
+// lane's XE values in order, then the four lanes combined by xor shuffles 1
+// and 2 (every lane of the warp must call it).
+template <int XE> static __device__ __forceinline__ float mm_x_sum(const float *xs) {
+    float sum = 0.0f;
+#pragma unroll
+    for (int k = 0; k < XE; k++)
+        sum = __fadd_rn(sum, xs[k]);
+    sum = __fadd_rn(sum, __shfl_xor_sync(0xffffffffu, sum, 1));
+    return __fadd_rn(sum, __shfl_xor_sync(0xffffffffu, sum, 2));
+}
+
+// Where lane's B words of 8-token tile nt8 and chunk c begin in xw: Q
+// uint4s, the q-th at ((nt8 * n_chunks + c) * Q + q) * 32 + lane (so that a
+// warp's q-th load is 512 contiguous bytes). A lane's words of mma step s
+// are uint4 q = s: (hi of pair 0, hi of pair 1, lo of pair 0, lo of pair 1).
+static __device__ __forceinline__ const uint4 *mm_xw_at(const uint32_t *xw, int nt8, int c,
+                                                        int n_chunks, int q_per, int lane) {
+    return (const uint4 *)xw + ((size_t)nt8 * n_chunks + c) * q_per * 32 + lane;
+}
+
+// k_mm_prep: one block per token of the padded batch (blockIdx.x < n_pad).
+// x (and rmsnorm, when folded in: 1 / rms in k_rmsnorm_wide's order, the
+// normalized row also written out) split into the bf16 halves of every
+// lane's B fragments, and, MLX, each unit's x sum in the order the product
+// kernel once made it: a lane's CW / 4 values in order, the four lanes of a
+// chunk combined by xor shuffles 1 then 2, a two-chunk unit's chunks added
+// in order. Tokens past n give zeros. The same values as computing them in
+// the product kernel, once per batch instead of once per block.
+template <int FMT, int CW>
+static __global__ void __launch_bounds__(MM_THREADS) k_mm_prep(struct mm_args a, uint32_t *xw,
+                                                               float *xsum) {
+    constexpr bool MLX = FMT != LP_CUDA_FMT_BF16;
+    constexpr int STEPS = CW / 16, XE = CW / 4;
+    griddep_launch_dependents();
+    griddep_wait();
+    const int tok = (int)blockIdx.x, tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+    const int cols = a.cols, n_chunks = cols / CW;
+    const int cpu = MLX && a.w[0].group > CW ? a.w[0].group / CW : 1;
+    const bool real = tok < a.n;
+    const float *xr = a.x + (size_t)(real ? tok : 0) * cols;
+    __shared__ float s_part[MM_WARPS], s_inv;
+    if (a.norm) {
+        float ss = 0.0f;
+        if (real)
+            for (int i = tid; i < cols; i += MM_THREADS)
+                ss = __fmaf_rn(xr[i], xr[i], ss);
+        ss = warp_sum(ss);
+        if (lane == 0) s_part[warp] = ss;
+        __syncthreads();
+        if (tid == 0) {
+            float tot = s_part[0];
+            for (int k = 1; k < MM_WARPS; k++)
+                tot = __fadd_rn(tot, s_part[k]);
+            s_inv = 1.0f / sqrtf(tot / (float)cols + a.eps);
+        }
+        __syncthreads();
+        if (real) {
+            float *o = a.norm_out + (size_t)tok * cols;
+            for (int i = tid; i < cols; i += MM_THREADS)
+                o[i] = __fmul_rn(__fmul_rn(xr[i], s_inv), a.norm_w[i]);
+        }
+    }
+    // item = (chunk, lane t): the four lanes of a chunk are neighbours in a warp
+    const int items = (n_chunks * 4 + 31) / 32 * 32;
+    for (int it = tid; it < items; it += MM_THREADS) {
+        const int c = it / 4, t = it % 4;
+        const bool on = c < n_chunks;
+        float xs[XE];
+        const int col0 = c * CW + t * XE;
+#pragma unroll
+        for (int k = 0; k < XE; k++)
+            xs[k] = 0.0f;
+        if (on && real) {
+#pragma unroll
+            for (int k = 0; k < XE; k++)
+                xs[k] = xr[col0 + k];
+            if (a.norm)
+#pragma unroll
+                for (int k = 0; k < XE; k++)
+                    xs[k] = __fmul_rn(__fmul_rn(xs[k], s_inv), a.norm_w[col0 + k]);
+        }
+        if (on) {
+            uint4 *dst = (uint4 *)mm_xw_at(xw, tok / 8, c, n_chunks, STEPS, 0) + (tok % 8) * 4 + t;
+            uint32_t bh[STEPS][2], bl[STEPS][2];
+            mm_x_words<FMT, CW>(xs, bh, bl);
+#pragma unroll
+            for (int st = 0; st < STEPS; st++) {
+                uint4 v;
+                v.x = bh[st][0], v.y = bh[st][1], v.z = bl[st][0], v.w = bl[st][1];
+                dst[(size_t)st * 32] = v;
+            }
+        }
+        if (MLX) {
+            const float sum = mm_x_sum<XE>(xs);
+            // a two-chunk unit: its second chunk's lane 0 adds the first's (4 lanes back)
+            const float prev = __shfl_sync(0xffffffffu, sum, (lane + 28) % 32);
+            if (on && t == 0 && (c + 1) % cpu == 0)
+                xsum[(size_t)(c / cpu) * a.n_pad + tok] = cpu == 2 ? __fadd_rn(prev, sum) : sum;
+        }
+    }
+}
 
 // The lane's two rows (g and g + 8) of each m-tile of block-row bp: their
 // matrix (ji), its rows, the tile's first row, and row indices and pointers.
@@ -194,9 +319,10 @@ static __global__ void __launch_bounds__(MM_THREADS, NTL == 1 ? 2 : 1) k_mm(stru
     constexpr int STEPS = CW / 16, XE = CW / 4, W = XE * BITS / 32;
     constexpr int NT = 8 * NTL;
     typedef mm_tile<FMT, MM_MT, EPI> tile_t;
+    constexpr bool PREP = NTL > 1; // x from k_mm_prep; at NTL = 1 made here (one launch less)
     griddep_launch_dependents();
     const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane >> 2, t = lane & 3;
-    const int cols = a.cols, group = a.w[0].group;
+    const int cols = a.cols, group = a.w[0].group, n_chunks = cols / CW;
     const int unit = MLX ? (group > CW ? group : CW) : CW, cpu = unit / CW;
     const int n_units = cols / unit, n_sl = n_units < MM_WARPS ? n_units : MM_WARPS;
     const int cb = warp < n_sl ? warp * n_units / n_sl * cpu : 0;
@@ -229,7 +355,7 @@ static __global__ void __launch_bounds__(MM_THREADS, NTL == 1 ? 2 : 1) k_mm(stru
         const tile_t nx(a, more ? (ti + stride) / a.n_tg : bp, g);
         if (more && nch > 0) nx.prefetch(a, cb, ce, CW, cpu, t);
         const int ji = tl.ji, rows = tl.rows, rbase = tl.rbase;
-        if (a.norm && tg != tg_inv) { // rmsnorm's 1 / rms per token, in k_rmsnorm_wide's order
+        if (!PREP && a.norm && tg != tg_inv) { // 1 / rms per token, in k_mm_prep's order
             __shared__ float s_part[MM_WARPS][NT];
             for (int k = 0; k < NT; k++) {
                 const int tok = t0 + k;
@@ -252,7 +378,7 @@ static __global__ void __launch_bounds__(MM_THREADS, NTL == 1 ? 2 : 1) k_mm(stru
             __syncthreads();
             tg_inv = tg;
         }
-        if (a.norm && bp == 0) // one block-row writes the normalized rows
+        if (!PREP && a.norm && bp == 0) // one block-row writes the normalized rows
             for (int k = 0; k < NT && t0 + k < a.n; k++) {
                 const float *xr = a.x + (size_t)(t0 + k) * cols;
                 float *o = a.norm_out + (size_t)(t0 + k) * cols;
@@ -302,58 +428,66 @@ static __global__ void __launch_bounds__(MM_THREADS, NTL == 1 ? 2 : 1) k_mm(stru
                                           raw[mt][h]);
                 }
                 if (MLX && c == cu) zero3(gq);
-                const int col0 = c * CW + t * XE;
 #pragma unroll
                 for (int nt = 0; nt < NTL; nt++) {
+                    uint32_t bh[STEPS][2], bl[STEPS][2];
                     const int tok = t0 + 8 * nt + g;
-                    float xs[XE];
-                    if (tok < a.n) {
-                        const float4 *xp = (const float4 *)(a.x + (size_t)tok * cols + col0);
+                    if (PREP) {
+                        if (tok < a.n) {
+                            const uint4 *xp = mm_xw_at(a.xw, t0 / 8 + nt, c, n_chunks, STEPS, lane);
 #pragma unroll
-                        for (int k = 0; k < XE / 4; k++) {
-                            float4 v = __ldg(xp + k);
-                            xs[4 * k] = v.x, xs[4 * k + 1] = v.y, xs[4 * k + 2] = v.z,
-                                   xs[4 * k + 3] = v.w;
-                        }
-                        if (a.norm) {
-                            const float inv = s_inv[8 * nt + g];
-                            const float4 *wp = (const float4 *)(a.norm_w + col0);
-#pragma unroll
-                            for (int k = 0; k < XE / 4; k++) {
-                                float4 wv = __ldg(wp + k);
-                                xs[4 * k] = __fmul_rn(__fmul_rn(xs[4 * k], inv), wv.x);
-                                xs[4 * k + 1] = __fmul_rn(__fmul_rn(xs[4 * k + 1], inv), wv.y);
-                                xs[4 * k + 2] = __fmul_rn(__fmul_rn(xs[4 * k + 2], inv), wv.z);
-                                xs[4 * k + 3] = __fmul_rn(__fmul_rn(xs[4 * k + 3], inv), wv.w);
+                            for (int s = 0; s < STEPS; s++) {
+                                const uint4 v = __ldg(xp + (size_t)s * 32);
+                                bh[s][0] = v.x, bh[s][1] = v.y, bl[s][0] = v.z, bl[s][1] = v.w;
                             }
+                        } else {
+#pragma unroll
+                            for (int s = 0; s < STEPS; s++)
+                                bh[s][0] = bh[s][1] = bl[s][0] = bl[s][1] = 0u;
                         }
-                    } else {
+                        if (MLX && c == cu + cpu - 1) { // the unit's x sums, tokens 2t, 2t + 1
+                            const float *sp =
+                                a.xsum + (size_t)(c / cpu) * a.n_pad + t0 + 8 * nt + 2 * t;
+                            sx[nt][0] = sp[0], sx[nt][1] = sp[1];
+                        }
+                    } else { // k_mm_prep's values, made here
+                        float xs[XE];
+                        const int col0 = c * CW + t * XE;
 #pragma unroll
                         for (int k = 0; k < XE; k++)
                             xs[k] = 0.0f;
-                    }
-                    uint32_t bh[STEPS][2], bl[STEPS][2];
+                        if (tok < a.n) {
+                            const float4 *xp = (const float4 *)(a.x + (size_t)tok * cols + col0);
 #pragma unroll
-                    for (int s = 0; s < STEPS; s++) {
-                        int ix[4];
-                        x_pair<FMT>(s, ix);
-                        split_bf16(xs[ix[0]], xs[ix[1]], bh[s][0], bl[s][0]);
-                        split_bf16(xs[ix[2]], xs[ix[3]], bh[s][1], bl[s][1]);
-                    }
-                    if (MLX) {
-                        float sum = 0.0f;
+                            for (int k = 0; k < XE / 4; k++) {
+                                float4 v = __ldg(xp + k);
+                                xs[4 * k] = v.x, xs[4 * k + 1] = v.y, xs[4 * k + 2] = v.z,
+                                       xs[4 * k + 3] = v.w;
+                            }
+                            if (a.norm) {
+                                const float inv = s_inv[8 * nt + g];
+                                const float4 *wp = (const float4 *)(a.norm_w + col0);
 #pragma unroll
-                        for (int k = 0; k < XE; k++)
-                            sum = __fadd_rn(sum, xs[k]);
-                        sum = __fadd_rn(sum, __shfl_xor_sync(0xffffffffu, sum, 1));
-                        sum = __fadd_rn(sum, __shfl_xor_sync(0xffffffffu, sum, 2));
-                        const float s0 = __shfl_sync(0xffffffffu, sum, 8 * t);
-                        const float s1 = __shfl_sync(0xffffffffu, sum, 8 * t + 4);
-                        if (c == cu) {
-                            sx[nt][0] = s0, sx[nt][1] = s1;
-                        } else {
-                            sx[nt][0] = __fadd_rn(sx[nt][0], s0),
-                            sx[nt][1] = __fadd_rn(sx[nt][1], s1);
+                                for (int k = 0; k < XE / 4; k++) {
+                                    const float4 wv = __ldg(wp + k);
+                                    const float w4[4] = {wv.x, wv.y, wv.z, wv.w};
+#pragma unroll
+                                    for (int j = 0; j < 4; j++)
+                                        xs[4 * k + j] = __fmul_rn(__fmul_rn(xs[4 * k + j], inv), w4[j]);
+                                }
+                            }
+                        }
+                        mm_x_words<FMT, CW>(xs, bh, bl);
+                        if (MLX) {
+                            const float sum = mm_x_sum<XE>(xs);
+                            const float s0 = __shfl_sync(0xffffffffu, sum, 8 * t);
+                            const float s1 = __shfl_sync(0xffffffffu, sum, 8 * t + 4);
+                            if (c == cu) {
+                                sx[nt][0] = s0, sx[nt][1] = s1;
+                            } else {
+                                sx[nt][0] = __fadd_rn(sx[nt][0], s0),
+                                sx[nt][1] = __fadd_rn(sx[nt][1], s1);
+                            }
                         }
                     }
 #pragma unroll
@@ -443,6 +577,15 @@ static cudaError_t mm_launch_ntl(cudaStream_t s, bool pdl, struct mm_args &a, in
     const long tiles = (long)a.n_tg * n_bp,
                cap = n_sm > 0 ? (long)n_sm * (NTL == 1 ? 2 : 1) : tiles;
     const unsigned grid = (unsigned)(tiles < cap ? tiles : cap);
+    if (NTL > 1) { // x made ready once first
+        a.n_pad = a.n_tg * 8 * NTL;
+        uint32_t *xw = (uint32_t *)a.xw;
+        float *xsum = (float *)(xw + (size_t)a.n_pad * a.cols);
+        a.xsum = xsum;
+        LP_LAUNCH_PDL(pdl, (unsigned)a.n_pad, MM_THREADS, s, (a, xw, xsum), k_mm_prep<FMT, CW>);
+        cudaError_t e = cudaGetLastError();
+        if (e != cudaSuccess) return e;
+    }
     LP_LAUNCH_PDL(pdl, grid, MM_THREADS, s, (a), k_mm<FMT, CW, NTL, EPI>);
     return cudaGetLastError();
 }
@@ -470,12 +613,20 @@ static cudaError_t mm_dispatch(cudaStream_t s, bool pdl, struct mm_args &a, int 
     }
 }
 
+size_t lp_cuda_mm_scratch_bytes(int n, int cols) {
+    if (n <= 8) return 0; // the 8-token kernel makes x ready itself
+    const size_t n_pad = ((size_t)n + 31) / 32 * 32;
+    return n_pad * (size_t)cols * 4 + n_pad * ((size_t)cols / 32) * 4; // words, x sums
+}
+
 cudaError_t lp_cuda_mm(cudaStream_t s, bool pdl, int epi, const float *x,
                        const struct lp_cuda_weight *const *ws, float *const *outs, int n_w, int n,
-                       const float *norm_w, float *norm_out, float eps, int n_sm) {
+                       const float *norm_w, float *norm_out, float eps, int n_sm, void *scratch) {
     if (n <= 0) return cudaSuccess;
-    if (n_w < 1 || n_w > 3 || (epi == LP_CUDA_EPI_SWIGLU && n_w != 2)) return cudaErrorInvalidValue;
+    if (n_w < 1 || n_w > 3 || (epi == LP_CUDA_EPI_SWIGLU && n_w != 2) || (n > 8 && !scratch))
+        return cudaErrorInvalidValue;
     struct mm_args a = {};
+    a.xw = (const uint32_t *)scratch;
     a.x = x;
     a.n = n;
     a.cols = ws[0]->cols;
