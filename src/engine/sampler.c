@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "layerpipe/engine.h"
+#include "util/argmax.h"
 
 struct lp_cand {
     float logit;
@@ -185,12 +186,7 @@ int32_t lp_sampler_sample(struct lp_sampler *s, float *logits, const int32_t *hi
     const struct lp_sampler_params *p = &s->params;
     int V = s->vocab_size;
     apply_penalties(s, logits, history, n_history);
-    if (p->temperature == 0.0f || p->top_k == 1) {
-        int best = 0;
-        for (int i = 1; i < V; i++)
-            if (logits[i] > logits[best]) best = i;
-        return best;
-    }
+    if (p->temperature == 0.0f || p->top_k == 1) return lp_argmax_f32(logits, V);
     for (int i = 0; i < V; i++) s->cands[i] = (struct lp_cand){logits[i] / p->temperature, 0, i};
     int n = V;
     if (p->top_k > 0 || p->top_p < 1.0f || p->min_p > 0.0f)

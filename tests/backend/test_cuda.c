@@ -7,7 +7,8 @@
 // Cases: every weight format, MLX bits 4/8, groups 32/64/128, bf16 and f16
 // scales, n = 1, 3, 17, 96, 129 tokens, float columns not a multiple of the
 // 16-byte chunk (the element-wise path); rmsnorm, rope up to position 40000,
-// gather, silu_mul + add; kv_store + attention over three segments with
+// gather, silu_mul + add; argmax_rows on crafted rows (NaN, infinities,
+// ties; exactly the sampler's loop); kv_store + attention over three segments with
 // shuffled block tables, GQA, f32 and bf16 caches, head_dim 64 and 320 (the
 // tiled kernel and the general one), 128 and 16 over long contexts.
 // Tolerances (relative L2 error ||cuda - ref|| / ||ref||):
@@ -720,6 +721,7 @@ int main(void) {
     test_attention(LP_DTYPE_BF16, 320, false);
     test_attention(LP_DTYPE_F32, 128, true);
     test_attention(LP_DTYPE_BF16, 16, true);
+    tu_test_argmax(gpu);
     if (getenv("LP_CUDA_TEST_KERNELS_ONLY")) { // (compute-sanitizer runs)
         printf("LP_CUDA_TEST_KERNELS_ONLY: engine checks left out\n");
         goto done;
