@@ -139,6 +139,11 @@ LP_API void lp_sampler_destroy(struct lp_sampler *sampler); // accepts NULL
 // calls: same tokens.
 LP_API int32_t lp_sampler_sample(struct lp_sampler *sampler, float *logits,
                                  const int32_t *history, int n_history);
+// True when lp_sampler_sample is the greedy choice of the row as given and
+// changes no state: temperature 0 or top_k 1, with no repetition, presence
+// or frequency penalty. The caller may then take that id from elsewhere
+// (lp_engine_batch.greedy_ids: the same rule) instead of calling it.
+LP_API bool lp_sampler_is_greedy(const struct lp_sampler *sampler);
 
 // ---- generation ----
 
