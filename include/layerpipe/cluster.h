@@ -213,9 +213,9 @@ struct lp_pipeline_result {
                               // caller may change them: sampling works in place);
                               // NULL for a step submitted with greedy_ids
     const int32_t *greedy_ids; // [n_rows] for a step submitted with greedy_ids (else
-                              // NULL): each row's greedy id, borrowed until the next collect
+                               // NULL): each row's greedy id, borrowed until the next collect
     const int32_t *greedy_bad; // [n_rows] with greedy_ids: each row's first NaN or
-                              // infinite index, -1 when the row is finite
+                               // infinite index, -1 when the row is finite
     bool stage_down;          // the failure is a stage lost or stalled (connection, deadline):
                               // lp_pipeline_recover can bring its layers back
 };

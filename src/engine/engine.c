@@ -6,7 +6,8 @@
 //   q,k = rmsnorm per head (q_norm, k_norm) ; rope(q, k) at each position
 //   K,V cache <- k, v ; a = softmax(q K^T / sqrt(d)) V (causal, GQA)
 //   x += a Wo^T ; h = rmsnorm(x) ; x += (silu(h Wg^T) * (h Wu^T)) Wd^T
-// then the final norm and the LM head for the rows that need logits.
+// then the final norm and the LM head for the rows that need logits (and,
+// when only their greedy ids are wanted, the argmax of each row).
 // All scratch and the KV pool are allocated in lp_engine_create.
 #include <math.h>
 #include <stdlib.h>
@@ -478,6 +479,7 @@ static enum lp_status engine_read_greedy(struct lp_engine *e, const struct lp_en
         for (int r = 0; r < n_rows && st == LP_OK; r++) {
             st = e->be.buf_read(e->bctx, e->logits, (size_t)r * (size_t)V * sizeof(float),
                                 e->h_row, (size_t)V * sizeof(float), err);
+            if (st != LP_OK) break;
             e->h_greedy[r] = lp_argmax_f32(e->h_row, V);
             e->h_greedy[n_rows + r] = lp_first_nonfinite_f32(e->h_row, V);
         }

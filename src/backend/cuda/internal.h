@@ -151,8 +151,7 @@ cudaError_t lp_cuda_gather_rows(cudaStream_t s, float *dst, const float *src,
 // argmax.cu: ids[r] = the greedy id of row r of x [n_rows, cols] (exactly
 // util/argmax.h's lp_argmax_f32), ids[n_rows + r] = the row's first NaN or
 // infinite index, -1 if none (ids: int32 [2, n_rows]).
-cudaError_t lp_cuda_argmax_rows(cudaStream_t s, int32_t *ids, const float *x, int n_rows,
-                                int cols);
+cudaError_t lp_cuda_argmax_rows(cudaStream_t s, int32_t *ids, const float *x, int n_rows, int cols);
 // Reads `bytes` (a multiple of 16) of src once; writes one float per warp
 // (n_blocks * 8 floats) to sink.
 cudaError_t lp_cuda_read_probe(cudaStream_t s, const void *src, size_t bytes, float *sink,
