@@ -491,6 +491,18 @@ static enum lp_status engine_read_greedy(struct lp_engine *e, const struct lp_en
     return LP_OK;
 }
 
+// The step's output into the batch: greedy ids, the logits rows, or (an
+// engine without the head) the hidden rows.
+static enum lp_status engine_read_out(struct lp_engine *e, const struct lp_engine_batch *b, int n,
+                                      int n_rows, struct lp_error *err) {
+    if (e->has_head && b->greedy_ids) return engine_read_greedy(e, b, n_rows, err);
+    if (e->has_head)
+        return e->be.buf_read(e->bctx, e->logits, 0, b->logits,
+                              (size_t)n_rows * (size_t)e->cfg.vocab_size * sizeof(float), err);
+    return e->be.buf_read(e->bctx, e->x, 0, b->hidden_out,
+                          (size_t)n * (size_t)e->cfg.hidden_size * sizeof(float), err);
+}
+
 enum lp_status lp_engine_forward(struct lp_engine *e, const struct lp_engine_batch *b,
                                  struct lp_error *err) {
     int n = 0, n_rows = 0;
@@ -544,7 +556,7 @@ enum lp_status lp_engine_forward(struct lp_engine *e, const struct lp_engine_bat
     }
     // A decode step (one token per sequence) may be recorded and replayed;
     // the argmax, when the backend makes it, is part of the recording.
-    bool greedy = e->has_head && b->greedy_ids, argmax = greedy && e->ids;
+    bool argmax = e->has_head && b->greedy_ids && e->ids;
     bool replayed = false, bracketed = e->be.step_begin && e->be.step_end && n == b->n_segs;
     if (bracketed) {
         struct lp_step_key key = {.owner = e, .n_tokens = n, .n_segs = b->n_segs,
@@ -556,14 +568,7 @@ enum lp_status lp_engine_forward(struct lp_engine *e, const struct lp_engine_bat
         engine_compute(e, n, n_rows, b->n_segs, argmax);
         if (bracketed && (st = e->be.step_end(e->bctx, err)) != LP_OK) goto fail;
     }
-    if (greedy) {
-        st = engine_read_greedy(e, b, n_rows, err);
-    } else if (e->has_head) {
-        st = e->be.buf_read(e->bctx, e->logits, 0, b->logits,
-                            (size_t)n_rows * (size_t)c->vocab_size * sizeof(float), err);
-    } else {
-        st = e->be.buf_read(e->bctx, e->x, 0, b->hidden_out, (size_t)n * d * sizeof(float), err);
-    }
+    st = engine_read_out(e, b, n, n_rows, err);
     if (st == LP_OK && e->be.sync) st = e->be.sync(e->bctx, err);
     if (st != LP_OK) goto fail;
     for (int i = 0; i < b->n_segs; i++) {
