@@ -191,13 +191,17 @@ struct lp_pipeline_seg {
     bool all_logits;       // logits of every token (perplexity, `logits`)
 };
 
-// Submits a micro-batch; *step is its number. A session may be in at most
-// one uncollected micro-batch. LP_ERR_INVALID_ARG for a bad batch, LP_ERR_BUSY
-// when the coordinator's KV pool or sessions are exhausted: nothing was
-// submitted and nothing changed. Other errors (the stream to stage 1 broke)
-// leave the batch's sessions in an unknown state: release them.
+// Submits a micro-batch; *step is its number. With greedy_ids its result
+// carries each logits row's greedy id (the sampler's temperature-0 choice,
+// computed where the head runs: on its device) instead of the rows, which
+// then never leave that device. A session may be in at most one uncollected
+// micro-batch. LP_ERR_INVALID_ARG for a bad batch, LP_ERR_BUSY when the
+// coordinator's KV pool or sessions are exhausted: nothing was submitted and
+// nothing changed. Other errors (the stream to stage 1 broke) leave the
+// batch's sessions in an unknown state: release them.
 LP_API enum lp_status lp_pipeline_submit(struct lp_pipeline *p, const struct lp_pipeline_seg *segs,
-                                         int n_segs, uint64_t *step, struct lp_error *err);
+                                         int n_segs, bool greedy_ids, uint64_t *step,
+                                         struct lp_error *err);
 
 struct lp_pipeline_result {
     uint64_t step;
@@ -206,7 +210,12 @@ struct lp_pipeline_result {
     int n_rows;               // logit rows: for each segment in order, its last row if
                               // want_logits, every row if all_logits, none otherwise
     float *logits;            // [n_rows][vocab], borrowed until the next collect (the
-                              // caller may change them: sampling works in place)
+                              // caller may change them: sampling works in place);
+                              // NULL for a step submitted with greedy_ids
+    const int32_t *greedy_ids; // [n_rows] for a step submitted with greedy_ids (else
+                               // NULL): each row's greedy id, borrowed until the next collect
+    const int32_t *greedy_bad; // [n_rows] with greedy_ids: each row's first NaN or
+                               // infinite index, -1 when the row is finite
     bool stage_down;          // the failure is a stage lost or stalled (connection, deadline):
                               // lp_pipeline_recover can bring its layers back
 };
@@ -358,6 +367,9 @@ struct lp_sched_stats {
     uint64_t requests_failed;     // DONE with an error (cancel excluded)
     uint64_t requests_cancelled;
     uint64_t steps;               // micro-batches collected
+    uint64_t greedy_steps;        // of them, those whose rows came back as greedy ids only
+                                  // (every row's request greedy, without logprobs; the
+                                  // argmax ran where the head did; LP_NO_DEVICE_ARGMAX=1: none)
     uint64_t step_failures;       // micro-batches that failed
     // recovery: a stage lost mid-request, its layers brought back, the
     // running sequences re-prefilled from their tokens

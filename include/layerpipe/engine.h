@@ -74,6 +74,15 @@ struct lp_engine_batch {
     float *hidden_out;      // [n_tokens, hidden] output rows, when the engine has no head
     float *logits;          // [n_logit_rows, vocab], when it has the head: per segment its
                             // last token's row, or all its rows if all_logits, in order
+    // Greedy ids instead of rows (with the head; optional): when greedy_ids is
+    // set, greedy_ids[r] is row r's greedy id, lp_sampler's temperature-0
+    // choice exactly (the first index of the largest value; NaNs never win,
+    // except one at index 0, which always does), computed where the rows are
+    // (on the device) so that the rows are never read back: logits may be
+    // NULL then and is left alone. greedy_bad (optional) gets each row's first
+    // NaN or infinite index, -1 when the row is finite.
+    int32_t *greedy_ids;    // [n_logit_rows]
+    int32_t *greedy_bad;    // [n_logit_rows]
 };
 
 // Runs the batch through the engine's layers; the new tokens' K and V join
@@ -130,6 +139,11 @@ LP_API void lp_sampler_destroy(struct lp_sampler *sampler); // accepts NULL
 // calls: same tokens.
 LP_API int32_t lp_sampler_sample(struct lp_sampler *sampler, float *logits,
                                  const int32_t *history, int n_history);
+// True when lp_sampler_sample is the greedy choice of the row as given and
+// changes no state: temperature 0 or top_k 1, with no repetition, presence
+// or frequency penalty. The caller may then take that id from elsewhere
+// (lp_engine_batch.greedy_ids: the same rule) instead of calling it.
+LP_API bool lp_sampler_is_greedy(const struct lp_sampler *sampler);
 
 // ---- generation ----
 

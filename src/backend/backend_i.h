@@ -68,8 +68,10 @@ struct lp_step_key {
     int n_tokens;
     int n_segs;
     int n_rows;
-    int flags;
+    int flags;         // LP_STEP_* bits: what the step computes beyond the layers and head
 };
+
+#define LP_STEP_ARGMAX 1 // the step ends with argmax_rows over the head's logits
 
 struct lp_backend_i {
     const char *(*name)(void *ctx);
@@ -168,6 +170,15 @@ struct lp_backend_i {
                                struct lp_buf *v_cache, const struct lp_kv_geom *geom,
                                const int32_t *pos, const int32_t *slot, int n, int n_heads,
                                float eps, float theta);
+
+    // (optional) The greedy choice of each row of x [n_rows, cols] (logits), so
+    // that only ids need to leave the device: ids is int32 [2, n_rows] with
+    // ids[r] = lp_argmax_f32(x[r, :]) and ids[n_rows + r] =
+    // lp_first_nonfinite_f32(x[r, :]) (util/argmax.h: the rule exactly, NaNs
+    // and infinities included). NULL: the engine reads the rows back and runs
+    // those loops itself.
+    void (*argmax_rows)(void *ctx, struct lp_buf *ids, const struct lp_buf *x, int n_rows,
+                        int cols);
 };
 
 struct lp_backend {

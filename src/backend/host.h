@@ -13,6 +13,7 @@
 
 #include "backend/backend_i.h"
 #include "layerpipe/convert.h"
+#include "util/argmax.h"
 #include "util/fp16.h"
 #include "util/ggml_layout.h"
 
@@ -85,6 +86,18 @@ static inline enum lp_status lp_host_buf_read(const char *who, const struct lp_b
     if (st != LP_OK) return st;
     if (bytes) memcpy(dst, (const char *)src->data + offset, bytes);
     return LP_OK;
+}
+
+// argmax_rows (backend_i.h) for rows [r0, r1) of x [n_rows, cols]: the
+// greedy id of each row and its first non-finite index, into ids [2, n_rows].
+static inline void lp_host_argmax_rows(struct lp_buf *ids, const struct lp_buf *x, int n_rows,
+                                       int cols, int64_t r0, int64_t r1) {
+    int32_t *out = ids->data;
+    const float *xp = x->data;
+    for (int64_t r = r0; r < r1; r++) {
+        out[r] = lp_argmax_f32(xp + r * cols, cols);
+        out[n_rows + r] = lp_first_nonfinite_f32(xp + r * cols, cols);
+    }
 }
 
 // Checks that w describes a matrix this backend family can compute with.

@@ -5,7 +5,8 @@
 // streams the rows to stage 1 without waiting, so with K micro-batches in
 // flight all K stages compute at once; the last stage streams the rows that
 // need logits to the coordinator's Sink, which puts them in the micro-batch's
-// slot; lp_pipeline_collect takes the oldest slot's rows through the head.
+// slot; lp_pipeline_collect takes the oldest slot's rows through the head
+// (to logits rows, or, for a greedy micro-batch, only to their greedy ids).
 // With no workers the coordinator computes a micro-batch whole at submit.
 // A failed step (a failure Ack, a timeout, a broken stream) fails its slot
 // only; a broken stream to stage 1 is reopened on the next submit.
@@ -314,6 +315,8 @@ static enum lp_status pl_alloc(struct lp_pipeline *p, struct lp_error *err) {
     p->rows = malloc(R * H * sizeof(float));
     p->payload = malloc(R * H * sizeof(float));
     p->logits = malloc(R * (size_t)p->cfg.vocab_size * sizeof(float));
+    p->greedy_ids = malloc(R * sizeof(int32_t));
+    p->greedy_bad = malloc(R * sizeof(int32_t));
     p->pack_cap = lp_pb_arena_bytes_for(R * H * sizeof(float), S) + 64;
     p->packed = malloc(p->pack_cap);
     p->sessions = calloc(S, sizeof *p->sessions);
@@ -321,8 +324,8 @@ static enum lp_status pl_alloc(struct lp_pipeline *p, struct lp_error *err) {
     p->opened = calloc(S, sizeof *p->opened);
     p->wsegs = calloc(S, sizeof *p->wsegs);
     p->wsegp = calloc(S, sizeof *p->wsegp);
-    if (!p->rows || !p->payload || !p->logits || !p->packed || !p->sessions || !p->segs ||
-        !p->opened || !p->wsegs || !p->wsegp)
+    if (!p->rows || !p->payload || !p->logits || !p->greedy_ids || !p->greedy_bad || !p->packed ||
+        !p->sessions || !p->segs || !p->opened || !p->wsegs || !p->wsegp)
         return lp_error_set(err, LP_ERR_NOMEM, "pipeline: out of memory");
     p->n_slots = p->n_workers + 2 < PL_MAX_SLOTS ? p->n_workers + 2 : PL_MAX_SLOTS;
     for (int i = 0; i < p->n_slots; i++)
@@ -520,6 +523,8 @@ void lp_pipeline_destroy(struct lp_pipeline *p) {
     free(p->payload);
     free(p->packed);
     free(p->logits);
+    free(p->greedy_ids);
+    free(p->greedy_bad);
     free(p->sessions);
     free(p->segs);
     free(p->opened);
@@ -657,7 +662,8 @@ static void pl_send(struct lp_pipeline *p, struct pl_slot *slot,
 }
 
 enum lp_status lp_pipeline_submit(struct lp_pipeline *p, const struct lp_pipeline_seg *segs,
-                                  int n_segs, uint64_t *step, struct lp_error *err) {
+                                  int n_segs, bool greedy_ids, uint64_t *step,
+                                  struct lp_error *err) {
     enum lp_status st = pl_check(p, segs, n_segs, err);
     if (st != LP_OK) return st;
     double t0 = lp_now_seconds();
@@ -670,7 +676,7 @@ enum lp_status lp_pipeline_submit(struct lp_pipeline *p, const struct lp_pipelin
     struct pl_slot *slot = &p->slots[(p->slot_head + p->n_in_flight) % p->n_slots];
     pthread_mutex_lock(&p->mu);
     *slot = (struct pl_slot){.step = ++p->next_step, .sent_at = t0, .n_rows = n_rows,
-                             .rows = slot->rows};
+                             .greedy = greedy_ids, .rows = slot->rows};
     p->n_in_flight++;
     p->kv_used = lp_engine_kv_blocks_used(p->front);
     pthread_mutex_unlock(&p->mu);
@@ -732,13 +738,23 @@ enum lp_status lp_pipeline_collect(struct lp_pipeline *p, struct lp_pipeline_res
     pthread_mutex_lock(&p->mu);
     pl_wait(p, s);
     pthread_mutex_unlock(&p->mu);
-    *r = (struct lp_pipeline_result){.step = s->step, .status = s->status, .logits = p->logits};
+    *r = (struct lp_pipeline_result){.step = s->step, .status = s->status};
+    if (s->greedy) {
+        r->greedy_ids = p->greedy_ids;
+        r->greedy_bad = p->greedy_bad;
+    } else {
+        r->logits = p->logits;
+    }
     if (s->status == LP_OK && s->n_rows > 0) {
         double t0 = lp_now_seconds();
         struct lp_engine_seg seg = {.seq = p->head_seq, .pos0 = 0, .n_tokens = s->n_rows,
                                     .all_logits = true};
         struct lp_engine_batch b = {.n_segs = 1, .segs = &seg, .hidden_in = s->rows,
-                                    .logits = p->logits};
+                                    .logits = r->logits};
+        if (s->greedy) { // only the ids come back from the head's device
+            b.greedy_ids = p->greedy_ids;
+            b.greedy_bad = p->greedy_bad;
+        }
         struct lp_error e = {0};
         if ((r->status = lp_engine_forward(p->head, &b, &e)) != LP_OK) {
             lp_error_prefix(&e, "the head: ");

@@ -26,6 +26,7 @@ struct pl_slot {
     uint64_t step;          // 0: free
     double sent_at;         // lp_now_seconds at submit (deadline and hop latency)
     int n_rows;             // logit rows expected
+    bool greedy;            // the head gives greedy ids, not rows (submit's greedy_ids)
     bool done;              // rows arrived, or the step failed
     bool filling;           // the Sink is writing rows (collect must not free the slot)
     enum lp_status status;
@@ -70,6 +71,8 @@ struct lp_pipeline {
     uint8_t *packed;             // [pack_cap] the packed Activations
     size_t pack_cap;
     float *logits;               // [max_rows, vocab] the head's output (collect)
+    int32_t *greedy_ids;         // [max_rows] the head's output for a greedy step (collect)
+    int32_t *greedy_bad;         // [max_rows] their rows' first non-finite indices
     uint64_t next_step;
     int slot_head;               // oldest slot in flight
     double created_at;

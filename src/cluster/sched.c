@@ -8,7 +8,12 @@
 // never stalls the streams already decoding. With K stages up to K
 // micro-batches are in flight, each with its share of the ready sequences,
 // so every stage has work. A collected step samples its sequences' next
-// tokens and reports them; a failed step ends only its own requests.
+// tokens and reports them; a failed step ends only its own requests. A
+// micro-batch whose every logits row would only be sampled greedily (the
+// sampler is greedy, no logprobs, no prompt logits) asks the pipeline for
+// the rows' greedy ids instead of the rows: the same tokens, without the
+// rows leaving the head's device (LP_NO_DEVICE_ARGMAX=1, read at create:
+// always the rows).
 // Threads: lp_sched_submit/cancel/stats from any thread (under `mu`); the
 // scheduler thread owns the running table and drives the pipeline. Events
 // are delivered on the scheduler thread without `mu` held.
@@ -20,6 +25,7 @@
 #include <time.h>
 
 #include "layerpipe/cluster.h"
+#include "util/argmax.h"
 
 enum sched_state { SCHED_WAITING, SCHED_RUNNING };
 
@@ -48,6 +54,7 @@ struct sched_batch {
     int *n_tokens;               // [max_seqs]
     bool *want;                  // [max_seqs] its last row's logits come back
     bool *all;                   // [max_seqs] every row's logits come back
+    bool greedy;                 // the rows come back as greedy ids (all requests greedy_only)
 };
 
 #define SCHED_MAX_BATCHES (LP_MAX_STAGES + 2)
@@ -57,6 +64,7 @@ struct lp_sched {
     struct lp_pipeline *pipeline;   // borrowed
     struct lp_model_config cfg;
     int vocab, ctx, block_size, kv_total;
+    bool device_argmax;             // greedy micro-batches ask for ids (LP_NO_DEVICE_ARGMAX unset)
     pthread_t thread;
     bool started;
     // shared (mu)
@@ -260,6 +268,15 @@ static bool ready(const struct lp_sched *s) {
     return false;
 }
 
+// Whether the request's next token is the greedy id of its logits row and
+// nothing else reads the row: its sampler is greedy (lp_sampler_is_greedy:
+// no penalties, no state), no logprobs. (Prompt logits rows are the
+// segment's all_logits.) The garbage check needs only the row's first
+// non-finite index, which comes back with the ids.
+static bool greedy_only(const struct sched_req *r) {
+    return lp_sampler_is_greedy(r->sampler) && !r->rq.logprobs && r->rq.n_top_logprobs == 0;
+}
+
 // Forms one micro-batch from running requests not in flight and submits it.
 // Returns false when there was nothing to submit.
 static bool submit_one(struct lp_sched *s) {
@@ -298,9 +315,17 @@ static bool submit_one(struct lp_sched *s) {
             budget -= n;
         }
     if (b->n == 0) return false;
+    int n_rows = 0;
+    b->greedy = s->device_argmax;
+    for (int i = 0; i < b->n; i++)
+        if (b->want[i] || b->all[i]) {
+            n_rows++;
+            b->greedy &= !b->all[i] && greedy_only(b->reqs[i]);
+        }
+    b->greedy &= n_rows > 0;
     uint64_t step;
     struct lp_error err = {0};
-    enum lp_status st = lp_pipeline_submit(s->pipeline, s->segs, b->n, &step, &err);
+    enum lp_status st = lp_pipeline_submit(s->pipeline, s->segs, b->n, b->greedy, &step, &err);
     if (st != LP_OK) { // nothing was submitted: these requests cannot go on
         for (int i = 0; i < b->n; i++) finish(s, b->reqs[i], st, LP_STOP_NONE, err.msg);
         return true;
@@ -336,34 +361,26 @@ static void logprobs(const float *row, int vocab, int32_t token, int n_top, floa
     for (int i = 0; i < k; i++) top_lp[i] = row[top_ids[i]] - lse;
 }
 
-// A sequence's logits row came back: sample, report, and end it if done.
-// Returns true when the request finished (and was freed).
-static bool next_token(struct lp_sched *s, struct sched_req *r, float *row) {
-    struct lp_sched_event ev = {.kind = LP_SCHED_EV_TOKEN};
-    for (int i = 0; i < s->vocab; i++)
-        if (!isfinite(row[i])) { // never sample from garbage
-            char msg[160];
-            snprintf(msg, sizeof msg,
-                     "the model produced a %s logit (token %d at position %d): the weights or "
-                     "a stage are broken",
-                     isnan(row[i]) ? "NaN" : "infinite", i, r->n_tokens);
-            finish(s, r, LP_ERR_INTERNAL, LP_STOP_NONE, msg);
-            return true;
-        }
-    int32_t top_ids[LP_SCHED_MAX_TOP_LOGPROBS];
-    float top_lp[LP_SCHED_MAX_TOP_LOGPROBS];
-    bool want_lp = r->rq.logprobs || r->rq.n_top_logprobs > 0;
-    if (want_lp) memcpy(s->scratch, row, (size_t)s->vocab * sizeof *row);
-    int32_t tok = lp_sampler_sample(r->sampler, row, r->tokens, r->n_tokens);
+// Ends a request whose logits row has a NaN or an infinity at index i
+// (kind says which): never sample from garbage. Returns true.
+static bool bad_row(struct lp_sched *s, struct sched_req *r, int32_t i, const char *kind) {
+    char msg[160];
+    snprintf(msg, sizeof msg,
+             "the model produced a %s logit (token %d at position %d): the weights or a stage "
+             "are broken",
+             kind, i, r->n_tokens);
+    finish(s, r, LP_ERR_INTERNAL, LP_STOP_NONE, msg);
+    return true;
+}
+
+// Takes the token a sequence's step gave (ev: its TOKEN event, logprobs
+// filled): an EOS ends the request unreported; otherwise it is reported, and
+// the limits may end the request. Returns true when the request finished.
+static bool take_token(struct lp_sched *s, struct sched_req *r, int32_t tok,
+                       struct lp_sched_event *ev) {
     if (!r->rq.ignore_eos && lp_model_config_is_eos(&s->cfg, tok)) {
         finish(s, r, LP_OK, LP_STOP_EOS, NULL);
         return true;
-    }
-    if (want_lp) {
-        logprobs(s->scratch, s->vocab, tok, r->rq.n_top_logprobs, &ev.logprob, top_ids, top_lp);
-        ev.n_top = r->rq.n_top_logprobs;
-        ev.top_ids = top_ids;
-        ev.top_logprobs = top_lp;
     }
     r->tokens[r->n_tokens++] = tok;
     r->n_generated++;
@@ -371,8 +388,8 @@ static bool next_token(struct lp_sched *s, struct sched_req *r, float *row) {
     pthread_mutex_lock(&s->mu);
     s->stats.generation_tokens++;
     pthread_mutex_unlock(&s->mu);
-    ev.token = tok;
-    if (emit(r, &ev)) {
+    ev->token = tok;
+    if (emit(r, ev)) {
         finish(s, r, LP_OK, LP_STOP_CALLBACK, NULL);
         return true;
     }
@@ -385,6 +402,34 @@ static bool next_token(struct lp_sched *s, struct sched_req *r, float *row) {
         return true;
     }
     return false;
+}
+
+// A sequence's logits row came back: sample, report, and end it if done.
+// Returns true when the request finished (and was freed).
+static bool next_token(struct lp_sched *s, struct sched_req *r, float *row) {
+    struct lp_sched_event ev = {.kind = LP_SCHED_EV_TOKEN};
+    int32_t bad = lp_first_nonfinite_f32(row, s->vocab);
+    if (bad >= 0) return bad_row(s, r, bad, isnan(row[bad]) ? "NaN" : "infinite");
+    int32_t top_ids[LP_SCHED_MAX_TOP_LOGPROBS];
+    float top_lp[LP_SCHED_MAX_TOP_LOGPROBS];
+    bool want_lp = r->rq.logprobs || r->rq.n_top_logprobs > 0;
+    if (want_lp) memcpy(s->scratch, row, (size_t)s->vocab * sizeof *row);
+    int32_t tok = lp_sampler_sample(r->sampler, row, r->tokens, r->n_tokens);
+    if (want_lp) { // (also for an EOS that ends the request: not reported)
+        logprobs(s->scratch, s->vocab, tok, r->rq.n_top_logprobs, &ev.logprob, top_ids, top_lp);
+        ev.n_top = r->rq.n_top_logprobs;
+        ev.top_ids = top_ids;
+        ev.top_logprobs = top_lp;
+    }
+    return take_token(s, r, tok, &ev);
+}
+
+// The same for a greedy micro-batch: the row's greedy id (what the sampler
+// would pick: greedy_only) and its first non-finite index came back instead.
+static bool next_token_greedy(struct lp_sched *s, struct sched_req *r, int32_t id, int32_t bad) {
+    if (bad >= 0) return bad_row(s, r, bad, "NaN or infinite");
+    struct lp_sched_event ev = {.kind = LP_SCHED_EV_TOKEN};
+    return take_token(s, r, id, &ev);
 }
 
 // Collects the oldest micro-batch and moves its sequences on.
@@ -401,6 +446,7 @@ static void collect_one(struct lp_sched *s) {
     pthread_mutex_lock(&s->mu);
     s->stats.steps++;
     if (res.status != LP_OK) s->stats.step_failures++;
+    else if (b->greedy) s->stats.greedy_steps++;
     pthread_mutex_unlock(&s->mu);
     int row = 0;
     if (res.status != LP_OK && res.stage_down) { // recover, then re-prefill these too
@@ -424,9 +470,10 @@ static void collect_one(struct lp_sched *s) {
             finish(s, r, res.status, LP_STOP_NONE, res.error);
             continue;
         }
-        float *rows = res.logits + (size_t)row * (size_t)s->vocab;
         int n_rows = b->all[i] ? b->n_tokens[i] : b->want[i] ? 1 : 0;
+        int first = row; // its rows are [first, first + n_rows) of the step's
         row += n_rows;
+        float *rows = b->greedy ? NULL : res.logits + (size_t)first * (size_t)s->vocab;
         bool prefill = r->n_fed <= r->n_prompt && r->n_generated == 0;
         if (prefill) {
             pthread_mutex_lock(&s->mu);
@@ -453,7 +500,10 @@ static void collect_one(struct lp_sched *s) {
             finish(s, r, LP_OK, LP_STOP_LENGTH, NULL);
             continue;
         }
-        if (b->want[i]) next_token(s, r, rows + (size_t)(n_rows - 1) * (size_t)s->vocab);
+        if (b->want[i] && b->greedy) // (no all_logits in a greedy step: n_rows is 1)
+            next_token_greedy(s, r, res.greedy_ids[first], res.greedy_bad[first]);
+        else if (b->want[i])
+            next_token(s, r, rows + (size_t)(n_rows - 1) * (size_t)s->vocab);
     }
 }
 
@@ -596,6 +646,7 @@ enum lp_status lp_sched_create(struct lp_sched **out, struct lp_pipeline *pipeli
     s->ctx = lp_pipeline_max_context(pipeline);
     s->block_size = lp_pipeline_kv_block_size(pipeline);
     s->kv_total = lp_pipeline_kv_blocks(pipeline);
+    s->device_argmax = !getenv("LP_NO_DEVICE_ARGMAX");
     int sessions = lp_pipeline_max_sessions(pipeline);
     struct lp_sched_params *p = &s->params;
     if (p->max_seqs <= 0 || p->max_seqs > sessions) p->max_seqs = sessions;

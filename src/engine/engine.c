@@ -6,7 +6,8 @@
 //   q,k = rmsnorm per head (q_norm, k_norm) ; rope(q, k) at each position
 //   K,V cache <- k, v ; a = softmax(q K^T / sqrt(d)) V (causal, GQA)
 //   x += a Wo^T ; h = rmsnorm(x) ; x += (silu(h Wg^T) * (h Wu^T)) Wd^T
-// then the final norm and the LM head for the rows that need logits.
+// then the final norm and the LM head for the rows that need logits (and,
+// when only their greedy ids are wanted, the argmax of each row).
 // All scratch and the KV pool are allocated in lp_engine_create.
 #include <math.h>
 #include <stdlib.h>
@@ -15,6 +16,7 @@
 #include "backend/backend_i.h"
 #include "engine/internal.h"
 #include "layerpipe/engine.h"
+#include "util/argmax.h"
 
 struct lp_engine_layer {
     struct lp_buf *attn_norm, *ffn_norm, *q_norm, *k_norm; // float32 vectors
@@ -50,12 +52,16 @@ struct lp_engine {
     struct lp_buf *up;     // [T, intermediate]
     struct lp_buf *xg;     // [R, hidden] rows gathered for the head
     struct lp_buf *logits; // [R, vocab]
+    struct lp_buf *ids;    // [2, R] int32 greedy ids, then first non-finite indices
+                           // (argmax_rows); NULL when the backend has no argmax_rows
     // host scratch
     int32_t *h_ids;        // [T]
     int32_t *h_pos;        // [T]
     int32_t *h_slot;       // [T]
     int32_t *h_rows;       // [R] rows needing logits
     struct lp_attn_seg *h_segs; // [max_seqs]
+    int32_t *h_greedy;     // [2, R] ids read back (argmax_rows' layout)
+    float *h_row;          // [vocab] one logits row, when the backend has no argmax_rows
 };
 
 struct lp_engine_params lp_engine_params_default(void) {
@@ -228,7 +234,13 @@ enum lp_status lp_engine_create(struct lp_engine **out, const struct lp_model *m
     e->h_slot = malloc(T * sizeof(int32_t));
     e->h_rows = malloc(R * sizeof(int32_t));
     e->h_segs = malloc((size_t)p->max_seqs * sizeof *e->h_segs);
-    if (!e->h_ids || !e->h_pos || !e->h_slot || !e->h_rows || !e->h_segs) {
+    e->h_greedy = malloc(2 * R * sizeof(int32_t));
+    if (e->has_head && !e->be.argmax_rows)
+        e->h_row = malloc((size_t)c->vocab_size * f);
+    else if (e->has_head && (st = engine_buf(e, &e->ids, 2 * R * sizeof(int32_t), err)) != LP_OK)
+        goto fail;
+    if (!e->h_ids || !e->h_pos || !e->h_slot || !e->h_rows || !e->h_segs || !e->h_greedy ||
+        (e->has_head && !e->ids && !e->h_row)) {
         st = lp_error_set(err, LP_ERR_NOMEM, "engine: out of memory");
         goto fail;
     }
@@ -265,13 +277,15 @@ void lp_engine_destroy(struct lp_engine *e) {
     e->be.weight_free(b, e->head);
     e->be.buf_free(b, e->final_norm);
     struct lp_buf *bufs[] = {e->x,   e->xn,   e->q,  e->k,  e->v,     e->att,
-                             e->o,   e->gate, e->up, e->xg, e->logits};
+                             e->o,   e->gate, e->up, e->xg, e->logits, e->ids};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) e->be.buf_free(b, bufs[i]);
     free(e->h_ids);
     free(e->h_pos);
     free(e->h_slot);
     free(e->h_rows);
     free(e->h_segs);
+    free(e->h_greedy);
+    free(e->h_row);
     lp_kv_table_deinit(&e->kv);
     free(e);
 }
@@ -365,8 +379,11 @@ static enum lp_status engine_check_batch(struct lp_engine *e, const struct lp_en
         return lp_error_set(err, LP_ERR_INVALID_ARG, "forward: no hidden_in rows");
     if (!e->has_head && !b->hidden_out)
         return lp_error_set(err, LP_ERR_INVALID_ARG, "forward: no hidden_out buffer");
-    if (e->has_head && !b->logits)
-        return lp_error_set(err, LP_ERR_INVALID_ARG, "forward: no logits buffer");
+    if (e->has_head && !b->logits && !b->greedy_ids)
+        return lp_error_set(err, LP_ERR_INVALID_ARG, "forward: no logits or greedy_ids buffer");
+    if (!e->has_head && (b->greedy_ids || b->greedy_bad))
+        return lp_error_set(err, LP_ERR_INVALID_ARG,
+                            "forward: greedy ids asked of an engine without the head");
     if (extra_blocks > e->kv.n_free + freed_blocks)
         return lp_error_set(err, LP_ERR_BUSY,
                             "forward: KV pool exhausted (%d blocks of %d positions, %d free, "
@@ -431,7 +448,9 @@ static void engine_layer(struct lp_engine *e, const struct lp_engine_layer *L, i
     engine_matmul_add(e, e->x, e->gate, L->w_down, n, d);
 }
 
-static void engine_compute(struct lp_engine *e, int n, int n_rows, int n_segs) {
+// The whole step on the backend; with argmax, the head's rows end in their
+// greedy ids (e->ids) on the backend too.
+static void engine_compute(struct lp_engine *e, int n, int n_rows, int n_segs, bool argmax) {
     const struct lp_model_config *c = &e->cfg;
     if (e->has_embed) e->be.embed(e->bctx, e->x, e->embedding, e->h_ids, n);
     for (int il = e->layer_begin; il < e->layer_end; il++)
@@ -442,7 +461,46 @@ static void engine_compute(struct lp_engine *e, int n, int n_rows, int n_segs) {
         e->be.rmsnorm(e->bctx, e->xg, e->xg, e->final_norm, n_rows, c->hidden_size,
                       c->rms_norm_eps);
         e->be.matmul(e->bctx, e->logits, e->xg, head, n_rows);
+        if (argmax) e->be.argmax_rows(e->bctx, e->ids, e->logits, n_rows, c->vocab_size);
     }
+}
+
+// The greedy ids of the step's n_rows logits rows (and their first
+// non-finite indices) into the batch: the backend's, or, where it has no
+// argmax_rows, from each row read back in turn.
+static enum lp_status engine_read_greedy(struct lp_engine *e, const struct lp_engine_batch *b,
+                                         int n_rows, struct lp_error *err) {
+    int V = e->cfg.vocab_size;
+    enum lp_status st = LP_OK;
+    if (e->ids) {
+        st = e->be.buf_read(e->bctx, e->ids, 0, e->h_greedy, 2 * (size_t)n_rows * sizeof(int32_t),
+                            err);
+    } else {
+        for (int r = 0; r < n_rows && st == LP_OK; r++) {
+            st = e->be.buf_read(e->bctx, e->logits, (size_t)r * (size_t)V * sizeof(float),
+                                e->h_row, (size_t)V * sizeof(float), err);
+            if (st != LP_OK) break;
+            e->h_greedy[r] = lp_argmax_f32(e->h_row, V);
+            e->h_greedy[n_rows + r] = lp_first_nonfinite_f32(e->h_row, V);
+        }
+    }
+    if (st != LP_OK) return st;
+    memcpy(b->greedy_ids, e->h_greedy, (size_t)n_rows * sizeof(int32_t));
+    if (b->greedy_bad)
+        memcpy(b->greedy_bad, e->h_greedy + n_rows, (size_t)n_rows * sizeof(int32_t));
+    return LP_OK;
+}
+
+// The step's output into the batch: greedy ids, the logits rows, or (an
+// engine without the head) the hidden rows.
+static enum lp_status engine_read_out(struct lp_engine *e, const struct lp_engine_batch *b, int n,
+                                      int n_rows, struct lp_error *err) {
+    if (e->has_head && b->greedy_ids) return engine_read_greedy(e, b, n_rows, err);
+    if (e->has_head)
+        return e->be.buf_read(e->bctx, e->logits, 0, b->logits,
+                              (size_t)n_rows * (size_t)e->cfg.vocab_size * sizeof(float), err);
+    return e->be.buf_read(e->bctx, e->x, 0, b->hidden_out,
+                          (size_t)n * (size_t)e->cfg.hidden_size * sizeof(float), err);
 }
 
 enum lp_status lp_engine_forward(struct lp_engine *e, const struct lp_engine_batch *b,
@@ -496,23 +554,21 @@ enum lp_status lp_engine_forward(struct lp_engine *e, const struct lp_engine_bat
         st = e->be.buf_write(e->bctx, e->x, 0, b->hidden_in, (size_t)n * d * sizeof(float), err);
         if (st != LP_OK) goto fail;
     }
-    // A decode step (one token per sequence) may be recorded and replayed.
+    // A decode step (one token per sequence) may be recorded and replayed;
+    // the argmax, when the backend makes it, is part of the recording.
+    bool argmax = e->has_head && b->greedy_ids && e->ids;
     bool replayed = false, bracketed = e->be.step_begin && e->be.step_end && n == b->n_segs;
     if (bracketed) {
         struct lp_step_key key = {.owner = e, .n_tokens = n, .n_segs = b->n_segs,
-                                  .n_rows = e->has_head ? n_rows : 0};
+                                  .n_rows = e->has_head ? n_rows : 0,
+                                  .flags = argmax ? LP_STEP_ARGMAX : 0};
         if ((st = e->be.step_begin(e->bctx, &key, &replayed, err)) != LP_OK) goto fail;
     }
     if (!replayed) {
-        engine_compute(e, n, n_rows, b->n_segs);
+        engine_compute(e, n, n_rows, b->n_segs, argmax);
         if (bracketed && (st = e->be.step_end(e->bctx, err)) != LP_OK) goto fail;
     }
-    if (e->has_head) {
-        st = e->be.buf_read(e->bctx, e->logits, 0, b->logits,
-                            (size_t)n_rows * (size_t)c->vocab_size * sizeof(float), err);
-    } else {
-        st = e->be.buf_read(e->bctx, e->x, 0, b->hidden_out, (size_t)n * d * sizeof(float), err);
-    }
+    st = engine_read_out(e, b, n, n_rows, err);
     if (st == LP_OK && e->be.sync) st = e->be.sync(e->bctx, err);
     if (st != LP_OK) goto fail;
     for (int i = 0; i < b->n_segs; i++) {

@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "layerpipe/engine.h"
+#include "util/argmax.h"
 
 struct lp_cand {
     float logit;
@@ -112,12 +113,23 @@ void lp_sampler_destroy(struct lp_sampler *s) {
     free(s);
 }
 
+static bool no_penalties(const struct lp_sampler_params *p) {
+    return p->repetition_penalty == 1.0f && p->presence_penalty == 0.0f &&
+           p->frequency_penalty == 0.0f;
+}
+
+static bool greedy(const struct lp_sampler_params *p) {
+    return p->temperature == 0.0f || p->top_k == 1;
+}
+
+bool lp_sampler_is_greedy(const struct lp_sampler *s) {
+    return greedy(&s->params) && no_penalties(&s->params);
+}
+
 static void apply_penalties(struct lp_sampler *s, float *logits, const int32_t *history,
                             int n_history) {
     const struct lp_sampler_params *p = &s->params;
-    if (p->repetition_penalty == 1.0f && p->presence_penalty == 0.0f &&
-        p->frequency_penalty == 0.0f)
-        return;
+    if (no_penalties(p)) return;
     int start = 0;
     if (p->penalty_last_n >= 0 && n_history > p->penalty_last_n)
         start = n_history - p->penalty_last_n;
@@ -185,12 +197,7 @@ int32_t lp_sampler_sample(struct lp_sampler *s, float *logits, const int32_t *hi
     const struct lp_sampler_params *p = &s->params;
     int V = s->vocab_size;
     apply_penalties(s, logits, history, n_history);
-    if (p->temperature == 0.0f || p->top_k == 1) {
-        int best = 0;
-        for (int i = 1; i < V; i++)
-            if (logits[i] > logits[best]) best = i;
-        return best;
-    }
+    if (greedy(p)) return lp_argmax_f32(logits, V);
     for (int i = 0; i < V; i++) s->cands[i] = (struct lp_cand){logits[i] / p->temperature, 0, i};
     int n = V;
     if (p->top_k > 0 || p->top_p < 1.0f || p->min_p > 0.0f)

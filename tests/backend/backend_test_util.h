@@ -12,6 +12,7 @@
 
 #include "backend/backend_i.h"
 #include "layerpipe/convert.h"
+#include "util/argmax.h"
 #include "util/fp16.h"
 #include "lp_test.h"
 
@@ -133,6 +134,85 @@ static inline void tu_weight_free(struct lp_weight *w) {
     free((void *)w->data);
     free((void *)w->scales);
     free((void *)w->biases);
+}
+
+// argmax_rows on be over x [n_rows, cols]: each row's id and first
+// non-finite index must be util/argmax.h's (the sampler's loop), and, where
+// want is given, want[r] (the answer worked out by hand).
+static inline void tu_check_argmax_rows(struct lp_backend *be, const float *x, int n_rows,
+                                        int cols, const int32_t *want, const char *what) {
+    size_t bytes = (size_t)n_rows * (size_t)cols * sizeof(float);
+    struct lp_buf *xb = tu_buf(be, x, bytes), *ib = tu_buf(be, NULL, 2 * (size_t)n_rows * 4);
+    int32_t *got = calloc(2 * (size_t)n_rows, sizeof *got);
+    if (xb && ib && got) {
+        be->iface.argmax_rows(be->ctx, ib, xb, n_rows, cols);
+        tu_read(be, ib, got, 2 * (size_t)n_rows * 4);
+        struct lp_error err_ = {0};
+        if (be->iface.sync) CHECK_OK(be->iface.sync(be->ctx, &err_), &err_);
+        for (int r = 0; r < n_rows; r++) {
+            const float *row = x + (size_t)r * (size_t)cols;
+            int32_t id = lp_argmax_f32(row, cols), bad = lp_first_nonfinite_f32(row, cols);
+            CHECK_MSG(got[r] == id && (!want || want[r] == id),
+                      "%s argmax_rows %s: row %d (%d columns): id %d, the loop's %d, by hand %d",
+                      lp_backend_name(be), what, r, cols, got[r], id, want ? want[r] : id);
+            CHECK_MSG(got[n_rows + r] == bad,
+                      "%s argmax_rows %s: row %d (%d columns): first non-finite %d, expected %d",
+                      lp_backend_name(be), what, r, cols, got[n_rows + r], bad);
+        }
+    }
+    free(got);
+    tu_free(be, xb);
+    tu_free(be, ib);
+}
+
+// argmax_rows on crafted rows: ties, NaN at 0 and elsewhere, infinities,
+// signed zeros, all equal, the largest last; then long rows (lengths not a
+// multiple of a GPU block, one shorter than it, a single column) with the
+// same cases planted among random values.
+static inline void tu_test_argmax(struct lp_backend *be) {
+    if (!be->iface.argmax_rows) {
+        CHECK_MSG(0, "%s has no argmax_rows", lp_backend_name(be));
+        return;
+    }
+    const float N = NAN, I = INFINITY;
+    const float x4[][4] = {
+        {1, 3, 3, 2},   {N, 5, 7, 1},        {1, N, 2, 0},      {-I, -I, -I, -I},
+        {1, I, 2, I},   {2, 2, 2, 2},        {0, 1, 2, 3},      {-0.0f, 0.0f, -0.0f, 0.0f},
+        {-1, -0.0f, 0.0f, -2}, {N, N, N, N}, {-I, N, -I, N},    {N, I, 1, 2},
+        {5, N, N, 5},   {-I, N, 3, N},       {-I, 1, N, I},     {-1e30f, -I, -1e30f, -3},
+    };
+    const int32_t want4[] = {1, 0, 2, 0, 1, 0, 3, 0, 1, 0, 0, 0, 0, 2, 3, 3};
+    int n4 = (int)(sizeof x4 / sizeof x4[0]);
+    tu_check_argmax_rows(be, &x4[0][0], n4, 4, want4, "crafted");
+    const int lens[] = {1, 1000, 1024, 3109};
+    for (size_t k = 0; k < sizeof lens / sizeof lens[0]; k++) {
+        int c = lens[k], n = 8;
+        float *x = tu_randv((int64_t)n * c, 4.0f);
+        float *r = x;
+        r[c - 1] = 9; // the largest last
+        r = x + c;
+        if (c > 5) r[5] = r[c - 1] = 9; // a tie far apart: the first
+        r = x + 2 * (size_t)c;
+        r[0] = N; // NaN at 0 wins whatever follows
+        if (c > 1) r[c - 1] = I;
+        r = x + 3 * (size_t)c;
+        for (int i = 0; i < c; i++) r[i] = i % 7 == 3 ? N : -I; // -inf and NaNs: 0
+        r = x + 4 * (size_t)c;
+        if (c > 2) r[1] = N;
+        r[c / 2] = I; // +inf in the middle, after a NaN
+        r = x + 5 * (size_t)c;
+        for (int i = 0; i < c; i++) r[i] = 0.5f; // all equal: 0
+        r = x + 6 * (size_t)c;
+        for (int i = 0; i < c; i++) r[i] = i % 2 ? 0.0f : -0.0f; // signed zeros: 0
+        r = x + 7 * (size_t)c;
+        for (int i = 0; i < c; i++) r[i] = N; // all NaN but the last: 0 (NaN at 0)
+        if (c > 1) r[c - 1] = 1;
+        char what[32];
+        snprintf(what, sizeof what, "%d columns", c);
+        const int32_t want[8] = {c - 1, c > 5 ? 5 : 0, 0, 0, c / 2, 0, 0, 0};
+        tu_check_argmax_rows(be, x, n, c, want, what);
+        free(x);
+    }
 }
 
 #endif

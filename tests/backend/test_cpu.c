@@ -10,6 +10,7 @@
 // rows and random bytes; the VNNI digits path and the generic one). Batch
 // invariance (issue 13): every row of an n-row call is memcmp-equal to the
 // row computed alone, for every format and path (test_batch_invariance).
+// argmax_rows (split over the pool) on crafted rows: exactly the sampler's loop.
 // Tolerances (relative L2 error ||cpu - ref|| / ||ref||):
 //   float paths (matmul, embed, norms, rope, attention):   <= 1e-5
 //     (float summation order and fused multiply-adds only)
@@ -571,6 +572,7 @@ int main(void) {
     test_attention(LP_DTYPE_BF16, 320);
     test_pool();
     test_pool_slices();
+    for (int v = 0; v < N_VARIANTS; v++) tu_test_argmax(variants[v].be);
     struct lp_backend *dflt = NULL;
     CHECK_OK(lp_backend_cpu_create(&dflt, NULL, err), err);
     CHECK(dflt && lp_backend_n_threads(dflt) >= 1 && strcmp(lp_backend_name(dflt), "cpu") == 0);

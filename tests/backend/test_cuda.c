@@ -2,12 +2,14 @@
 // test_cuda.c -- every CUDA kernel against the ref backend on random data
 // (fixed seed), then the whole engine on CUDA against the CPU backend on a
 // generated model (prefill, recorded and replayed decode steps, a batch of
-// sequences decoded together against each alone). Without a GPU (or in a
+// sequences decoded together against each alone; greedy ids, recorded and
+// replayed too, against the argmax of the same steps' rows). Without a GPU (or in a
 // build without CUDA) it prints why it skips and passes.
 // Cases: every weight format, MLX bits 4/8, groups 32/64/128, bf16 and f16
 // scales, n = 1, 3, 17, 96, 129 tokens, float columns not a multiple of the
 // 16-byte chunk (the element-wise path); rmsnorm, rope up to position 40000,
-// gather, silu_mul + add; kv_store + attention over three segments with
+// gather, silu_mul + add; argmax_rows on crafted rows (NaN, infinities,
+// ties; exactly the sampler's loop); kv_store + attention over three segments with
 // shuffled block tables, GQA, f32 and bf16 caches, head_dim 64 and 320 (the
 // tiled kernel and the general one), 128 and 16 over long contexts.
 // Tolerances (relative L2 error ||cuda - ref|| / ||ref||):
@@ -644,9 +646,12 @@ static void test_attention(enum lp_dtype dt, int hd, bool long_ctx) {
 
 // Runs a prefill of E_PROMPT tokens per sequence (one sequence a call, in
 // chunks of 16), then E_STEPS decode steps of all E_SEQS sequences at once
-// (together) or of each alone; logits [E_SEQS][1 + E_STEPS][vocab].
+// (together) or of each alone; logits [E_SEQS][1 + E_STEPS][vocab]. With
+// greedy ([E_SEQS][E_STEPS]), the odd decode steps ask for greedy ids
+// instead (their logits rows are left as they were): steps of both kinds
+// run direct, then are recorded, then replayed, and must not share a recording.
 static void engine_run(struct lp_backend *be, const struct lp_model *m, bool together,
-                       float *logits) {
+                       float *logits, int32_t *greedy) {
     struct lp_engine_params p = lp_engine_params_default();
     p.max_seqs = E_SEQS;
     p.max_context = 256;
@@ -675,13 +680,20 @@ static void engine_run(struct lp_backend *be, const struct lp_model *m, bool tog
         for (int s = 0; s < E_SEQS; s++)
             segs[s] = (struct lp_engine_seg){
                 .seq = seq[s], .pos0 = -1, .n_tokens = 1, .tokens = &toks[s][E_PROMPT + step]};
+        bool ids_only = greedy && step % 2 == 1;
         for (int s = 0; s < (together ? 1 : E_SEQS); s++) {
+            int32_t ids[E_SEQS];
             struct lp_engine_batch b = {.n_segs = together ? E_SEQS : 1,
                                         .segs = together ? segs : &segs[s],
-                                        .logits = rows};
+                                        .logits = ids_only ? NULL : rows,
+                                        .greedy_ids = ids_only ? ids : NULL};
             CHECK_OK(lp_engine_forward(e, &b, err), err);
             for (int r = 0; r < (together ? E_SEQS : 1); r++) {
                 int ss = together ? r : s;
+                if (ids_only) {
+                    greedy[ss * E_STEPS + step] = ids[r];
+                    continue;
+                }
                 memcpy(logits + ((size_t)ss * (1 + E_STEPS) + 1 + step) * vocab,
                        rows + (size_t)r * vocab, (size_t)vocab * 4);
             }
@@ -705,9 +717,9 @@ static void test_engine(const char *name, const char *gen) {
     float *cpu_l = calloc(n, 4), *gpu_l = calloc(n, 4), *gpu_alone = calloc(n, 4);
     struct lp_backend *cpu = NULL;
     CHECK_OK(lp_backend_cpu_create(&cpu, NULL, err), err);
-    engine_run(cpu, m, true, cpu_l);
-    engine_run(gpu, m, true, gpu_l);
-    engine_run(gpu, m, false, gpu_alone);
+    engine_run(cpu, m, true, cpu_l, NULL);
+    engine_run(gpu, m, true, gpu_l, NULL);
+    engine_run(gpu, m, false, gpu_alone, NULL);
     double worst = 0;
     for (size_t r = 0; r < n / vocab; r++) {
         double e = lp_rel_l2(gpu_l + r * vocab, cpu_l + r * vocab, (size_t)vocab);
@@ -719,6 +731,25 @@ static void test_engine(const char *name, const char *gen) {
               "engine %s: decoding %d sequences together differs from each alone", name, E_SEQS);
     printf("engine %-12s CUDA vs CPU worst row rel L2 %.3g; together == alone: %s\n", name, worst,
            memcmp(gpu_l, gpu_alone, n * 4) == 0 ? "yes" : "NO");
+    // greedy ids on the odd decode steps (together and alone): the argmax of
+    // the rows those steps give; the even steps' rows unchanged
+    for (int together = 1; together >= 0; together--) {
+        int32_t ids[E_SEQS * E_STEPS];
+        memcpy(gpu_alone, gpu_l, n * 4);
+        engine_run(gpu, m, together, gpu_alone, ids);
+        int same = 0;
+        for (int s = 0; s < E_SEQS; s++)
+            for (int step = 1; step < E_STEPS; step += 2)
+                same += ids[s * E_STEPS + step] ==
+                        lp_argmax_f32(gpu_l + ((size_t)s * (1 + E_STEPS) + 1 + step) * vocab,
+                                      vocab);
+        CHECK_MSG(same == E_SEQS * (E_STEPS / 2), "engine %s: %d of %d greedy ids (%s) differ",
+                  name, E_SEQS * (E_STEPS / 2) - same, E_SEQS * (E_STEPS / 2),
+                  together ? "together" : "alone");
+        CHECK_MSG(memcmp(gpu_l, gpu_alone, n * 4) == 0,
+                  "engine %s: rows beside greedy steps differ (%s)", name,
+                  together ? "together" : "alone");
+    }
     free(cpu_l);
     free(gpu_l);
     free(gpu_alone);
@@ -758,6 +789,7 @@ int main(void) {
     test_attention(LP_DTYPE_BF16, 320, false);
     test_attention(LP_DTYPE_F32, 128, true);
     test_attention(LP_DTYPE_BF16, 16, true);
+    tu_test_argmax(gpu);
     if (getenv("LP_CUDA_TEST_KERNELS_ONLY")) { // (compute-sanitizer runs)
         printf("LP_CUDA_TEST_KERNELS_ONLY: engine checks left out\n");
         goto done;

@@ -5,7 +5,8 @@
 // returns v, a known 3:1 softmax, GQA, causal masking across two segments
 // with different block tables), bf16 KV storage, silu, add, gather, and the
 // f16/bf16 conversions (round to nearest even); GGUF blocks against their
-// dequantized float copy (bit for bit). Tolerance 1e-5 absolute on
+// dequantized float copy (bit for bit); argmax_rows on crafted rows (NaN,
+// infinities, ties) against the answers worked out by hand. Tolerance 1e-5 absolute on
 // values of order 1 (float rounding only).
 #include <math.h>
 #include <stdio.h>
@@ -328,6 +329,7 @@ int main(void) {
     test_attention();
     test_kv_bf16();
     test_elementwise();
+    tu_test_argmax(be);
     lp_backend_destroy(be);
     return lp_test_finish("backend/ref");
 }

@@ -5,12 +5,16 @@
 // split into two engines (layers [0,k) with the embedding, [k,L) with the
 // head) passing hidden rows gives the same logits as one engine; rewinding
 // recomputes the same logits; bad batches are errors that change nothing;
-// the CPU backend agrees with the scalar reference backend. Models: bf16,
+// the CPU backend agrees with the scalar reference backend; greedy ids
+// (greedy_ids) are the sampler's loop over the rows the same batch returns,
+// from the backend's argmax_rows and from the engine's own fallback. Models: bf16,
 // MLX 8-bit and 4-bit, and a GGUF Q4_K_M file.
 #include <string.h>
 
+#include "backend/backend_i.h"
 #include "layerpipe/engine.h"
 #include "lp_test.h"
+#include "util/argmax.h"
 #include "model_fixture.h"
 
 #define SHAPE "--layers 3 --hidden 64 --heads 4 --kv-heads 2 --head-dim 16 --intermediate 128 "
@@ -22,11 +26,7 @@ struct rig {
     int vocab, hidden;
 };
 
-static int rig_open(struct rig *r, const char *dir, bool ref, int begin, int end, bool embed,
-                    bool head, enum lp_dtype kv_dtype, int n_blocks) {
-    memset(r, 0, sizeof *r);
-    struct lp_error err = {0};
-    struct lp_model_load_params lp = {begin, end, embed, head};
+static struct lp_engine_params rig_params(enum lp_dtype kv_dtype, int n_blocks) {
     struct lp_engine_params ep = lp_engine_params_default();
     ep.max_batch_tokens = 64;
     ep.max_logit_rows = 64;
@@ -35,6 +35,15 @@ static int rig_open(struct rig *r, const char *dir, bool ref, int begin, int end
     ep.kv_dtype = kv_dtype;
     ep.max_context = 128;
     ep.n_kv_blocks = n_blocks;
+    return ep;
+}
+
+static int rig_open(struct rig *r, const char *dir, bool ref, int begin, int end, bool embed,
+                    bool head, enum lp_dtype kv_dtype, int n_blocks) {
+    memset(r, 0, sizeof *r);
+    struct lp_error err = {0};
+    struct lp_model_load_params lp = {begin, end, embed, head};
+    struct lp_engine_params ep = rig_params(kv_dtype, n_blocks);
     struct lp_backend_cpu_params bp = lp_backend_cpu_params_default();
     bp.n_threads = 2;
     CHECK_OK(lp_model_open(&r->model, dir, &lp, &err), &err);
@@ -231,12 +240,94 @@ static void test_split(const char *dir, const int32_t *ids, int n) {
         CHECK_OK(lp_engine_forward(back.engine, &bb, &err), &err);
     }
     CHECK_MSG(memcmp(a, b, (size_t)n * V * 4) == 0, "split logits are not bit-identical");
+    // greedy ids from an engine without the head: a bad batch that changes nothing
+    int32_t gid[4];
+    struct lp_engine_seg sf = {s1, -1, 1, ids, false};
+    struct lp_engine_batch bf = {1, &sf, NULL, hidden, NULL, gid, NULL};
+    CHECK(lp_engine_forward(front.engine, &bf, &err) == LP_ERR_INVALID_ARG);
+    CHECK(lp_engine_seq_len(front.engine, s1) == n);
     free(a);
     free(b);
     free(hidden);
     rig_close(&whole);
     rig_close(&front);
     rig_close(&back);
+}
+
+// Three sequences (the middle one with all its prompt rows), prefilled
+// together and then decoded four steps: each batch runs once for its logits
+// and again (rewound to the same positions) for greedy ids only, which must
+// be the sampler's loop over those rows (bit-identical rows: the same
+// computation), every row finite; a logits buffer given beside greedy_ids
+// is left alone.
+static void check_greedy(struct lp_engine *e, int vocab, const char *what) {
+    struct lp_error err = {0};
+    size_t V = (size_t)vocab;
+    const int32_t p0[] = {1, 2, 3, 4, 5}, p1[] = {9, 8}, p2[] = {100, 200, 50, 7, 7, 7, 7};
+    const int32_t *prompts[3] = {p0, p1, p2};
+    int lens[3] = {5, 2, 7}, seq[3];
+    float *rows = malloc(64 * V * 4), *untouched = malloc(V * 4);
+    int32_t ids[64], bad[64], dec[3];
+    for (int k = 0; k < 3; k++) CHECK_OK(lp_engine_seq_open(e, &seq[k], &err), &err);
+    for (int step = 0; step < 5; step++) {
+        struct lp_engine_seg segs[3];
+        int n_rows = 0;
+        for (int k = 0; k < 3; k++) {
+            dec[k] = (int32_t)(10 * k + step);
+            segs[k] = step == 0 ? (struct lp_engine_seg){seq[k], 0, lens[k], prompts[k], k == 1}
+                                : (struct lp_engine_seg){seq[k], lens[k] + step - 1, 1, &dec[k],
+                                                         false};
+            n_rows += segs[k].all_logits ? segs[k].n_tokens : 1;
+        }
+        struct lp_engine_batch b = {3, segs, NULL, NULL, rows};
+        CHECK_OK(lp_engine_forward(e, &b, &err), &err);
+        for (size_t i = 0; i < V; i++) untouched[i] = -12345.0f;
+        struct lp_engine_batch g = {3, segs, NULL, NULL, untouched, ids, bad};
+        for (int r = 0; r < n_rows; r++) ids[r] = bad[r] = -7;
+        CHECK_OK(lp_engine_forward(e, &g, &err), &err);
+        int same = 0;
+        for (int r = 0; r < n_rows; r++)
+            same += ids[r] == lp_argmax_f32(rows + (size_t)r * V, vocab) && bad[r] == -1;
+        CHECK_MSG(same == n_rows, "%s: step %d: %d of %d greedy ids are the rows' argmax", what,
+                  step, same, n_rows);
+        CHECK(untouched[0] == -12345.0f && untouched[V - 1] == -12345.0f);
+        if (step == 0) { // the rows differ (a greedy id that ignored its row would show)
+            CHECK(ids[0] != ids[1] || ids[1] != ids[2] || ids[2] != ids[3]);
+            g.logits = NULL; // logits may be NULL with greedy_ids
+            g.greedy_bad = NULL;
+            CHECK_OK(lp_engine_forward(e, &g, &err), &err);
+        }
+    }
+    for (int k = 0; k < 3; k++) {
+        CHECK(lp_engine_seq_len(e, seq[k]) == lens[k] + 4);
+        lp_engine_seq_close(e, seq[k]);
+    }
+    free(rows);
+    free(untouched);
+}
+
+static void no_destroy(void *ctx) { (void)ctx; }
+
+// check_greedy on the backend's argmax_rows, then on the same backend
+// through a table without it (the engine reads each row and runs the loop).
+static void test_greedy_ids(const char *dir, bool ref) {
+    struct rig r;
+    struct lp_error err = {0};
+    if (rig_open(&r, dir, ref, 0, -1, true, true, LP_DTYPE_F32, 0) != 0) return;
+    CHECK(r.backend->iface.argmax_rows != NULL);
+    check_greedy(r.engine, r.vocab, ref ? "ref" : "cpu");
+    struct lp_backend_i plain = r.backend->iface;
+    plain.argmax_rows = NULL;
+    plain.destroy = no_destroy; // the context stays r.backend's
+    struct lp_backend *fb = NULL;
+    struct lp_engine *fe = NULL;
+    CHECK_OK(lp_backend_wrap(&fb, &plain, r.backend->ctx, &err), &err);
+    struct lp_engine_params ep = rig_params(LP_DTYPE_F32, 0);
+    if (fb) CHECK_OK(lp_engine_create(&fe, r.model, fb, &ep, &err), &err);
+    if (fe) check_greedy(fe, r.vocab, ref ? "ref, engine fallback" : "cpu, engine fallback");
+    lp_engine_destroy(fe);
+    lp_backend_destroy(fb);
+    rig_close(&r);
 }
 
 static void test_backends_agree(const char *dir, const int32_t *ids, int n, double tol,
@@ -295,7 +386,9 @@ int main(void) {
         rig_close(&r);
         test_split(dirs[k], ids, 40);
         test_backends_agree(dirs[k], ids, 40, 1e-4, LP_DTYPE_F32);
+        test_greedy_ids(dirs[k], false);
     }
+    test_greedy_ids(bf16, true);
     test_backends_agree(bf16, ids, 40, 1e-2, LP_DTYPE_BF16);
     test_context_and_pool(bf16);
     return lp_test_finish("engine");

@@ -1,7 +1,10 @@
 // SPDX-License-Identifier: MIT
 // test_sampler.c -- the sampler: greedy picks the argmax, filters keep the
 // right candidates, penalties follow HF/OpenAI formulas, the same seed
-// gives the same draws, and draws follow the distribution.
+// gives the same draws, and draws follow the distribution; greedy's rule on
+// NaNs and infinities (what the device argmax must match), and which
+// samplers say they are greedy (lp_sampler_is_greedy).
+#include <math.h>
 #include <string.h>
 
 #include "layerpipe/engine.h"
@@ -134,5 +137,35 @@ int main(void) {
     p = lp_sampler_params_default();
     p.temperature = -1.0f;
     CHECK(lp_sampler_create(&s, &p, 8, &err) == LP_ERR_INVALID_ARG);
+    // greedy on NaNs and infinities: a NaN never wins, except at index 0
+    {
+        struct lp_sampler_params g = lp_sampler_params_default();
+        const float N = NAN, I = INFINITY;
+        CHECK(sample_once(g, (const float[]){N, 5}, 2, NULL, 0) == 0);
+        CHECK(sample_once(g, (const float[]){1, N, 2}, 3, NULL, 0) == 2);
+        CHECK(sample_once(g, (const float[]){N, I, 3}, 3, NULL, 0) == 0);
+        CHECK(sample_once(g, (const float[]){-I, -I, N}, 3, NULL, 0) == 0);
+        CHECK(sample_once(g, (const float[]){1, I, 2, I}, 4, NULL, 0) == 1);
+        CHECK(sample_once(g, (const float[]){-0.0f, 0.0f}, 2, NULL, 0) == 0);
+        CHECK(sample_once(g, (const float[]){2, 2, 3, 3}, 4, NULL, 0) == 2);
+    }
+    // which samplers are the plain greedy choice (no penalties, no state)
+    {
+        struct lp_sampler_params q[6];
+        for (int i = 0; i < 6; i++) q[i] = lp_sampler_params_default();
+        q[1].temperature = 0.7f;
+        q[1].top_k = 1;              // greedy by top_k
+        q[2].temperature = 0.7f;     // sampling
+        q[3].repetition_penalty = 1.1f;
+        q[4].presence_penalty = 0.5f;
+        q[5].frequency_penalty = 0.5f;
+        const bool want[6] = {true, true, false, false, false, false};
+        for (int i = 0; i < 6; i++) {
+            struct lp_sampler *g = NULL;
+            CHECK_OK(lp_sampler_create(&g, &q[i], 8, &err), &err);
+            CHECK_MSG(g && lp_sampler_is_greedy(g) == want[i], "lp_sampler_is_greedy case %d", i);
+            lp_sampler_destroy(g);
+        }
+    }
     return lp_test_finish("sampler");
 }

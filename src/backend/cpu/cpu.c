@@ -485,6 +485,23 @@ static void cpu_gather_rows(void *ctx, struct lp_buf *dst, const struct lp_buf *
         memmove(d + (int64_t)i * cols, s + (int64_t)src_row[i] * cols, (size_t)cols * sizeof(float));
 }
 
+struct cpu_argmax_args {
+    struct lp_buf *ids;
+    const struct lp_buf *x;
+    int n_rows, cols;
+};
+
+static void cpu_argmax_part(void *arg, int64_t r0, int64_t r1) {
+    const struct cpu_argmax_args *a = arg;
+    lp_host_argmax_rows(a->ids, a->x, a->n_rows, a->cols, r0, r1);
+}
+
+static void cpu_argmax_rows(void *ctx, struct lp_buf *ids, const struct lp_buf *x, int n_rows,
+                            int cols) {
+    struct cpu_argmax_args a = {.ids = ids, .x = x, .n_rows = n_rows, .cols = cols};
+    cpu_parallel_rows(ctx, n_rows, cols, cpu_argmax_part, &a);
+}
+
 // ---- device facts ----
 
 static uint64_t cpu_mem_available(void) {
@@ -567,6 +584,14 @@ static const struct lp_backend_i cpu_iface = {
     /* .gather_rows   = */ cpu_gather_rows,
     /* .sync          = */ NULL,
     /* .device_info   = */ cpu_device_info,
+    /* .batch_setup   = */ NULL,
+    /* .step_begin    = */ NULL,
+    /* .step_end      = */ NULL,
+    /* .matmul_multi  = */ NULL,
+    /* .matmul_add    = */ NULL,
+    /* .matmul_swiglu = */ NULL,
+    /* .qk_norm_rope_store = */ NULL,
+    /* .argmax_rows   = */ cpu_argmax_rows,
 };
 
 enum lp_status lp_cpu_backend_create_ex(struct lp_backend **out,

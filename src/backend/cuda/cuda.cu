@@ -978,6 +978,16 @@ static void cuda_gather_rows(void *ctx, struct lp_buf *dst, const struct lp_buf 
                 "gather_rows");
 }
 
+// The greedy ids of the logits rows (argmax.cu); inside a recorded step when
+// the engine makes it part of one (LP_STEP_ARGMAX in the key).
+static void cuda_argmax_rows(void *ctx, struct lp_buf *ids, const struct lp_buf *x, int n_rows,
+                             int cols) {
+    struct cuda_ctx *c = (struct cuda_ctx *)ctx;
+    cuda_flush(c);
+    cuda_ok(c, lp_cuda_argmax_rows(c->stream, (int32_t *)ids->d, (const float *)x->d, n_rows, cols),
+            "argmax_rows");
+}
+
 static enum lp_status cuda_sync(void *ctx, struct lp_error *err) {
     struct cuda_ctx *c = (struct cuda_ctx *)ctx;
     cuda_flush(c);
@@ -1147,6 +1157,7 @@ static const struct lp_backend_i cuda_iface = {
     /* .matmul_add    = */ cuda_matmul_add,
     /* .matmul_swiglu = */ cuda_matmul_swiglu,
     /* .qk_norm_rope_store = */ cuda_qk_norm_rope_store,
+    /* .argmax_rows   = */ cuda_argmax_rows,
 };
 
 extern "C" bool lp_backend_cuda_built(void) {

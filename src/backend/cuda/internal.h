@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: MIT
 // internal.h -- what the two halves of the CUDA backend share: cuda.cu (the
 // function table, memory, index arrays, step graphs) and kernels.cu (the
-// kernels and their launchers). C++ (nvcc) only; no public header sees it.
+// kernels and their launchers; also matmul_tc.cu and argmax.cu). C++ (nvcc)
+// only; no public header sees it.
 // Every pointer here is device memory unless its name ends in _h. Launchers
 // queue work on `stream` and return the launch's cudaError_t; they never
 // synchronize.
@@ -151,6 +152,10 @@ cudaError_t lp_cuda_silu_mul(cudaStream_t s, float *out, const float *gate, cons
 cudaError_t lp_cuda_add(cudaStream_t s, float *x, const float *y, int64_t n);
 cudaError_t lp_cuda_gather_rows(cudaStream_t s, float *dst, const float *src,
                                 const int32_t *src_row, int n, int cols);
+// argmax.cu: ids[r] = the greedy id of row r of x [n_rows, cols] (exactly
+// util/argmax.h's lp_argmax_f32), ids[n_rows + r] = the row's first NaN or
+// infinite index, -1 if none (ids: int32 [2, n_rows]).
+cudaError_t lp_cuda_argmax_rows(cudaStream_t s, int32_t *ids, const float *x, int n_rows, int cols);
 // Reads `bytes` (a multiple of 16) of src once; writes one float per warp
 // (n_blocks * 8 floats) to sink.
 cudaError_t lp_cuda_read_probe(cudaStream_t s, const void *src, size_t bytes, float *sink,

@@ -219,6 +219,11 @@ static void ref_gather_rows(void *ctx, struct lp_buf *dst, const struct lp_buf *
         memmove(d + (int64_t)i * cols, s + (int64_t)src_row[i] * cols, (size_t)cols * sizeof(float));
 }
 
+static void ref_argmax_rows(void *ctx, struct lp_buf *ids, const struct lp_buf *x, int n_rows,
+                            int cols) {
+    lp_host_argmax_rows(ids, x, n_rows, cols, 0, n_rows);
+}
+
 static const struct lp_backend_i ref_iface = {
     /* .name          = */ ref_name,
     /* .n_threads     = */ ref_n_threads,
@@ -239,6 +244,15 @@ static const struct lp_backend_i ref_iface = {
     /* .add           = */ ref_add,
     /* .gather_rows   = */ ref_gather_rows,
     /* .sync          = */ NULL,
+    /* .device_info   = */ NULL,
+    /* .batch_setup   = */ NULL,
+    /* .step_begin    = */ NULL,
+    /* .step_end      = */ NULL,
+    /* .matmul_multi  = */ NULL,
+    /* .matmul_add    = */ NULL,
+    /* .matmul_swiglu = */ NULL,
+    /* .qk_norm_rope_store = */ NULL,
+    /* .argmax_rows   = */ ref_argmax_rows,
 };
 
 enum lp_status lp_backend_ref_create(struct lp_backend **out, struct lp_error *err) {

@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: MIT
-// emu_kernels.cpp -- src/backend/cuda/kernels.cu and matmul_tc.cu compiled as
+// emu_kernels.cpp -- src/backend/cuda/kernels.cu, matmul_tc.cu and argmax.cu compiled as
 // C++ against the emulated runtime (cuda_runtime.h beside this file). The
 // kernels are renamed (the newer ones are static): a build with CUDA links
 // the real ones (their host stubs) into the same test.
@@ -19,3 +19,4 @@
 #define k_qk_norm_rope_store lp_emu_k_qk_norm_rope_store
 #include "backend/cuda/kernels.cu"
 #include "backend/cuda/matmul_tc.cu"
+#include "backend/cuda/argmax.cu"
