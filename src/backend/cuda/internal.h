@@ -82,7 +82,13 @@ static inline bool lp_cuda_mm_ok(const struct lp_cuda_weight *w) {
 cudaError_t lp_cuda_mm(cudaStream_t s, bool pdl, int epi, const float *x,
                        const struct lp_cuda_weight *const *ws, float *const *outs, int n_w, int n,
                        const float *norm_w, float *norm_out, float eps, int n_sm, void *scratch);
-size_t lp_cuda_mm_scratch_bytes(int n, int cols);
+// (inline: a build with CUDA links the emulated kernels into one test too,
+// and a function without a stream argument would be defined twice)
+static inline size_t lp_cuda_mm_scratch_bytes(int n, int cols) {
+    if (n <= 8) return 0; // the 8-token kernel makes x ready itself
+    const size_t n_pad = ((size_t)n + 31) / 32 * 32;
+    return n_pad * (size_t)cols * 4 + n_pad * ((size_t)cols / 32) * 4; // B words, x sums
+}
 
 cudaError_t lp_cuda_embed(cudaStream_t s, float *out, const struct lp_cuda_weight *w,
                           const int32_t *ids, int n);

@@ -613,12 +613,6 @@ static cudaError_t mm_dispatch(cudaStream_t s, bool pdl, struct mm_args &a, int 
     }
 }
 
-size_t lp_cuda_mm_scratch_bytes(int n, int cols) {
-    if (n <= 8) return 0; // the 8-token kernel makes x ready itself
-    const size_t n_pad = ((size_t)n + 31) / 32 * 32;
-    return n_pad * (size_t)cols * 4 + n_pad * ((size_t)cols / 32) * 4; // words, x sums
-}
-
 cudaError_t lp_cuda_mm(cudaStream_t s, bool pdl, int epi, const float *x,
                        const struct lp_cuda_weight *const *ws, float *const *outs, int n_w, int n,
                        const float *norm_w, float *norm_out, float eps, int n_sm, void *scratch) {
