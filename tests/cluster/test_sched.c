@@ -58,39 +58,18 @@ static struct lp_sched_request greedy(int i, struct got *g, int n_gen) {
 
 // ---- a pipeline and its scheduler ----
 
-struct rig {
-    struct lp_worker *workers[2];
-    struct lp_pipeline *p;
-    struct lp_sched *s;
-};
-
-static bool rig_open(struct rig *r, int n_workers, int max_seqs, int batch) {
-    memset(r, 0, sizeof *r);
+static bool rig_open(struct sched_rig *r, int n_workers, int max_seqs, int batch) {
     struct lp_error err = {0};
-    char addr[2][64];
-    const char *addrs[2];
-    for (int i = 0; i < n_workers; i++) {
-        struct lp_worker_params wp = lp_worker_params_default();
-        wp.model_dir = model_dir;
-        wp.listen = "127.0.0.1:0";
-        wp.n_threads = 1;
-        CHECK_OK(lp_worker_create(&r->workers[i], &wp, &err), &err);
-        if (!r->workers[i]) return false;
-        snprintf(addr[i], sizeof addr[i], "127.0.0.1:%d", lp_worker_port(r->workers[i]));
-        addrs[i] = addr[i];
-    }
     struct lp_pipeline_params pp = lp_pipeline_params_default();
     pp.model_dir = model_dir;
-    pp.workers = addrs;
-    pp.n_workers = n_workers;
-    pp.plan = n_workers ? "4,3,3" : NULL;
     pp.n_threads = 1;
     pp.max_batch_tokens = batch;
     pp.max_sessions = max_seqs;
     pp.max_context = 512;
     pp.timeout_ms = 20000;
-    CHECK_OK(lp_pipeline_create(&r->p, &pp, &err), &err);
-    if (!r->p) return false;
+    bool up = sched_rig_pipeline(r, n_workers, pp, &err);
+    CHECK_OK(up ? LP_OK : err.status, &err);
+    if (!up) return false;
     struct lp_sched_params sp = lp_sched_params_default();
     sp.max_waiting = 4 * N_REQ;
     CHECK_OK(lp_sched_create(&r->s, r->p, &sp, &err), &err);
@@ -116,14 +95,8 @@ static void release_on_worker(struct lp_worker *w, uint64_t session) {
     lp_rpc_channel_destroy(ch);
 }
 
-static void rig_close(struct rig *r) {
-    lp_sched_destroy(r->s);
-    lp_pipeline_destroy(r->p);
-    for (int i = 0; i < 2; i++) lp_worker_destroy(r->workers[i]);
-}
-
 // Runs requests [0, n) at once; each must finish with N_GEN tokens.
-static void run_crowd(struct rig *r, struct got *g, int n) {
+static void run_crowd(struct sched_rig *r, struct got *g, int n) {
     struct lp_error err = {0};
     for (int i = 0; i < n; i++) {
         got_init(&g[i]);
@@ -152,7 +125,7 @@ static struct got alone[N_REQ], crowd[N_REQ];
 
 // Alone, one at a time, in one process: the reference.
 static void test_reference(void) {
-    struct rig r;
+    struct sched_rig r;
     if (!rig_open(&r, 0, N_REQ, 64)) return;
     for (int i = 0; i < N_REQ; i++) {
         struct lp_error err = {0};
@@ -171,16 +144,16 @@ static void test_reference(void) {
     CHECK(st.running == 0 && st.waiting == 0 && st.kv_blocks_used == 0);
     CHECK(st.generation_tokens == 2 * N_REQ * N_GEN);
     CHECK(st.requests_finished == 2 * N_REQ && st.requests_failed == 0);
-    rig_close(&r);
+    sched_rig_close(&r);
     if (!rig_open(&r, 0, N_REQ, 5)) return;
     run_crowd(&r, crowd, N_REQ);
     check_same("one process, 16 at once, chunks of 5", alone, crowd, N_REQ);
-    rig_close(&r);
+    sched_rig_close(&r);
 }
 
 // A seeded sampling request: the same tokens alone and among others.
 static void test_seeded(void) {
-    struct rig r;
+    struct sched_rig r;
     if (!rig_open(&r, 0, 8, 64)) return;
     struct got a, b, others[7];
     struct lp_error err = {0};
@@ -204,13 +177,13 @@ static void test_seeded(void) {
     for (int i = 0; i < 7; i++) got_wait(&others[i]);
     CHECK_MSG(a.n == 32 && b.n == 32 && memcmp(a.ids, b.ids, sizeof a.ids[0] * 32) == 0,
               "seeded sampling differs in a crowd");
-    rig_close(&r);
+    sched_rig_close(&r);
 }
 
 // 16 at once through 3 stages equal the one-process requests alone; then a
 // failed step, cancel and the limits.
 static void test_pipeline(void) {
-    struct rig r;
+    struct sched_rig r;
     if (!rig_open(&r, 2, N_REQ, 64)) return;
     run_crowd(&r, crowd, N_REQ);
     check_same("3 stages, 16 at once", alone, crowd, N_REQ);
@@ -272,12 +245,12 @@ static void test_pipeline(void) {
     struct lp_sched_request rd = greedy(4, &d, 100);
     CHECK_OK(lp_sched_run(r.s, &rd, NULL, &err), &err);
     CHECK(d.n == 5 && d.stop == LP_STOP_CALLBACK);
-    rig_close(&r);
+    sched_rig_close(&r);
 }
 
 // The limits, checked before any event.
 static void test_limits(void) {
-    struct rig r;
+    struct sched_rig r;
     if (!rig_open(&r, 0, 1, 64)) return;
     struct lp_error err = {0};
     int32_t *big = calloc(600, sizeof *big);
@@ -315,13 +288,13 @@ static void test_limits(void) {
     }
     CHECK(cancelled == accepted);
     g.done = true;
-    rig_close(&r);
+    sched_rig_close(&r);
 }
 
 // A long prompt arriving while 8 streams decode is prefilled over many
 // steps, and the streams keep getting a token every step meanwhile.
 static void test_long_prompt(void) {
-    struct rig r;
+    struct sched_rig r;
     if (!rig_open(&r, 0, 9, 16)) return;
     struct lp_error err = {0};
     static struct got s8[8];
@@ -358,7 +331,7 @@ static void test_long_prompt(void) {
                   during);
     }
     CHECK(lp.status == LP_OK && lp.n == 2);
-    rig_close(&r);
+    sched_rig_close(&r);
 }
 
 // A copy of the bundled model whose final norm weights are NaN.

@@ -71,41 +71,20 @@ static struct lp_sched_request request(int i, enum kind k, struct seen *w) {
     return rq;
 }
 
-struct rig {
-    struct lp_worker *workers[2];
-    struct lp_pipeline *p;
-    struct lp_sched *s;
-};
-
 // One process (n_workers 0) or a ring of n_workers (split 4,3,3), prefill
 // chunks of `batch` tokens; device_argmax false sets LP_NO_DEVICE_ARGMAX=1
 // while the scheduler starts.
-static bool rig_open(struct rig *r, int n_workers, int batch, bool device_argmax) {
-    memset(r, 0, sizeof *r);
+static bool rig_open(struct sched_rig *r, int n_workers, int batch, bool device_argmax) {
     struct lp_error err = {0};
-    char addr[2][64];
-    const char *addrs[2];
-    for (int i = 0; i < n_workers; i++) {
-        struct lp_worker_params wp = lp_worker_params_default();
-        wp.model_dir = model_dir;
-        wp.listen = "127.0.0.1:0";
-        wp.n_threads = 1;
-        CHECK_OK(lp_worker_create(&r->workers[i], &wp, &err), &err);
-        if (!r->workers[i]) return false;
-        snprintf(addr[i], sizeof addr[i], "127.0.0.1:%d", lp_worker_port(r->workers[i]));
-        addrs[i] = addr[i];
-    }
     struct lp_pipeline_params pp = lp_pipeline_params_default();
     pp.model_dir = model_dir;
-    pp.workers = addrs;
-    pp.n_workers = n_workers;
-    pp.plan = n_workers ? "4,3,3" : NULL;
     pp.n_threads = 2;
     pp.max_batch_tokens = batch;
     pp.max_sessions = N_CROWD;
     pp.max_context = 256;
-    CHECK_OK(lp_pipeline_create(&r->p, &pp, &err), &err);
-    if (!r->p) return false;
+    bool up = sched_rig_pipeline(r, n_workers, pp, &err);
+    CHECK_OK(up ? LP_OK : err.status, &err);
+    if (!up) return false;
     struct lp_sched_params sp = lp_sched_params_default();
     if (!device_argmax) setenv("LP_NO_DEVICE_ARGMAX", "1", 1);
     CHECK_OK(lp_sched_create(&r->s, r->p, &sp, &err), &err);
@@ -113,14 +92,8 @@ static bool rig_open(struct rig *r, int n_workers, int batch, bool device_argmax
     return r->s != NULL;
 }
 
-static void rig_close(struct rig *r) {
-    lp_sched_destroy(r->s);
-    lp_pipeline_destroy(r->p);
-    for (int i = 0; i < 2; i++) lp_worker_destroy(r->workers[i]);
-}
-
 // Submits n requests at once (kinds[i] for prompt i), waits for them all.
-static void run_all(struct rig *r, const enum kind *kinds, int n, struct seen *w) {
+static void run_all(struct sched_rig *r, const enum kind *kinds, int n, struct seen *w) {
     struct lp_error err = {0};
     for (int i = 0; i < n; i++) {
         struct lp_sched_request rq = request(i, kinds[i], &w[i]);
@@ -149,11 +122,11 @@ static void test_crowd(int n_workers) {
     for (int i = 0; i < N_CROWD; i++) kinds[i] = i % 3 == 2 ? K_TOP1 : K_GREEDY;
     struct lp_sched_stats st[2];
     for (int mode = 0; mode < 2; mode++) {
-        struct rig r;
+        struct sched_rig r;
         if (!rig_open(&r, n_workers, 5, mode == 0)) return;
         run_all(&r, kinds, N_CROWD, mode == 0 ? on : off);
         lp_sched_stats(r.s, &st[mode]);
-        rig_close(&r);
+        sched_rig_close(&r);
     }
     int same = n_same(on, off, N_CROWD);
     CHECK_MSG(same == N_CROWD, "greedy crowd (%d workers): %d of %d requests give the same ids "
@@ -172,7 +145,7 @@ static void test_crowd(int n_workers) {
 
 // Each kind alone: greedy ones take greedy steps only, the others none.
 static void test_alone(void) {
-    struct rig r;
+    struct sched_rig r;
     if (!rig_open(&r, 0, 64, true)) return;
     const enum kind kinds[] = {K_GREEDY, K_TOP1, K_PENALTY, K_LOGPROBS, K_PROMPT_LOGITS};
     for (size_t k = 0; k < sizeof kinds / sizeof kinds[0]; k++) {
@@ -198,7 +171,7 @@ static void test_alone(void) {
         if (kinds[k] == K_PENALTY) // the penalty was applied: other ids than plain greedy
             CHECK(memcmp(w.got.ids, on[0].got.ids, sizeof(int32_t) * N_GEN) != 0);
     }
-    rig_close(&r);
+    sched_rig_close(&r);
 }
 
 // Every kind at once (chunks of 5): the same ids with and without the device argmax.
@@ -206,10 +179,10 @@ static void test_mix(void) {
     const enum kind kinds[N_CROWD] = {K_PENALTY, K_GREEDY,  K_LOGPROBS, K_TOP1,
                                       K_GREEDY,  K_PROMPT_LOGITS, K_GREEDY, K_GREEDY};
     for (int mode = 0; mode < 2; mode++) {
-        struct rig r;
+        struct sched_rig r;
         if (!rig_open(&r, 0, 5, mode == 0)) return;
         run_all(&r, kinds, N_CROWD, mode == 0 ? on : off);
-        rig_close(&r);
+        sched_rig_close(&r);
     }
     int same = n_same(on, off, N_CROWD);
     CHECK_MSG(same == N_CROWD, "mix: %d of %d requests give the same ids with the device argmax "
