@@ -32,12 +32,14 @@
 //               reproduce at speed; dropping it costs large-n calls ~12%.)
 //  - vnni ggml (matmul_ggml.c; GGUF Q8_0, Q4_0, Q4_K, Q5_K, Q6_K,
 //               AVX512-VNNI, columns a multiple of 256, float activations): the
-//               digits scheme on the blocks as stored (codes unpacked in
-//               registers, one FMA per 64 codes with the lane's block scale;
-//               offsets through exact x sums), the same 4 rows x 4 tokens
-//               tiles. Other GGUF shapes (and no VNNI) take the generic path.
+//               digits scheme on the blocks as stored, 16 rows at a time
+//               (the codes of each 16-row strip unpacked and transposed into
+//               scratch once per call, lane = row; a sub-block's integer dot
+//               products summed for the 16 rows, then one float step per
+//               sub-block; offsets through exact x sums), strips x 8 tokens.
+//               Other GGUF shapes (and no VNNI) take the generic path.
 //               With quantize_activations (opt-in, not exact): x rounded to
-//               int8 per group of 32, one vpdpbusd per 64 codes.
+//               int8 per group of 32, one digit instead of three.
 //  - vnni int8 (MLX 8-bit with quantize_activations, opt-in, not exact): x
 //               quantized per token and group to int8 (symmetric, scale
 //               max|x|/127), u8 x s8 dot products (vpdpbusd): dot = sum_g sw_g *
@@ -502,6 +504,7 @@ void lp_cpu_matmul(struct lp_cpu_ctx *ctx, float *out, const float *x, const str
     int64_t rpc = w->rows / ((int64_t)nth * 8);
     rpc = (rpc + 3) / 4 * 4;
     if (rpc < LP_MM_ROWS_MIN) rpc = LP_MM_ROWS_MIN;
+    if (phase1 == MM_P1_GGML) rpc = (rpc + 15) / 16 * 16; // whole 16-row strips (matmul_ggml.c)
 
     // Tokens per pass: all of them unless phase 1 needs more scratch (at least
     // LP_MM_SCRATCH_T tokens fit: weight_upload reserved them). How the

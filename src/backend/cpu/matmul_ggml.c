@@ -1,38 +1,31 @@
 // SPDX-License-Identifier: MIT
 // matmul_ggml.c -- the exact VNNI kernels of GGUF Q8_0, Q4_0, Q4_K, Q5_K and
 // Q6_K weights (float activations), for every token count, reading the blocks as
-// the file stores them (no repacking: the weights stay the model's mmap).
+// the file stores them (the weights stay the model's mmap; each call decodes
+// 16 rows at a time into per-thread scratch, see the strips below).
 // The digits scheme of matmul_digits.c: each token's x is split per call
 // into three int8 digits per group of 32 (error ~2^-22 of the group's max
-// |x|), u8 x s8 dot products (vpdpbusd) are exact in int32, then one float
-// FMA per 64 codes with the lane's weight scale times x scale. Chosen by
-// matmul.c when AVX512-VNNI is present and the columns are a multiple of
-// 256; other shapes take the portable dequantize-a-row path.
+// |x|), u8 x s8 dot products (vpdpbusd) are exact in int32, then float
+// scaling once per weight sub-block. Chosen by matmul.c when AVX512-VNNI is
+// present and the columns are a multiple of 256; other shapes take the
+// portable dequantize-a-row path.
 //
 // Every format is read 256 columns at a time (a "super-block": one Q4_K /
 // Q5_K / Q6_K block, eight Q8_0 / Q4_0 blocks) as four vectors of 64
-// unsigned codes (in column order; Q4_K / Q5_K in nibble order, and their x
-// digits follow that order) plus one vector ws of 16 float scales:
+// unsigned codes (in column order) plus one vector ws of 16 float scales:
 //   Q8_0: codes q + 128; ws = [d0..d3, -128 d0..d3, d4..d7, -128 d4..d7]
 //   Q4_0: codes q;       ws = [d0..d3, -8 d0..d3, d4..d7, -8 d4..d7]
 //   Q4_K, Q5_K: codes q; ws = [d sc0..3, -dmin m0..3, d sc4..7, -dmin m4..7]
 //   Q6_K: codes q;       ws = [d sc0 .. d sc15] (the -32 lives on the x side)
-// so that w[c] = ws[scale lane of c] * code[c] + (the offset term), and per
-// token the prep (lp_mm_ggml_prep) leaves, per super-block, sxv (the x
-// scale under each scale lane, 0 under offset lanes) and xsv (the x sums
-// under each offset lane, times 2^14: sums of 32 under the -128 d / -8 d /
-// -dmin m lanes; Q6_K: -32 x sums of 16 under every lane).
-// Per super-block, row r and token t:
-//   tot += ws * xsv                                   (the offsets, exact x sums)
-//   for z = 0..3: a = ((q.d0) * 128 + q.d1) * 128 + q.d2   (int32, exact)
-//                 tot += float(a) * permute(ws * sxv, idx_z)
-// and out[t, r] = hsum(tot * 2^-14) by one fixed tree. Lane sums cover 4
-// codes of one group: |a| <= 4 * 255 * (127 * 16384 + 64 * 128 + 64) < 2^31.
+// so that w[c] = S_j * code[c] + O_j (S_j a scale lane, O_j the offset lane
+// of c's sub-block j, times the x sums of the prep). 16 rows' vectors are
+// transposed (lane = row) once per call, and the integer dot products of a
+// whole sub-block are summed for 16 rows at a time before any float step.
 // The sequence of float operations of each output depends on its row and
 // token only: the same bits whatever the batch, tile, thread or chunking.
 // With quantize_activations (opt-in, not exact) only the first digit is
 // used: x rounded to int8 per group of 32 (scale max|x| / 127), the int8
-// activations llama.cpp's kernels use too; one vpdpbusd per 64 codes.
+// activations llama.cpp's kernels use too.
 #include <math.h>
 #include <string.h>
 
@@ -44,79 +37,53 @@
 #define GG_SB 256         // columns per super-block
 #define GG_X_SCALE 16384.0f // 2^14: the digits' integer unit
 
-// Bytes of one super-block of type t (8 Q8_0 / Q4_0 blocks, else one block).
-static inline int gg_sb_bytes(enum lp_ggml_type t) {
-    return lp_ggml_block_elems(t) == 32 ? 8 * lp_ggml_block_bytes(t) : lp_ggml_block_bytes(t);
-}
-
-// Q4_K and Q5_K read their codes in nibble order (see gg_codes).
-static inline bool gg_nibble_order(enum lp_ggml_type t) {
-    return t == LP_GGML_Q4_K || t == LP_GGML_Q5_K;
-}
-
-// ---- x: digits and per-super-block vectors ---------------------------------
+// ---- x: digits, x scales and offset sums -----------------------------------
 
 // Per token: digits [cols / 64][3][64] (lp_mm_digits_prep's 8-bit layout,
-// groups of 32, in the order of the weight's code vectors), then sv
-// [cols / 256][sxv 16, xsv 16] floats, then scratch for the group sums and
-// scales [cols / 32] each. A multiple of 64 bytes.
+// groups of 32, natural column order), then floats: sxm [cols / 32] (the x
+// scale of each group of 32, times 2^14 for the one-digit kernels), sums
+// [cols / 256][16] (per weight sub-block, the x sum times 2^14 and the
+// type's offset factor: see lp_mm_ggml_prep), then scratch for the group
+// sums and scales [cols / 32] each. A multiple of 64 bytes.
 int64_t lp_mm_ggml_token_bytes(int64_t cols) { return 3 * cols + cols / 2 + cols / 4; }
 
-// Q4_K's code vectors hold, per 128 columns, the 32-column chunks 0 and 2
-// (low nibbles), then 1 and 3 (high nibbles): chunk k of a 128 sits at
-// position gg_q4k_pos[k] (its own inverse).
-static const int gg_q4k_pos[4] = {0, 2, 1, 3};
-
-// The sum of x's first digits over columns [c, c + n) of natural-order
-// digits xd, times the group's scale sx: the sum of x as rounded to int8.
+// The sum of x's first digits over columns [c, c + n) of digits xd, times
+// the group's scale sx: the sum of x as rounded to int8.
 static float gg_rounded_sum(const int8_t *xd, int64_t c, int n, float sx) {
     int s = 0;
     for (int64_t i = c; i < c + n; i++) s += xd[(i / LP_MM_DG_BLK) * 3 * LP_MM_DG_BLK + i % LP_MM_DG_BLK];
     return sx * (float)s;
 }
 
+// sums[16 b + j] for sub-block j of super-block b (groups of 32: j < 8, the
+// rest 0; Q6_K: 16 sub-blocks of 16):
+//   Q8_0 / Q4_0: 2^14 x sum of block j, of the rounded x with int8_x (the
+//                offset, -128 d / -8 d, is the codes' own and must cancel);
+//   Q4_K / Q5_K: 2^14 x exact sum of sub-block j (the min is the weight's);
+//   Q6_K:        -32 x 2^14 x sum of sub-block j (rounded with int8_x).
 LP_VNNI void lp_mm_ggml_prep(const float *x, int64_t cols, enum lp_ggml_type t, bool int8_x,
                              int8_t *xd) {
-    float *sv = (float *)(xd + 3 * cols);
-    float *xsum = sv + cols / 8, *xs = xsum + cols / 32; // per group of 32, in code order
-    if (gg_nibble_order(t)) {
-        for (int64_t c = 0; c < cols; c += 128) {
-            float tmp[128];
-            for (int k = 0; k < 4; k++) memcpy(tmp + 32 * gg_q4k_pos[k], x + c + 32 * k, 128);
-            lp_mm_digits_prep(tmp, 128, 32, 0, xd + 3 * c, xsum + c / 32, xs + c / 32);
-        }
-    } else {
-        lp_mm_digits_prep(x, cols, 32, 0, xd, xsum, xs);
-    }
+    float *sxm = (float *)(xd + 3 * cols), *sums = sxm + cols / 32;
+    float *xsum = sums + cols / 16, *xs = xsum + cols / 32;
+    lp_mm_digits_prep(x, cols, 32, 0, xd, xsum, xs);
+    for (int64_t g = 0; g < cols / 32; g++) sxm[g] = int8_x ? xs[g] * GG_X_SCALE : xs[g];
+    bool rounded = int8_x && t != LP_GGML_Q4_K && t != LP_GGML_Q5_K;
     for (int64_t b = 0; b < cols / GG_SB; b++) {
-        float *sxv = sv + 32 * b, *xsv = sxv + 16;
-        const float *gs = xs + 8 * b, *gsum = xsum + 8 * b;
-        if (t == LP_GGML_Q6_K) { // 16 lanes = the 16 sub-blocks of 16
-            const float *xb = x + b * GG_SB;
+        float *sb = sums + 16 * b;
+        if (t == LP_GGML_Q6_K) {
             for (int j = 0; j < 16; j++) {
+                int64_t c = b * GG_SB + 16 * j;
                 float s = 0.0f;
-                if (int8_x) { // the offset's sum must be of the same x as the dot's
-                    s = gg_rounded_sum(xd, b * GG_SB + 16 * j, 16, gs[j / 2]);
-                } else {
-                    for (int i = 0; i < 16; i++) s += xb[16 * j + i];
-                }
-                sxv[j] = gs[j / 2];
-                xsv[j] = -32.0f * GG_X_SCALE * s;
+                if (rounded) s = gg_rounded_sum(xd, c, 16, xs[c / 32]);
+                else for (int i = 0; i < 16; i++) s += x[c + i];
+                sb[j] = -32.0f * GG_X_SCALE * s;
             }
             continue;
         }
-        for (int j = 0; j < 16; j++) { // lanes [scale 0-3, offset 0-3, scale 4-7, offset 4-7]
-            int g = (j / 8) * 4 + j % 4; // the group (sub-block) in column order
-            if (gg_nibble_order(t)) g = (g / 4) * 4 + gg_q4k_pos[g % 4];
-            bool offset = (j / 4) % 2 == 1;
-            // Q8_0 / Q4_0: the offset (-128 d, -8 d) is the codes' own; with
-            // int8 x its sum must be of the rounded x to cancel. Q4_K / Q5_K:
-            // the min is the weight's; the exact sum is the better one.
-            float sum = int8_x && !gg_nibble_order(t)
-                            ? gg_rounded_sum(xd, b * GG_SB + 32 * g, 32, gs[g])
-                            : gsum[g];
-            sxv[j] = offset ? 0.0f : gs[g];
-            xsv[j] = offset ? GG_X_SCALE * sum : 0.0f;
+        for (int j = 0; j < 8; j++) {
+            int64_t g = 8 * b + j;
+            sb[j] = GG_X_SCALE * (rounded ? gg_rounded_sum(xd, 32 * g, 32, xs[g]) : xsum[g]);
+            sb[8 + j] = 0.0f;
         }
     }
 }
@@ -137,9 +104,23 @@ LP_INLINE LP_VNNI float gg_f16(const uint8_t *p) {
 // Q8_0 / Q4_0: eight blocks of bb bytes, d first; the offset lanes hold
 // -off * d (the codes are q + off).
 LP_INLINE LP_VNNI __m512 gg_scales_q32(const uint8_t *p, int bb, float off) {
-    uint16_t h[8];
-    for (int k = 0; k < 8; k++) h[k] = (uint16_t)(p[bb * k] | (unsigned)p[bb * k + 1] << 8);
-    __m256 d = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)h));
+    // the eight d (16-bit words bb / 2 apart) picked out of 64-byte loads by
+    // word permutes (eight scalar loads and inserts cost twice as much)
+    __m128i h;
+    if (bb == 18) { // Q4_0: words 0, 9, .., 63 of p[0 .. 127]
+        const __m512i idx = _mm512_set_epi16(0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+                                             0, 0, 0, 0, 0, 63, 54, 45, 36, 27, 18, 9, 0);
+        h = _mm512_castsi512_si128(
+            _mm512_permutex2var_epi16(_mm512_loadu_si512(p), idx, _mm512_loadu_si512(p + 64)));
+    } else { // Q8_0: words 0, 17, 34, 51 of p[0 .. 127] and of p[136 .. 263]
+        const __m512i idx = _mm512_set_epi16(0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+                                             0, 0, 0, 0, 0, 0, 0, 0, 0, 51, 34, 17, 0);
+        __m512i a = _mm512_permutex2var_epi16(_mm512_loadu_si512(p), idx, _mm512_loadu_si512(p + 64));
+        __m512i b = _mm512_permutex2var_epi16(_mm512_loadu_si512(p + 4 * bb), idx,
+                                              _mm512_loadu_si512(p + 4 * bb + 64));
+        h = _mm_unpacklo_epi64(_mm512_castsi512_si128(a), _mm512_castsi512_si128(b));
+    }
+    __m256 d = _mm256_cvtph_ps(h);
     const __m512i sel = _mm512_set_epi32(7, 6, 5, 4, 7, 6, 5, 4, 3, 2, 1, 0, 3, 2, 1, 0);
     __m512 mul = _mm512_mask_blend_ps(0xf0f0, _mm512_set1_ps(1.0f), _mm512_set1_ps(-off));
     return _mm512_mul_ps(_mm512_permutexvar_ps(sel, _mm512_castps256_ps512(d)), mul);
@@ -161,39 +142,6 @@ LP_INLINE LP_VNNI __m512 gg_scales_q4_k(const uint8_t *p) {
     return _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(b)), f);
 }
 
-// gg_scales_q4_k of four super-blocks at once (a 4-row tile's): the 16
-// leading bytes (d, dmin, scales) of each in a 128-bit lane, dwords [d |
-// dmin, u0, u1, u2] -> [sc03, m03, sc47, m47] as above; the same values.
-LP_INLINE LP_VNNI void gg_scales_q4_k_x4(const uint8_t *const *p, __m512 *ws) {
-    __m512i v = _mm512_castsi128_si512(_mm_loadu_si128((const __m128i *)p[0]));
-    v = _mm512_inserti32x4(v, _mm_loadu_si128((const __m128i *)p[1]), 1);
-    v = _mm512_inserti32x4(v, _mm_loadu_si128((const __m128i *)p[2]), 2);
-    v = _mm512_inserti32x4(v, _mm_loadu_si128((const __m128i *)p[3]), 3);
-    __m512i a = _mm512_shuffle_epi32(v, _MM_SHUFFLE(3, 3, 2, 1)); // [u0, u1, u2, u2]
-    __m512i b = _mm512_shuffle_epi32(v, _MM_SHUFFLE(2, 1, 2, 1)); // [u0, u1, u0, u1]
-    __m512i lo = _mm512_and_si512(
-        _mm512_srlv_epi32(a, _mm512_set4_epi32(4, 0, 0, 0)),
-        _mm512_set4_epi32(0x0f0f0f0f, 0x0f0f0f0f, 0x3f3f3f3f, 0x3f3f3f3f));
-    __m512i hi = _mm512_and_si512(_mm512_srli_epi32(b, 2),
-                                  _mm512_set4_epi32(0x30303030, 0x30303030, 0, 0));
-    __m512i sm = _mm512_or_si512(lo, hi);
-    // [d0, -dmin0, d1, -dmin1, ...] from the words 0, 1 of each lane
-    __m512i w = _mm512_permutexvar_epi16(
-        _mm512_set_epi16(0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-                         25, 24, 17, 16, 9, 8, 1, 0),
-        v);
-    __m256 dd = _mm256_xor_ps(_mm256_cvtph_ps(_mm512_castsi512_si128(w)),
-                              _mm256_set_ps(-0.0f, 0, -0.0f, 0, -0.0f, 0, -0.0f, 0));
-    __m512 ddz = _mm512_castps256_ps512(dd);
-    __m128i l4[4] = {_mm512_extracti32x4_epi32(sm, 0), _mm512_extracti32x4_epi32(sm, 1),
-                     _mm512_extracti32x4_epi32(sm, 2), _mm512_extracti32x4_epi32(sm, 3)};
-    for (int r = 0; r < 4; r++) {
-        __m512i idx = _mm512_mask_blend_epi32(0xf0f0, _mm512_set1_epi32(2 * r), _mm512_set1_epi32(2 * r + 1));
-        ws[r] = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(l4[r])),
-                              _mm512_permutexvar_ps(idx, ddz));
-    }
-}
-
 // Q6_K: 16 int8 scales times d.
 LP_INLINE LP_VNNI __m512 gg_scales_q6_k(const uint8_t *p) {
     __m512 sc = _mm512_cvtepi32_ps(
@@ -206,15 +154,15 @@ LP_INLINE LP_VNNI __m512i gg_counts(short a, short b) {
     return _mm512_inserti64x4(_mm512_set1_epi16(a), _mm256_set1_epi16(b), 1);
 }
 
-// Code vector z (0..3) of a super-block, 64 unsigned codes:
+// Code vector z (0..3) of a super-block: the 64 unsigned codes of columns
+// 64z .. 64z + 63, in column order:
 //   Q8_0: blocks 2z and 2z + 1, q + 128 (vpdpbusd wants unsigned);
 //   Q4_0: blocks 2z and 2z + 1, each its 16 low then 16 high nibbles;
-//   Q4_K: the low (z even) or high (z odd) nibbles of qs[64 (z / 2) ..], chunks
-//         (0, 2) or (1, 3) of their 128 columns (see gg_q4k_pos);
-//   Q5_K: as Q4_K, plus bit s of qh[l] (l = byte % 32, s the byte's
-//         sub-block: 4 (z / 2) + z % 2, + 2 in the upper 256 bits) as 16;
-//   Q6_K: columns 64z .. 64z + 63: ql's nibbles of half z / 2 and qh's two
-//         bits, moved to bits 4-5 by a shift per 256-bit half.
+//   Q4_K: the low, then the high nibbles of qs[32z .. 32z + 31];
+//   Q5_K: as Q4_K, plus bit 2z (low half) or 2z + 1 (high half) of qh[l]
+//         (l = column % 32) as 16;
+//   Q6_K: ql's nibbles of half z / 2 and qh's two bits, moved to bits 4-5 by
+//         a shift per 256-bit half.
 LP_INLINE LP_VNNI __m512i gg_codes(enum lp_ggml_type T, const uint8_t *p, int z) {
     if (T == LP_GGML_Q8_0) {
         __m256i a = _mm256_loadu_si256((const __m256i *)(p + 68 * z + 2));
@@ -232,13 +180,13 @@ LP_INLINE LP_VNNI __m512i gg_codes(enum lp_ggml_type T, const uint8_t *p, int z)
     }
     if (T == LP_GGML_Q4_K || T == LP_GGML_Q5_K) {
         int qs = T == LP_GGML_Q4_K ? GGML_Q4_K_QS : GGML_Q5_K_QS;
-        __m512i v = _mm512_loadu_si512(p + qs + 64 * (z / 2));
-        __m512i c = _mm512_and_si512(z % 2 ? _mm512_srli_epi16(v, 4) : v, k15);
+        __m256i b = _mm256_loadu_si256((const __m256i *)(p + qs + 32 * z));
+        __m512i c = _mm512_and_si512(
+            _mm512_inserti64x4(_mm512_castsi256_si512(b), _mm256_srli_epi16(b, 4), 1), k15);
         if (T == LP_GGML_Q4_K) return c;
-        short s = (short)(4 * (z / 2) + z % 2);
         __m512i q = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(p + GGML_Q5_K_QH)));
-        __m512i bit = _mm512_and_si512(_mm512_srlv_epi16(q, gg_counts(s, (short)(s + 2))),
-                                       _mm512_set1_epi8(1));
+        __m512i bit = _mm512_and_si512(
+            _mm512_srlv_epi16(q, gg_counts((short)(2 * z), (short)(2 * z + 1))), _mm512_set1_epi8(1));
         return _mm512_or_si512(c, _mm512_slli_epi16(bit, 4));
     }
     __m512i l = _mm512_loadu_si512(p + 64 * (z / 2));
@@ -258,161 +206,228 @@ LP_INLINE LP_VNNI __m512 gg_scales(enum lp_ggml_type T, const uint8_t *p) {
     }
 }
 
-// The scale lane of each 4-code lane of code vector z.
-LP_INLINE LP_VNNI __m512i gg_idx(enum lp_ggml_type T, int z) {
-    if (T == LP_GGML_Q6_K) // 16-column sub-blocks: lane i -> 4z + i / 4
-        return _mm512_add_epi32(_mm512_set1_epi32(4 * z),
-                                _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0));
-    // groups (sub-blocks) of 32: lanes 0-7 group ga, 8-15 group gb; ws holds
-    // group g at lane g (g < 4) or g + 4
-    int ga = gg_nibble_order(T) ? 4 * (z / 2) + z % 2 : 2 * z, gb = gg_nibble_order(T) ? ga + 2 : ga + 1;
-    ga += ga < 4 ? 0 : 4;
-    gb += gb < 4 ? 0 : 4;
-    return _mm512_mask_blend_epi32(0xff00, _mm512_set1_epi32(ga), _mm512_set1_epi32(gb));
+// ---- strips: 16 weight rows, decoded once per call, lane = row ----------------
+//
+// A strip's codes are transposed so that lane r of a vector holds row r's
+// four codes of one column quad: per super-block b, vector 16z + i holds
+// columns 64z + 4i .. 64z + 4i + 3 of the 16 rows (in column order), then 16
+// scale vectors, lane r of vector k = lane k of row r's ws (gg_scales). A
+// vpdpbusd of vector 16z + i with one broadcast quad of x digits adds one
+// column quad to all 16 rows at once, so a weight sub-block's integer dot
+// products of all 16 rows take 8 (Q6_K: 4) vpdpbusd per digit, and the
+// float work per sub-block (conversion and scaling) is done once for 16 rows
+// instead of once per 64 codes per row.
+//
+// Per row r (a lane), token t and sub-block j of super-block b (32 columns,
+// Q6_K 16; in column order), ND = 3:
+//   A0 = sum q . d0,  A12 = (sum q . d1) * 128 + sum q . d2     (int32, exact)
+//   F  = float(A0) * 2^14 + float(A12)
+//   tot += F * (S_j * sx_g)   (S_j the sub-block's scale lane, sx_g the x
+//                              scale of the group of 32 holding it)
+//   tot += O_j * sums_j       (the offset: O_j the offset lane, sums the
+//                              prep's x sums; Q6_K: O_j = S_j)
+// and out[t, r] = tot * 2^-14. |A0|, |A1| <= 32 * 255 * 127 < 2^20 and |A12|
+// < 2^28: no overflow. ND = 1: F = float(A0) (sx carries the 2^14). Each
+// lane's float steps depend on its row and token only (no lane reduction at
+// all): the same bits whatever the batch, tile, thread or chunking.
+#define GS_ROWS 16    // rows per strip (one per lane)
+#define GS_SB_VECS 80 // vectors per super-block of a strip: 64 code, 16 scale
+
+// In-place transpose of 16 x 16 32-bit elements: lane r of v[k] <- lane k of v[r].
+LP_INLINE LP_VNNI void gs_tr16(__m512i *v) {
+    __m512i t[16];
+    for (int i = 0; i < 8; i++) {
+        t[2 * i] = _mm512_unpacklo_epi32(v[2 * i], v[2 * i + 1]);
+        t[2 * i + 1] = _mm512_unpackhi_epi32(v[2 * i], v[2 * i + 1]);
+    }
+    for (int i = 0; i < 4; i++) {
+        v[4 * i] = _mm512_unpacklo_epi64(t[4 * i], t[4 * i + 2]);
+        v[4 * i + 1] = _mm512_unpackhi_epi64(t[4 * i], t[4 * i + 2]);
+        v[4 * i + 2] = _mm512_unpacklo_epi64(t[4 * i + 1], t[4 * i + 3]);
+        v[4 * i + 3] = _mm512_unpackhi_epi64(t[4 * i + 1], t[4 * i + 3]);
+    }
+    for (int i = 0; i < 2; i++) {
+        for (int k = 0; k < 4; k++) {
+            t[8 * i + k] = _mm512_shuffle_i32x4(v[8 * i + k], v[8 * i + 4 + k], 0x88);
+            t[8 * i + 4 + k] = _mm512_shuffle_i32x4(v[8 * i + k], v[8 * i + 4 + k], 0xdd);
+        }
+    }
+    for (int k = 0; k < 8; k++) {
+        v[k] = _mm512_shuffle_i32x4(t[k], t[8 + k], 0x88);
+        v[8 + k] = _mm512_shuffle_i32x4(t[k], t[8 + k], 0xdd);
+    }
 }
 
-// ---- tiles: RB weight rows x NT tokens ----------------------------------------
+// Bytes of one super-block of type T, as a constant.
+LP_INLINE int gs_sbb(enum lp_ggml_type T) {
+    switch (T) {
+    case LP_GGML_Q8_0: return 8 * 34;
+    case LP_GGML_Q4_0: return 8 * 18;
+    case LP_GGML_Q4_K: return 144;
+    case LP_GGML_Q5_K: return 176;
+    case LP_GGML_Q6_K: return 210;
+    }
+    return 0;
+}
 
-// wsc: when not NULL, this tile's rows' ws vectors [RB][nsb] in the row
-// block's cache: written by the block's first token tile (pf), read by the
-// others (the same values gg_scales computes, so no output changes).
-// ND: digits of x used: 3 (exact), or 1 (x rounded to int8 per group of
-// 32, the quantize_activations mode: a = q.d0 alone, its 2^14 folded into
-// the multipliers).
-LP_INLINE LP_VNNI void gg_tile(enum lp_ggml_type T, int ND, int RB, int NT,
-                               const struct mm_task *tk, int64_t r0, int t0, bool pf,
-                               __m512 *wsc) {
-    const struct lp_weight *w = tk->w;
-    int64_t cols = w->cols, rb = mm_row_bytes(w), nsb = cols / GG_SB;
-    int sbb = gg_sb_bytes(T);
-    const int8_t *xd[LP_MM_DG_NT];
-    const float *sv[LP_MM_DG_NT];
+// Super-block b of the 16 rows from row0 (rb bytes apart) into dst
+// [GS_SB_VECS]; rows >= nr read as zero. Prefetches the same super-block of
+// the next strip into L2 as it goes, so that DRAM streams while the tiles
+// compute.
+LP_INLINE LP_VNNI void gs_decode(enum lp_ggml_type T, const uint8_t *row0, int64_t rb, int nr,
+                                 int64_t b, __m512i *dst) {
+    const int sbb = gs_sbb(T);
+    const uint8_t *p0 = row0 + b * sbb;
+    __m512i v[GS_ROWS];
+#pragma GCC unroll 4
+    for (int z = 0; z < 4; z++) {
+        if (nr == GS_ROWS) {
+            const uint8_t *q = p0; // one running pointer (16 row offsets spill)
+#pragma GCC unroll 16
+            for (int r = 0; r < GS_ROWS; r++, q += rb) {
+                if (z == r % 4) // spread over the four passes
+#pragma GCC unroll 4
+                    for (int off = 0; off < sbb; off += 64)
+                        _mm_prefetch((const char *)q + GS_ROWS * rb + off, _MM_HINT_T1);
+                v[r] = gg_codes(T, q, z);
+            }
+        } else {
+            for (int r = 0; r < GS_ROWS; r++)
+                v[r] = r < nr ? gg_codes(T, p0 + r * rb, z) : _mm512_setzero_si512();
+        }
+        gs_tr16(v);
+#pragma GCC unroll 16
+        for (int i = 0; i < 16; i++) _mm512_store_si512(dst + 16 * z + i, v[i]);
+    }
+    if (nr == GS_ROWS) {
+        const uint8_t *q = p0;
+#pragma GCC unroll 16
+        for (int r = 0; r < GS_ROWS; r++, q += rb) v[r] = _mm512_castps_si512(gg_scales(T, q));
+    } else {
+        for (int r = 0; r < GS_ROWS; r++)
+            v[r] = r < nr ? _mm512_castps_si512(gg_scales(T, p0 + r * rb)) : _mm512_setzero_si512();
+    }
+    gs_tr16(v);
+#pragma GCC unroll 16
+    for (int i = 0; i < 16; i++) _mm512_store_si512(dst + 64 + i, v[i]);
+}
+
+// Four int8 x digits (one column quad) in every 32-bit lane.
+LP_INLINE LP_VNNI __m512i gs_quad(const int8_t *p) {
+    int32_t q;
+    memcpy(&q, p, 4);
+    return _mm512_set1_epi32(q);
+}
+
+// Super-block b (decoded: sbv) of the strip at rows r0 .. r0 + nr - 1 of
+// tk->w against tokens t0 .. t0 + NT - 1: their accumulators come from and
+// go back to tb [NT] (exact copies; b == 0 starts them at 0), and after the
+// last super-block the outputs are stored.
+LP_INLINE LP_VNNI void gs_tile(enum lp_ggml_type T, int ND, int NT, const struct mm_task *tk,
+                               const __m512i *sbv, int64_t b, __m512 *tb, int64_t r0, int nr,
+                               int t0) {
+    const int NG = T == LP_GGML_Q6_K ? 16 : 8; // weight sub-blocks per super-block
+    const int NS = 64 / NG;                    // column quads per sub-block
+    int64_t cols = tk->w->cols, nsb = cols / GG_SB;
+    const int8_t *xd[8];
+    const float *sxm[8], *sums[8];
+    __m512 tot[8];
     for (int t = 0; t < NT; t++) {
         xd[t] = tk->xq + (int64_t)(t0 + t) * tk->dg_stride;
-        sv[t] = (const float *)(xd[t] + 3 * cols);
+        sxm[t] = (const float *)(xd[t] + 3 * cols);
+        sums[t] = sxm[t] + cols / 32;
+        tot[t] = b == 0 ? _mm512_setzero_ps() : _mm512_load_ps(tb + t);
     }
-    const uint8_t *rowp[LP_MM_DG_RB];
-    __m512 tot[LP_MM_DG_RB][LP_MM_DG_NT];
-    for (int r = 0; r < RB; r++) {
-        rowp[r] = (const uint8_t *)w->data + (r0 + r) * rb;
-        for (int t = 0; t < NT; t++) tot[r][t] = _mm512_setzero_ps();
-    }
-    // ws * sxv per row and token: read through the permutes from memory (in
-    // registers with the 16 accumulators they would spill)
-    float mul[LP_MM_DG_RB][LP_MM_DG_NT][16] __attribute__((aligned(64)));
-    for (int64_t b = 0; b < nsb; b++) {
-        __m512 ws[LP_MM_DG_RB];
-        const uint8_t *p[LP_MM_DG_RB];
-        for (int r = 0; r < RB; r++) {
-            p[r] = rowp[r] + b * sbb;
-            if (pf) // the next row block, into L2 (see matmul_digits.c)
-                for (int off = 0; off < sbb; off += 64)
-                    _mm_prefetch((const char *)p[r] + off + RB * rb, _MM_HINT_T1);
-        }
-        if (wsc && !pf) {
-            for (int r = 0; r < RB; r++) ws[r] = wsc[r * nsb + b];
-        } else {
-            if (gg_nibble_order(T) && RB == 4) gg_scales_q4_k_x4(p, ws);
-            else for (int r = 0; r < RB; r++) ws[r] = gg_scales(T, p[r]);
-            if (wsc) for (int r = 0; r < RB; r++) wsc[r * nsb + b] = ws[r];
-        }
-        for (int r = 0; r < RB; r++) {
+    const __m512 *sc = (const __m512 *)(sbv + 64);
+    for (int j = 0; j < NG; j++) {
+        int c = j * (GG_SB / NG), z = c / 64, i0 = c % 64 / 4;
+        // ws lanes: Q6_K [S0 .. S15]; else [S0-3, O0-3, S4-7, O4-7]
+        int ls = NG == 16 ? j : j < 4 ? j : j + 4, lo = NG == 16 ? j : ls + 4;
+        const __m512i *wq = sbv + 16 * z + i0;
+        int64_t xo = (4 * b + z) * 3 * LP_MM_DG_BLK + 4 * i0;
+        __m512i a0[8], a1[8];
+        for (int t = 0; t < NT; t++) a0[t] = a1[t] = _mm512_setzero_si512();
+        for (int s = 0; s < NS; s++) {
+            __m512i wv = _mm512_load_si512(wq + s);
             for (int t = 0; t < NT; t++) {
-                const float *s = sv[t] + 32 * b;
-                __m512 m = _mm512_mul_ps(ws[r], _mm512_loadu_ps(s));
-                if (ND == 1) m = _mm512_mul_ps(m, _mm512_set1_ps(GG_X_SCALE));
-                _mm512_store_ps(mul[r][t], m);
-                tot[r][t] = _mm512_fmadd_ps(ws[r], _mm512_loadu_ps(s + 16), tot[r][t]);
+                a0[t] = _mm512_dpbusd_epi32(a0[t], wv, gs_quad(xd[t] + xo + 4 * s));
+                if (ND == 3)
+                    a1[t] = _mm512_dpbusd_epi32(a1[t], wv, gs_quad(xd[t] + xo + LP_MM_DG_BLK + 4 * s));
             }
         }
-#pragma GCC unroll 4
-        for (int z = 0; z < 4; z++) {
-            __m512i q[LP_MM_DG_RB];
-            for (int r = 0; r < RB; r++) q[r] = gg_codes(T, p[r], z);
-            __m512i idx = gg_idx(T, z);
-            for (int t = 0; t < NT; t++) {
-                const int8_t *blk = xd[t] + (4 * b + z) * 3 * LP_MM_DG_BLK;
-                __m512i d0 = _mm512_loadu_si512(blk), d1 = d0, d2 = d0;
-                if (ND == 3) {
-                    d1 = _mm512_loadu_si512(blk + LP_MM_DG_BLK);
-                    d2 = _mm512_loadu_si512(blk + 2 * LP_MM_DG_BLK);
-                }
-                for (int r = 0; r < RB; r++) {
-                    __m512i a = _mm512_dpbusd_epi32(_mm512_setzero_si512(), q[r], d0);
-                    if (ND == 3) {
-                        a = _mm512_dpbusd_epi32(_mm512_slli_epi32(a, 7), q[r], d1);
-                        a = _mm512_dpbusd_epi32(_mm512_slli_epi32(a, 7), q[r], d2);
-                    }
-                    tot[r][t] = _mm512_fmadd_ps(
-                        _mm512_cvtepi32_ps(a), _mm512_permutexvar_ps(idx, _mm512_load_ps(mul[r][t])),
-                        tot[r][t]);
-                }
+        if (ND == 3) {
+            for (int t = 0; t < NT; t++) a1[t] = _mm512_slli_epi32(a1[t], 7);
+            for (int s = 0; s < NS; s++) {
+                __m512i wv = _mm512_load_si512(wq + s);
+                for (int t = 0; t < NT; t++)
+                    a1[t] = _mm512_dpbusd_epi32(a1[t], wv,
+                                                gs_quad(xd[t] + xo + 2 * LP_MM_DG_BLK + 4 * s));
             }
         }
+        __m512 S = sc[ls], O = sc[lo];
+        int64_t g = 8 * b + c / 32;
+        for (int t = 0; t < NT; t++) {
+            __m512 f = ND == 3 ? _mm512_fmadd_ps(_mm512_cvtepi32_ps(a0[t]), _mm512_set1_ps(GG_X_SCALE),
+                                                 _mm512_cvtepi32_ps(a1[t]))
+                               : _mm512_cvtepi32_ps(a0[t]);
+            tot[t] = _mm512_fmadd_ps(f, _mm512_mul_ps(S, _mm512_set1_ps(sxm[t][g])), tot[t]);
+            tot[t] = _mm512_fmadd_ps(O, _mm512_set1_ps(sums[t][16 * b + j]), tot[t]);
+        }
     }
+    if (b < nsb - 1) {
+        for (int t = 0; t < NT; t++) _mm512_store_ps(tb + t, tot[t]);
+        return;
+    }
+    __mmask16 m = nr == GS_ROWS ? (__mmask16)0xffff : (__mmask16)((1u << nr) - 1u);
     const __m512 k = _mm512_set1_ps(1.0f / GG_X_SCALE);
-    for (int r = 0; r < RB; r++)
-        for (int t = 0; t < NT; t++) tot[r][t] = _mm512_mul_ps(tot[r][t], k);
-    mm_dg_out(RB, NT, tot, tk->out, w->rows, r0, t0);
+    for (int t = 0; t < NT; t++)
+        _mm512_mask_storeu_ps(tk->out + (int64_t)(t0 + t) * tk->w->rows + r0, m,
+                              _mm512_mul_ps(tot[t], k));
 }
 
-// Row chunk [r0, r1) against every token of the call, in row blocks of about
-// LP_MM_DG_ROWBLK_BYTES (streamed from DRAM for the first token tile,
-// prefetched; from L2 for the others), as in matmul_digits.c. With more
-// than one token tile, the block's ws vectors are kept in the thread's
-// scratch (lp_mm_ggml_cache_bytes) by the first tile for the others.
-#define GG_ROWS(T, ND, NT)                                                                         \
-    do {                                                                                           \
-        int64_t r_ = rb0;                                                                          \
-        for (; r_ + LP_MM_DG_RB <= rb1; r_ += LP_MM_DG_RB)                                         \
-            gg_tile(T, ND, LP_MM_DG_RB, NT, tk, r_, t0, pf,                                        \
-                    cache ? cache + (r_ - rb0) * nsb : NULL);                                      \
-        for (; r_ < rb1; r_++)                                                                     \
-            gg_tile(T, ND, 1, NT, tk, r_, t0, pf, cache ? cache + (r_ - rb0) * nsb : NULL);        \
-    } while (0)
-
-// Rows per row block of w (a multiple of LP_MM_DG_RB).
-static int64_t gg_block_rows(const struct lp_weight *w) {
-    int64_t blk = LP_MM_DG_ROWBLK_BYTES / mm_row_bytes(w) / LP_MM_DG_RB * LP_MM_DG_RB;
-    return blk < LP_MM_DG_RB ? LP_MM_DG_RB : blk;
-}
-
-size_t lp_mm_ggml_cache_bytes(int64_t cols) {
-    // rows of a block times super-blocks, for the smallest super-block (Q4_K)
-    struct lp_weight w = {.format = LP_WEIGHT_GGML, .cols = cols, .ggml_type = LP_GGML_Q4_K};
-    return (size_t)(gg_block_rows(&w) * (cols / GG_SB)) * sizeof(__m512);
-}
-
-#define GG_DEFINE_KERNEL(NAME, T, ND)                                                              \
+// Row chunk [r0, r1) against every token of the call: strip by strip (16
+// rows), GS_TMAX tokens at a time, super-block by super-block, each
+// decoded once into the thread's scratch (lp_mm_ggml_cache_bytes: the
+// decoded super-block, then one accumulator per token) and run against
+// the tokens 8 at a time (then 4, 2, 1).
+#define GS_TMAX 64
+#define GS_DEFINE_KERNEL(NAME, T, ND)                                                              \
     static LP_VNNI void NAME(const struct mm_task *tk, int64_t r0, int64_t r1, int i_thread) {     \
-        int64_t blk = gg_block_rows(tk->w), nsb = tk->w->cols / GG_SB;                             \
-        __m512 *cache = tk->n > LP_MM_DG_NT                                                        \
-                            ? (__m512 *)((char *)tk->ctx->thread_scratch +                         \
-                                         (size_t)i_thread * tk->ctx->thread_bytes)                 \
-                            : NULL;                                                                \
-        for (int64_t rb0 = r0; rb0 < r1; rb0 += blk) {                                             \
-            int64_t rb1 = rb0 + blk < r1 ? rb0 + blk : r1;                                         \
-            for (int t0 = 0; t0 < tk->n; t0 += LP_MM_DG_NT) {                                      \
-                bool pf = t0 == 0;                                                                 \
-                int nt = tk->n - t0 < LP_MM_DG_NT ? tk->n - t0 : LP_MM_DG_NT;                      \
-                if (nt == 4) GG_ROWS(T, ND, 4);                                                    \
-                else if (nt == 3) GG_ROWS(T, ND, 3);                                               \
-                else if (nt == 2) GG_ROWS(T, ND, 2);                                               \
-                else GG_ROWS(T, ND, 1);                                                            \
+        __m512i *sbv = (__m512i *)((char *)tk->ctx->thread_scratch +                               \
+                                   (size_t)i_thread * tk->ctx->thread_bytes);                      \
+        __m512 *tb = (__m512 *)(sbv + GS_SB_VECS);                                                 \
+        int64_t nsb = tk->w->cols / GG_SB, rb = mm_row_bytes(tk->w);                               \
+        for (int64_t s0 = r0; s0 < r1; s0 += GS_ROWS) {                                            \
+            int nr = r1 - s0 < GS_ROWS ? (int)(r1 - s0) : GS_ROWS;                                 \
+            for (int ta = 0; ta < tk->n; ta += GS_TMAX) {                                          \
+                int tz = tk->n - ta < GS_TMAX ? tk->n : ta + GS_TMAX;                              \
+                for (int64_t b = 0; b < nsb; b++) {                                                \
+                    gs_decode(T, (const uint8_t *)tk->w->data + s0 * rb, rb, nr, b, sbv);                                           \
+                    int t0 = ta;                                                                   \
+                    for (; t0 + 8 <= tz; t0 += 8) gs_tile(T, ND, 8, tk, sbv, b, tb + t0 - ta, s0, nr, t0); \
+                    if (tz - t0 >= 4) gs_tile(T, ND, 4, tk, sbv, b, tb + t0 - ta, s0, nr, t0), t0 += 4; \
+                    if (tz - t0 >= 2) gs_tile(T, ND, 2, tk, sbv, b, tb + t0 - ta, s0, nr, t0), t0 += 2; \
+                    if (tz - t0 >= 1) gs_tile(T, ND, 1, tk, sbv, b, tb + t0 - ta, s0, nr, t0);     \
+                }                                                                                  \
             }                                                                                      \
         }                                                                                          \
     }
 
-GG_DEFINE_KERNEL(gg_kernel_q4_0, LP_GGML_Q4_0, 3)
-GG_DEFINE_KERNEL(gg_kernel_q8_0, LP_GGML_Q8_0, 3)
-GG_DEFINE_KERNEL(gg_kernel_q4_k, LP_GGML_Q4_K, 3)
-GG_DEFINE_KERNEL(gg_kernel_q5_k, LP_GGML_Q5_K, 3)
-GG_DEFINE_KERNEL(gg_kernel_q6_k, LP_GGML_Q6_K, 3)
-GG_DEFINE_KERNEL(gg_kernel_q4_0_i8, LP_GGML_Q4_0, 1)
-GG_DEFINE_KERNEL(gg_kernel_q8_0_i8, LP_GGML_Q8_0, 1)
-GG_DEFINE_KERNEL(gg_kernel_q4_k_i8, LP_GGML_Q4_K, 1)
-GG_DEFINE_KERNEL(gg_kernel_q5_k_i8, LP_GGML_Q5_K, 1)
-GG_DEFINE_KERNEL(gg_kernel_q6_k_i8, LP_GGML_Q6_K, 1)
+size_t lp_mm_ggml_cache_bytes(int64_t cols) {
+    (void)cols;
+    return (GS_SB_VECS + GS_TMAX) * sizeof(__m512i);
+}
+
+GS_DEFINE_KERNEL(gg_kernel_q4_0, LP_GGML_Q4_0, 3)
+GS_DEFINE_KERNEL(gg_kernel_q8_0, LP_GGML_Q8_0, 3)
+GS_DEFINE_KERNEL(gg_kernel_q4_k, LP_GGML_Q4_K, 3)
+GS_DEFINE_KERNEL(gg_kernel_q5_k, LP_GGML_Q5_K, 3)
+GS_DEFINE_KERNEL(gg_kernel_q6_k, LP_GGML_Q6_K, 3)
+GS_DEFINE_KERNEL(gg_kernel_q4_0_i8, LP_GGML_Q4_0, 1)
+GS_DEFINE_KERNEL(gg_kernel_q8_0_i8, LP_GGML_Q8_0, 1)
+GS_DEFINE_KERNEL(gg_kernel_q4_k_i8, LP_GGML_Q4_K, 1)
+GS_DEFINE_KERNEL(gg_kernel_q5_k_i8, LP_GGML_Q5_K, 1)
+GS_DEFINE_KERNEL(gg_kernel_q6_k_i8, LP_GGML_Q6_K, 1)
 
 lp_mm_kernel_fn lp_mm_ggml_kernel(enum lp_ggml_type t, bool int8_x) {
     switch (t) {
