@@ -18,8 +18,9 @@
 //
 // One computation per output element, whatever the batch (batch invariance:
 // a token's row is the same bits alone or among others, and in the decode
-// and prefill grids alike). The columns are cut into n_sl <= 8 slices of
-// whole units (a unit is an MLX group, or 64 columns of bf16), a unit into
+// and prefill grids alike). The columns are cut into slices of whole units
+// (a unit is an MLX group, or 64 columns of bf16): n_sl = min(units, 8),
+// or 16 when there are 16 units or more (PAIR), a unit into
 // chunks of CW (64; 32 for MLX group 32) columns, a chunk into CW / 16 mma
 // steps. Within a chunk the k order is permuted so that lane t of each
 // 4-lane group reads CW / 4 contiguous columns (16-byte loads): in step s
@@ -28,7 +29,8 @@
 //     bf16:  P += mma(A, lo), then P += mma(A, hi), step by step
 //     MLX:   G = 0; G += mma(Aq, lo), G += mma(Aq, hi) over the unit's steps;
 //            P = fma(128 scale, G, P); P = fma(bias, sum_x, P)
-//   out = P_0 + P_1 + ... (in order), then the epilogue.
+//   out = P_0 + P_1 + ... (in order; PAIR: Q_k = P_2k + P_2k+1, out = Q_0 +
+//   Q_1 + ... + Q_7), then the epilogue.
 // sum_x (a group's x sum for one token) is fixed too: each lane adds its
 // CW / 4 values in order, the four lanes of a column combine by xor
 // shuffles 1 then 2, and a two-chunk group adds its chunks' sums in order.
@@ -311,8 +313,37 @@ template <int NTL, int EPI> struct mm_mt {
     static constexpr int n = (EPI == LP_CUDA_EPI_SWIGLU || NTL > 1) ? 2 : 1;
 };
 
-template <int FMT, int CW, int NTL, int EPI>
-static __global__ void __launch_bounds__(MM_THREADS, NTL == 1 ? 2 : 1) k_mm(struct mm_args a) {
+// The slices' partials of one element, in the arithmetic's order: warp
+// k's partial at p[k * stride]; n_sl slices (PAIR: 16, as pair sums, which
+// the 32-token kernel's warps hold already).
+template <int NTL, bool PAIR>
+static __device__ __forceinline__ float mm_merge(const float *p, int stride, int n_sl) {
+    float v;
+    if (PAIR && NTL == 1) {
+        v = __fadd_rn(p[0], p[stride]);
+        for (int k = 1; k < 8; k++)
+            v = __fadd_rn(v, __fadd_rn(p[(2 * k) * stride], p[(2 * k + 1) * stride]));
+    } else {
+        v = p[0];
+        for (int k = 1; k < (PAIR ? 8 : n_sl); k++)
+            v = __fadd_rn(v, p[k * stride]);
+    }
+    return v;
+}
+
+// PAIR (wide matrices, 16 units or more): 16 slices, added as 8 pair sums
+// (Q_k = P_2k + P_2k+1, out = Q_0 + ... + Q_7 in order). The 8-token kernel
+// gives each slice a warp (16 warps: twice the warps for the few tiles of
+// a narrow wide matrix at batch 1); the 32-token one gives warp w slices 2w
+// and 2w + 1, adjacent, one after the other.
+template <int NTL, bool PAIR> struct mm_threads {
+    static constexpr int n = NTL == 1 && PAIR ? 512 : 256;
+};
+
+template <int FMT, int CW, int NTL, int EPI, bool PAIR>
+static __global__ void __launch_bounds__(mm_threads<NTL, PAIR>::n, NTL == 1 && !PAIR ? 2 : 1)
+    k_mm(struct mm_args a) {
+    constexpr int THREADS = mm_threads<NTL, PAIR>::n, WARPS = THREADS / 32;
     constexpr int MM_MT = mm_mt<NTL, EPI>::n;
     constexpr bool MLX = FMT != LP_CUDA_FMT_BF16;
     constexpr int BITS = mm_bits<FMT>::n;
@@ -324,9 +355,14 @@ static __global__ void __launch_bounds__(MM_THREADS, NTL == 1 ? 2 : 1) k_mm(stru
     const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane >> 2, t = lane & 3;
     const int cols = a.cols, group = a.w[0].group, n_chunks = cols / CW;
     const int unit = MLX ? (group > CW ? group : CW) : CW, cpu = unit / CW;
-    const int n_units = cols / unit, n_sl = n_units < MM_WARPS ? n_units : MM_WARPS;
-    const int cb = warp < n_sl ? warp * n_units / n_sl * cpu : 0;
-    const int ce = warp < n_sl ? (warp + 1) * n_units / n_sl * cpu : 0;
+    // slices: n_sl of whole units; a warp's are [sw, sw + SPW), chunks [cb, ce),
+    // the second (PAIR at 32 tokens) from chunk cm
+    const int n_units = cols / unit, n_sl = PAIR ? 16 : n_units < MM_WARPS ? n_units : MM_WARPS;
+    constexpr int SPW = PAIR && NTL > 1 ? 2 : 1;
+    const int sw = warp * SPW;
+    const int cb = sw < n_sl ? sw * n_units / n_sl * cpu : 0;
+    const int cm = sw < n_sl ? (sw + 1) * n_units / n_sl * cpu : 0;
+    const int ce = sw < n_sl ? (sw + SPW) * n_units / n_sl * cpu : 0;
     const int n_tiles = a.n_tg * a.n_bp, stride = (int)gridDim.x;
     // The weights are no kernel's output: the first tile's first chunk is
     // loaded, and the rest of its slice asked into L2, while the previous
@@ -346,7 +382,7 @@ static __global__ void __launch_bounds__(MM_THREADS, NTL == 1 ? 2 : 1) k_mm(stru
     }
     griddep_wait();
     __shared__ float s_inv[NT];
-    __shared__ float s_p[MM_WARPS][MM_MT * NTL * 128];
+    __shared__ float s_p[WARPS][MM_MT * NTL * 128];
     int tg_inv = -1; // the token group s_inv holds
     for (int ti = (int)blockIdx.x; ti < n_tiles; ti += stride) {
         const int tg = ti % a.n_tg, bp = ti / a.n_tg;
@@ -360,13 +396,13 @@ static __global__ void __launch_bounds__(MM_THREADS, NTL == 1 ? 2 : 1) k_mm(stru
             for (int k = 0; k < NT; k++) {
                 const int tok = t0 + k;
                 float ss = 0.0f;
-                if (tok < a.n) {
+                if (tok < a.n && tid < MM_THREADS) { // k_mm_prep's 256 threads
                     const float *xr = a.x + (size_t)tok * cols;
                     for (int i = tid; i < cols; i += MM_THREADS)
                         ss = __fmaf_rn(xr[i], xr[i], ss);
                 }
                 ss = warp_sum(ss);
-                if (lane == 0) s_part[warp][k] = ss;
+                if (lane == 0 && warp < MM_WARPS) s_part[warp][k] = ss;
             }
             __syncthreads();
             if (tid < NT) {
@@ -382,7 +418,7 @@ static __global__ void __launch_bounds__(MM_THREADS, NTL == 1 ? 2 : 1) k_mm(stru
             for (int k = 0; k < NT && t0 + k < a.n; k++) {
                 const float *xr = a.x + (size_t)(t0 + k) * cols;
                 float *o = a.norm_out + (size_t)(t0 + k) * cols;
-                for (int i = tid; i < cols; i += MM_THREADS)
+                for (int i = tid; i < cols; i += THREADS)
                     o[i] = __fmul_rn(__fmul_rn(xr[i], s_inv[k]), a.norm_w[i]);
             }
         float p[MM_MT][NTL][4];
@@ -391,6 +427,17 @@ static __global__ void __launch_bounds__(MM_THREADS, NTL == 1 ? 2 : 1) k_mm(stru
             float gq[MM_MT][NTL][4], sx[NTL][2];
             float us[MM_MT][2], ub[MM_MT][2]; // the unit's scale (times 128) and bias per row
             for (int c = cb; c < ce; c++) {
+                if (SPW == 2 && c == cm) { // the first slice's partial, kept for its pair sum
+#pragma unroll
+                    for (int mt = 0; mt < MM_MT; mt++)
+#pragma unroll
+                        for (int nt = 0; nt < NTL; nt++)
+#pragma unroll
+                            for (int i = 0; i < 4; i++) {
+                                s_p[warp][((mt * NTL + nt) * 32 + lane) * 4 + i] = p[mt][nt][i];
+                                p[mt][nt][i] = 0.0f;
+                            }
+                }
                 const int cu = (c / cpu) * cpu; // first chunk of this unit
                 if (MLX && c == cu) {           // the unit's scales and biases, used when it ends
                     const int gi = c / cpu, gpr = cols / group;
@@ -525,24 +572,22 @@ static __global__ void __launch_bounds__(MM_THREADS, NTL == 1 ? 2 : 1) k_mm(stru
 #pragma unroll
                 for (int nt = 0; nt < NTL; nt++)
 #pragma unroll
-                    for (int i = 0; i < 4; i++)
-                        s_p[warp][((mt * NTL + nt) * 32 + lane) * 4 + i] = p[mt][nt][i];
+                    for (int i = 0; i < 4; i++) {
+                        float *sp = &s_p[warp][((mt * NTL + nt) * 32 + lane) * 4 + i];
+                        *sp = SPW == 2 ? __fadd_rn(*sp, p[mt][nt][i]) : p[mt][nt][i];
+                    }
         }
         __syncthreads();
         constexpr int PER_MT = NTL * 128;
         float *out = pick3(ji, a.out[0], a.out[1], a.out[2]);
-        for (int e = tid; e < (EPI == LP_CUDA_EPI_SWIGLU ? 1 : MM_MT) * PER_MT; e += MM_THREADS) {
+        for (int e = tid; e < (EPI == LP_CUDA_EPI_SWIGLU ? 1 : MM_MT) * PER_MT; e += THREADS) {
             const int mt = e / PER_MT, rem = e % PER_MT, nt = rem / 128, ln = (rem % 128) / 4,
                       i = rem % 4;
             const int r = rbase + 16 * mt + (ln >> 2) + (i >> 1) * 8;
             const int tok = t0 + 8 * nt + 2 * (ln & 3) + (i & 1);
-            float v = s_p[0][e];
-            for (int k = 1; k < n_sl; k++)
-                v = __fadd_rn(v, s_p[k][e]);
+            const float v = mm_merge<NTL, PAIR>(s_p[0] + e, MM_MT * NTL * 128, n_sl);
             if (EPI == LP_CUDA_EPI_SWIGLU) {
-                float u = s_p[0][e + PER_MT];
-                for (int k = 1; k < n_sl; k++)
-                    u = __fadd_rn(u, s_p[k][e + PER_MT]);
+                const float u = mm_merge<NTL, PAIR>(s_p[0] + e + PER_MT, MM_MT * NTL * 128, n_sl);
                 if (r < rows && tok < a.n)
                     out[(size_t)tok * rows + r] =
                         __fmul_rn(__fdiv_rn(v, __fadd_rn(1.0f, expf(-v))), u);
@@ -557,8 +602,9 @@ static __global__ void __launch_bounds__(MM_THREADS, NTL == 1 ? 2 : 1) k_mm(stru
 }
 
 // Lays out the block-rows of the jobs (bp0) for NTL's m-tiles and launches.
-template <int FMT, int CW, int EPI, int NTL>
-static cudaError_t mm_launch_ntl(cudaStream_t s, bool pdl, struct mm_args &a, int n_w, int n_sm) {
+template <int FMT, int CW, int EPI, int NTL, bool PAIR>
+static cudaError_t mm_launch_ntl(cudaStream_t s, bool pdl, struct mm_args &a, int n_w,
+                                 int n_sm) {
     constexpr int ROWS = 16 * mm_mt<NTL, EPI>::n;
     int n_bp = 0;
     if (EPI == LP_CUDA_EPI_SWIGLU) {
@@ -575,7 +621,7 @@ static cudaError_t mm_launch_ntl(cudaStream_t s, bool pdl, struct mm_args &a, in
     // blocks a multiprocessor holds at once: two of the 8-token kernels
     // (their launch bounds), one of the wider ones
     const long tiles = (long)a.n_tg * n_bp,
-               cap = n_sm > 0 ? (long)n_sm * (NTL == 1 ? 2 : 1) : tiles;
+               cap = n_sm > 0 ? (long)n_sm * (NTL == 1 && !PAIR ? 2 : 1) : tiles;
     const unsigned grid = (unsigned)(tiles < cap ? tiles : cap);
     if (NTL > 1) { // x made ready once first
         a.n_pad = a.n_tg * 8 * NTL;
@@ -586,14 +632,19 @@ static cudaError_t mm_launch_ntl(cudaStream_t s, bool pdl, struct mm_args &a, in
         cudaError_t e = cudaGetLastError();
         if (e != cudaSuccess) return e;
     }
-    LP_LAUNCH_PDL(pdl, grid, MM_THREADS, s, (a), k_mm<FMT, CW, NTL, EPI>);
+    LP_LAUNCH_PDL(pdl, grid, (mm_threads<NTL, PAIR>::n), s, (a), k_mm<FMT, CW, NTL, EPI, PAIR>);
     return cudaGetLastError();
 }
 
 template <int FMT, int CW, int EPI>
 static cudaError_t mm_launch(cudaStream_t s, bool pdl, struct mm_args &a, int n_w, int n_sm) {
-    return a.n <= 8 ? mm_launch_ntl<FMT, CW, EPI, 1>(s, pdl, a, n_w, n_sm)
-                    : mm_launch_ntl<FMT, CW, EPI, 4>(s, pdl, a, n_w, n_sm);
+    const int group = a.w[0].group;
+    const int unit = FMT != LP_CUDA_FMT_BF16 && group > CW ? group : CW;
+    if (a.cols / unit >= 16) // wide: 16 slices
+        return a.n <= 8 ? mm_launch_ntl<FMT, CW, EPI, 1, true>(s, pdl, a, n_w, n_sm)
+                        : mm_launch_ntl<FMT, CW, EPI, 4, true>(s, pdl, a, n_w, n_sm);
+    return a.n <= 8 ? mm_launch_ntl<FMT, CW, EPI, 1, false>(s, pdl, a, n_w, n_sm)
+                    : mm_launch_ntl<FMT, CW, EPI, 4, false>(s, pdl, a, n_w, n_sm);
 }
 
 template <int EPI>
