@@ -20,7 +20,8 @@
 // a token's row is the same bits alone or among others, and in the decode
 // and prefill grids alike). The columns are cut into slices of whole units
 // (a unit is an MLX group, or 64 columns of bf16): n_sl = min(units, 8),
-// or 16 when there are 16 units or more (PAIR), a unit into
+// or 16 when there are 16 units or more and at most MM_PAIR_MAX_ROWS rows
+// (PAIR), a unit into
 // chunks of CW (64; 32 for MLX group 32) columns, a chunk into CW / 16 mma
 // steps. Within a chunk the k order is permuted so that lane t of each
 // 4-lane group reads CW / 4 contiguous columns (16-byte loads): in step s
@@ -55,6 +56,10 @@
 
 #define MM_THREADS 256
 #define MM_WARPS 8
+// PAIR (16 slices) only for matrices of at most this many rows: a tall one
+// (an LM head) has tiles enough for every warp, and its halved slices only
+// added a merge per tile (LM head 251 -> 317 us when tried)
+#define MM_PAIR_MAX_ROWS 16384
 
 // bf16x2 constants: 2^126 (codes at bit 0 of a 16-bit half) and 2^122 (at bit 4).
 #define BF2_P126 0x7e807e80u
@@ -331,7 +336,8 @@ static __device__ __forceinline__ float mm_merge(const float *p, int stride, int
     return v;
 }
 
-// PAIR (wide matrices, 16 units or more): 16 slices, added as 8 pair sums
+// PAIR (wide matrices, 16 units or more, of at most MM_PAIR_MAX_ROWS rows):
+// 16 slices, added as 8 pair sums
 // (Q_k = P_2k + P_2k+1, out = Q_0 + ... + Q_7 in order). The 8-token kernel
 // gives each slice a warp (16 warps: twice the warps for the few tiles of
 // a narrow wide matrix at batch 1); the 32-token one gives warp w slices 2w
@@ -640,7 +646,10 @@ template <int FMT, int CW, int EPI>
 static cudaError_t mm_launch(cudaStream_t s, bool pdl, struct mm_args &a, int n_w, int n_sm) {
     const int group = a.w[0].group;
     const int unit = FMT != LP_CUDA_FMT_BF16 && group > CW ? group : CW;
-    if (a.cols / unit >= 16) // wide: 16 slices
+    int max_rows = 0; // the largest matrix (so that a fused launch equals its parts)
+    for (int j = 0; j < n_w; j++)
+        max_rows = a.w[j].rows > max_rows ? a.w[j].rows : max_rows;
+    if (a.cols / unit >= 16 && max_rows <= MM_PAIR_MAX_ROWS) // wide, and few tiles: 16 slices
         return a.n <= 8 ? mm_launch_ntl<FMT, CW, EPI, 1, true>(s, pdl, a, n_w, n_sm)
                         : mm_launch_ntl<FMT, CW, EPI, 4, true>(s, pdl, a, n_w, n_sm);
     return a.n <= 8 ? mm_launch_ntl<FMT, CW, EPI, 1, false>(s, pdl, a, n_w, n_sm)
