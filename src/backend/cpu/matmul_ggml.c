@@ -142,6 +142,39 @@ LP_INLINE LP_VNNI __m512 gg_scales_q4_k(const uint8_t *p) {
     return _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(b)), f);
 }
 
+// gg_scales_q4_k of four super-blocks at once (a 4-row tile's): the 16
+// leading bytes (d, dmin, scales) of each in a 128-bit lane, dwords [d |
+// dmin, u0, u1, u2] -> [sc03, m03, sc47, m47] as above; the same values.
+LP_INLINE LP_VNNI void gg_scales_q4_k_x4(const uint8_t *const *p, __m512 *ws) {
+    __m512i v = _mm512_castsi128_si512(_mm_loadu_si128((const __m128i *)p[0]));
+    v = _mm512_inserti32x4(v, _mm_loadu_si128((const __m128i *)p[1]), 1);
+    v = _mm512_inserti32x4(v, _mm_loadu_si128((const __m128i *)p[2]), 2);
+    v = _mm512_inserti32x4(v, _mm_loadu_si128((const __m128i *)p[3]), 3);
+    __m512i a = _mm512_shuffle_epi32(v, _MM_SHUFFLE(3, 3, 2, 1)); // [u0, u1, u2, u2]
+    __m512i b = _mm512_shuffle_epi32(v, _MM_SHUFFLE(2, 1, 2, 1)); // [u0, u1, u0, u1]
+    __m512i lo = _mm512_and_si512(
+        _mm512_srlv_epi32(a, _mm512_set4_epi32(4, 0, 0, 0)),
+        _mm512_set4_epi32(0x0f0f0f0f, 0x0f0f0f0f, 0x3f3f3f3f, 0x3f3f3f3f));
+    __m512i hi = _mm512_and_si512(_mm512_srli_epi32(b, 2),
+                                  _mm512_set4_epi32(0x30303030, 0x30303030, 0, 0));
+    __m512i sm = _mm512_or_si512(lo, hi);
+    // [d0, -dmin0, d1, -dmin1, ...] from the words 0, 1 of each lane
+    __m512i w = _mm512_permutexvar_epi16(
+        _mm512_set_epi16(0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+                         25, 24, 17, 16, 9, 8, 1, 0),
+        v);
+    __m256 dd = _mm256_xor_ps(_mm256_cvtph_ps(_mm512_castsi512_si128(w)),
+                              _mm256_set_ps(-0.0f, 0, -0.0f, 0, -0.0f, 0, -0.0f, 0));
+    __m512 ddz = _mm512_castps256_ps512(dd);
+    __m128i l4[4] = {_mm512_extracti32x4_epi32(sm, 0), _mm512_extracti32x4_epi32(sm, 1),
+                     _mm512_extracti32x4_epi32(sm, 2), _mm512_extracti32x4_epi32(sm, 3)};
+    for (int r = 0; r < 4; r++) {
+        __m512i idx = _mm512_mask_blend_epi32(0xf0f0, _mm512_set1_epi32(2 * r), _mm512_set1_epi32(2 * r + 1));
+        ws[r] = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(l4[r])),
+                              _mm512_permutexvar_ps(idx, ddz));
+    }
+}
+
 // Q6_K: 16 int8 scales times d.
 LP_INLINE LP_VNNI __m512 gg_scales_q6_k(const uint8_t *p) {
     __m512 sc = _mm512_cvtepi32_ps(
@@ -164,11 +197,10 @@ LP_INLINE LP_VNNI __m512i gg_counts(short a, short b) {
 //   Q6_K: ql's nibbles of half z / 2 and qh's two bits, moved to bits 4-5 by
 //         a shift per 256-bit half.
 LP_INLINE LP_VNNI __m512i gg_codes(enum lp_ggml_type T, const uint8_t *p, int z) {
-    if (T == LP_GGML_Q8_0) {
-        __m256i a = _mm256_loadu_si256((const __m256i *)(p + 68 * z + 2));
-        __m256i b = _mm256_loadu_si256((const __m256i *)(p + 68 * z + 36));
-        return _mm512_xor_si512(_mm512_inserti64x4(_mm512_castsi256_si512(a), b, 1),
-                                _mm512_set1_epi8((char)0x80));
+    if (T == LP_GGML_Q8_0) { // the upper half by a merging load (no shuffle port)
+        __m512i a = _mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)(p + 68 * z + 2)));
+        a = _mm512_mask_loadu_epi64(a, 0xf0, p + 68 * z + 4); // qwords 4-7: p[68z + 36 ..]
+        return _mm512_xor_si512(a, _mm512_set1_epi8((char)0x80));
     }
     const __m512i k15 = _mm512_set1_epi8(0x0f);
     if (T == LP_GGML_Q4_0) { // [lo a, lo b, hi a, hi b] -> [lo a, hi a, lo b, hi b]
@@ -180,9 +212,8 @@ LP_INLINE LP_VNNI __m512i gg_codes(enum lp_ggml_type T, const uint8_t *p, int z)
     }
     if (T == LP_GGML_Q4_K || T == LP_GGML_Q5_K) {
         int qs = T == LP_GGML_Q4_K ? GGML_Q4_K_QS : GGML_Q5_K_QS;
-        __m256i b = _mm256_loadu_si256((const __m256i *)(p + qs + 32 * z));
-        __m512i c = _mm512_and_si512(
-            _mm512_inserti64x4(_mm512_castsi256_si512(b), _mm256_srli_epi16(b, 4), 1), k15);
+        __m512i b = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(p + qs + 32 * z)));
+        __m512i c = _mm512_and_si512(_mm512_srlv_epi16(b, gg_counts(0, 4)), k15);
         if (T == LP_GGML_Q4_K) return c;
         __m512i q = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(p + GGML_Q5_K_QH)));
         __m512i bit = _mm512_and_si512(
@@ -279,6 +310,30 @@ LP_INLINE LP_VNNI void gs_decode(enum lp_ggml_type T, const uint8_t *row0, int64
     const int sbb = gs_sbb(T);
     const uint8_t *p0 = row0 + b * sbb;
     __m512i v[GS_ROWS];
+    const __m512i k15 = _mm512_set1_epi8(0x0f);
+    if (T == LP_GGML_Q4_K && nr == GS_ROWS) {
+        // the packed nibbles transposed (half the shuffles), then unpacked:
+        // dword k of qs[64h ..] holds the quads (z, i) = (2h + k / 8, k % 8)
+        // (low nibbles) and (2h + k / 8, k % 8 + 8) (high)
+        for (int h = 0; h < 2; h++) {
+            const uint8_t *q = p0;
+#pragma GCC unroll 16
+            for (int r = 0; r < GS_ROWS; r++, q += rb) {
+                if (r % 2 == h)
+#pragma GCC unroll 4
+                    for (int off = 0; off < sbb; off += 64)
+                        _mm_prefetch((const char *)q + GS_ROWS * rb + off, _MM_HINT_T1);
+                v[r] = _mm512_loadu_si512(q + GGML_Q4_K_QS + 64 * h);
+            }
+            gs_tr16(v);
+#pragma GCC unroll 16
+            for (int k = 0; k < 16; k++) {
+                __m512i *o = dst + 16 * (2 * h + k / 8) + k % 8;
+                _mm512_store_si512(o, _mm512_and_si512(v[k], k15));
+                _mm512_store_si512(o + 8, _mm512_and_si512(_mm512_srli_epi16(v[k], 4), k15));
+            }
+        }
+    } else {
 #pragma GCC unroll 4
     for (int z = 0; z < 4; z++) {
         if (nr == GS_ROWS) {
@@ -299,7 +354,16 @@ LP_INLINE LP_VNNI void gs_decode(enum lp_ggml_type T, const uint8_t *row0, int64
 #pragma GCC unroll 16
         for (int i = 0; i < 16; i++) _mm512_store_si512(dst + 16 * z + i, v[i]);
     }
-    if (nr == GS_ROWS) {
+    }
+    if (nr == GS_ROWS && (T == LP_GGML_Q4_K || T == LP_GGML_Q5_K)) {
+        const uint8_t *q = p0;
+        for (int r = 0; r < GS_ROWS; r += 4, q += 4 * rb) {
+            const uint8_t *q4[4] = {q, q + rb, q + 2 * rb, q + 3 * rb};
+            __m512 ws[4];
+            gg_scales_q4_k_x4(q4, ws);
+            for (int k = 0; k < 4; k++) v[r + k] = _mm512_castps_si512(ws[k]);
+        }
+    } else if (nr == GS_ROWS) {
         const uint8_t *q = p0;
 #pragma GCC unroll 16
         for (int r = 0; r < GS_ROWS; r++, q += rb) v[r] = _mm512_castps_si512(gg_scales(T, q));
@@ -347,7 +411,21 @@ LP_INLINE LP_VNNI void gs_tile(enum lp_ggml_type T, int ND, int NT, const struct
         int64_t xo = (4 * b + z) * 3 * LP_MM_DG_BLK + 4 * i0;
         __m512i a0[8], a1[8];
         for (int t = 0; t < NT; t++) a0[t] = a1[t] = _mm512_setzero_si512();
-        for (int s = 0; s < NS; s++) {
+        if (ND == 3 && NT <= 4) { // one pass, three chains (short ones for decode)
+            __m512i a2[4];
+            for (int t = 0; t < NT; t++) a2[t] = _mm512_setzero_si512();
+            for (int s = 0; s < NS; s++) {
+                __m512i wv = _mm512_load_si512(wq + s);
+                for (int t = 0; t < NT; t++) {
+                    const int8_t *q = xd[t] + xo + 4 * s;
+                    a0[t] = _mm512_dpbusd_epi32(a0[t], wv, gs_quad(q));
+                    a1[t] = _mm512_dpbusd_epi32(a1[t], wv, gs_quad(q + LP_MM_DG_BLK));
+                    a2[t] = _mm512_dpbusd_epi32(a2[t], wv, gs_quad(q + 2 * LP_MM_DG_BLK));
+                }
+            }
+            for (int t = 0; t < NT; t++) a1[t] = _mm512_add_epi32(_mm512_slli_epi32(a1[t], 7), a2[t]);
+        }
+        for (int s = 0; s < NS && !(ND == 3 && NT <= 4); s++) {
             __m512i wv = _mm512_load_si512(wq + s);
             for (int t = 0; t < NT; t++) {
                 a0[t] = _mm512_dpbusd_epi32(a0[t], wv, gs_quad(xd[t] + xo + 4 * s));
@@ -355,7 +433,7 @@ LP_INLINE LP_VNNI void gs_tile(enum lp_ggml_type T, int ND, int NT, const struct
                     a1[t] = _mm512_dpbusd_epi32(a1[t], wv, gs_quad(xd[t] + xo + LP_MM_DG_BLK + 4 * s));
             }
         }
-        if (ND == 3) {
+        if (ND == 3 && NT > 4) { // two passes: d0 and d1, then d2 onto d1 * 128
             for (int t = 0; t < NT; t++) a1[t] = _mm512_slli_epi32(a1[t], 7);
             for (int s = 0; s < NS; s++) {
                 __m512i wv = _mm512_load_si512(wq + s);
