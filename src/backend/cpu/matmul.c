@@ -36,7 +36,7 @@
 //               (the codes of each 16-row strip unpacked and transposed into
 //               scratch once per call, lane = row; a sub-block's integer dot
 //               products summed for the 16 rows, then one float step per
-//               sub-block; offsets through exact x sums), strips x 8 tokens.
+//               sub-block; offsets through exact x sums), 32 rows x 4 tokens.
 //               Other GGUF shapes (and no VNNI) take the generic path.
 //               With quantize_activations (opt-in, not exact): x rounded to
 //               int8 per group of 32, one digit instead of three.
@@ -451,7 +451,8 @@ static void mm_phase1_run(struct lp_cpu_ctx *ctx, struct mm_task *tk, enum mm_ph
         struct lp_mm_ggml_prep gp = {
             .x = tk->x, .n = m, .cols = w->cols, .type = w->ggml_type,
             .int8_x = ctx->quantize_activations,
-            .stride = lp_mm_ggml_token_bytes(w->cols), .xd = (int8_t *)s,
+            .stride = 8 * lp_mm_ggml_token_bytes(w->cols), .xd = (int8_t *)s,
+            .tmp = ctx->thread_scratch, .tmp_bytes = ctx->thread_bytes,
         };
         if (inline_) lp_mm_ggml_prep_fn(&gp, 0, 1);
         else lp_cpu_pool_run(ctx->pool, lp_mm_ggml_prep_fn, &gp);
@@ -515,6 +516,7 @@ void lp_cpu_matmul(struct lp_cpu_ctx *ctx, float *out, const float *x, const str
                      : phase1 == MM_P1_GGML ? mm_ggml_scratch(w->cols)
                                             : mm_token_scratch(w->cols);
         size_t fit = ctx->scratch_bytes / per;
+        if (phase1 == MM_P1_GGML) fit = fit / 8 * 8; // whole 8-token groups (fit >= 64)
         if (fit < (size_t)chunk) chunk = (int)fit;
     }
     for (int t0 = 0; t0 < n; t0 += chunk) {

@@ -225,27 +225,34 @@ static inline bool lp_mm_ggml_fit(const struct lp_weight *w) { return w->cols % 
 lp_mm_kernel_fn lp_mm_ggml_kernel(enum lp_ggml_type t, bool int8_x);
 
 // Bytes of one token's prepared x for a weight of cols columns (a multiple
-// of 256; the result is a multiple of 64).
+// of 256; the result is a multiple of 64). Tokens are stored in groups of 8
+// (8 x this a group, the last one padded).
 int64_t lp_mm_ggml_token_bytes(int64_t cols);
 
-// Per-thread scratch bytes the kernels keep a row block's scales in (cols a
-// multiple of 256; a multiple of 64).
+// Per-thread scratch bytes of the kernels (cols a multiple of 256; a
+// multiple of 64): a decoded super-block and the accumulators, and in phase
+// 1 one token's prep before it is interleaved into its group.
 size_t lp_mm_ggml_cache_bytes(int64_t cols);
 
-// Prepares x [cols] for weights of type t into xd (lp_mm_ggml_token_bytes);
-// int8_x: for the one-digit kernels (lp_mm_ggml_kernel).
+// Prepares x [cols] for weights of type t into slot `slot` (0..7) of its
+// 8-token group `group` (8 x lp_mm_ggml_token_bytes), through tmp
+// (lp_mm_ggml_token_bytes); int8_x: for the one-digit kernels
+// (lp_mm_ggml_kernel).
 LP_VNNI void lp_mm_ggml_prep(const float *x, int64_t cols, enum lp_ggml_type t, bool int8_x,
-                             int8_t *xd);
+                             uint8_t *group, int slot, int8_t *tmp);
 
-// lp_mm_ggml_prep for n tokens, as a pool task (tokens split over threads).
+// lp_mm_ggml_prep for n tokens, as a pool task (tokens split over threads;
+// thread i's tmp at tmp + i * tmp_bytes).
 struct lp_mm_ggml_prep {
     const float *x; // [n, cols]
     int n;
     int64_t cols;
     enum lp_ggml_type type;
     bool int8_x;
-    int64_t stride; // bytes per token in xd (lp_mm_ggml_token_bytes)
-    int8_t *xd;     // [n, stride]
+    int64_t stride; // bytes per 8-token group in xd (8 x lp_mm_ggml_token_bytes)
+    int8_t *xd;     // [ceil(n / 8), stride]
+    void *tmp;      // per-thread scratch (lp_mm_ggml_cache_bytes each)
+    size_t tmp_bytes;
 };
 void lp_mm_ggml_prep_fn(void *arg, int i_thread, int n_threads);
 
