@@ -267,26 +267,34 @@ static void test_limits(void) {
     CHECK(lp_sched_submit(r.s, &rq, &id, &err) == LP_ERR_INVALID_ARG &&
           strstr(err.msg, "vocabulary"));
     free(big);
-    // one running, the queue (4 * N_REQ) full: the next is BUSY
+    // one running, the queue (4 * N_REQ) full: the next is BUSY; each asks
+    // for nearly the whole context (about a second of decoding on a fast
+    // core), so the queue is still full when the last ones arrive
     static struct got q[4 * N_REQ + 2];
+    const int n_gen = 490;
     int accepted = 0, busy = 0;
     for (int i = 0; i < 4 * N_REQ + 2; i++) {
         got_init(&q[i]);
-        struct lp_sched_request x = greedy(i % N_REQ, &q[i], 200);
+        struct lp_sched_request x = greedy(i % N_REQ, &q[i], n_gen);
         enum lp_status st = lp_sched_submit(r.s, &x, &id, &err);
         accepted += st == LP_OK;
         busy += st == LP_ERR_BUSY;
         if (st == LP_OK && i == 0) usleep(200000); // the first one is admitted and running
     }
     CHECK_MSG(accepted == 4 * N_REQ + 1 && busy == 1, "%d accepted, %d busy", accepted, busy);
-    lp_sched_destroy(r.s); // ends every request with CANCELLED
+    lp_sched_destroy(r.s); // ends every unfinished request with CANCELLED
     r.s = NULL;
-    int cancelled = 0;
+    // a request may have finished before the destroy (a fast machine); every
+    // other one, the queued ones at least, ends CANCELLED
+    int cancelled = 0, finished = 0;
     for (int i = 0; i < accepted; i++) {
         got_wait(&q[i]);
         cancelled += q[i].status == LP_ERR_CANCELLED;
+        finished += q[i].status == LP_OK && q[i].n == n_gen;
     }
-    CHECK(cancelled == accepted);
+    CHECK_MSG(cancelled + finished == accepted && cancelled >= accepted - 2,
+              "after destroy: %d cancelled, %d finished, of %d accepted", cancelled, finished,
+              accepted);
     g.done = true;
     sched_rig_close(&r);
 }
