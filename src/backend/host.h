@@ -25,9 +25,12 @@ struct lp_buf {
     size_t bytes;
 };
 
-// A host weight borrows the model's buffers (w.data, w.scales, w.biases).
+// A host weight borrows the model's buffers (w.data, w.scales, w.biases);
+// packed is the backend's own copy of them in a kernel's layout (the CPU's
+// GGUF strips), owned by the handle, or NULL.
 struct lp_bweight {
     struct lp_weight w;
+    void *packed;
 };
 
 static inline enum lp_status lp_host_buf_alloc(const char *who, size_t bytes, struct lp_buf **out,

@@ -80,11 +80,19 @@ static enum lp_status cpu_weight_upload(void *vctx, const struct lp_weight *w,
     struct lp_bweight *bw = malloc(sizeof *bw);
     if (!bw) return lp_error_set(err, LP_ERR_NOMEM, CPU_NAME ": weight_upload: out of memory");
     bw->w = *w;
+    st = lp_cpu_weight_pack(ctx, w, &bw->packed, err);
+    if (st != LP_OK) {
+        free(bw);
+        return st;
+    }
     *out = bw;
     return LP_OK;
 }
 
-static void cpu_weight_free(void *ctx, struct lp_bweight *w) { free(w); }
+static void cpu_weight_free(void *ctx, struct lp_bweight *w) {
+    if (w) free(w->packed);
+    free(w);
+}
 
 // ---- row-parallel helper ----------------------------------------------------
 
@@ -142,7 +150,7 @@ static void cpu_embed(void *ctx, struct lp_buf *out, const struct lp_bweight *em
 
 static void cpu_matmul(void *ctx, struct lp_buf *out, const struct lp_buf *x,
                        const struct lp_bweight *w, int n) {
-    lp_cpu_matmul(ctx, out->data, x->data, &w->w, n);
+    lp_cpu_matmul(ctx, out->data, x->data, &w->w, w->packed, n);
 }
 
 // ---- rmsnorm -------------------------------------------------------------------

@@ -55,9 +55,17 @@ struct lp_cpu_ctx {
 // weight_upload, never from compute).
 enum lp_status lp_cpu_scratch_reserve(struct lp_cpu_ctx *ctx, int64_t cols, struct lp_error *err);
 
-// out[n, w.rows] = x[n, w.cols] @ w^T on the pool.
+// The copy of w that the kernels read instead of w's buffers, made once at
+// weight_upload (GGUF blocks on a VNNI CPU: 16-row strips, see
+// matmul_ggml.c), into *packed (the caller frees it), or NULL when the
+// kernels read w as it is.
+enum lp_status lp_cpu_weight_pack(struct lp_cpu_ctx *ctx, const struct lp_weight *w, void **packed,
+                                  struct lp_error *err);
+
+// out[n, w.rows] = x[n, w.cols] @ w^T on the pool; packed: w's
+// lp_cpu_weight_pack copy (NULL if it made none).
 void lp_cpu_matmul(struct lp_cpu_ctx *ctx, float *out, const float *x, const struct lp_weight *w,
-                   int n);
+                   const void *packed, int n);
 
 // Dequantizes row r of w into dst[w.cols] (portable C).
 void lp_cpu_dequant_row(const struct lp_weight *w, int64_t r, float *dst);

@@ -52,10 +52,10 @@
 #include <stdatomic.h>
 #include <stdint.h>
 #include <string.h>
+#include <sys/mman.h>
 
 #include "backend/cpu/matmul_i.h"
 #include "util/ggml_layout.h"
-
 
 #define LP_MM_ROWS_MIN 16 // smallest row chunk handed to a thread
 #define LP_MM_TILE_T 4    // tokens per pass of the tile kernels
@@ -410,7 +410,7 @@ static void mm_task_fn(void *arg, int i_thread, int n_threads) {
 enum mm_phase1 { MM_P1_NONE, MM_P1_QUANT, MM_P1_DIGITS, MM_P1_GGML };
 
 static lp_mm_kernel_fn mm_pick(const struct lp_cpu_ctx *ctx, const struct lp_weight *w,
-                            enum mm_phase1 *phase1) {
+                               const void *packed, enum mm_phase1 *phase1) {
     *phase1 = MM_P1_NONE;
 #if LP_HAVE_X86
     if (ctx->isa == LP_CPU_ISA_AVX512) {
@@ -423,7 +423,7 @@ static lp_mm_kernel_fn mm_pick(const struct lp_cpu_ctx *ctx, const struct lp_wei
             *phase1 = MM_P1_DIGITS;
             return w->bits == 8 ? lp_mm_kernel_digits_q8 : lp_mm_kernel_digits_q4;
         }
-        if (w->format == LP_WEIGHT_GGML && ctx->vnni && lp_mm_ggml_fit(w)) {
+        if (w->format == LP_WEIGHT_GGML && packed) { // lp_cpu_weight_pack made it
             *phase1 = MM_P1_GGML;
             return lp_mm_ggml_kernel(w->ggml_type, ctx->quantize_activations);
         }
@@ -496,11 +496,59 @@ static void mm_phase1_run(struct lp_cpu_ctx *ctx, struct mm_task *tk, enum mm_ph
 #endif
 }
 
+// ---- GGUF weights packed at upload ------------------------------------------
+
+struct mm_pack_task {
+    const struct lp_weight *w;
+    uint8_t *dst;
+    int64_t n_strips;
+};
+
+static void mm_pack_fn(void *arg, int i_thread, int n_threads) {
+#if LP_HAVE_X86
+    const struct mm_pack_task *t = arg;
+    lp_mm_ggml_pack(t->w, t->dst, t->n_strips * i_thread / n_threads,
+                    t->n_strips * (i_thread + 1) / n_threads);
+#else
+    (void)arg, (void)i_thread, (void)n_threads;
+#endif
+}
+
+enum lp_status lp_cpu_weight_pack(struct lp_cpu_ctx *ctx, const struct lp_weight *w, void **packed,
+                                  struct lp_error *err) {
+    *packed = NULL;
+#if LP_HAVE_X86
+    if (w->format != LP_WEIGHT_GGML || ctx->isa != LP_CPU_ISA_AVX512 || !ctx->vnni) return LP_OK;
+    size_t bytes = lp_mm_ggml_packed_bytes(w);
+    if (bytes == 0) return LP_OK; // the generic path reads the blocks as they are
+    // huge pages where the kernel grants them: a 1.7B model's copy is ~1 GB,
+    // and 4 kB page faults would be most of the packing time
+    const size_t huge = (size_t)2 << 20;
+    uint8_t *dst = bytes >= huge ? aligned_alloc(huge, (bytes + huge - 1) / huge * huge)
+                                 : aligned_alloc(LP_HOST_ALIGN, bytes);
+#ifdef MADV_HUGEPAGE
+    if (dst && bytes >= huge) madvise(dst, (bytes + huge - 1) / huge * huge, MADV_HUGEPAGE);
+#endif
+    if (!dst)
+        return lp_error_set(err, LP_ERR_NOMEM,
+                            "cpu: weight_upload: out of memory packing a [%lld, %lld] %s weight "
+                            "(%zu bytes)",
+                            (long long)w->rows, (long long)w->cols, lp_ggml_type_name(w->ggml_type),
+                            bytes);
+    struct mm_pack_task t = {.w = w, .dst = dst, .n_strips = (w->rows + 15) / 16};
+    lp_cpu_pool_run(ctx->pool, mm_pack_fn, &t);
+    *packed = dst;
+#else
+    (void)ctx, (void)w, (void)err;
+#endif
+    return LP_OK;
+}
+
 void lp_cpu_matmul(struct lp_cpu_ctx *ctx, float *out, const float *x, const struct lp_weight *w,
-                   int n) {
+                   const void *packed, int n) {
     if (n <= 0) return;
     enum mm_phase1 phase1;
-    lp_mm_kernel_fn kernel = mm_pick(ctx, w, &phase1);
+    lp_mm_kernel_fn kernel = mm_pick(ctx, w, packed, &phase1);
     int nth = ctx->n_threads;
     int64_t rpc = w->rows / ((int64_t)nth * 8);
     rpc = (rpc + 3) / 4 * 4;
@@ -528,6 +576,7 @@ void lp_cpu_matmul(struct lp_cpu_ctx *ctx, float *out, const float *x, const str
             .n = m,
             .rows_per_chunk = rpc,
             .n_chunks = (w->rows + rpc - 1) / rpc,
+            .packed = packed,
             .ctx = ctx,
             .kernel = kernel,
         };

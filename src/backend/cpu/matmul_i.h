@@ -35,6 +35,7 @@ struct mm_task {
     const int8_t *xq;    // [n, cols] int8 x, or [n, dg_stride] digits of x
     int64_t dg_stride;   // digits bytes per token (exact VNNI path)
     const float *xp;     // [ceil(n / NT), cols, NT] packed x (prefill path)
+    const uint8_t *packed; // w in the GGUF kernels' strips (lp_mm_ggml_pack), or NULL
     struct lp_cpu_ctx *ctx;
     void (*kernel)(const struct mm_task *tk, int64_t r0, int64_t r1, int i_thread);
 };
@@ -216,12 +217,20 @@ LP_VNNI void lp_mm_kernel_digits_q4(const struct mm_task *tk, int64_t r0, int64_
                                     int i_thread);
 
 // ---- exact VNNI kernels of GGUF blocks (matmul_ggml.c) ---------------------
-// Whether they take w: a GGUF weight whose columns are a multiple of 256.
-static inline bool lp_mm_ggml_fit(const struct lp_weight *w) { return w->cols % 256 == 0; }
+// Bytes of w packed for the kernels: 16-row strips (the last one padded
+// with zero rows), each super-block's codes transposed and the scale codes
+// unpacked to bytes; 0 when the kernels do not take w (a GGUF type other
+// than Q4_0, Q8_0, Q4_K, Q5_K, Q6_K, or columns not a multiple of 256).
+size_t lp_mm_ggml_packed_bytes(const struct lp_weight *w);
 
-// The kernel of type t (NULL for an unknown type): row chunk [r0, r1) of w
-// (tk->w, lp_mm_ggml_fit) against every token's prepared x (tk->xq, stride
-// tk->dg_stride); int8_x: x rounded to int8 per group of 32 (one digit).
+// Packs strips [s0, s1) (rows 16 s0 .. 16 s1 - 1) of w into dst (64-byte
+// aligned, lp_mm_ggml_packed_bytes of it), so that threads can share the work.
+LP_VNNI void lp_mm_ggml_pack(const struct lp_weight *w, uint8_t *dst, int64_t s0, int64_t s1);
+
+// The kernel of type t (NULL for an unknown type): row chunk [r0, r1) (r0 a
+// multiple of 16) of w packed (tk->packed) against every token's prepared x
+// (tk->xq, stride tk->dg_stride); int8_x: x rounded to int8 per group of 32
+// (one digit).
 lp_mm_kernel_fn lp_mm_ggml_kernel(enum lp_ggml_type t, bool int8_x);
 
 // Bytes of one token's prepared x for a weight of cols columns (a multiple

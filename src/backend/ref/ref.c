@@ -45,6 +45,7 @@ static enum lp_status ref_weight_upload(void *ctx, const struct lp_weight *w,
     struct lp_bweight *bw = malloc(sizeof *bw);
     if (!bw) return lp_error_set(err, LP_ERR_NOMEM, REF_NAME ": weight_upload: out of memory");
     bw->w = *w;
+    bw->packed = NULL; // ref reads the model's buffers as they are
     *out = bw;
     return LP_OK;
 }
