@@ -4,8 +4,10 @@
 # (issue 9): prefill and decode tok/s, the programs alternating round by
 # round so that all see the same (shared, noisy) machine; the best of each
 # and the ratios at the end. Per round:
-#   layerpipe        `layerpipe bench -m FILE -t T -p P -n N -r 1 --json`
-#                    (float activations: the accurate default)
+#   layerpipe        `layerpipe bench -m FILE -t T -p P -n 1 -r 1 --json` for
+#                    prefill, then `-p 1 -n N` for decode (as llama-bench's
+#                    tg test: from an empty context, not after the prompt;
+#                    float activations: the accurate default)
 #   layerpipe --fast the same with int8 activations (llama.cpp's precision)
 #   llama.cpp        `llama-bench -m FILE -t T -p P -n N -r 1 -o json` (pp
 #                    and tg tests), with OpenMP's default (spinning) wait
@@ -37,10 +39,15 @@ for t in json.load(open(sys.argv[1])):
 }
 best() { sort -g | tail -1; }
 
+# two runs, as llama-bench's pp and tg tests: the prompt alone, then N
+# tokens decoded from a near-empty context (one prompt token), so that both
+# programs' decode reads the same small KV cache
 run_lp() { # name [--fast]
-  "$build/layerpipe" bench -m "$file" -t "$threads" -p "$np" -n "$ng" -r 1 --json "${@:2}" \
+  "$build/layerpipe" bench -m "$file" -t "$threads" -p "$np" -n 1 -r 1 --json "${@:2}" \
     >"$tmp/lp.out" 2>&1 || { cat "$tmp/lp.out"; exit 1; }
   lp_field prefill_tok_s "$tmp/lp.out" >>"$tmp/$1.pp"
+  "$build/layerpipe" bench -m "$file" -t "$threads" -p 1 -n "$ng" -r 1 --json "${@:2}" \
+    >"$tmp/lp.out" 2>&1 || { cat "$tmp/lp.out"; exit 1; }
   lp_field decode_tok_s "$tmp/lp.out" >>"$tmp/$1.tg"
 }
 run_ll() { # name [env...]
