@@ -105,12 +105,19 @@ static void first_on_end(void *user, enum lp_status st, const char *msg) {
 
 // ---- the Sink (its server's thread) ----
 
+// Per Sink stream: whether it has delivered rows with this pipeline's key,
+// i.e. whether it is the configured last stage's stream (only its end
+// concerns the steps in flight; a stranger's rejected stream does not).
+struct sink_stream {
+    bool keyed;
+};
+
 static enum lp_status sink_open(void *user, struct lp_rpc_stream *s, void **stream_user,
                                 struct lp_error *err) {
     (void)user;
     (void)s;
-    (void)err;
-    *stream_user = NULL;
+    *stream_user = calloc(1, sizeof(struct sink_stream));
+    if (!*stream_user) return lp_error_set(err, LP_ERR_NOMEM, "Sink: out of memory");
     return LP_OK;
 }
 
@@ -129,7 +136,7 @@ static void sink_ack(struct lp_rpc_stream *s, uint64_t step) {
 static enum lp_status sink_message(void *user, void *stream_user, struct lp_rpc_stream *s,
                                    const uint8_t *msg, size_t bytes, struct lp_error *err) {
     struct lp_pipeline *p = user;
-    (void)stream_user;
+    struct sink_stream *ss = stream_user;
     Layerpipe__V1__Activations *a = lp_pb_arena_unpack_activations(&p->sink_arena, msg, bytes);
     if (!a)
         return lp_error_set(err, LP_ERR_PROTOCOL,
@@ -139,6 +146,7 @@ static enum lp_status sink_message(void *user, void *stream_user, struct lp_rpc_
     if (a->sink_key != p->sink_key) // only the configured last stage may deliver rows
         return lp_error_set(err, LP_ERR_PROTOCOL,
                             "Sink: Activations without this pipeline's key: not its last stage");
+    ss->keyed = true;
     pthread_mutex_lock(&p->mu);
     struct pl_slot *slot = pl_slot_of(p, a->step);
     if (!slot || slot->done) {
@@ -170,8 +178,9 @@ static enum lp_status sink_message(void *user, void *stream_user, struct lp_rpc_
 
 static void sink_close(void *user, void *stream_user, enum lp_status st, const char *msg) {
     struct lp_pipeline *p = user;
-    (void)stream_user;
-    if (st != LP_OK && st != LP_ERR_CANCELLED) {
+    bool keyed = ((struct sink_stream *)stream_user)->keyed;
+    free(stream_user);
+    if (keyed && st != LP_OK && st != LP_ERR_CANCELLED) {
         char m[LP_ERROR_MSG_BYTES];
         snprintf(m, sizeof m, "the last stage's stream to the Sink ended: %s", msg);
         pthread_mutex_lock(&p->mu);
