@@ -135,7 +135,8 @@ int main(int argc, char **argv) {
         step_bytes += (double)(wbytes + sbytes) * (is == 4 ? 1 : 28.0 * bm_uses[is]);
         int n_copies = (int)(100000000 / wbytes);
         if (n_copies < 1) n_copies = 1;
-        if (n_copies > BM_MAX_COPIES || bm_cache) n_copies = bm_cache ? 1 : BM_MAX_COPIES;
+        if (n_copies > BM_MAX_COPIES) n_copies = BM_MAX_COPIES;
+        if (bm_cache) n_copies = 1;
         uint8_t *data = malloc(wbytes * (size_t)n_copies);
         size_t ng = (size_t)(rows * cols / gs);
         uint16_t *scales = malloc(ng * 2), *biases = malloc(ng * 2);

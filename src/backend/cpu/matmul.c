@@ -523,11 +523,10 @@ enum lp_status lp_cpu_weight_pack(struct lp_cpu_ctx *ctx, const struct lp_weight
     if (bytes == 0) return LP_OK; // the generic path reads the blocks as they are
     // huge pages where the kernel grants them: a 1.7B model's copy is ~1 GB,
     // and 4 kB page faults would be most of the packing time
-    const size_t huge = (size_t)2 << 20;
-    uint8_t *dst = bytes >= huge ? aligned_alloc(huge, (bytes + huge - 1) / huge * huge)
-                                 : aligned_alloc(LP_HOST_ALIGN, bytes);
+    const size_t huge = (size_t)2 << 20, rounded = (bytes + huge - 1) / huge * huge;
+    uint8_t *dst = bytes >= huge ? aligned_alloc(huge, rounded) : aligned_alloc(LP_HOST_ALIGN, bytes);
 #ifdef MADV_HUGEPAGE
-    if (dst && bytes >= huge) madvise(dst, (bytes + huge - 1) / huge * huge, MADV_HUGEPAGE);
+    if (dst && bytes >= huge) madvise(dst, rounded, MADV_HUGEPAGE);
 #endif
     if (!dst)
         return lp_error_set(err, LP_ERR_NOMEM,

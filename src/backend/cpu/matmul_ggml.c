@@ -252,18 +252,8 @@ LP_INLINE int gp_psb(enum lp_ggml_type T) {
     return (gp_codes_bytes(T) + gp_hi_bytes(T) + GP_SC_BYTES + fac + 63) / 64 * 64;
 }
 
-static bool gp_type_known(enum lp_ggml_type t) {
-    return t == LP_GGML_Q4_0 || t == LP_GGML_Q8_0 || t == LP_GGML_Q4_K || t == LP_GGML_Q5_K ||
-           t == LP_GGML_Q6_K;
-}
-
-size_t lp_mm_ggml_packed_bytes(const struct lp_weight *w) {
-    if (!gp_type_known(w->ggml_type) || w->cols % GG_SB != 0) return 0;
-    return (size_t)((w->rows + GS_ROWS - 1) / GS_ROWS) * (size_t)(w->cols / GG_SB) *
-           (size_t)gp_psb(w->ggml_type);
-}
-
-// Bytes of one super-block of type T in the file, as a constant.
+// Bytes of one super-block of type T in the file, as a constant (0: a type
+// these kernels do not take).
 LP_INLINE int gs_sbb(enum lp_ggml_type T) {
     switch (T) {
     case LP_GGML_Q8_0: return 8 * 34;
@@ -275,6 +265,12 @@ LP_INLINE int gs_sbb(enum lp_ggml_type T) {
     return 0;
 }
 
+size_t lp_mm_ggml_packed_bytes(const struct lp_weight *w) {
+    if (gs_sbb(w->ggml_type) == 0 || w->cols % GG_SB != 0) return 0; // a type without kernels
+    return (size_t)((w->rows + GS_ROWS - 1) / GS_ROWS) * (size_t)(w->cols / GG_SB) *
+           (size_t)gp_psb(w->ggml_type);
+}
+
 static void gp_put16(uint8_t *p, int i, const uint8_t *f16) { memcpy(p + 2 * i, f16, 2); }
 
 // The scale codes and factors of row r (< 16) of a strip, from its block(s)
@@ -283,8 +279,7 @@ static void gp_pack_scales(enum lp_ggml_type T, const uint8_t *p, int r, uint8_t
     switch (T) {
     case LP_GGML_Q8_0:
     case LP_GGML_Q4_0: {
-        int bb = T == LP_GGML_Q8_0 ? 34 : 18;
-        for (int k = 0; k < 8; k++) gp_put16(sc, 16 * k + r, p + k * bb);
+        for (int k = 0; k < 8; k++) gp_put16(sc, 16 * k + r, p + k * (gs_sbb(T) / 8));
         return;
     }
     case LP_GGML_Q4_K:
