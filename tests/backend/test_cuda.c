@@ -6,7 +6,7 @@
 // replayed too, against the argmax of the same steps' rows). Without a GPU (or in a
 // build without CUDA) it prints why it skips and passes.
 // Cases: every weight format, MLX bits 4/8, groups 32/64/128, bf16 and f16
-// scales, n = 1, 3, 17, 96, 129 tokens, float columns not a multiple of the
+// scales, n = 1, 3, 17, 96, 129 tokens (all three product kernels), float columns not a multiple of the
 // 16-byte chunk (the element-wise path); rmsnorm, rope up to position 40000,
 // gather, silu_mul + add; argmax_rows on crafted rows (NaN, infinities,
 // ties; exactly the sampler's loop); kv_store + attention over three segments with
@@ -123,13 +123,18 @@ static void test_matmul(void) {
 
 // Row i of an n-row matmul is bit-identical to row i computed alone.
 static void test_batch_invariance(void) {
-    struct lp_weight ws[3] = {
+    // the last three have 16 units or more (16 slices, and past 8 tokens
+    // split over blocks where the tiles are few)
+    struct lp_weight ws[6] = {
         tu_weight(LP_WEIGHT_BF16, 150, 256, 0, 0, LP_DTYPE_BF16),
         tu_weight(LP_WEIGHT_MLX_AFFINE, 150, 384, 8, 64, LP_DTYPE_BF16),
         tu_weight(LP_WEIGHT_MLX_AFFINE, 37, 640, 4, 32, LP_DTYPE_F16),
+        tu_weight(LP_WEIGHT_BF16, 200, 1024, 0, 0, LP_DTYPE_BF16),
+        tu_weight(LP_WEIGHT_MLX_AFFINE, 300, 1024, 8, 64, LP_DTYPE_BF16),
+        tu_weight(LP_WEIGHT_MLX_AFFINE, 130, 2048, 4, 128, LP_DTYPE_F16),
     };
-    static const int ns[8] = {2, 3, 5, 8, 9, 16, 33, 100};
-    for (int k = 0; k < 3; k++) {
+    static const int ns[8] = {2, 3, 8, 9, 16, 33, 65, 100};
+    for (int k = 0; k < 6; k++) {
         struct lp_weight *w = &ws[k];
         int n_max = 100;
         float *x = tu_randv((int64_t)n_max * w->cols, 1.0f);
@@ -160,8 +165,10 @@ static void test_batch_invariance(void) {
 
 // The products' persistent grid (blocks looping over tiles, the default)
 // gives the bits of one block a tile (LP_CUDA_NO_PERSIST=1, read when a
-// backend is created), at batch sizes of both kernels and with matrices of
-// more tiles than a GPU's multiprocessors hold, so that blocks loop there too.
+// backend is created), at batch sizes of every kernel and with matrices of
+// more tiles than a GPU's multiprocessors hold, so that blocks loop there too;
+// past 64 tokens the default splits a matrix of few tiles over blocks (the
+// 300 x 640 one), which must give the bits of the unsplit tiles.
 static void test_persistent_grid(void) {
     setenv("LP_CUDA_NO_PERSIST", "1", 1);
     struct lp_backend *flat = NULL;
@@ -174,10 +181,10 @@ static void test_persistent_grid(void) {
         tu_weight(LP_WEIGHT_MLX_AFFINE, 4400, 256, 8, 64, LP_DTYPE_BF16),
         tu_weight(LP_WEIGHT_MLX_AFFINE, 300, 640, 4, 32, LP_DTYPE_F16),
     };
-    static const int ns[3] = {1, 7, 40};
+    static const int ns[4] = {1, 7, 40, 70};
     for (int k = 0; k < 3; k++) {
         struct lp_weight *w = &ws[k];
-        for (int in = 0; in < 3; in++) {
+        for (int in = 0; in < 4; in++) {
             int n = ns[in];
             size_t floats = (size_t)n * w->rows + 3 * (size_t)w->cols;
             float *x = tu_randv((int64_t)n * w->cols, 1.0f);
@@ -203,16 +210,17 @@ static void test_fused(void) {
         enum lp_weight_format f;
         int bits, gs;
         int64_t cols;
-    } shapes[4] = {{LP_WEIGHT_BF16, 0, 0, 256},
+    } shapes[5] = {{LP_WEIGHT_BF16, 0, 0, 256},
                    {LP_WEIGHT_MLX_AFFINE, 8, 64, 384},
                    {LP_WEIGHT_MLX_AFFINE, 4, 32, 640},
-                   {LP_WEIGHT_BF16, 0, 0, 100}};
-    static const int ns[3] = {1, 5, 40};
+                   {LP_WEIGHT_BF16, 0, 0, 100},
+                   {LP_WEIGHT_MLX_AFFINE, 8, 64, 1024}};
+    static const int ns[4] = {1, 5, 40, 70};
     void *c = gpu->ctx;
     const struct lp_backend_i *be = &gpu->iface;
     CHECK(be->matmul_multi && be->matmul_add && be->matmul_swiglu);
     if (!be->matmul_multi || !be->matmul_add || !be->matmul_swiglu) return;
-    for (int k = 0; k < 4; k++) {
+    for (int k = 0; k < 5; k++) {
         int64_t rows[3] = {70, 33, 33}, cols = shapes[k].cols;
         struct lp_weight w[3];
         struct lp_bweight *bw[3];
@@ -221,7 +229,7 @@ static void test_fused(void) {
                 tu_weight(shapes[k].f, rows[j], cols, shapes[k].bits, shapes[k].gs, LP_DTYPE_BF16);
             CHECK_OK(be->weight_upload(c, &w[j], &bw[j], err), err);
         }
-        for (int in = 0; in < 3; in++) {
+        for (int in = 0; in < 4; in++) {
             int n = ns[in];
             size_t xb = (size_t)n * cols * 4, ob = (size_t)n * 70 * 4;
             float *x = tu_randv((int64_t)n * cols, 1.0f), *y0 = tu_randv((int64_t)n * 70, 1.0f);
@@ -602,11 +610,25 @@ static void test_attention(enum lp_dtype dt, int hd, bool long_ctx) {
     float *q = tu_randv((int64_t)n * n_heads * hd, 0.5f);
     size_t out_bytes = (size_t)n * n_heads * hd * 4, es = dt == LP_DTYPE_BF16 ? 2 : 4;
     size_t cache_bytes = (size_t)(n_slots * row) * es;
-    float *res[2] = {malloc(out_bytes), malloc(out_bytes)};
-    void *kcache[2] = {malloc(cache_bytes), malloc(cache_bytes)};
-    void *vcache[2] = {malloc(cache_bytes), malloc(cache_bytes)};
-    for (int vi = 0; vi < 2; vi++) {
-        struct lp_backend *be = vi == 0 ? ref : gpu;
+    // ref, the GPU, and the GPU with 8 and 3 query rows a block of attention
+    // (LP_CUDA_ATTN_ROWS, read at create): rows of other segments in one block
+    struct lp_backend *rows_be[2] = {NULL, NULL};
+    for (int i = 0; i < 2; i++) {
+        setenv("LP_CUDA_ATTN_ROWS", i == 0 ? "8" : "3", 1);
+        struct lp_backend_cuda_params cp = {.device = 0};
+        CHECK_OK(lp_backend_cuda_create(&rows_be[i], &cp, err), err);
+        unsetenv("LP_CUDA_ATTN_ROWS");
+    }
+    float *res[4];
+    void *kcache[4], *vcache[4];
+    for (int i = 0; i < 4; i++) {
+        res[i] = malloc(out_bytes);
+        kcache[i] = malloc(cache_bytes);
+        vcache[i] = malloc(cache_bytes);
+    }
+    for (int vi = 0; vi < 4; vi++) {
+        struct lp_backend *be = vi == 0 ? ref : vi == 1 ? gpu : rows_be[vi - 2];
+        if (!be) continue;
         struct lp_buf *kc = tu_buf(be, NULL, cache_bytes), *vc = tu_buf(be, NULL, cache_bytes);
         struct lp_buf *kb = tu_buf(be, k, (size_t)(n_slots * row) * 4);
         struct lp_buf *vb = tu_buf(be, v, (size_t)(n_slots * row) * 4);
@@ -625,17 +647,24 @@ static void test_attention(enum lp_dtype dt, int hd, bool long_ctx) {
               long_ctx ? " long" : "", e);
     CHECK_MSG(memcmp(kcache[0], kcache[1], cache_bytes) == 0, "kv_store K %s", lp_dtype_name(dt));
     CHECK_MSG(memcmp(vcache[0], vcache[1], cache_bytes) == 0, "kv_store V %s", lp_dtype_name(dt));
+    for (int i = 0; i < 2; i++)
+        if (rows_be[i])
+            CHECK_MSG(memcmp(res[2 + i], res[1], out_bytes) == 0,
+                      "attention %s hd %d%s with %d rows a block differs from 1", lp_dtype_name(dt),
+                      hd, long_ctx ? " long" : "", i == 0 ? 8 : 3);
     printf("attention %s hd %d%s: rel L2 %.3g\n", lp_dtype_name(dt), hd, long_ctx ? " long" : "",
            e);
     free(k);
     free(v);
     free(slot);
     free(q);
-    for (int i = 0; i < 2; i++) {
+    for (int i = 0; i < 4; i++) {
         free(res[i]);
         free(kcache[i]);
         free(vcache[i]);
     }
+    for (int i = 0; i < 2; i++)
+        if (rows_be[i]) lp_backend_destroy(rows_be[i]);
 }
 
 // ---- the whole engine ----------------------------------------------------------

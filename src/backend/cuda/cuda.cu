@@ -18,8 +18,10 @@
 // into the kernel after them (struct cuda_pending). Switches (=1):
 // LP_CUDA_NO_GRAPHS (read each step), and, read at create, LP_CUDA_NO_PDL
 // (plain launches), LP_CUDA_NO_FOLD, LP_CUDA_NO_TC (CUDA-core products),
-// LP_CUDA_NO_PERSIST (the products' grid one block a tile: the same bits);
-// LP_CUDA_TIMING prints the host's share of replayed steps.
+// LP_CUDA_NO_PERSIST (the products' grid one block a tile, no split: the
+// same bits); LP_CUDA_ATTN_ROWS=N (attention's query rows a block, the same
+// bits; default 8 for a prefill, 1 for a decode batch); LP_CUDA_TIMING
+// prints the host's share of replayed steps.
 #include <cuda_runtime.h>
 #include <math.h>
 #include <stdarg.h>
@@ -102,12 +104,13 @@ struct cuda_ctx {
     size_t attn_scratch_floats;
     int *attn_cnt; // [attn_cnt_n] attention's finished-split counters, zero between launches
     size_t attn_cnt_n;
-    void *mm_scratch; // the products' x made ready for the mma (lp_cuda_mm_scratch_bytes)
+    void *mm_scratch; // the products' x made ready for the mma, partials (lp_cuda_mm_plan)
     size_t mm_scratch_bytes;
     bool pdl; // kernels launched with programmatic dependent launch (LP_CUDA_NO_PDL=1: off)
     bool fold; // steps folded into the next (cuda_pending; LP_CUDA_NO_FOLD=1: off)
     bool tc;   // bf16 / MLX products on the tensor cores (LP_CUDA_NO_TC=1: CUDA cores)
     int n_sm;  // multiprocessors, for the products' persistent grid (LP_CUDA_NO_PERSIST=1: 0)
+    int attn_rows; // attention's query rows a block (LP_CUDA_ATTN_ROWS; 0: 8 for a prefill, else 1)
     struct cuda_pending pend;
     float *inv_freq; // [inv_hd / 2] for rope
     float inv_theta;
@@ -617,7 +620,7 @@ static bool cuda_mm(struct cuda_ctx *c, int epi, float *const *outs, const struc
     const float *norm_w;
     float *norm_out, eps;
     const float *xin = cuda_mm_input(c, x, n, ws[0]->cols, &norm_w, &norm_out, &eps);
-    if (cuda_mm_scratch(c, lp_cuda_mm_scratch_bytes(n, ws[0]->cols)))
+    if (cuda_mm_scratch(c, lp_cuda_mm_plan(epi, ws, n_w, n, c->n_sm).bytes))
         cuda_ok(c, lp_cuda_mm(c->stream, c->pdl, epi, xin, ws, outs, n_w, n, norm_w, norm_out,
                               eps, c->n_sm, c->mm_scratch),
                 what);
@@ -852,7 +855,10 @@ static bool cuda_mm_scratch(struct cuda_ctx *c, size_t bytes) {
     cudaFree(c->mm_scratch);
     c->mm_scratch = NULL;
     c->mm_scratch_bytes = 0;
-    if (!cuda_ok(c, cudaMalloc(&c->mm_scratch, bytes), "cudaMalloc (matmul scratch)")) return false;
+    if (!cuda_ok(c, cudaMalloc(&c->mm_scratch, bytes), "cudaMalloc (matmul scratch)") ||
+        !cuda_ok(c, cudaMemsetAsync(c->mm_scratch, 0, bytes, c->stream),
+                 "cudaMemsetAsync (matmul scratch: its tile counters start at zero)"))
+        return false;
     c->mm_scratch_bytes = bytes;
     return true;
 }
@@ -946,6 +952,9 @@ static void cuda_attention(void *ctx, struct lp_buf *out, const struct lp_buf *q
             lp_cuda_attention(c->stream, c->pdl, (float *)out->d, (float *)q->d, k_cache->d,
                               v_cache->d, geom->dtype == LP_DTYPE_BF16, geom->block_size,
                               geom->n_kv_heads, geom->head_dim, n_heads, &ix, qk, n,
+                              c->attn_rows > 0           ? c->attn_rows
+                              : !qk && n >= 8 * n_segs ? 8
+                                                         : 1,
                               c->attn_scratch, c->attn_cnt),
             "attention");
 }
@@ -1192,6 +1201,7 @@ extern "C" enum lp_status lp_backend_cuda_create(struct lp_backend **out,
         goto fail;
     snprintf(c->gpu, sizeof c->gpu, "%.63s", prop.name);
     c->n_sm = getenv("LP_CUDA_NO_PERSIST") ? 0 : prop.multiProcessorCount;
+    c->attn_rows = getenv("LP_CUDA_ATTN_ROWS") ? atoi(getenv("LP_CUDA_ATTN_ROWS")) : 0;
     if (getenv("LP_CUDA_TIMING") && cudaEventCreate(&c->tm_ev[0]) == cudaSuccess) {
         if (cudaEventCreate(&c->tm_ev[1]) == cudaSuccess) c->timing = true;
         else cudaEventDestroy(c->tm_ev[0]);

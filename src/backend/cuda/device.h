@@ -23,19 +23,24 @@
 #endif
 
 #ifdef LP_CUDA_EMU
-// The emulation runs launches one after another: a PDL launch is a plain one.
+// The emulation runs launches one after another: a PDL launch is a plain one,
+// and dynamic shared memory is a static buffer of the kernel (LP_DYN_SMEM).
 #define LP_LAUNCH_PDL(pdl, grid, block, stream, args, ...) LP_LAUNCH(grid, block, stream, args, __VA_ARGS__)
+#define LP_LAUNCH_PDL_SMEM(pdl, grid, block, smem, stream, args, ...)                             \
+    LP_LAUNCH(grid, block, stream, args, __VA_ARGS__)
+#define LP_DYN_SMEM(name, bytes) static __align__(16) unsigned char name[bytes]
 #else
 // A launch that may start while the kernel before it in the stream finishes
 // (programmatic stream serialization): the kernel must call griddep_wait()
 // before it reads anything an earlier kernel wrote or writes anything at all.
+// smem: bytes of dynamic shared memory (the kernel's LP_DYN_SMEM).
 template <class... P, class... A>
-static inline cudaError_t lp_launch_pdl(bool pdl, dim3 grid, dim3 block, cudaStream_t s,
-                                        void (*k)(P...), A &&...a) {
+static inline cudaError_t lp_launch_pdl(bool pdl, dim3 grid, dim3 block, size_t smem,
+                                        cudaStream_t s, void (*k)(P...), A &&...a) {
     cudaLaunchConfig_t cfg = {};
     cfg.gridDim = grid;
     cfg.blockDim = block;
-    cfg.dynamicSmemBytes = 0;
+    cfg.dynamicSmemBytes = smem;
     cfg.stream = s;
     cudaLaunchAttribute at[1];
     at[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
@@ -46,8 +51,12 @@ static inline cudaError_t lp_launch_pdl(bool pdl, dim3 grid, dim3 block, cudaStr
 }
 // (a statement, like LP_LAUNCH: the launch's error is cudaGetLastError's)
 #define LP_LAUNCH_PDL(pdl, grid, block, stream, args, ...)                                        \
-    (void)lp_launch_pdl(pdl, grid, block, stream, __VA_ARGS__, LP_DEV_UNPAREN args)
+    (void)lp_launch_pdl(pdl, grid, block, 0, stream, __VA_ARGS__, LP_DEV_UNPAREN args)
+#define LP_LAUNCH_PDL_SMEM(pdl, grid, block, smem, stream, args, ...)                             \
+    (void)lp_launch_pdl(pdl, grid, block, smem, stream, __VA_ARGS__, LP_DEV_UNPAREN args)
 #define LP_DEV_UNPAREN(...) __VA_ARGS__
+// A kernel's dynamic shared memory (at most `bytes`, as launched).
+#define LP_DYN_SMEM(name, bytes) extern __shared__ __align__(16) unsigned char name[]
 #endif
 
 // Waits until the kernels this one depends on have finished and their
@@ -71,6 +80,29 @@ static __device__ __forceinline__ void griddep_launch_dependents() {
 static __device__ __forceinline__ void prefetch_l2(const void *p) {
 #ifndef LP_CUDA_EMU
     asm volatile("prefetch.global.L2 [%0];" ::"l"(p));
+#endif
+}
+
+// 16 bytes from global src to shared dst (both 16-byte aligned) without
+// registers or a wait: cp_async_commit closes a group of such copies, and
+// cp_async_wait<N> waits until at most N groups are still in flight (the
+// emulation copies at once).
+static __device__ __forceinline__ void cp_async16(void *dst, const void *src) {
+#ifdef LP_CUDA_EMU
+    memcpy(dst, src, 16);
+#else
+    const unsigned d = (unsigned)__cvta_generic_to_shared(dst);
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(d), "l"(src) : "memory");
+#endif
+}
+static __device__ __forceinline__ void cp_async_commit() {
+#ifndef LP_CUDA_EMU
+    asm volatile("cp.async.commit_group;" ::: "memory");
+#endif
+}
+template <int N> static __device__ __forceinline__ void cp_async_wait() {
+#ifndef LP_CUDA_EMU
+    asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory");
 #endif
 }
 

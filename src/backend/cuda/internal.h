@@ -69,26 +69,83 @@ static inline bool lp_cuda_mm_ok(const struct lp_cuda_weight *w) {
     return false;
 }
 
+// The products' tiles for prefill (matmul_tc.cu's k_mmt): 128 weight rows
+// (SWIGLU: 64 of the gate and the same 64 of up) by 64 tokens, the columns
+// walked in order; a matrix of few tiles splits its slices over up to 8
+// blocks (n_split), whose partials the last of them adds in order.
+#define LP_CUDA_MMT_BM 128
+#define LP_CUDA_MMT_BN 64
+// k_mmt from this many tokens (fewer: the 32-token kernel, faster there)
+#define LP_CUDA_MMT_MIN_TOKENS 65
+// 16 slices (PAIR) only for matrices of at most this many rows: a tall one
+// (an LM head) has tiles enough for every warp, and its halved slices only
+// added a merge per tile (LM head 251 -> 317 us when tried)
+#define LP_CUDA_MM_PAIR_MAX_ROWS 16384
+
+// Tile counters at the start of the products' scratch (the same place for
+// every call, so that they stay zero between calls): a split needs one a tile.
+#define LP_CUDA_MM_MAX_CNT 1024
+
+// How a product of n tokens is laid out (the launcher and its scratch agree
+// through this): pair (16 slices), and past 8 tokens the padded tokens, the
+// tiles, the split and where each part of the scratch begins.
+struct lp_cuda_mm_plan {
+    bool pair;
+    int n_pad, n_tg, n_bp, n_split;
+    size_t xw_off, xsum_off, part_off, bytes;
+};
+// (inline: a build with CUDA links the emulated kernels into one test too,
+// and a function without a stream argument would be defined twice)
+static inline struct lp_cuda_mm_plan lp_cuda_mm_plan(int epi, const struct lp_cuda_weight *const *ws,
+                                                     int n_w, int n, int n_sm) {
+    struct lp_cuda_mm_plan p = {false, 0, 0, 0, 1, 0, 0, 0, 0};
+    const struct lp_cuda_weight *w = ws[0];
+    const int unit = w->fmt == LP_CUDA_FMT_BF16 ? 64 : w->group < 64 ? 32 : w->group;
+    int max_rows = 0;
+    for (int j = 0; j < n_w; j++)
+        max_rows = ws[j]->rows > max_rows ? ws[j]->rows : max_rows;
+    p.pair = w->cols / unit >= 16 && max_rows <= LP_CUDA_MM_PAIR_MAX_ROWS;
+    if (n <= 8) return p; // the 8-token kernel makes x ready itself
+    p.xw_off = LP_CUDA_MM_MAX_CNT * 4;
+    if (n < LP_CUDA_MMT_MIN_TOKENS) { // the 32-token kernel: x made ready, no split
+        p.n_pad = (n + 31) / 32 * 32;
+        p.xsum_off = p.xw_off + (size_t)p.n_pad * (size_t)w->cols * 4;
+        p.part_off = p.bytes = p.xsum_off + (size_t)p.n_pad * ((size_t)w->cols / 32) * 4;
+        return p;
+    }
+    p.n_tg = (n + LP_CUDA_MMT_BN - 1) / LP_CUDA_MMT_BN;
+    p.n_pad = p.n_tg * LP_CUDA_MMT_BN;
+    if (epi == LP_CUDA_EPI_SWIGLU)
+        p.n_bp = (w->rows + LP_CUDA_MMT_BM / 2 - 1) / (LP_CUDA_MMT_BM / 2);
+    else
+        for (int j = 0; j < n_w; j++)
+            p.n_bp += (ws[j]->rows + LP_CUDA_MMT_BM - 1) / LP_CUDA_MMT_BM;
+    const long tiles = (long)p.n_tg * p.n_bp;
+    if (p.pair && n_sm > 0 && tiles <= LP_CUDA_MM_MAX_CNT) // two blocks a multiprocessor
+        while (p.n_split < 8 && tiles * p.n_split < 2L * n_sm)
+            p.n_split *= 2;
+    p.xsum_off = p.xw_off + (size_t)p.n_pad * (size_t)w->cols * 4; // 4 bytes a token and column
+    p.part_off = p.xsum_off + (size_t)p.n_pad * ((size_t)w->cols / 32) * 4;
+    p.bytes = p.part_off; // and, split, the 8 pair sums of every tile element
+    if (p.n_split > 1) p.bytes += (size_t)tiles * 8 * LP_CUDA_MMT_BM * LP_CUDA_MMT_BN * 4;
+    return p;
+}
+
 // outs[j][n, ws[j].rows] (epi) x @ ws[j]^T for j < n_w <= 3 on the tensor
 // cores; the matrices share format, width, group and scale type, and all
 // satisfy lp_cuda_mm_ok (else cudaErrorInvalidValue). SWIGLU: n_w = 2 (gate,
 // up, equal rows), outs[0] receives the product. norm_w != NULL: x is taken
 // through rmsnorm(x, norm_w, eps) first (norm_w [cols]), and that row is
 // written to norm_out [n, cols] (which must not be x). pdl: a programmatic
-// launch. n_sm: the GPU's multiprocessors, for a persistent grid (0: one
-// block a tile). scratch: lp_cuda_mm_scratch_bytes(n, cols) bytes of device
-// memory, where x is made ready for the mma first (one launch before the
-// product's). One result per element whatever n and n_sm (see matmul_tc.cu).
+// launch. n_sm: the GPU's multiprocessors, for the grids' sizes (0: one
+// block a tile, no split). scratch: lp_cuda_mm_plan(...).bytes bytes of
+// device memory, zero when first allocated (its tile counters are left at
+// zero by every call), where x is made ready for the mma first (one launch
+// before the product's). One result per element whatever n and n_sm (see
+// matmul_tc.cu).
 cudaError_t lp_cuda_mm(cudaStream_t s, bool pdl, int epi, const float *x,
                        const struct lp_cuda_weight *const *ws, float *const *outs, int n_w, int n,
                        const float *norm_w, float *norm_out, float eps, int n_sm, void *scratch);
-// (inline: a build with CUDA links the emulated kernels into one test too,
-// and a function without a stream argument would be defined twice)
-static inline size_t lp_cuda_mm_scratch_bytes(int n, int cols) {
-    if (n <= 8) return 0; // the 8-token kernel makes x ready itself
-    const size_t n_pad = ((size_t)n + 31) / 32 * 32;
-    return n_pad * (size_t)cols * 4 + n_pad * ((size_t)cols / 32) * 4; // B words, x sums
-}
 
 cudaError_t lp_cuda_embed(cudaStream_t s, float *out, const struct lp_cuda_weight *w,
                           const int32_t *ids, int n);
@@ -148,11 +205,14 @@ static inline bool lp_cuda_attn_tiled(int head_dim, int n_heads, int n_kv_heads)
 // qk: NULL, or the folded qk step (only where lp_cuda_attn_tiled).
 // scratch: lp_cuda_attn_scratch_floats floats; counters: [n * n_kv_heads]
 // ints, zero before the call and after it. pdl: a programmatic launch.
+// rows_per_block: query rows a block of the tiled kernel takes one after
+// another (1 for a decode batch; more where rows share a sequence, as a
+// prefill's do: they then read its K and V from L1); the same bits either way.
 cudaError_t lp_cuda_attention(cudaStream_t s, bool pdl, float *out, float *q, void *k_cache,
                               void *v_cache, bool bf16, int block_size, int n_kv_heads,
                               int head_dim, int n_heads, const struct lp_cuda_attn_index *ix,
-                              const struct lp_cuda_attn_qk *qk, int n, float *scratch,
-                              int *counters);
+                              const struct lp_cuda_attn_qk *qk, int n, int rows_per_block,
+                              float *scratch, int *counters);
 cudaError_t lp_cuda_silu_mul(cudaStream_t s, float *out, const float *gate, const float *up,
                              int64_t n);
 cudaError_t lp_cuda_add(cudaStream_t s, float *x, const float *y, int64_t n);

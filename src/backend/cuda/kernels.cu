@@ -765,7 +765,9 @@ __global__ void k_attn_combine(float *out, const float *scratch, int hd) {
 // takes positions w, w + 4, ..., lanes over the head dims (16-byte loads).
 // The block merges its warps and writes (m, l, o) for its split; the block
 // that finishes last for a (row, kv head) (a counter, reset after) merges
-// the splits in order 0..SPLITS-1 -- what k_attn_combine computes -- so
+// the splits in order 0..SPLITS-1 -- what k_attn_combine computes; the
+// splits past the row's context leave at once, their (m, l) = (-inf, 0)
+// taken as read, and only the others count -- so
 // one launch does both passes and a row's result depends on its own
 // context only. FQK: the row's q and k are the raw projections of a decode
 // token; every block normalizes and rotates its q heads (norm_rope_row),
@@ -782,6 +784,7 @@ struct attn_args {
     float *q;       // [n, n_heads * hd] (FQK: raw in, normalized and rotated out)
     void *kc, *vc;  // caches (written only by FQK's store)
     int bs, n_kv, hd, n_heads;
+    int n_rows, rpb; // query rows, rows a block (one after another)
     float scale;
     struct lp_cuda_attn_index ix;
     struct lp_cuda_attn_qk qk; // FQK only
@@ -841,14 +844,14 @@ template <bool BF> static __device__ __forceinline__ float cache_round(float f) 
     return BF ? bf16_bits(pack_bf16(f, 0.0f) & 0xffffu) : f;
 }
 
+// One query row of a block of k_attn_tile (every thread of the block calls it).
 // DPT: head dims per lane in P V (hd = 32 DPT); GMAX >= G query heads per kv head.
 template <int DPT, int GMAX, bool BF, bool FQK>
-static __global__ void __launch_bounds__(ATT_THREADS) k_attn_tile(struct attn_args a) {
+static __device__ __forceinline__ void attn_tile_row(const struct attn_args &a, int row, int kvh,
+                                                     int split) {
     constexpr int HD = 32 * DPT, DPL = HD / 8; // dims per lane in the scores
     constexpr int US = DPL <= 16 ? 4 : 2;       // score steps whose loads go out together
     constexpr int SPLITS = LP_CUDA_ATTN_SPLITS;
-    griddep_launch_dependents();
-    const int row = blockIdx.x / a.n_kv, kvh = blockIdx.x % a.n_kv, split = blockIdx.y;
     const int G = a.n_heads / a.n_kv;
     const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
     const int lg = lane >> 3, l8 = lane & 7;
@@ -865,6 +868,10 @@ static __global__ void __launch_bounds__(ATT_THREADS) k_attn_tile(struct attn_ar
     const int32_t *bt = a.ix.bt + a.ix.seg_off[seg];
     const int qpos = a.ix.row_qpos[row];
     const int n_ctx = min(qpos + 1, a.ix.seg_nblk[seg] * a.bs);
+    // splits past the context have no position: they leave (m, l) = (-inf,
+    // 0), which the merge skips, so only the first n_act take part
+    const int n_act = min(SPLITS, (n_ctx + ATT_TP - 1) / ATT_TP);
+    if (split >= n_act && split > 0) return;
     const size_t qrow = (size_t)row * a.n_heads + (size_t)kvh * G; // first q head row
     const size_t kv_stride = (size_t)a.n_kv * HD;
     long long base0 = 0; // position split * ATT_TP + tid's cache element
@@ -1048,7 +1055,7 @@ static __global__ void __launch_bounds__(ATT_THREADS) k_attn_tile(struct attn_ar
     __threadfence();
     __syncthreads();
     int *cnt = a.cnt + (size_t)row * a.n_kv + kvh;
-    if (tid == 0) last_s = atomicAdd(cnt, 1) == SPLITS - 1;
+    if (tid == 0) last_s = atomicAdd(cnt, 1) == (n_act > 1 ? n_act : 1) - 1;
     __syncthreads();
     if (!last_s) return;
     __threadfence();
@@ -1057,8 +1064,8 @@ static __global__ void __launch_bounds__(ATT_THREADS) k_attn_tile(struct attn_ar
     if (tid < G * SPLITS) {
         const int g = tid / SPLITS, sp = tid % SPLITS;
         const float *part = a.scratch + ((qrow + g) * SPLITS + sp) * (size_t)(HD + 2);
-        w_s[g][sp] = __ldcg(part);     // m for now
-        o_s[0][g][sp] = __ldcg(part + 1); // l
+        w_s[g][sp] = sp < n_act ? __ldcg(part) : -INFINITY; // m for now
+        o_s[0][g][sp] = sp < n_act ? __ldcg(part + 1) : 0.0f; // l
     }
     __syncthreads();
     if (tid < G) {
@@ -1106,10 +1113,26 @@ static __global__ void __launch_bounds__(ATT_THREADS) k_attn_tile(struct attn_ar
     if (tid == 0) *cnt = 0;
 }
 
+// Block (row group, kv head, split): the group's a.rpb consecutive rows one
+// after another, each computed exactly as alone; rows of one sequence read
+// the same K and V rows, which the later ones find in L1 (a prefill's rows
+// otherwise each brought their split's K and V from L2).
+template <int DPT, int GMAX, bool BF, bool FQK>
+static __global__ void __launch_bounds__(ATT_THREADS) k_attn_tile(struct attn_args a) {
+    griddep_launch_dependents();
+    const int rg = blockIdx.x / a.n_kv, kvh = blockIdx.x % a.n_kv;
+    for (int i = 0; i < a.rpb; i++) {
+        const int row = rg * a.rpb + i;
+        if (row >= a.n_rows) break;
+        attn_tile_row<DPT, GMAX, BF, FQK>(a, row, kvh, (int)blockIdx.y);
+        __syncthreads(); // the shared arrays are the next row's
+    }
+}
+
 template <int DPT, int GMAX>
 static cudaError_t attn_tile_launch(cudaStream_t s, bool pdl, bool bf16, bool fqk, int n,
                                     const struct attn_args &a) {
-    dim3 grid((unsigned)(n * a.n_kv), LP_CUDA_ATTN_SPLITS);
+    dim3 grid((unsigned)((n + a.rpb - 1) / a.rpb * a.n_kv), LP_CUDA_ATTN_SPLITS);
 #define LP_ATT(BF, F)                                                                              \
     LP_LAUNCH_PDL(pdl, grid, ATT_THREADS, s, (a), k_attn_tile<DPT, GMAX, BF, F>)
     if (bf16 && fqk)
@@ -1164,8 +1187,8 @@ static cudaError_t attn_launch(cudaStream_t s, float *out, const float *q, const
 cudaError_t lp_cuda_attention(cudaStream_t s, bool pdl, float *out, float *q, void *k_cache,
                               void *v_cache, bool bf16, int block_size, int n_kv_heads,
                               int head_dim, int n_heads, const struct lp_cuda_attn_index *ix,
-                              const struct lp_cuda_attn_qk *qk, int n, float *scratch,
-                              int *counters) {
+                              const struct lp_cuda_attn_qk *qk, int n, int rows_per_block,
+                              float *scratch, int *counters) {
     if (n <= 0) return cudaSuccess;
     if (head_dim > 512 || n_kv_heads <= 0 || n_heads % n_kv_heads != 0)
         return cudaErrorInvalidValue;
@@ -1183,6 +1206,8 @@ cudaError_t lp_cuda_attention(cudaStream_t s, bool pdl, float *out, float *q, vo
         a.hd = hd;
         a.n_heads = n_heads;
         a.scale = 1.0f / sqrtf((float)hd);
+        a.n_rows = n;
+        a.rpb = rows_per_block > 1 ? rows_per_block : 1;
         a.ix = *ix;
         if (qk) a.qk = *qk;
         return attn_tile_dispatch(s, pdl, bf16, qk != NULL, n, G, a);

@@ -4,11 +4,12 @@
 // of the fused slots (store, add into out, silu(gate) * up) and, optionally,
 // the rmsnorm of x folded in (NORM: x is the raw row; the product uses
 // x * inv_rms * norm_w, and that row is also written out, as the rmsnorm
-// step would). Past 8 tokens two launches: k_mm_prep makes x ready for the
-// mma once (the rmsnorm, the bf16 halves in each lane's fragment order, the
-// x sums of the MLX groups), then k_mm multiplies; up to 8 tokens k_mm makes
-// the same values itself in every block (one launch fewer, which is what
-// counts at batch 1: the prep's launch cost more than it saved there).
+// step would). Up to 8 tokens one launch, k_mm, which makes x ready for the
+// mma itself in every block (what counts at batch 1: a launch more cost more
+// than it saved there); past 8 tokens two: k_mm_prep makes x ready once (the
+// rmsnorm, the bf16 halves in each lane's fragment order, the x sums of the
+// MLX groups), then k_mm's 32-token tiles multiply (decode batches) or, from
+// LP_CUDA_MMT_MIN_TOKENS tokens (prefill), k_mmt's shared-memory tiles.
 //
 // Accuracy: the weights enter the bf16 mma exactly (bf16 as stored; MLX
 // codes q as q * 2^-7, exact); x is split into bf16 hi + lo (hi = bf16(x),
@@ -20,7 +21,7 @@
 // a token's row is the same bits alone or among others, and in the decode
 // and prefill grids alike). The columns are cut into slices of whole units
 // (a unit is an MLX group, or 64 columns of bf16): n_sl = min(units, 8),
-// or 16 when there are 16 units or more and at most MM_PAIR_MAX_ROWS rows
+// or 16 when there are 16 units or more and at most LP_CUDA_MM_PAIR_MAX_ROWS rows
 // (PAIR), a unit into
 // chunks of CW (64; 32 for MLX group 32) columns, a chunk into CW / 16 mma
 // steps. Within a chunk the k order is permuted so that lane t of each
@@ -48,18 +49,16 @@
 // drains; as each tile starts, it asks for the next tile's slice into L2,
 // and its last chunk loads the next tile's first (the rest find L2). The tiles
 // and their arithmetic do not depend on the grid: any n_sm gives the same
-// bits.
+// bits. k_mmt's tiles are described where it is defined.
 #include <math.h>
+
+#include <atomic>
 
 #include "backend/cuda/device.h"
 #include "backend/cuda/internal.h"
 
 #define MM_THREADS 256
 #define MM_WARPS 8
-// PAIR (16 slices) only for matrices of at most this many rows: a tall one
-// (an LM head) has tiles enough for every warp, and its halved slices only
-// added a merge per tile (LM head 251 -> 317 us when tried)
-#define MM_PAIR_MAX_ROWS 16384
 
 // bf16x2 constants: 2^126 (codes at bit 0 of a 16-bit half) and 2^122 (at bit 4).
 #define BF2_P126 0x7e807e80u
@@ -336,7 +335,7 @@ static __device__ __forceinline__ float mm_merge(const float *p, int stride, int
     return v;
 }
 
-// PAIR (wide matrices, 16 units or more, of at most MM_PAIR_MAX_ROWS rows):
+// PAIR (wide matrices, 16 units or more, of at most LP_CUDA_MM_PAIR_MAX_ROWS rows):
 // 16 slices, added as 8 pair sums
 // (Q_k = P_2k + P_2k+1, out = Q_0 + ... + Q_7 in order). The 8-token kernel
 // gives each slice a warp (16 warps: twice the warps for the few tiles of
@@ -642,32 +641,411 @@ static cudaError_t mm_launch_ntl(cudaStream_t s, bool pdl, struct mm_args &a, in
     return cudaGetLastError();
 }
 
-template <int FMT, int CW, int EPI>
-static cudaError_t mm_launch(cudaStream_t s, bool pdl, struct mm_args &a, int n_w, int n_sm) {
+// ---- Past 8 tokens: k_mmt, shared-memory tiles over the columns in order ----
+//
+// A block (8 warps: 4 along the rows, 2 along the tokens) owns a tile of
+// LP_CUDA_MMT_BM weight rows (SWIGLU: 64 of the gate and the same 64 of up)
+// by LP_CUDA_MMT_BN tokens and walks its chunks in order, MMT_STAGES - 1
+// chunks ahead: each chunk's weight bytes and its 64 tokens' B words (made
+// by k_mm_prep) copied into shared memory without registers (cp.async), the
+// weights of the first chunks before the wait for the previous kernel. A
+// warp owns 32 rows (two m-tiles; SWIGLU: 16 gate rows and the same 16 of
+// up) by 32 tokens (four n-tiles) and keeps, per element, the running
+// values of the arithmetic above: the group's G (MLX), the slice's P, the
+// first of a pair (PAIR) and the total, so every element gets exactly the
+// 8-token kernel's operations in its order. A matrix of few tiles splits its
+// slices over n_split blocks (an even number of slices each): each writes
+// its pair sums Q_k to the scratch, and the last to finish (a counter a
+// tile) adds Q_0 .. Q_7 in order and applies the epilogue.
+#define MMT_STAGES 4
+#define MMT_WM 4 // warps along the rows
+#define MMT_NT 4 // n-tiles (8 tokens) a warp
+
+template <int FMT, int CW> struct mmt_geom {
+    static constexpr int BITS = mm_bits<FMT>::n;
+    static constexpr int A_BYTES = CW * BITS / 8; // a row's bytes of one chunk
+    // bf16 rows padded by 16 bytes: a warp's 32-byte reads of 8 rows then
+    // fall in distinct banks (the others are conflict-free unpadded)
+    static constexpr int A_ROW = A_BYTES + (FMT == LP_CUDA_FMT_BF16 ? 16 : 0);
+    static constexpr int A_STAGE = LP_CUDA_MMT_BM * A_ROW;
+    static constexpr int B_STAGE = LP_CUDA_MMT_BN * CW * 4;
+    static constexpr int S_STAGE = FMT == LP_CUDA_FMT_BF16 ? 0 : LP_CUDA_MMT_BN * 4; // x sums
+    static constexpr int STAGE = A_STAGE + B_STAGE + S_STAGE;
+    // then, per warp, the first of a pair and the total of its 32 x 32 elements
+    static constexpr int SMEM = MMT_STAGES * STAGE + MM_WARPS * 2 * 32 * 32 * 4;
+};
+
+// The first chunk of slice s (of n_sl over n_units units of cpu chunks).
+static __device__ __forceinline__ int mmt_slice_chunk(int s, int n_units, int n_sl, int cpu) {
+    return s * n_units / n_sl * cpu;
+}
+
+// W words of a lane's row from shared memory (4 W bytes, aligned to them).
+template <int N>
+static __device__ __forceinline__ void lds_words(const unsigned char *p, uint32_t (&w)[N]) {
+    if (N >= 4) {
+#pragma unroll
+        for (int k = 0; k < N; k += 4) {
+            const uint4 r = ((const uint4 *)p)[k / 4];
+            w[k] = r.x, w[k + 1] = r.y, w[k + 2] = r.z, w[k + 3] = r.w;
+        }
+    } else if (N == 2) {
+        const uint2 r = *(const uint2 *)p;
+        w[0] = r.x, w[1 % N] = r.y;
+    } else {
+        w[0] = *(const uint32_t *)p;
+    }
+}
+
+// The tile's matrix (job), rows and first row.
+struct mmt_tile {
+    int ji, rows, rbase;
+};
+
+// A thread's share of a stage's copies, their sources worked out once a
+// tile: chunk c's weight bytes of the tile's rows (clamped to the matrix),
+// then its 64 tokens' B words and, MLX, its unit's x sums.
+template <int FMT, int CW, int EPI> struct mmt_src {
+    typedef mmt_geom<FMT, CW> G;
+    static constexpr int SEGS = G::A_BYTES / 16, NA = LP_CUDA_MMT_BM * SEGS;
+    static constexpr int KA = (NA + MM_THREADS - 1) / MM_THREADS;
+    static constexpr int QB = CW / 16 * 32, NB = LP_CUDA_MMT_BN / 8 * QB, KB = NB / MM_THREADS;
+    const char *a_src[KA];
+    int a_dst[KA];
+    const uint4 *b_src[KB];
+    const float *s_src;
+    __device__ __forceinline__ mmt_src(const struct mm_args &a, const mmt_tile &tl, int t0,
+                                       int tid) {
+        constexpr bool SW = EPI == LP_CUDA_EPI_SWIGLU;
+        const size_t row_bytes = (size_t)a.cols * G::BITS / 8;
+#pragma unroll
+        for (int k = 0; k < KA; k++) {
+            const int i = k * MM_THREADS + tid < NA ? k * MM_THREADS + tid : NA - 1;
+            const int r = i / SEGS, sg = i % SEGS;
+            const int j = SW ? r / (LP_CUDA_MMT_BM / 2) : tl.ji;
+            int row = tl.rbase + (SW ? r % (LP_CUDA_MMT_BM / 2) : r);
+            row = row < tl.rows ? row : tl.rows - 1;
+            a_src[k] = (const char *)pick3(j, a.w[0].data, a.w[1].data, a.w[2].data) +
+                       (size_t)row * row_bytes + (size_t)sg * 16;
+            a_dst[k] = r * G::A_ROW + sg * 16;
+        }
+        const int n_chunks = a.cols / CW;
+#pragma unroll
+        for (int k = 0; k < KB; k++) {
+            const int i = k * MM_THREADS + tid, q = i / QB;
+            b_src[k] = mm_xw_at(a.xw, t0 / 8 + q, 0, n_chunks, CW / 16, 0) + i % QB;
+        }
+        s_src = a.xsum + t0 + 4 * (tid % (LP_CUDA_MMT_BN / 4));
+    }
+    __device__ __forceinline__ void load_a(unsigned char *st, int c, int tid) const {
+#pragma unroll
+        for (int k = 0; k < KA; k++)
+            if (NA % MM_THREADS == 0 || k * MM_THREADS + tid < NA)
+                cp_async16(st + a_dst[k], a_src[k] + (size_t)c * G::A_BYTES);
+    }
+    __device__ __forceinline__ void load_b(const struct mm_args &a, unsigned char *st, int c,
+                                           int cpu, int tid) const {
+        uint4 *dst = (uint4 *)(st + G::A_STAGE);
+#pragma unroll
+        for (int k = 0; k < KB; k++)
+            cp_async16(dst + k * MM_THREADS + tid, b_src[k] + (size_t)c * QB);
+        if (FMT != LP_CUDA_FMT_BF16 && tid < LP_CUDA_MMT_BN / 4)
+            cp_async16(st + G::A_STAGE + G::B_STAGE + tid * 16, s_src + (size_t)(c / cpu) * a.n_pad);
+    }
+};
+
+// The scale and bias words of the lane's rows for unit u (MLX).
+template <int EPI>
+static __device__ __forceinline__ void mmt_unit_sb(const struct mm_args &a, int ji,
+                                                   const int (&rr)[2][2], int u,
+                                                   uint32_t (&sc)[2][2], uint32_t (&bi)[2][2]) {
+    const int gpr = a.cols / a.w[0].group;
+#pragma unroll
+    for (int mt = 0; mt < 2; mt++) {
+        const int j = EPI == LP_CUDA_EPI_SWIGLU ? mt : ji;
+        const uint16_t *s = pick3(j, a.w[0].scales, a.w[1].scales, a.w[2].scales);
+        const uint16_t *b = pick3(j, a.w[0].biases, a.w[1].biases, a.w[2].biases);
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+            const int64_t at = (int64_t)rr[mt][h] * gpr + u;
+            sc[mt][h] = __ldg(s + at);
+            bi[mt][h] = __ldg(b + at);
+        }
+    }
+}
+
+template <int FMT, int CW, int EPI, bool PAIR>
+static __global__ void __launch_bounds__(MM_THREADS, 1)
+    k_mmt(struct mm_args a, int n_split, float *part, int *cnt) {
+    typedef mmt_geom<FMT, CW> G;
+    constexpr bool MLX = FMT != LP_CUDA_FMT_BF16, SW = EPI == LP_CUDA_EPI_SWIGLU;
+    constexpr int STEPS = CW / 16, XE = CW / 4, W = XE * G::BITS / 32, NT = MMT_NT;
+    constexpr int TILE = LP_CUDA_MMT_BM * LP_CUDA_MMT_BN; // a tile's elements
+    LP_DYN_SMEM(smem, G::SMEM);
+    griddep_launch_dependents();
+    const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane >> 2, t = lane & 3;
+    const int wm = warp % MMT_WM, wn = warp / MMT_WM;
     const int group = a.w[0].group;
-    const int unit = FMT != LP_CUDA_FMT_BF16 && group > CW ? group : CW;
-    int max_rows = 0; // the largest matrix (so that a fused launch equals its parts)
-    for (int j = 0; j < n_w; j++)
-        max_rows = a.w[j].rows > max_rows ? a.w[j].rows : max_rows;
-    if (a.cols / unit >= 16 && max_rows <= MM_PAIR_MAX_ROWS) // wide, and few tiles: 16 slices
-        return a.n <= 8 ? mm_launch_ntl<FMT, CW, EPI, 1, true>(s, pdl, a, n_w, n_sm)
-                        : mm_launch_ntl<FMT, CW, EPI, 4, true>(s, pdl, a, n_w, n_sm);
-    return a.n <= 8 ? mm_launch_ntl<FMT, CW, EPI, 1, false>(s, pdl, a, n_w, n_sm)
-                    : mm_launch_ntl<FMT, CW, EPI, 4, false>(s, pdl, a, n_w, n_sm);
+    const int unit = MLX ? (group > CW ? group : CW) : CW, cpu = unit / CW;
+    const int n_units = a.cols / unit, n_sl = PAIR ? 16 : n_units < 8 ? n_units : 8;
+    // the tile: token group fastest, then the split, then the block-row
+    const int tg = (int)blockIdx.x % a.n_tg, z = (int)blockIdx.x / a.n_tg % n_split,
+              bp = (int)blockIdx.x / a.n_tg / n_split;
+    const int t0 = tg * LP_CUDA_MMT_BN, tile_id = bp * a.n_tg + tg;
+    mmt_tile tl;
+    tl.ji = 0;
+    if (!SW) {
+        if (a.n_jobs > 1 && bp >= a.bp0[1]) tl.ji = 1;
+        if (a.n_jobs > 2 && bp >= a.bp0[2]) tl.ji = 2;
+    }
+    tl.rows = pick3(tl.ji, a.w[0].rows, a.w[1].rows, a.w[2].rows);
+    tl.rbase = SW ? bp * (LP_CUDA_MMT_BM / 2) : (bp - a.bp0[tl.ji]) * LP_CUDA_MMT_BM;
+    // the lane's rows: shared-memory row and matrix row of (m-tile, half)
+    int sr[2][2], rr[2][2];
+#pragma unroll
+    for (int mt = 0; mt < 2; mt++)
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+            sr[mt][h] = (SW ? mt * (LP_CUDA_MMT_BM / 2) + 16 * wm : 32 * wm + 16 * mt) + g + 8 * h;
+            const int r = tl.rbase + (SW ? 16 * wm : 32 * wm + 16 * mt) + g + 8 * h;
+            rr[mt][h] = r < tl.rows ? r : tl.rows - 1;
+        }
+    // this block's slices [s0, s1) and their chunks [cb, ce)
+    const int s0 = z * n_sl / n_split, s1 = (z + 1) * n_sl / n_split;
+    const int cb = mmt_slice_chunk(s0, n_units, n_sl, cpu), ce = mmt_slice_chunk(s1, n_units, n_sl, cpu);
+    const int nch = ce - cb;
+    const mmt_src<FMT, CW, EPI> src(a, tl, t0, tid);
+    // the weights are no kernel's output: the first chunks' before the wait
+#pragma unroll
+    for (int k = 0; k < MMT_STAGES - 1; k++)
+        if (k < nch) src.load_a(smem + k * G::STAGE, cb + k, tid);
+    uint32_t nsc[2][2] = {}, nbi[2][2] = {}; // the next unit's scale and bias words
+    if (MLX) mmt_unit_sb<EPI>(a, tl.ji, rr, cb / cpu, nsc, nbi);
+    griddep_wait();
+#pragma unroll
+    for (int k = 0; k < MMT_STAGES - 1; k++) {
+        if (k < nch) src.load_b(a, smem + k * G::STAGE, cb + k, cpu, tid);
+        cp_async_commit();
+    }
+    float gq[2][NT][4], p[2][NT][4];
+    zero3(gq);
+    zero3(p);
+    // the first of a pair and the total, touched only as slices end, live in
+    // shared memory (registers go to keeping loads in flight): a warp's
+    // elements lane-major after the stages
+    float *pf = (float *)(smem + MMT_STAGES * G::STAGE) + warp * 2 * 32 * (2 * NT * 4);
+    float *tot = pf + 32 * (2 * NT * 4);
+    float us[2][2] = {}, ub[2][2] = {};
+    const bool sbf = a.w[0].scale_bf16;
+    int s = s0, s_end = mmt_slice_chunk(s0 + 1, n_units, n_sl, cpu);
+    float *tpart = part + (size_t)tile_id * 8 * TILE; // this tile's pair sums (split)
+    for (int i = 0; i < nch; i++) {
+        const int c = cb + i;
+        cp_async_wait<MMT_STAGES - 2>();
+        __syncthreads(); // chunk c is here; the stage of chunk c - 1 is free
+        {
+            const int k = i + MMT_STAGES - 1;
+            unsigned char *st = smem + (k % MMT_STAGES) * G::STAGE;
+            if (k < nch) {
+                src.load_a(st, cb + k, tid);
+                src.load_b(a, st, cb + k, cpu, tid);
+            }
+            cp_async_commit();
+        }
+        const unsigned char *st = smem + (i % MMT_STAGES) * G::STAGE;
+        if (MLX && c % cpu == 0) { // a unit starts: its scales, and the next unit's asked for
+#pragma unroll
+            for (int mt = 0; mt < 2; mt++)
+#pragma unroll
+                for (int h = 0; h < 2; h++) {
+                    us[mt][h] = __fmul_rn(sbf ? bf16_bits(nsc[mt][h]) : f16_bits(nsc[mt][h]), 128.0f);
+                    ub[mt][h] = sbf ? bf16_bits(nbi[mt][h]) : f16_bits(nbi[mt][h]);
+                }
+            if (c + cpu < ce) mmt_unit_sb<EPI>(a, tl.ji, rr, c / cpu + 1, nsc, nbi);
+        }
+        uint32_t af[2][STEPS][4];
+#pragma unroll
+        for (int mt = 0; mt < 2; mt++)
+#pragma unroll
+            for (int h = 0; h < 2; h++) {
+                uint32_t rw[W];
+                lds_words<W>(st + sr[mt][h] * G::A_ROW + t * XE * G::BITS / 8, rw);
+#pragma unroll
+                for (int k = 0; k < STEPS; k++)
+                    a_pair<FMT>(rw, k, af[mt][k][h], af[mt][k][h + 2]);
+            }
+        const uint4 *bs = (const uint4 *)(st + G::A_STAGE);
+#pragma unroll
+        for (int nt = 0; nt < NT; nt++)
+#pragma unroll
+            for (int k = 0; k < STEPS; k++) {
+                const uint4 v = bs[((wn * NT + nt) * STEPS + k) * 32 + lane];
+                const uint32_t bh[2] = {v.x, v.y}, bl[2] = {v.z, v.w};
+#pragma unroll
+                for (int mt = 0; mt < 2; mt++) {
+                    if (MLX) {
+                        mma_bf16(gq[mt][nt], af[mt][k], bl);
+                        mma_bf16(gq[mt][nt], af[mt][k], bh);
+                    } else {
+                        mma_bf16(p[mt][nt], af[mt][k], bl);
+                        mma_bf16(p[mt][nt], af[mt][k], bh);
+                    }
+                }
+            }
+        if (MLX && (c + 1) % cpu == 0) { // the unit ends: scale and bias
+            const float *xs = (const float *)(st + G::A_STAGE + G::B_STAGE);
+#pragma unroll
+            for (int nt = 0; nt < NT; nt++) {
+                const float sx[2] = {xs[8 * (wn * NT + nt) + 2 * t], xs[8 * (wn * NT + nt) + 2 * t + 1]};
+#pragma unroll
+                for (int mt = 0; mt < 2; mt++)
+#pragma unroll
+                    for (int e = 0; e < 4; e++) {
+                        p[mt][nt][e] = __fmaf_rn(us[mt][e >> 1], gq[mt][nt][e], p[mt][nt][e]);
+                        p[mt][nt][e] = __fmaf_rn(ub[mt][e >> 1], sx[e & 1], p[mt][nt][e]);
+                        gq[mt][nt][e] = 0.0f;
+                    }
+            }
+        }
+        if (c + 1 == s_end) { // slice s ends: into the total (PAIR: by pairs)
+            float *pv = &p[0][0][0]; // element i (of the warp's 2 NT 4) at i * 32 + lane
+#pragma unroll
+            for (int i = 0; i < 2 * NT * 4; i++) {
+                const float v = pv[i];
+                const int at = i * 32 + lane;
+                pv[i] = 0.0f;
+                if (PAIR && s % 2 == 0) {
+                    pf[at] = v;
+                    continue;
+                }
+                const float q = PAIR ? __fadd_rn(pf[at], v) : v;
+                if (n_split > 1)
+                    tpart[(size_t)(s / 2) * TILE + warp * (2 * NT * 4 * 32) + at] = q;
+                else
+                    tot[at] = s == (PAIR ? 1 : 0) ? q : __fadd_rn(tot[at], q);
+            }
+            s++;
+            s_end = mmt_slice_chunk(s + 1, n_units, n_sl, cpu);
+        }
+    }
+    if (n_split > 1) { // the last block of the tile adds the 8 pair sums in order
+        __shared__ int s_last;
+        __threadfence();
+        __syncthreads();
+        if (tid == 0) s_last = atomicAdd(cnt + tile_id, 1) == n_split - 1;
+        __syncthreads();
+        if (!s_last) return;
+        __threadfence();
+#pragma unroll
+        for (int i = 0; i < 2 * NT * 4; i++) {
+            const float *q = tpart + warp * (2 * NT * 4 * 32) + i * 32 + lane;
+            float v = __ldcg(q);
+            for (int k = 1; k < 8; k++)
+                v = __fadd_rn(v, __ldcg(q + (size_t)k * TILE));
+            tot[i * 32 + lane] = v;
+        }
+        if (tid == 0) cnt[tile_id] = 0; // for the next call
+    }
+    float *out = pick3(tl.ji, a.out[0], a.out[1], a.out[2]);
+#pragma unroll
+    for (int nt = 0; nt < NT; nt++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+            const int tok = t0 + 8 * (wn * NT + nt) + 2 * t + (e & 1);
+            if (tok >= a.n) continue;
+#pragma unroll
+            for (int mt = 0; mt < (SW ? 1 : 2); mt++) {
+                const int r = tl.rbase + (SW ? 16 * wm : 32 * wm + 16 * mt) + g + 8 * (e >> 1);
+                if (r >= tl.rows) continue;
+                float *o = out + (size_t)tok * tl.rows + r;
+                const float v = tot[((mt * NT + nt) * 4 + e) * 32 + lane];
+                if (SW) {
+                    const float u = tot[((NT + nt) * 4 + e) * 32 + lane];
+                    *o = __fmul_rn(__fdiv_rn(v, __fadd_rn(1.0f, expf(-v))), u);
+                } else {
+                    *o = EPI == LP_CUDA_EPI_ACCUM ? __fadd_rn(*o, v) : v;
+                }
+            }
+        }
+}
+
+// Past 8 tokens: x made ready once (k_mm_prep), then the tiles.
+template <int FMT, int CW, int EPI, bool PAIR>
+static cudaError_t mmt_launch(cudaStream_t s, bool pdl, struct mm_args &a, int n_w,
+                              const struct lp_cuda_mm_plan &pl, void *scratch) {
+    typedef mmt_geom<FMT, CW> G;
+    if (EPI != LP_CUDA_EPI_SWIGLU) {
+        int n_bp = 0;
+        for (int j = 0; j < n_w; j++) {
+            a.bp0[j] = n_bp;
+            n_bp += (a.w[j].rows + LP_CUDA_MMT_BM - 1) / LP_CUDA_MMT_BM;
+        }
+        a.bp0[n_w] = n_bp;
+    }
+    a.n_tg = pl.n_tg;
+    a.n_bp = pl.n_bp;
+    a.n_pad = pl.n_pad;
+    unsigned char *sc = (unsigned char *)scratch;
+    uint32_t *xw = (uint32_t *)(sc + pl.xw_off);
+    float *xsum = (float *)(sc + pl.xsum_off);
+    a.xw = xw;
+    a.xsum = xsum;
+    LP_LAUNCH_PDL(pdl, (unsigned)a.n_pad, MM_THREADS, s, (a, xw, xsum), k_mm_prep<FMT, CW>);
+    cudaError_t e = cudaGetLastError();
+    if (e != cudaSuccess) return e;
+    // the shared memory past 48 KiB, asked for once a device (a host call per
+    // launch would count in every step that is not a replayed graph)
+    static std::atomic<unsigned> smem_set{0};
+    int dev = 0;
+    if ((e = cudaGetDevice(&dev)) != cudaSuccess) return e;
+    const unsigned bit = dev < 32 ? 1u << dev : 0u;
+    if (!bit || !(smem_set.load(std::memory_order_relaxed) & bit)) {
+        e = cudaFuncSetAttribute(k_mmt<FMT, CW, EPI, PAIR>,
+                                 cudaFuncAttributeMaxDynamicSharedMemorySize, G::SMEM);
+        if (e != cudaSuccess) return e;
+        smem_set.fetch_or(bit, std::memory_order_relaxed);
+    }
+    const unsigned grid = (unsigned)((long)pl.n_tg * pl.n_bp * pl.n_split);
+    LP_LAUNCH_PDL_SMEM(pdl, grid, MM_THREADS, (size_t)G::SMEM, s,
+                       (a, pl.n_split, (float *)(sc + pl.part_off), (int *)sc),
+                       k_mmt<FMT, CW, EPI, PAIR>);
+    return cudaGetLastError();
+}
+
+// Up to 8 tokens k_mm's 8-token kernel; up to LP_CUDA_MMT_MIN_TOKENS - 1
+// its 32-token one after k_mm_prep (the decode batches: measured faster
+// there than k_mmt, whose few tiles leave the multiprocessors short of
+// work); from there k_mmt. The same bits from all three.
+template <int FMT, int CW, int EPI>
+static cudaError_t mm_launch(cudaStream_t s, bool pdl, struct mm_args &a, int n_w, int n_sm,
+                             void *scratch) {
+    const struct lp_cuda_weight *ws[3] = {&a.w[0], &a.w[1], &a.w[2]};
+    const struct lp_cuda_mm_plan pl = lp_cuda_mm_plan(EPI, ws, n_w, a.n, n_sm);
+    if (a.n >= LP_CUDA_MMT_MIN_TOKENS)
+        return pl.pair ? mmt_launch<FMT, CW, EPI, true>(s, pdl, a, n_w, pl, scratch)
+                       : mmt_launch<FMT, CW, EPI, false>(s, pdl, a, n_w, pl, scratch);
+    if (a.n > 8) {
+        a.xw = (const uint32_t *)((unsigned char *)scratch + pl.xw_off);
+        return pl.pair ? mm_launch_ntl<FMT, CW, EPI, 4, true>(s, pdl, a, n_w, n_sm)
+                       : mm_launch_ntl<FMT, CW, EPI, 4, false>(s, pdl, a, n_w, n_sm);
+    }
+    return pl.pair ? mm_launch_ntl<FMT, CW, EPI, 1, true>(s, pdl, a, n_w, n_sm)
+                   : mm_launch_ntl<FMT, CW, EPI, 1, false>(s, pdl, a, n_w, n_sm);
 }
 
 template <int EPI>
-static cudaError_t mm_dispatch(cudaStream_t s, bool pdl, struct mm_args &a, int n_w, int n_sm) {
+static cudaError_t mm_dispatch(cudaStream_t s, bool pdl, struct mm_args &a, int n_w, int n_sm,
+                               void *scratch) {
     const struct lp_cuda_weight *w = &a.w[0];
     switch (w->fmt) {
     case LP_CUDA_FMT_BF16:
-        return mm_launch<LP_CUDA_FMT_BF16, 64, EPI>(s, pdl, a, n_w, n_sm);
+        return mm_launch<LP_CUDA_FMT_BF16, 64, EPI>(s, pdl, a, n_w, n_sm, scratch);
     case LP_CUDA_FMT_Q8:
-        return w->group == 32 ? mm_launch<LP_CUDA_FMT_Q8, 32, EPI>(s, pdl, a, n_w, n_sm)
-                              : mm_launch<LP_CUDA_FMT_Q8, 64, EPI>(s, pdl, a, n_w, n_sm);
+        return w->group == 32 ? mm_launch<LP_CUDA_FMT_Q8, 32, EPI>(s, pdl, a, n_w, n_sm, scratch)
+                              : mm_launch<LP_CUDA_FMT_Q8, 64, EPI>(s, pdl, a, n_w, n_sm, scratch);
     case LP_CUDA_FMT_Q4:
-        return w->group == 32 ? mm_launch<LP_CUDA_FMT_Q4, 32, EPI>(s, pdl, a, n_w, n_sm)
-                              : mm_launch<LP_CUDA_FMT_Q4, 64, EPI>(s, pdl, a, n_w, n_sm);
+        return w->group == 32 ? mm_launch<LP_CUDA_FMT_Q4, 32, EPI>(s, pdl, a, n_w, n_sm, scratch)
+                              : mm_launch<LP_CUDA_FMT_Q4, 64, EPI>(s, pdl, a, n_w, n_sm, scratch);
     default:
         return cudaErrorInvalidValue;
     }
@@ -700,11 +1078,11 @@ cudaError_t lp_cuda_mm(cudaStream_t s, bool pdl, int epi, const float *x,
     if (epi == LP_CUDA_EPI_SWIGLU && ws[1]->rows != ws[0]->rows) return cudaErrorInvalidValue;
     switch (epi) {
     case LP_CUDA_EPI_STORE:
-        return mm_dispatch<LP_CUDA_EPI_STORE>(s, pdl, a, n_w, n_sm);
+        return mm_dispatch<LP_CUDA_EPI_STORE>(s, pdl, a, n_w, n_sm, scratch);
     case LP_CUDA_EPI_ACCUM:
-        return mm_dispatch<LP_CUDA_EPI_ACCUM>(s, pdl, a, n_w, n_sm);
+        return mm_dispatch<LP_CUDA_EPI_ACCUM>(s, pdl, a, n_w, n_sm, scratch);
     case LP_CUDA_EPI_SWIGLU:
-        return mm_dispatch<LP_CUDA_EPI_SWIGLU>(s, pdl, a, n_w, n_sm);
+        return mm_dispatch<LP_CUDA_EPI_SWIGLU>(s, pdl, a, n_w, n_sm, scratch);
     }
     return cudaErrorInvalidValue;
 }
