@@ -240,7 +240,18 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *mhd, const ch
         *con_cls = c;
         const char *len =
             MHD_lookup_connection_value(mhd, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
-        if (len && strtoull(len, NULL, 10) > s->max_body_bytes) return too_big(c);
+        const unsigned long long declared = len ? strtoull(len, NULL, 10) : 0;
+        if (declared > s->max_body_bytes) {
+            // A client waiting for "100 Continue", or declaring far more than
+            // the limit, is answered now; one already sending a body a little
+            // over it has the body read and dropped and the 413 at its end:
+            // answering mid-upload and closing made its socket reset, and the
+            // client saw no answer at all (curl, now and then).
+            if (MHD_lookup_connection_value(mhd, MHD_HEADER_KIND, MHD_HTTP_HEADER_EXPECT) ||
+                declared / 16 > s->max_body_bytes)
+                return too_big(c);
+            c->too_big = true;
+        }
         return MHD_YES;
     }
     if (*upload_size > 0) {

@@ -119,6 +119,9 @@ static void resp_free(struct resp *r) {
     memset(r, 0, sizeof *r);
 }
 
+// Extra curl options for the next requests ("" for none).
+static const char *curl_extra = "";
+
 // One request with curl. body: JSON text or NULL (GET); auth: a key or NULL.
 static struct resp http(const struct server *s, const char *method, const char *path,
                         const char *body, const char *auth) {
@@ -133,11 +136,13 @@ static struct resp http(const struct server *s, const char *method, const char *
         fclose(f);
     }
     if (auth) snprintf(auth_h, sizeof auth_h, "-H 'Authorization: Bearer %s'", auth);
+    remove(out_file); // a failed request must not leave the last answer behind
+    remove(hdr_file);
     snprintf(cmd, sizeof cmd,
-             "curl -s -m 120 -X %s %s -H 'Content-Type: application/json' %s%s%s -D '%s' -o '%s' "
-             "-w '%%{http_code}' 'http://127.0.0.1:%d%s'",
-             method, auth_h, body ? "--data-binary '@" : "", body ? body_file : "", body ? "'" : "",
-             hdr_file, out_file, s->port, path);
+             "curl -s -m 120 -X %s %s %s -H 'Content-Type: application/json' %s%s%s -D '%s' -o "
+             "'%s' -w '%%{http_code}' 'http://127.0.0.1:%d%s'",
+             method, auth_h, curl_extra, body ? "--data-binary '@" : "", body ? body_file : "",
+             body ? "'" : "", hdr_file, out_file, s->port, path);
     struct lpc_result res = lpc_sh(cmd, out_file, 150);
     r.code = atoi(res.out);
     lpc_result_free(&res);
@@ -347,7 +352,14 @@ static void test_endpoints(const struct server *s, const char *model_dir) {
     k = snprintf(big, sizeof big, "{\"prompt\": \"");
     memset(big + k, 'w', 300000);
     snprintf(big + k + 300000, sizeof big - (size_t)k - 300000, "\"}");
-    check_error("body too large", http(s, "POST", "/v1/completions", big, key), 413, NULL);
+    // both ways: the client waits for "100 Continue" (answered before the
+    // body), or sends the body at once (read and dropped, then answered)
+    curl_extra = "-H 'Expect: 100-continue'";
+    check_error("body too large, Expect", http(s, "POST", "/v1/completions", big, key), 413, NULL);
+    curl_extra = "-H 'Expect:'";
+    check_error("body too large, no Expect", http(s, "POST", "/v1/completions", big, key), 413,
+                NULL);
+    curl_extra = "";
 }
 
 // --max-seqs 2 --max-waiting 2: two long streams run, two wait, the next
