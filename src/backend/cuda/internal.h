@@ -70,11 +70,11 @@ static inline bool lp_cuda_mm_ok(const struct lp_cuda_weight *w) {
 }
 
 // The products' tiles for prefill (matmul_tc.cu's k_mmt): 128 weight rows
-// (SWIGLU: 64 of the gate and the same 64 of up) by 64 tokens, the columns
+// (SWIGLU: 64 of the gate and the same 64 of up) by 32 tokens, the columns
 // walked in order; a matrix of few tiles splits its slices over up to 8
 // blocks (n_split), whose partials the last of them adds in order.
 #define LP_CUDA_MMT_BM 128
-#define LP_CUDA_MMT_BN 64
+#define LP_CUDA_MMT_BN 32
 // k_mmt from this many tokens (fewer: the 32-token kernel, faster there)
 #define LP_CUDA_MMT_MIN_TOKENS 65
 // 16 slices (PAIR) only for matrices of at most this many rows: a tall one

@@ -645,21 +645,21 @@ static cudaError_t mm_launch_ntl(cudaStream_t s, bool pdl, struct mm_args &a, in
 //
 // A block (8 warps: 4 along the rows, 2 along the tokens) owns a tile of
 // LP_CUDA_MMT_BM weight rows (SWIGLU: 64 of the gate and the same 64 of up)
-// by LP_CUDA_MMT_BN tokens and walks its chunks in order, MMT_STAGES - 1
-// chunks ahead: each chunk's weight bytes and its 64 tokens' B words (made
+// by LP_CUDA_MMT_BN tokens and walks its chunks in order, G::NS - 1
+// chunks ahead: each chunk's weight bytes and its tokens' B words (made
 // by k_mm_prep) copied into shared memory without registers (cp.async), the
 // weights of the first chunks before the wait for the previous kernel. A
 // warp owns 32 rows (two m-tiles; SWIGLU: 16 gate rows and the same 16 of
-// up) by 32 tokens (four n-tiles) and keeps, per element, the running
+// up) by 8 MMT_NT tokens (MMT_NT n-tiles) and keeps, per element, the running
 // values of the arithmetic above: the group's G (MLX), the slice's P, the
 // first of a pair (PAIR) and the total, so every element gets exactly the
-// 8-token kernel's operations in its order. A matrix of few tiles splits its
+// 8-token kernel's operations in its order. Two blocks fit a multiprocessor
+// (128 registers a thread, at most ~110 KB of shared memory). A matrix of few tiles splits its
 // slices over n_split blocks (an even number of slices each): each writes
 // its pair sums Q_k to the scratch, and the last to finish (a counter a
 // tile) adds Q_0 .. Q_7 in order and applies the epilogue.
-#define MMT_STAGES 4
 #define MMT_WM 4 // warps along the rows
-#define MMT_NT 4 // n-tiles (8 tokens) a warp
+#define MMT_NT 2 // n-tiles (8 tokens) a warp
 
 template <int FMT, int CW> struct mmt_geom {
     static constexpr int BITS = mm_bits<FMT>::n;
@@ -672,7 +672,9 @@ template <int FMT, int CW> struct mmt_geom {
     static constexpr int S_STAGE = FMT == LP_CUDA_FMT_BF16 ? 0 : LP_CUDA_MMT_BN * 4; // x sums
     static constexpr int STAGE = A_STAGE + B_STAGE + S_STAGE;
     // then, per warp, the first of a pair and the total of its 32 x 32 elements
-    static constexpr int SMEM = MMT_STAGES * STAGE + MM_WARPS * 2 * 32 * 32 * 4;
+    // stages: 4 (bf16, with its wider rows, 3), so that two blocks fit a multiprocessor
+    static constexpr int NS = FMT == LP_CUDA_FMT_BF16 ? 3 : 4;
+    static constexpr int SMEM = NS * STAGE + MM_WARPS * 2 * 32 * (2 * MMT_NT * 4) * 4;
 };
 
 // The first chunk of slice s (of n_sl over n_units units of cpu chunks).
@@ -704,7 +706,7 @@ struct mmt_tile {
 
 // A thread's share of a stage's copies, their sources worked out once a
 // tile: chunk c's weight bytes of the tile's rows (clamped to the matrix),
-// then its 64 tokens' B words and, MLX, its unit's x sums.
+// then its tokens' B words and, MLX, its unit's x sums.
 template <int FMT, int CW, int EPI> struct mmt_src {
     typedef mmt_geom<FMT, CW> G;
     static constexpr int SEGS = G::A_BYTES / 16, NA = LP_CUDA_MMT_BM * SEGS;
@@ -775,7 +777,7 @@ static __device__ __forceinline__ void mmt_unit_sb(const struct mm_args &a, int 
 }
 
 template <int FMT, int CW, int EPI, bool PAIR>
-static __global__ void __launch_bounds__(MM_THREADS, 1)
+static __global__ void __launch_bounds__(MM_THREADS, 2)
     k_mmt(struct mm_args a, int n_split, float *part, int *cnt) {
     typedef mmt_geom<FMT, CW> G;
     constexpr bool MLX = FMT != LP_CUDA_FMT_BF16, SW = EPI == LP_CUDA_EPI_SWIGLU;
@@ -817,13 +819,13 @@ static __global__ void __launch_bounds__(MM_THREADS, 1)
     const mmt_src<FMT, CW, EPI> src(a, tl, t0, tid);
     // the weights are no kernel's output: the first chunks' before the wait
 #pragma unroll
-    for (int k = 0; k < MMT_STAGES - 1; k++)
+    for (int k = 0; k < G::NS - 1; k++)
         if (k < nch) src.load_a(smem + k * G::STAGE, cb + k, tid);
     uint32_t nsc[2][2] = {}, nbi[2][2] = {}; // the next unit's scale and bias words
     if (MLX) mmt_unit_sb<EPI>(a, tl.ji, rr, cb / cpu, nsc, nbi);
     griddep_wait();
 #pragma unroll
-    for (int k = 0; k < MMT_STAGES - 1; k++) {
+    for (int k = 0; k < G::NS - 1; k++) {
         if (k < nch) src.load_b(a, smem + k * G::STAGE, cb + k, cpu, tid);
         cp_async_commit();
     }
@@ -833,7 +835,7 @@ static __global__ void __launch_bounds__(MM_THREADS, 1)
     // the first of a pair and the total, touched only as slices end, live in
     // shared memory (registers go to keeping loads in flight): a warp's
     // elements lane-major after the stages
-    float *pf = (float *)(smem + MMT_STAGES * G::STAGE) + warp * 2 * 32 * (2 * NT * 4);
+    float *pf = (float *)(smem + G::NS * G::STAGE) + warp * 2 * 32 * (2 * NT * 4);
     float *tot = pf + 32 * (2 * NT * 4);
     float us[2][2] = {}, ub[2][2] = {};
     const bool sbf = a.w[0].scale_bf16;
@@ -841,18 +843,18 @@ static __global__ void __launch_bounds__(MM_THREADS, 1)
     float *tpart = part + (size_t)tile_id * 8 * TILE; // this tile's pair sums (split)
     for (int i = 0; i < nch; i++) {
         const int c = cb + i;
-        cp_async_wait<MMT_STAGES - 2>();
+        cp_async_wait<G::NS - 2>();
         __syncthreads(); // chunk c is here; the stage of chunk c - 1 is free
         {
-            const int k = i + MMT_STAGES - 1;
-            unsigned char *st = smem + (k % MMT_STAGES) * G::STAGE;
+            const int k = i + G::NS - 1;
+            unsigned char *st = smem + (k % G::NS) * G::STAGE;
             if (k < nch) {
                 src.load_a(st, cb + k, tid);
                 src.load_b(a, st, cb + k, cpu, tid);
             }
             cp_async_commit();
         }
-        const unsigned char *st = smem + (i % MMT_STAGES) * G::STAGE;
+        const unsigned char *st = smem + (i % G::NS) * G::STAGE;
         if (MLX && c % cpu == 0) { // a unit starts: its scales, and the next unit's asked for
 #pragma unroll
             for (int mt = 0; mt < 2; mt++)
